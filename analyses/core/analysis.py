@@ -1,0 +1,141 @@
+"""The base class every analysis shares: parameters, caching, runner, progress, cancellation.
+
+An analysis is a :class:`param.Parameterized` whose parameters are the knobs a user turns
+(validated by Param), with one method to run: :meth:`Analysis.run`. Subclasses implement
+:meth:`Analysis._tasks` (split the work) and :meth:`Analysis._merge` (assemble the result);
+the base class looks the result up in the :class:`~analyses.core.store.ResultStore` first,
+runs the tasks with a :class:`~analyses.core.runner.Runner`, stamps the metadata and stores
+the result. The same object serves the app, notebooks and the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import param
+import torch
+
+from .. import __version__
+from .errors import NNVitalsError
+from .result import Result
+from .runner import CancelToken, Progress, Runner, Task, tqdm_progress
+from .store import ResultStore, make_key
+from .subject import Subject, load_subject
+
+#: parameters that change how a result is computed but not what it is
+NON_KEY = {"name", "model", "cache", "cache_dir", "runner", "num_workers", "show_progress", "device"}
+
+
+class Analysis(param.Parameterized):
+    """Base of every nnvitals analysis (see module docstring)."""
+
+    analysis_name: ClassVar[str] = "analysis"
+    analysis_version: ClassVar[str] = "1"
+
+    model = param.Parameter(
+        default=None,
+        doc="The model: a torch.nn.Module, a checkpoint path (.safetensors, .pt/.pth state dict, "
+        ".pt2 export), a Hugging Face directory, 'package.module:factory', or a demo name.",
+    )
+    device = param.String(default="cpu", doc="Torch device for the kernels ('cpu', 'cuda', 'cuda:1', 'mps').")
+    dtype = param.Selector(default="float32", objects=["float32", "float64"], doc="Floating type of the kernels.")
+    cache = param.Boolean(default=True, doc="Reuse a stored result with the same key; store new results.")
+    cache_dir = param.String(default=None, allow_None=True, doc="Result store directory (default ~/.cache/nnvitals).")
+    runner = param.String(
+        default="threads", doc="'threads' (local pool), 'local' (Dask LocalCluster) or a Dask scheduler address."
+    )
+    num_workers = param.Integer(default=None, allow_None=True, bounds=(1, 256), doc="Threads in the local pool.")
+    show_progress = param.Boolean(default=True, doc="Draw a tqdm progress bar when no callback is given.")
+
+    # ------------------------------------------------------------------ helpers
+    def subject(self) -> Subject:
+        """The model as a :class:`Subject` (opened once per model value)."""
+        cached = getattr(self, "_subject_cache", None)
+        if cached is not None and cached[0] is self.model:
+            return cached[1]
+        if self.model is None:
+            raise NNVitalsError("model: not set; give a model, a checkpoint path or a demo model name")
+        subj = load_subject(self.model)
+        self._subject_cache = (self.model, subj)
+        return subj
+
+    def torch_device(self) -> torch.device:
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise NNVitalsError(f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise NNVitalsError(f"device {self.device!r}: CUDA is not available on this machine; use 'cpu'")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise NNVitalsError(f"device {self.device!r}: MPS is not available on this machine; use 'cpu'")
+        return dev
+
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def key_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.param.values().items() if k not in NON_KEY}
+
+    def data_fingerprint(self) -> str | None:
+        return None
+
+    def store(self) -> ResultStore:
+        return ResultStore(self.cache_dir)
+
+    def cache_key(self) -> str:
+        return make_key(
+            analysis=self.analysis_name,
+            version=f"{__version__}/{self.analysis_version}",
+            params=self.key_params(),
+            model=self.subject().fingerprint,
+            data=self.data_fingerprint(),
+        )
+
+    # ------------------------------------------------------------------ to implement
+    def _tasks(self, subject: Subject) -> list[Task]:
+        raise NotImplementedError
+
+    def _merge(self, subject: Subject, outputs: list[Any]) -> Result:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ run
+    def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> Result:
+        """Compute (or fetch from the store) this analysis's result.
+
+        ``progress(done, total, label)`` is called after each task; ``cancel`` is checked
+        between tasks and raises :class:`~analyses.core.errors.Cancelled` when set.
+        """
+        subject = self.subject()
+        self.torch_device()
+        key = self.cache_key() if self.cache else None
+        if key is not None:
+            hit = self.store().get(key)
+            if hit is not None:
+                hit.meta["cached"] = True
+                return hit
+        t0 = time.perf_counter()
+        tasks = self._tasks(subject)
+        close = None
+        if progress is None and self.show_progress and len(tasks) > 1:
+            progress, close = tqdm_progress(f"{self.analysis_name} {subject.label}", len(tasks))
+        try:
+            outputs = Runner(self.runner, self.num_workers).map(tasks, progress=progress, cancel=cancel)
+        finally:
+            if close:
+                close()
+        result = self._merge(subject, outputs)
+        result.meta.update(
+            analysis=self.analysis_name,
+            params=self.key_params(),
+            subject={"label": subject.label, "source": subject.source_kind}
+            | ({"fingerprint": subject.fingerprint} if self.cache else {}),
+            data_fingerprint=self.data_fingerprint(),
+            version=__version__,
+            runner=self.runner,
+            seconds=round(time.perf_counter() - t0, 4),
+            cached=False,
+        )
+        if key is not None:
+            self.store().put(key, result)
+        return result

@@ -1,0 +1,195 @@
+"""Runs an analysis's tasks: a local thread pool by default, Dask ``distributed`` on request.
+
+An analysis splits its work into :class:`Task` objects (a module-level function plus
+picklable arguments, so the same task runs in a thread or in a Dask worker process) and
+hands them to :meth:`Runner.map`, which returns their results in task order. Progress is
+reported through a callback ``progress(done, total, label)`` after each task; the CLI and
+notebooks wrap it in tqdm, the app in its progress bar. A :class:`CancelToken` is checked
+between tasks (and may be checked by a task between its batches): pending tasks are dropped
+and :class:`~analyses.core.errors.Cancelled` is raised.
+
+Runner specs: ``"threads"`` (default), ``"local"`` (a Dask LocalCluster of worker processes,
+started once per process and reused), or a scheduler address ``"tcp://HOST:PORT"``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Cancelled, NNVitalsError
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Task:
+    """One unit of work: ``fn(*args, **kwargs)``; ``label`` is shown in progress bars."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+
+
+class CancelToken:
+    """Set by a UI (Cancel button, closed session) and checked by running work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def dask_client(spec: str):
+    """A (cached) ``distributed.Client`` for ``"local"`` or a scheduler address."""
+    with _clients_lock:
+        client = _clients.get(spec)
+        if client is not None and client.status == "running":
+            return client
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as e:  # pragma: no cover - dependency of the package
+            raise NNVitalsError("--dask needs the 'distributed' package") from e
+        try:
+            if spec == "local":
+                n = max(1, min(4, os.cpu_count() or 1))
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
+                )
+                client = Client(cluster)
+            else:
+                client = Client(spec, timeout="10s")
+        except OSError as e:
+            raise NNVitalsError(
+                f"--dask {spec}: cannot reach a Dask scheduler there ({e}); "
+                "expected 'local' or an address like tcp://HOST:8786"
+            ) from None
+        _clients[spec] = client
+        return client
+
+
+def parse_spec(spec: str | None) -> str:
+    spec = (spec or "threads").strip()
+    if spec in ("threads", "local") or "://" in spec:
+        return spec
+    if ":" in spec:  # HOST:PORT
+        return f"tcp://{spec}"
+    raise NNVitalsError(f"runner {spec!r}: expected 'threads', 'local' or a scheduler address tcp://HOST:PORT")
+
+
+class Runner:
+    """Executes tasks with threads or Dask; same results either way."""
+
+    def __init__(self, spec: str | None = "threads", num_workers: int | None = None):
+        self.spec = parse_spec(spec)
+        # kernels are BLAS/LAPACK-threaded already: one task thread per two cores avoids
+        # oversubscribing OpenMP (measured pathological on two cores)
+        self.num_workers = num_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+
+    @property
+    def description(self) -> str:
+        if self.spec == "threads":
+            return f"threads ({self.num_workers})"
+        return f"dask {self.spec}"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        if self.spec == "threads":
+            return None
+        return dask_client(self.spec).dashboard_link
+
+    def map(
+        self,
+        tasks: Sequence[Task],
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Any]:
+        """Run every task; results in task order. Raises the first task error."""
+        if not tasks:
+            return []
+        if cancel is not None:
+            cancel.check()
+        if self.spec == "threads":
+            return self._map_threads(tasks, progress, cancel)
+        return self._map_dask(tasks, progress, cancel)
+
+    def _map_threads(self, tasks, progress, cancel):
+        results: list[Any] = [None] * len(tasks)
+        if self.num_workers == 1 or len(tasks) == 1:
+            for i, t in enumerate(tasks):
+                if cancel is not None:
+                    cancel.check()
+                results[i] = t.fn(*t.args, **t.kwargs)
+                if progress:
+                    progress(i + 1, len(tasks), t.label)
+            return results
+        with ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="nnvitals") as pool:
+            index = {pool.submit(t.fn, *t.args, **t.kwargs): i for i, t in enumerate(tasks)}
+            pending, done_n = set(index), 0
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        results[index[f]] = f.result()
+                        done_n += 1
+                        if progress:
+                            progress(done_n, len(tasks), tasks[index[f]].label)
+                    if cancel is not None and cancel.cancelled:
+                        raise Cancelled()
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+        return results
+
+    def _map_dask(self, tasks, progress, cancel):
+        from distributed import as_completed
+
+        client = dask_client(self.spec)
+        futures = [client.submit(t.fn, *t.args, pure=False, **t.kwargs) for t in tasks]
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(tasks)
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                results[index[fut.key]] = fut.result()
+                if progress:
+                    progress(n, len(tasks), tasks[index[fut.key]].label)
+                if cancel is not None:
+                    cancel.check()
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return results
+
+
+def tqdm_progress(desc: str, total: int | None = None, disable: bool = False) -> tuple[Progress, Callable[[], None]]:
+    """A progress callback drawing a tqdm bar (notebook-aware), and a function closing it."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=disable, leave=False)
+
+    def update(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(label[-40:], refresh=False)
+        bar.refresh()
+
+    return update, bar.close

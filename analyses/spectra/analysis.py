@@ -1,0 +1,295 @@
+"""SpectralAnalysis: heavy-tailed ESD metrics of every weight matrix, with FARMS on request.
+
+One row per weight matrix (Linear, Conv1d, HF Conv1D, Conv2d, Embedding): the power-law
+tail exponent ``alpha`` and WeightWatcher's other metrics, the Marchenko-Pastur bulk edge
+and the spikes beyond it, optionally the ESD of the element-wise shuffled matrix, and with
+``farms=True`` the aspect-ratio-free FARMS alpha. Matrices that cannot be analysed stay in
+the table with ``status="skipped"`` and a ``skip_reason``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import param
+import torch
+
+from ..core.analysis import Analysis
+from ..core.errors import NNVitalsError
+from ..core.result import Result
+from ..core.runner import Task
+from ..core.subject import MATRIX_KINDS, Subject, WeightRef
+from . import kernels as K
+from .farms import farms_conv2d_blocks, farms_eigenvalues
+from .matrices import slice_shape, to_slices
+
+#: weights per task: bounded bytes, so a large checkpoint is streamed a few matrices at a time
+TASK_BYTES = 48 * 1024 * 1024
+
+METRICS = [
+    "alpha", "xmin", "D", "num_pl_spikes", "lambda_max", "log_spectral_norm", "norm", "log_norm",
+    "alpha_weighted", "log_alpha_norm", "stable_rank", "entropy",
+]  # fmt: skip
+
+
+class SpectralResult(Result):
+    """Result of :class:`SpectralAnalysis`: ``table``, ``summary`` and per-layer ESDs."""
+
+    kind = "spectra"
+
+    @property
+    def analysed(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "ok"]
+
+    def esd(self, name: str) -> np.ndarray:
+        """Eigenvalues (ascending) of layer ``name``; empty for a skipped layer."""
+        return self.arrays.get(f"esd/{name}", np.empty(0))
+
+    def ks_curve(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate xmins, KS distance) scanned for layer ``name``."""
+        return self.arrays.get(f"ksx/{name}", np.empty(0)), self.arrays.get(f"ksd/{name}", np.empty(0))
+
+    def randomized_esd(self, name: str) -> np.ndarray:
+        return self.arrays.get(f"rand/{name}", np.empty(0))
+
+    def farms_esd(self, name: str) -> np.ndarray:
+        return self.arrays.get(f"farms/{name}", np.empty(0))
+
+    def row(self, name: str) -> pd.Series:
+        hit = self.table[self.table["name"] == name]
+        if hit.empty:
+            raise NNVitalsError(f"layer {name!r}: not in this result")
+        return hit.iloc[0]
+
+
+def _chunks(refs: list[WeightRef], budget: int) -> list[list[WeightRef]]:
+    out, cur, size = [], [], 0
+    for r in refs:
+        b = math.prod(r.shape) * 4
+        if cur and size + b > budget:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(r)
+        size += b
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _skip_reason(ref: WeightRef, s: dict[str, Any]) -> str:
+    if ref.kind not in MATRIX_KINDS:
+        return f"not a matrix layer ({len(ref.shape)}-d tensor)"
+    _, rows, cols = slice_shape(ref.shape, ref.kind)
+    n, m = max(rows, cols), min(rows, cols)
+    if m < s["min_evals"]:
+        return f"too small: M={m} < min_evals={s['min_evals']}"
+    if m > s["max_evals"]:
+        return f"too large: M={m} > max_evals={s['max_evals']}"
+    if n > s["max_N"]:
+        return f"too large: N={n} > max_N={s['max_N']}"
+    return ""
+
+
+def _fit_row(ev: torch.Tensor, rule: str) -> tuple[dict[str, Any], K.PowerLawFit]:
+    fit = K.fit_power_law(ev, rule)
+    row = dict(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, num_pl_spikes=fit.num_pl_spikes)
+    row.update(K.spectral_metrics(ev, fit.alpha))
+    return row, fit
+
+
+def spectra_task(subject: Subject, refs: list[WeightRef], s: dict[str, Any]) -> list[tuple[dict, dict]]:
+    """Analyse a chunk of weights: one (row, arrays) pair per weight. Runs in a thread or a Dask worker."""
+    torch.set_grad_enabled(False)
+    dev, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+    out: list[tuple[dict, dict]] = []
+    pending: list[tuple[dict, dict, torch.Tensor]] = []
+    for ref in refs:
+        nslices, rows, cols = slice_shape(ref.shape, ref.kind) if ref.kind in MATRIX_KINDS else (0, 0, 0)
+        n, m = max(rows, cols), min(rows, cols)
+        row = dict(
+            name=ref.name, layer_id=s["ids"][ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
+            N=n, M=m, Q=(n / m) if m else math.nan, num_slices=nslices, num_evals=nslices * m,
+            status="ok", skip_reason="", warning="",
+        )  # fmt: skip
+        arrays: dict[str, np.ndarray] = {}
+        reason = _skip_reason(ref, s)
+        if reason:
+            row.update(status="skipped", skip_reason=reason, num_evals=0)
+            out.append((row, arrays))
+            continue
+        w = subject.tensor(ref.name)
+        bad = 0 if bool(torch.isfinite(w).all()) else int((~torch.isfinite(w)).sum())
+        if bad:
+            row.update(status="skipped", skip_reason=f"non-finite values: {bad} NaN/Inf entries", warning="non-finite")
+            out.append((row, arrays))
+            continue
+        w = w.to(dev, dtype)
+        pending.append((row, arrays, w))
+        out.append((row, arrays))
+    # batched eigensolve of every slice of this chunk, grouped by slice shape
+    slices = {id(row): to_slices(w, row["layer_type"], s["conv2d_norm"]) for row, _, w in pending}
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for row, _, _w in pending:
+        groups.setdefault(tuple(slices[id(row)].shape[1:]), []).append(row)
+    evals: dict[int, torch.Tensor] = {}
+    for rows_ in groups.values():
+        stack = torch.cat([slices[id(r)] for r in rows_])
+        ev = K.batched_eigenvalues(stack, dtype)
+        for r, part in zip(rows_, torch.split(ev, [slices[id(r)].shape[0] for r in rows_]), strict=True):
+            evals[id(r)] = part
+    for row, arrays, w in pending:
+        sl = slices[id(row)]
+        ev = torch.sort(evals[id(row)].reshape(-1)).values.double().cpu()
+        metrics, fit = _fit_row(ev, s["xmin_rule"])
+        row.update(metrics)
+        arrays["esd"] = ev.numpy()
+        arrays["ksx"], arrays["ksd"] = fit.ks_xmins, fit.ks_D
+        # Marchenko-Pastur bulk for i.i.d. entries with the matrix's own entry variance
+        sigma2 = float(torch.var(sl))
+        bulk_max = K.mp_bulk_edge(row["N"], row["M"], sigma2)
+        q = row["N"] / row["M"]
+        row.update(
+            sigma_mp=math.sqrt(sigma2), bulk_max=bulk_max, bulk_min=row["N"] * sigma2 * (1 - 1 / math.sqrt(q)) ** 2,
+            num_spikes=int((ev > bulk_max).sum()), mp_softrank=bulk_max / row["lambda_max"] if row["lambda_max"] else math.nan,
+        )  # fmt: skip
+        if s["randomize"]:
+            seed = s["seed"] + row["layer_id"]
+            rsl = torch.stack([K.shuffled(x, seed + i) for i, x in enumerate(sl)])
+            rev = torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values.double().cpu()
+            arrays["rand"] = rev.numpy()
+            row.update(
+                max_rand_eval=float(rev[-1]),
+                ww_softrank=float(rev[-1]) / row["lambda_max"],
+                rand_distance=_js_distance(ev.numpy(), rev.numpy()),
+            )
+        if s["farms"]:
+            row["alpha_plain"] = row["alpha"]
+            row.update(_farms(w, sl, row, arrays, s, dtype))
+        row["warning"] = K.warning_label(row["alpha"])
+    return out
+
+
+def _farms(w, sl, row, arrays, s, dtype) -> dict[str, Any]:
+    if row["layer_type"] in ("conv2d", "conv1d"):
+        esds = farms_conv2d_blocks(sl, dtype)
+        alphas = [K.fit_power_law(e, s["xmin_rule"]).alpha for e in esds]
+        pooled = torch.sort(torch.cat(esds)).values.double().cpu()
+        alpha = float(np.nanmean(alphas)) if alphas else math.nan
+        arrays["farms"] = pooled.numpy()
+        fit = K.fit_power_law(pooled, s["xmin_rule"])
+        nwin = len(esds)
+    else:
+        mat = sl[0]
+        ev = farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype).double().cpu()
+        arrays["farms"] = ev.numpy()
+        fit = K.fit_power_law(ev, s["xmin_rule"])
+        alpha = fit.alpha
+        nwin = ev.numel()
+    lmax = row["lambda_max"]
+    return dict(
+        alpha=alpha, xmin=fit.xmin, D=fit.D, num_pl_spikes=fit.num_pl_spikes, farms_num_evals=int(arrays["farms"].size),
+        farms_windows_used=nwin if row["layer_type"] in ("conv2d", "conv1d") else None,
+        alpha_weighted=alpha * math.log10(lmax) if lmax > 0 and np.isfinite(alpha) else math.nan,
+    )  # fmt: skip
+
+
+def _js_distance(a: np.ndarray, b: np.ndarray, bins: int = 100) -> float:
+    """Jensen-Shannon distance between two ESDs, as histograms of log10 lambda on shared bins."""
+    la, lb = np.log10(a[a > K.EVALS_THRESH]), np.log10(b[b > K.EVALS_THRESH])
+    if la.size == 0 or lb.size == 0:
+        return math.nan
+    edges = np.histogram_bin_edges(np.concatenate([la, lb]), bins=bins)
+    p, _ = np.histogram(la, edges)
+    q, _ = np.histogram(lb, edges)
+    p, q = p / p.sum(), q / q.sum()
+    mid = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = lambda x, y: np.nansum(np.where(x > 0, x * np.log2(x / y), 0.0))  # noqa: E731
+    return float(math.sqrt(max(0.0, (kl(p, mid) + kl(q, mid)) / 2)))
+
+
+class SpectralAnalysis(Analysis):
+    """Heavy-tailed spectral analysis of every weight matrix of a model (ESD, power law, FARMS).
+
+    >>> res = SpectralAnalysis(model="mlp", xmin_rule="ks").run()
+    >>> res.table[["name", "alpha", "alpha_weighted", "warning"]]
+    """
+
+    analysis_name = "spectra"
+    analysis_version = "1"
+
+    xmin_rule = param.Selector(
+        default="ks", objects=["ks", "median", "peak"],
+        doc="How xmin of the power-law tail is chosen: 'ks' minimises the KS distance (WeightWatcher), "
+        "'median' takes the median eigenvalue (TempBalance, FARMS CV), 'peak' searches near the "
+        "histogram peak of log10 lambda (AlphaPruning, FARMS LLM).",
+    )  # fmt: skip
+    farms = param.Boolean(default=False, doc="Measure alpha with FARMS fixed-aspect-ratio windows.")
+    farms_rows = param.Integer(default=100, bounds=(2, None), doc="FARMS window rows r (FARMS code default 100).")
+    farms_q_ratio = param.Number(
+        default=2.0, bounds=(0.01, 100.0), doc="FARMS window aspect ratio cols / rows (FARMS code default 2.0)."
+    )
+    farms_windows = param.Integer(default=10, bounds=(1, 100), doc="FARMS windows per dimension (code default 10).")
+    layers = param.String(default="", doc="Regular expression: analyse only weights whose name matches.")
+    layer_types = param.ListSelector(
+        default=list(MATRIX_KINDS), objects=list(MATRIX_KINDS), doc="Layer kinds to analyse."
+    )
+    min_evals = param.Integer(default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues (M) than this.")
+    max_evals = param.Integer(default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues (M) than this.")
+    max_N = param.Integer(default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this.")
+    conv2d_norm = param.Boolean(default=True, doc="Scale Conv2d slices by sqrt(kh*kw/2) (WeightWatcher).")
+    randomize = param.Boolean(default=False, doc="Also compute the ESD of each element-wise shuffled matrix.")
+    seed = param.Integer(default=0, doc="Seed for the shuffled matrices.")
+
+    def selected(self, subject: Subject) -> list[WeightRef]:
+        try:
+            pattern = re.compile(self.layers) if self.layers else None
+        except re.error as e:
+            raise NNVitalsError(f"layers {self.layers!r}: not a valid regular expression ({e})") from None
+        refs = [
+            r for r in subject.weights()
+            if (pattern is None or pattern.search(r.name)) and (r.kind in self.layer_types or r.kind == "other")
+        ]  # fmt: skip
+        if not refs:
+            what = f" matching {self.layers!r}" if self.layers else ""
+            raise NNVitalsError(f"{subject.label}: no weight matrices{what} to analyse")
+        return refs
+
+    def _settings(self, subject: Subject) -> dict[str, Any]:
+        s = {k: v for k, v in self.param.values().items() if k not in ("model", "name")}
+        s["ids"] = {r.name: i for i, r in enumerate(subject.weights())}
+        return s
+
+    def _tasks(self, subject: Subject) -> list[Task]:
+        s = self._settings(subject)
+        return [
+            Task(spectra_task, (subject, chunk, s), label=chunk[-1].name)
+            for chunk in _chunks(self.selected(subject), TASK_BYTES)
+        ]
+
+    def _merge(self, subject: Subject, outputs: list[Any]) -> SpectralResult:
+        rows, arrays = [], {}
+        for part in outputs:
+            for row, arrs in part:
+                rows.append(row)
+                for k, v in arrs.items():
+                    arrays[f"{k}/{row['name']}"] = np.asarray(v)
+        table = pd.DataFrame(rows).sort_values("layer_id", kind="stable").reset_index(drop=True)
+        for col in METRICS:
+            if col not in table:
+                table[col] = np.nan
+        ok = table[table["status"] == "ok"]
+        summary = {
+            "layers_analysed": int(len(ok)),
+            "layers_skipped": int((table["status"] != "ok").sum()),
+            "over_trained": int((ok["warning"] == "over-trained").sum()),
+            "under_trained": int((ok["warning"] == "under-trained").sum()),
+        }
+        for col in ("alpha", "alpha_weighted", "log_norm", "log_alpha_norm", "log_spectral_norm", "stable_rank", "entropy"):
+            vals = ok[col].to_numpy(dtype=float)
+            summary[col] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+        return SpectralResult(table=table, summary=summary, arrays=arrays)
