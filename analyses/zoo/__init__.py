@@ -1,0 +1,125 @@
+"""The demo model zoo: small digits classifiers shipped with nnvitals.
+
+Every analysis needs a model to look at before the user has one of their own. The zoo holds
+seeded, reproducible checkpoints (``assets/zoo/*.safetensors``) together with a manifest
+that records the architecture, constructor arguments, seed, training recipe, test accuracy
+and file hash of each. A trained model comes with an *untrained twin* (same architecture
+and seed, initialisation only), so an analysis can show what training changed.
+
+The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
+:mod:`analyses.zoo.recipe`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analyses.core.data import Dataset, load_digits
+from analyses.core.errors import NNVitalsError
+
+__all__ = [
+    "DEMO_MODELS",
+    "MANIFEST_NAME",
+    "ZOO_DIR",
+    "demo_data",
+    "demo_names",
+    "demo_path",
+    "load_demo",
+    "manifest",
+]
+
+#: Where the shipped checkpoints and their manifest live (``<repo>/assets/zoo``).
+ZOO_DIR: Path = Path(__file__).resolve().parents[2] / "assets" / "zoo"
+MANIFEST_NAME = "manifest.json"
+
+#: Demo model names mapped to a one-line description (shown in pickers and error messages).
+DEMO_MODELS: dict[str, str] = {
+    "mlp": "MLP 64-256-128-10 trained on 8x8 digits",
+    "mlp-untrained": "the MLP's untrained twin: same architecture and seed, initialisation only",
+    "cnn": "CNN conv32-conv64-pool-fc128-10 trained on 8x8 digits",
+    "cnn-untrained": "the CNN's untrained twin: same architecture and seed, initialisation only",
+}
+
+
+def demo_names() -> list[str]:
+    """Names of the demo models, in display order."""
+    return list(DEMO_MODELS)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in DEMO_MODELS:
+        raise NNVitalsError(f"unknown demo model {name!r}; expected one of: {', '.join(DEMO_MODELS)}")
+    return name
+
+
+def demo_path(name: str) -> Path:
+    """Path of the demo model's checkpoint, ``assets/zoo/<name>.safetensors``."""
+    return ZOO_DIR / f"{_check_name(name)}.safetensors"
+
+
+def manifest() -> dict[str, Any]:
+    """The parsed zoo manifest (``assets/zoo/manifest.json``).
+
+    Raises :class:`NNVitalsError` when it is missing, pointing at the recipe that writes it.
+    """
+    path = ZOO_DIR / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NNVitalsError(
+            f"{path}: zoo manifest not found; rebuild the demo models with `python -m analyses.zoo.recipe`"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise NNVitalsError(f"{path}: zoo manifest is not valid JSON ({exc})") from None
+
+
+def _entry(name: str) -> dict[str, Any]:
+    entries = manifest().get("models", {})
+    if name not in entries:
+        raise NNVitalsError(
+            f"{ZOO_DIR / MANIFEST_NAME}: no entry for demo model {name!r}; "
+            "rebuild the demo models with `python -m analyses.zoo.recipe`"
+        )
+    return entries[name]
+
+
+def load_demo(name: str) -> torch.nn.Module:
+    """Build the demo model ``name`` from the manifest and load its weights, in eval mode.
+
+    The checkpoint's SHA-256 is checked against the manifest first, so a damaged or
+    hand-edited file is reported instead of silently analysed.
+    """
+    from safetensors.torch import load_file
+
+    from analyses.zoo.models import ARCHITECTURES
+
+    path = demo_path(name)
+    entry = _entry(name)
+    if not path.is_file():
+        raise NNVitalsError(f"{path}: demo checkpoint missing; rebuild with `python -m analyses.zoo.recipe`")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise NNVitalsError(
+            f"{path}: checksum {digest[:12]}... does not match the manifest ({entry['sha256'][:12]}...); "
+            "restore the file or rebuild with `python -m analyses.zoo.recipe`"
+        )
+    arch = ARCHITECTURES[entry["architecture"]]
+    model = arch(**entry["kwargs"])
+    model.load_state_dict(load_file(path), strict=True)
+    return model.eval()
+
+
+def demo_data(name: str) -> Dataset:
+    """The held-out digits split the demo model ``name`` was evaluated on (its test split)."""
+    data = _entry(_check_name(name))["data"]
+    return load_digits(
+        size=int(data["size"]),
+        split="test",
+        seed=int(data["seed"]),
+        test_fraction=float(data["test_fraction"]),
+    )
