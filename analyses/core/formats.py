@@ -139,9 +139,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "— save model.state_dict() or use .safetensors"
             ) from None
         raise NNVitalsError(f"{path}: not a PyTorch state dict ({msg[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise NNVitalsError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    except Exception as e:  # torch raises many types (KeyError, RuntimeError, ...) on non-checkpoints
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise NNVitalsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
     if isinstance(obj, torch.nn.Module):  # pragma: no cover - weights_only forbids this
         obj = obj.state_dict()
     if isinstance(obj, dict) and len(obj) and all(isinstance(k, str) for k in obj):

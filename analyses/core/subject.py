@@ -35,7 +35,7 @@ from .formats import SafetensorsFile, exported_param_kinds, load_exported, load_
 
 MATRIX_KINDS = ("linear", "conv1d", "hf_conv1d", "conv2d", "embedding", "matrix")
 MODEL_SUFFIXES = ".safetensors, .pt/.pth/.bin (state dict), .pt2 (torch.export)"
-_EMBED_RE = re.compile(r"(embed|wte|wpe|tok_embeddings|\bshared\b|lookup)", re.I)
+_EMBED_RE = re.compile(r"(embed|wte|wpe|(^|\.)(emb|shared|lookup)\.)", re.I)
 _HF_CONV1D_RE = re.compile(r"(c_attn|c_fc|c_proj|q_attn)\.weight$")
 _HF_CONV1D_TYPES = {"gpt2", "openai-gpt", "gpt_bigcode", "decision_transformer", "imagegpt"}
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

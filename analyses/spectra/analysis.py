@@ -83,21 +83,22 @@ def _chunks(refs: list[WeightRef], budget: int) -> list[list[WeightRef]]:
 def _skip_reason(ref: WeightRef, s: dict[str, Any]) -> str:
     if ref.kind not in MATRIX_KINDS:
         return f"not a matrix layer ({len(ref.shape)}-d tensor)"
-    _, rows, cols = slice_shape(ref.shape, ref.kind)
+    nslices, rows, cols = slice_shape(ref.shape, ref.kind)
     n, m = max(rows, cols), min(rows, cols)
-    if m < s["min_evals"]:
-        return f"too small: M={m} < min_evals={s['min_evals']}"
-    if m > s["max_evals"]:
-        return f"too large: M={m} > max_evals={s['max_evals']}"
+    count = nslices * m  # eigenvalues in the pooled ESD (WeightWatcher's M * rf)
+    if count < s["min_evals"]:
+        return f"too small: {count} eigenvalues < min_evals={s['min_evals']}"
+    if count > s["max_evals"]:
+        return f"too large: {count} eigenvalues > max_evals={s['max_evals']}"
     if n > s["max_N"]:
         return f"too large: N={n} > max_N={s['max_N']}"
     return ""
 
 
-def _fit_row(ev: torch.Tensor, rule: str) -> tuple[dict[str, Any], K.PowerLawFit]:
+def _fit_row(ev: torch.Tensor, rule: str, n: int) -> tuple[dict[str, Any], K.PowerLawFit]:
     fit = K.fit_power_law(ev, rule)
     row = dict(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, num_pl_spikes=fit.num_pl_spikes)
-    row.update(K.spectral_metrics(ev, fit.alpha))
+    row.update(K.spectral_metrics(ev, fit.alpha, n))
     return row, fit
 
 
@@ -144,7 +145,7 @@ def spectra_task(subject: Subject, refs: list[WeightRef], s: dict[str, Any]) -> 
     for row, arrays, w in pending:
         sl = slices[id(row)]
         ev = torch.sort(evals[id(row)].reshape(-1)).values.double().cpu()
-        metrics, fit = _fit_row(ev, s["xmin_rule"])
+        metrics, fit = _fit_row(ev, s["xmin_rule"], row["N"])
         row.update(metrics)
         arrays["esd"] = ev.numpy()
         arrays["ksx"], arrays["ksd"] = fit.ks_xmins, fit.ks_D
@@ -238,10 +239,10 @@ class SpectralAnalysis(Analysis):
     layer_types = param.ListSelector(
         default=list(MATRIX_KINDS), objects=list(MATRIX_KINDS), doc="Layer kinds to analyse."
     )
-    min_evals = param.Integer(default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues (M) than this.")
-    max_evals = param.Integer(default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues (M) than this.")
-    max_N = param.Integer(default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this.")
-    conv2d_norm = param.Boolean(default=True, doc="Scale Conv2d slices by sqrt(kh*kw/2) (WeightWatcher).")
+    min_evals = param.Integer(default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues than this (WW default 8).")
+    max_evals = param.Integer(default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues than this (WW 15000).")
+    max_N = param.Integer(default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this (WW 50000).")
+    conv2d_norm = param.Boolean(default=True, doc="Halve pooled Conv2d eigenvalues (WeightWatcher's conv2d_norm).")
     randomize = param.Boolean(default=False, doc="Also compute the ESD of each element-wise shuffled matrix.")
     seed = param.Integer(default=0, doc="Seed for the shuffled matrices.")
 

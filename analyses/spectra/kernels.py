@@ -216,14 +216,15 @@ def fit_power_law(
 
 
 # --------------------------------------------------------------------------- metrics
-def spectral_metrics(evals: torch.Tensor | np.ndarray, alpha: float) -> dict[str, float]:
+def spectral_metrics(evals: torch.Tensor | np.ndarray, alpha: float, n: int | None = None) -> dict[str, float]:
     """WeightWatcher's norm metrics of one ESD (eigenvalues of W^T W, raw).
 
     lambda_max; log_spectral_norm = log10 lambda_max; norm = sum lambda (= ||W||_F^2);
     log_norm = log10 norm; alpha_weighted = alpha log10 lambda_max; log_alpha_norm =
     log10 sum lambda^alpha; stable_rank = sum lambda / lambda_max; entropy = the Shannon
-    entropy of p = lambda / sum lambda over the nonzero eigenvalues, divided by ln(rank)
-    (1 for a flat spectrum, 0 for rank one).
+    entropy of p = lambda / sum lambda divided by ln(rank) (1 for a flat spectrum, 0 for rank
+    one), rank counting singular values above s_max * n * eps (numpy's matrix_rank rule, as
+    WeightWatcher; ``n`` = the longer side, default the number of eigenvalues).
     """
     ev = np.sort(np.asarray(torch.as_tensor(evals).detach().cpu().double().reshape(-1)))
     ev = ev[np.isfinite(ev)]
@@ -233,9 +234,10 @@ def spectral_metrics(evals: torch.Tensor | np.ndarray, alpha: float) -> dict[str
                     log_alpha_norm=nan, stable_rank=nan, entropy=nan)  # fmt: skip
     lmax = float(ev[-1])
     total = float(ev.sum())
-    pos = ev[ev > EVALS_THRESH]
-    p = pos / pos.sum()
-    rank = pos.size
+    pos = ev[ev > 0]
+    p = pos / total
+    sv = np.sqrt(pos)
+    rank = int((sv > sv[-1] * (n or ev.size) * np.finfo(np.float64).eps).sum())
     entropy = float(-(p * np.log(p)).sum() / np.log(rank)) if rank > 1 else 0.0
     with np.errstate(over="ignore"):
         lan = float(np.log10(np.sum(pos**alpha))) if np.isfinite(alpha) else math.nan

@@ -6,8 +6,9 @@ Every kind becomes a stack of 2-D slices (S, rows, cols) on the PyTorch (out, in
 - Hugging Face ``Conv1D`` (GPT-2) stores (in, out): transposed to (out, in);
 - Embedding: one slice (num_embeddings, dim);
 - Conv1d (out, in, k): k slices W[:, :, i];
-- Conv2d (out, in, kh, kw): kh*kw slices W[:, :, i, j], scaled by sqrt(kh*kw / 2) as
-  WeightWatcher's ``conv2d_norm`` (so the pooled ESD is comparable with a dense layer's).
+- Conv2d (out, in, kh, kw): kh*kw slices W[:, :, i, j], scaled by sqrt(1/2) as
+  WeightWatcher's ``conv2d_norm`` (its factor sqrt(conv2d_count / 2) with conv2d_count = 1
+  when slices are pooled), i.e. the pooled eigenvalues are halved.
 
 ``N`` and ``M`` follow WeightWatcher: N = max(rows, cols), M = min(rows, cols), Q = N / M;
 each slice contributes M eigenvalues.
@@ -32,7 +33,7 @@ def to_slices(w: torch.Tensor, kind: str, conv2d_norm: bool = True) -> torch.Ten
         kh, kw = w.shape[2], w.shape[3]
         s = w.permute(2, 3, 0, 1).reshape(kh * kw, w.shape[0], w.shape[1])
         if conv2d_norm and kind == "conv2d":
-            s = s * math.sqrt(kh * kw / 2.0)
+            s = s * math.sqrt(0.5)
         return s
     raise ValueError(f"cannot take matrices of a {w.ndim}-d tensor")
 

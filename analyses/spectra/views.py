@@ -1,0 +1,670 @@
+"""HoloViews views of a :class:`~analyses.spectra.analysis.SpectralResult`.
+
+Functions from a result to HoloViews elements, styled for both plotting backends: bokeh
+(interactive: hover, tap, linked selection in notebooks and the app) and matplotlib (static
+SVG/PNG/PDF export). Every builder sets its options for both backends, so the same object
+renders with ``hv.render(obj, backend="bokeh")`` and ``backend="matplotlib"`` whatever the
+session's current backend is. No Panel import here: the app wraps these objects.
+
+What the plots show (WeightWatcher's reading, Martin & Mahoney 2021):
+
+- :func:`metric_by_layer`: a per-layer metric against depth, coloured by the alpha label
+  (alpha < 2 "over-trained", alpha > 6 "under-trained"), with guides at alpha = 2 and 6.
+- :func:`esd_plot`: the empirical spectral density on log-log axes with the fitted power law
+  p(lambda) = (alpha - 1) / xmin (lambda / xmin)^-alpha for lambda >= xmin (scaled by the
+  fraction of eigenvalues in the tail), xmin, the Marchenko-Pastur bulk edge, and the ESD of
+  the element-wise shuffled matrix when the run had ``randomize=True``.
+- :func:`ks_plot`: the KS distance D for every candidate xmin; the fit keeps the minimum.
+- :func:`farms_vs_plain`, :func:`alpha_vs_aspect`: FARMS alpha against the plain alpha, and
+  both against the aspect ratio Q = N / M (FARMS, ICML 2025, removes the Q dependence).
+- :func:`compare_models`: a metric by layer for two results, matched by layer name, and the delta.
+- :func:`linked_explorer`: tap a layer in the metric plot, its ESD and KS plots follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+
+from ..core.errors import NNVitalsError
+
+__all__ = [
+    "CATEGORY_COLORS",
+    "LinkedExplorer",
+    "alpha_vs_aspect",
+    "compare_models",
+    "compare_table",
+    "esd_plot",
+    "farms_vs_plain",
+    "ks_plot",
+    "linked_explorer",
+    "main_figures",
+    "metric_by_layer",
+]
+
+#: colour of each warning category (Paul Tol's colour-blind safe "bright" scheme)
+CATEGORY_COLORS = {
+    "ok": "#4477AA",
+    "over-trained": "#EE6677",
+    "under-trained": "#CCBB44",
+    "no fit": "#999999",
+}
+#: the two models of :func:`compare_models`
+PAIR_COLORS = ("#4477AA", "#EE7733")
+FIT_COLOR, XMIN_COLOR, BULK_COLOR, ESD_COLOR, RAND_COLOR = "#CC3311", "#CC3311", "#7B3294", "#4477AA", "#555555"
+
+METRIC_LABELS = {
+    "alpha": "alpha (power-law exponent)",
+    "alpha_plain": "plain alpha",
+    "alpha_weighted": "alpha_weighted (alpha log10 lambda_max)",
+    "log_alpha_norm": "log_alpha_norm",
+    "log_norm": "log10 Frobenius norm^2",
+    "log_spectral_norm": "log10 lambda_max",
+    "stable_rank": "stable rank",
+    "entropy": "spectral entropy",
+    "D": "KS distance D",
+    "xmin": "xmin",
+    "num_spikes": "spikes beyond the MP edge",
+    "mp_softrank": "MP soft rank",
+    "rand_distance": "distance to shuffled ESD",
+}
+
+#: default pixel / inch sizes for one panel
+BOKEH_SIZE = dict(width=520, height=340)
+MPL_SIZE = dict(fig_inches=(6.0, 3.6), aspect=1.65)
+ESD_BINS = 60
+EVALS_THRESH = 1e-5  # as analyses.spectra.kernels.EVALS_THRESH (zeros of rank-deficient matrices)
+
+
+# --------------------------------------------------------------------------- backends and styling
+def ensure_backends() -> None:
+    """Register the bokeh and matplotlib plotting backends without changing the current one.
+
+    Importing the plotting modules (rather than ``hv.extension``) prints nothing and loads no
+    notebook JavaScript; the session's current backend (a notebook user may be on bokeh) is
+    kept, or becomes bokeh when none was loaded yet.
+    """
+    store = hv.Store
+    prev = store.current_backend if store.renderers else None
+    if "bokeh" not in store.renderers:
+        import holoviews.plotting.bokeh  # noqa: F401
+    if "matplotlib" not in store.renderers:
+        import holoviews.plotting.mpl  # noqa: F401
+    target = prev if prev in store.renderers else "bokeh"
+    if store.current_backend != target:
+        store.set_current_backend(target)
+
+
+def _opts(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
+    """Apply options for both backends: ``common`` to each, then the backend-specific ones."""
+    ensure_backends()
+    common = common or {}
+    obj = obj.opts(backend="bokeh", **common, **(bokeh or {}))
+    return obj.opts(backend="matplotlib", **common, **(mpl or {}))
+
+
+def _panel(obj, title: str, xlabel: str, ylabel: str, *, logx=False, logy=False, legend=True, **extra):
+    """Axes-level options shared by every panel (an Overlay or a single element)."""
+    common = dict(title=title, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, show_grid=True)
+    common.update(extra)
+    bk = dict(BOKEH_SIZE, fontscale=1.05, toolbar="right")
+    mp = dict(MPL_SIZE, fontscale=0.95)
+    if legend:
+        bk.update(legend_position="top_right", show_legend=True)
+        mp.update(legend_position="best", show_legend=True)
+    else:
+        bk["show_legend"] = False
+        mp["show_legend"] = False
+    return _opts(obj, common, bk, mp)
+
+
+def _line(obj, color: str, width: float = 1.5, dash: str = "solid", alpha: float = 1.0):
+    mpl_dash = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}[dash]
+    return _opts(
+        obj,
+        dict(color=color, alpha=alpha),
+        dict(line_width=width, line_dash=dash),
+        dict(linewidth=width, linestyle=mpl_dash),
+    )
+
+
+def _message(title: str, text: str) -> hv.Overlay:
+    """A blank panel carrying a message (what is missing and how to get it)."""
+    blank = hv.Curve(([0.0, 1.0], [0.0, 1.0])).opts(alpha=0)
+    blank = _opts(blank, dict(alpha=0))
+    msg = _opts(hv.Text(0.5, 0.5, text), dict(color="#444444"), dict(text_font_size="12pt"), dict(fontsize=11))
+    return _panel(
+        blank * msg, title, "", "", legend=False, xaxis=None, yaxis=None, xlim=(0, 1), ylim=(0, 1)
+    )
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    return format(x, spec) if math.isfinite(x) else "n/a"
+
+
+# --------------------------------------------------------------------------- table helpers
+def _check_result(result) -> None:
+    if not hasattr(result, "table") or not hasattr(result, "esd"):
+        raise NNVitalsError(f"result: got {type(result).__name__}; expected a SpectralResult (SpectralAnalysis.run())")
+
+
+def _category(warning: Any, alpha: Any) -> str:
+    w = "" if warning is None or (isinstance(warning, float) and math.isnan(warning)) else str(warning)
+    if w in CATEGORY_COLORS:
+        return w
+    try:
+        fit = math.isfinite(float(alpha))
+    except (TypeError, ValueError):
+        fit = False
+    return "ok" if fit else "no fit"
+
+
+def _analysed(result) -> pd.DataFrame:
+    """The analysed rows (status ok), in layer order, with a ``category`` column."""
+    _check_result(result)
+    t = result.table
+    ok = t[t["status"] == "ok"].copy() if "status" in t else t.copy()
+    ok = ok.sort_values("layer_id", kind="stable").reset_index(drop=True)
+    ok["category"] = [_category(w, a) for w, a in zip(ok.get("warning", [""] * len(ok)), ok.get("alpha", []))]
+    return ok
+
+
+def _has_farms(result) -> bool:
+    t = result.table
+    return "alpha_plain" in t and bool(np.isfinite(pd.to_numeric(t["alpha_plain"], errors="coerce")).any())
+
+
+def _metric_rows(result, metric: str) -> pd.DataFrame:
+    ok = _analysed(result)
+    if metric not in result.table.columns:
+        numeric = [c for c in result.table.columns if result.table[c].dtype.kind in "fiu" and c != "layer_id"]
+        raise NNVitalsError(f"metric {metric!r}: not a column of this result; expected one of: {', '.join(numeric)}")
+    ok[metric] = pd.to_numeric(ok[metric], errors="coerce")
+    return ok[np.isfinite(ok[metric].to_numpy(dtype=float))].reset_index(drop=True)
+
+
+def _xmin_rule(result) -> str:
+    return str(result.meta.get("params", {}).get("xmin_rule", "ks"))
+
+
+# --------------------------------------------------------------------------- metric by layer
+def _metric_scatter(rows: pd.DataFrame, metric: str) -> hv.Scatter:
+    data = rows[["layer_id", metric, "name", "layer_type", "N", "M", "category"]]
+    vdims = [
+        hv.Dimension(metric, label=metric),
+        hv.Dimension("name", label="layer"),
+        hv.Dimension("layer_type", label="type"),
+        "N",
+        "M",
+        hv.Dimension("category", label="status"),
+    ]
+    scatter = hv.Scatter(data, hv.Dimension("layer_id", label="layer"), vdims, label="layers")
+    return _opts(
+        scatter,
+        dict(color="category", cmap=CATEGORY_COLORS),
+        dict(size=11, line_color="white", tools=["hover", "tap"], nonselection_alpha=0.35,
+             selection_line_color="black", selection_line_width=2.5, legend_field="category"),
+        dict(s=60, edgecolors="white"),
+    )  # fmt: skip
+
+
+def metric_by_layer(result, metric: str = "alpha") -> hv.Overlay:
+    """``metric`` against layer depth (``layer_id``), one point per analysed layer.
+
+    Points are coloured by the alpha label (ok / over-trained / under-trained / no fit) with a
+    legend; hovering shows the layer's name, type, N, M and value. For ``metric="alpha"`` the
+    dashed guides mark alpha = 2 (below: over-trained) and alpha = 6 (above: under-trained).
+    Skipped layers and layers without a value are left out.
+    """
+    rows = _metric_rows(result, metric)
+    label = METRIC_LABELS.get(metric, metric)
+    subject = result.meta.get("subject", {}).get("label", "")
+    title = f"{metric} by layer" + (f": {subject}" if subject else "")
+    if rows.empty:
+        return _message(title, f"no analysed layer has a finite {metric}")
+    scatter = _metric_scatter(rows, metric)
+    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
+    over = path * scatter
+    if metric in ("alpha", "alpha_plain"):
+        for y, note in ((2.0, "over-trained below 2"), (6.0, "under-trained above 6")):
+            over = over * _line(hv.HLine(y), "#666666", 1.0, "dashed", 0.8)
+            txt = hv.Text(float(rows["layer_id"].max()), y, f"{note} ", halign="right", valign="bottom")
+            over = over * _opts(txt, dict(color="#555555"), dict(text_font_size="9pt"), dict(fontsize=8))
+    return _panel(over, title, "layer (depth)", label)
+
+
+# --------------------------------------------------------------------------- ESD
+@dataclass
+class _Fit:
+    alpha: float
+    xmin: float
+    D: float
+    tail: int
+
+
+def _layer_fit(result, name: str, row: pd.Series, source: str, evals: np.ndarray) -> _Fit:
+    """The power-law fit that belongs to the ESD shown.
+
+    The table's alpha/xmin/D are those of the FARMS pooled ESD when the run used FARMS; the
+    full-matrix ESD's own fit is then recomputed here (the same kernel as the analysis, which
+    stored its alpha as ``alpha_plain``).
+    """
+    farms_run = "alpha_plain" in row.index and np.isfinite(pd.to_numeric(row.get("alpha_plain"), errors="coerce"))
+    if source == "layer" and farms_run:
+        from .kernels import fit_power_law
+
+        fit = fit_power_law(evals, _xmin_rule(result))
+        return _Fit(fit.alpha, fit.xmin, fit.D, fit.num_pl_spikes)
+    tail = row.get("num_pl_spikes", np.nan)
+    return _Fit(float(row["alpha"]), float(row["xmin"]), float(row["D"]), int(tail) if np.isfinite(tail) else 0)
+
+
+def _density(evals: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts, _ = np.histogram(evals, edges)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dens = counts / (max(evals.size, 1) * np.diff(edges))
+    dens[counts == 0] = np.nan  # empty bins: nothing to draw on a log axis
+    return dens
+
+
+def _esd_source(result, name: str, source: str) -> str:
+    if source not in ("auto", "layer", "farms"):
+        raise NNVitalsError(f"source {source!r}: expected 'auto', 'layer' or 'farms'")
+    has_farms = result.farms_esd(name).size > 0
+    if source == "auto":
+        return "farms" if has_farms else "layer"
+    if source == "farms" and not has_farms:
+        raise NNVitalsError(f"layer {name!r}: no FARMS ESD in this result; run with farms=True")
+    return source
+
+
+def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
+    """The ESD of layer ``name`` on log-log axes with its power-law fit (WeightWatcher's reading).
+
+    A density histogram of the eigenvalues on log-spaced bins; the fitted power law
+    p(lambda) = (alpha - 1) / xmin (lambda / xmin)^-alpha for lambda >= xmin, scaled by the
+    fraction of eigenvalues in the tail (so it lies on the histogram); vertical lines at xmin
+    and at the Marchenko-Pastur bulk edge ``bulk_max``; the ESD of the element-wise shuffled
+    matrix (grey steps) when the result has it.
+
+    ``source``: ``"layer"`` the full matrix's ESD, ``"farms"`` the pooled ESD of the FARMS
+    windows, ``"auto"`` (default) whichever the table's alpha was fitted to (FARMS when present).
+    The overlay always has the same five layers (empty when absent), so it can be a
+    :class:`holoviews.DynamicMap` frame.
+    """
+    row = result.row(name)
+    if row.get("status", "ok") != "ok":
+        return _message(f"ESD: {name}", f"skipped: {row.get('skip_reason', '')}")
+    source = _esd_source(result, name, source)
+    evals = np.asarray(result.farms_esd(name) if source == "farms" else result.esd(name), dtype=float)
+    evals = evals[np.isfinite(evals) & (evals > EVALS_THRESH)]
+    if evals.size < 2:
+        return _message(f"ESD: {name}", "fewer than two nonzero eigenvalues")
+    fit = _layer_fit(result, name, row, source, evals)
+    rand = np.asarray(result.randomized_esd(name), dtype=float) if source == "layer" else np.empty(0)
+    rand = rand[np.isfinite(rand) & (rand > EVALS_THRESH)]
+
+    lo, hi = float(evals.min()), float(evals.max())
+    if rand.size:
+        lo, hi = min(lo, float(rand.min())), max(hi, float(rand.max()))
+    if hi <= lo * 1.0001:
+        lo, hi = lo / 1.5, hi * 1.5
+    edges = np.logspace(math.log10(lo), math.log10(hi), ESD_BINS + 1)
+    dens = _density(evals, edges)
+    finite = dens[np.isfinite(dens)]
+    ymin, ymax = float(finite.min()) / 3, float(finite.max()) * 3
+
+    xdim, ydim = hv.Dimension("lambda", label="eigenvalue λ"), hv.Dimension("density", label="density p(λ)")
+    esd_label = "FARMS ESD" if source == "farms" else "ESD"
+    hist = hv.Histogram((edges, dens), xdim, ydim, label=esd_label)
+    hist = _opts(
+        hist,
+        dict(color=ESD_COLOR, alpha=0.55),
+        dict(line_color=ESD_COLOR, line_alpha=0.9, line_width=0.5),
+        dict(edgecolor=ESD_COLOR, linewidth=0.4),
+    )
+    if rand.size:
+        rdens = _density(rand, edges)
+        centers = np.sqrt(edges[:-1] * edges[1:])
+        rcurve = hv.Curve((centers, rdens), xdim, ydim, label="shuffled ESD")
+    else:
+        rcurve = hv.Curve(([np.nan], [np.nan]), xdim, ydim, label="shuffled ESD" if source == "layer" else "")
+    rcurve = _line(rcurve.opts(interpolation="steps-mid"), RAND_COLOR, 1.4, "solid", 0.85)
+    rcurve = _opts(rcurve, dict(interpolation="steps-mid"))
+
+    if math.isfinite(fit.alpha) and math.isfinite(fit.xmin) and fit.xmin > 0 and fit.tail > 0:
+        lam = np.logspace(math.log10(fit.xmin), math.log10(float(evals.max())), 50)
+        p = (fit.alpha - 1) / fit.xmin * (lam / fit.xmin) ** (-fit.alpha) * (fit.tail / evals.size)
+        xmin_x = fit.xmin
+    else:
+        lam, p, xmin_x = np.array([np.nan]), np.array([np.nan]), np.nan
+    fitc = _line(hv.Curve((lam, p), xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
+    xmin_line = _line(hv.Curve(([xmin_x, xmin_x], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed")
+    bulk = float(pd.to_numeric(row.get("bulk_max", np.nan), errors="coerce")) if source == "layer" else np.nan
+    bulk_label = "MP bulk edge" if source == "layer" else ""
+    bulk_line = _line(
+        hv.Curve(([bulk, bulk], [ymin, ymax]), xdim, ydim, label=bulk_label), BULK_COLOR, 1.5, "dotted"
+    )
+    kind = "FARMS ESD" if source == "farms" else "ESD"
+    title = f"{kind} {name}: α={_fmt(fit.alpha)}, D={_fmt(fit.D, '.3f')}"
+    over = hist * rcurve * fitc * xmin_line * bulk_line
+    return _panel(
+        over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True,
+        ylim=(ymin, ymax), xlim=(lo / 1.2, hi * 1.2),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- KS
+def ks_plot(result, name: str) -> hv.Overlay:
+    """KS distance D against the candidate xmin (log x) for layer ``name``; the star is the minimum.
+
+    D = max |F_fit - F_empirical| over the tail (Clauset et al. 2009, §3.3); the ``ks`` rule keeps
+    the xmin with the smallest D. The curve is that of the full matrix's ESD (with FARMS, the
+    table's alpha comes from the window ESD: see :func:`esd_plot`). The overlay always has the
+    same layers, so it can be a DynamicMap frame.
+    """
+    row = result.row(name)
+    xs, ds = (np.asarray(a, dtype=float) for a in result.ks_curve(name))
+    title = f"KS distance vs xmin: {name}"
+    xdim, ydim = hv.Dimension("xmin", label="candidate xmin"), hv.Dimension("D", label="KS distance D")
+    good = np.isfinite(xs) & np.isfinite(ds) & (xs > 0)
+    if row.get("status", "ok") != "ok" or not good.any():
+        reason = row.get("skip_reason", "") or "no KS scan stored for this layer"
+        xs, ds, best = np.array([np.nan]), np.array([np.nan]), None
+        title = f"{title} ({reason})"
+    else:
+        xs, ds = xs[good], ds[good]
+        best = int(np.argmin(ds))
+        title = f"{title} (xmin={_fmt(xs[best], '.3g')}, D={_fmt(ds[best], '.3f')})"
+    curve = _line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
+    pt = (xs[best:best + 1], ds[best:best + 1]) if best is not None else ([np.nan], [np.nan])
+    star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
+    star = _opts(
+        star, dict(color=FIT_COLOR, marker="*"), dict(size=18, tools=["hover"]), dict(s=220)
+    )
+    return _panel(curve * star, title, "candidate xmin", "KS distance D", logx=True)
+
+
+# --------------------------------------------------------------------------- FARMS
+def farms_vs_plain(result) -> hv.Overlay:
+    """FARMS alpha against the plain (full-matrix) alpha, one point per layer, with y = x.
+
+    Points off the diagonal are layers whose alpha the aspect ratio biased. Without FARMS in
+    the result the panel says how to get it.
+    """
+    title = "FARMS alpha vs plain alpha"
+    if not _has_farms(result):
+        return _message(title, "no FARMS alpha in this result: run with farms=True (CLI: --farms)")
+    rows = _analysed(result)
+    rows["alpha_plain"] = pd.to_numeric(rows["alpha_plain"], errors="coerce")
+    rows = rows[np.isfinite(rows["alpha"].astype(float)) & np.isfinite(rows["alpha_plain"])]
+    if rows.empty:
+        return _message(title, "no layer has both a FARMS and a plain alpha")
+    vals = np.concatenate([rows["alpha"].to_numpy(float), rows["alpha_plain"].to_numpy(float)])
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = 0.08 * max(hi - lo, 0.5)
+    lo, hi = lo - pad, hi + pad
+    diag = _line(hv.Curve(([lo, hi], [lo, hi]), "alpha_plain", "alpha", label="y = x"), "#666666", 1.2, "dashed")
+    pts = hv.Scatter(
+        rows[["alpha_plain", "alpha", "name", "layer_type", "Q", "category"]],
+        hv.Dimension("alpha_plain", label="plain alpha"),
+        [hv.Dimension("alpha", label="FARMS alpha"), hv.Dimension("name", label="layer"),
+         hv.Dimension("layer_type", label="type"), "Q", hv.Dimension("category", label="status")],
+        label="layers",
+    )  # fmt: skip
+    pts = _opts(
+        pts,
+        dict(color="category", cmap=CATEGORY_COLORS),
+        dict(size=11, line_color="white", tools=["hover"], legend_field="category"),
+        dict(s=60, edgecolors="white"),
+    )
+    return _panel(diag * pts, title, "plain alpha (full matrix)", "FARMS alpha", xlim=(lo, hi), ylim=(lo, hi))
+
+
+def alpha_vs_aspect(result) -> hv.Overlay:
+    """Alpha against the aspect ratio Q = N / M (log x), plain and FARMS when present.
+
+    The plain alpha of random and trained matrices drifts with Q; FARMS's fixed-aspect-ratio
+    windows remove that drift (FARMS, ICML 2025, §3).
+    """
+    rows = _analysed(result)
+    title = "alpha vs aspect ratio Q"
+    plain_col = "alpha_plain" if _has_farms(result) else "alpha"
+    layers = []
+    for col, label, color in ((plain_col, "plain alpha", PAIR_COLORS[0]), ("alpha", "FARMS alpha", PAIR_COLORS[1])):
+        if col == "alpha" and plain_col == "alpha" and label == "FARMS alpha":
+            continue
+        sub = rows.assign(value=pd.to_numeric(rows[col], errors="coerce"))
+        sub = sub[np.isfinite(sub["value"].to_numpy(float)) & np.isfinite(sub["Q"].to_numpy(float))]
+        if sub.empty:
+            continue
+        sc = hv.Scatter(
+            sub[["Q", "value", "name", "N", "M"]],
+            hv.Dimension("Q", label="Q = N / M"),
+            [hv.Dimension("value", label="alpha"), hv.Dimension("name", label="layer"), "N", "M"],
+            label=label,
+        )
+        layers.append(
+            _opts(sc, dict(color=color), dict(size=10, line_color="white", tools=["hover"]), dict(s=50))
+        )
+    if not layers:
+        return _message(title, "no analysed layer has a finite alpha")
+    over = hv.Overlay(layers)
+    return _panel(over, title, "aspect ratio Q = N / M", "alpha", logx=True)
+
+
+# --------------------------------------------------------------------------- comparison
+COMPARE_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "entropy")
+
+
+def compare_table(result_a, result_b, metrics: tuple[str, ...] = COMPARE_METRICS) -> pd.DataFrame:
+    """Per-layer metrics of two results matched by layer name, with deltas (B - A).
+
+    Columns: name, layer_id (A's, else B's), layer_type, then ``<m>_a``, ``<m>_b``,
+    ``<m>_delta`` for each metric, and ``warning_a``/``warning_b``. A layer analysed in only
+    one result keeps its row with NaN on the other side.
+    """
+    a, b = _analysed(result_a), _analysed(result_b)
+    cols = ["name", "layer_id", "layer_type", "category", *[m for m in metrics if m in a or m in b]]
+    a = a.reindex(columns=cols)
+    b = b.reindex(columns=cols)
+    merged = a.merge(b, on="name", how="outer", suffixes=("_a", "_b"), sort=False)
+    out = pd.DataFrame({"name": merged["name"]})
+    out["layer_id"] = merged["layer_id_a"].fillna(merged["layer_id_b"])
+    out["layer_type"] = merged["layer_type_a"].fillna(merged["layer_type_b"])
+    for m in metrics:
+        if f"{m}_a" not in merged:
+            continue
+        va = pd.to_numeric(merged[f"{m}_a"], errors="coerce")
+        vb = pd.to_numeric(merged[f"{m}_b"], errors="coerce")
+        out[f"{m}_a"], out[f"{m}_b"], out[f"{m}_delta"] = va, vb, vb - va
+    out["warning_a"] = merged["category_a"].fillna("absent")
+    out["warning_b"] = merged["category_b"].fillna("absent")
+    return out.sort_values(["layer_id", "name"], kind="stable").reset_index(drop=True)
+
+
+def compare_models(
+    result_a, result_b, metric: str = "alpha", labels: tuple[str, str] = ("A", "B")
+) -> hv.Layout:
+    """``metric`` by layer for two models overlaid (matched by layer name), and B - A below.
+
+    Typical use: a trained model against its untrained twin, or two checkpoints of one run.
+    """
+    for r in (result_a, result_b):
+        _check_result(r)
+        if metric not in r.table.columns:
+            raise NNVitalsError(f"metric {metric!r}: not a column of both results")
+    la, lb = (str(x) for x in labels)
+    tab = compare_table(result_a, result_b, (metric,))
+    label = METRIC_LABELS.get(metric, metric)
+    top_title = f"{metric} by layer: {la} vs {lb}"
+    if tab.empty:
+        return hv.Layout([_message(top_title, "no analysed layers in either result")]).cols(1)
+    layers = []
+    for col, lab, color in ((f"{metric}_a", la, PAIR_COLORS[0]), (f"{metric}_b", lb, PAIR_COLORS[1])):
+        sub = tab[np.isfinite(tab[col].to_numpy(float))]
+        data = sub[["layer_id", col, "name", "layer_type"]].rename(columns={col: metric})
+        kd, vd = hv.Dimension("layer_id", label="layer"), [metric, hv.Dimension("name", label="layer name"), "layer_type"]
+        layers.append(_line(hv.Curve(data, kd, vd, label=lab), color, 1.2, alpha=0.7))
+        sc = hv.Scatter(data, kd, vd, label=lab)
+        layers.append(_opts(sc, dict(color=color), dict(size=9, tools=["hover"]), dict(s=40)))
+    top = hv.Overlay(layers)
+    if metric in ("alpha", "alpha_plain"):
+        top = top * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8) * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
+    top = _panel(top, top_title, "layer (depth)", label)
+    both = tab[np.isfinite(tab[f"{metric}_delta"].to_numpy(float))]
+    d_title = f"Δ {metric} ({lb} − {la}) per matched layer"
+    if both.empty:
+        bottom = _message(d_title, "no layer name is analysed in both results")
+    else:
+        ddata = both[["layer_id", f"{metric}_delta", "name"]].rename(columns={f"{metric}_delta": "delta"})
+        kd = hv.Dimension("layer_id", label="layer")
+        vd = [hv.Dimension("delta", label=f"Δ {metric}"), hv.Dimension("name", label="layer name")]
+        spikes = _line(hv.Spikes(ddata, kd, vd), "#666666", 2.0)
+        dots = hv.Scatter(ddata, kd, vd, label="")
+        dots = _opts(
+            dots,
+            dict(color=PAIR_COLORS[1]),
+            dict(size=9, tools=["hover"]),
+            dict(s=40),
+        )
+        zero = _line(hv.HLine(0.0), "#333333", 1.0)
+        bottom = _panel(zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=False)
+    return hv.Layout([top, bottom]).cols(1)
+
+
+# --------------------------------------------------------------------------- linked explorer
+@dataclass
+class LinkedExplorer:
+    """A metric-by-layer plot whose selected layer drives its ESD and KS plots.
+
+    - ``layout``: the :class:`holoviews.Layout` to display (metric plot, ESD, KS);
+    - ``stream``: the :class:`holoviews.streams.Selection1D` attached to the metric scatter
+      (``stream.index`` is a list of row positions into ``names``); tapping a point in bokeh
+      sets it, and a page can drive it with ``stream.event(index=[i])`` or :meth:`select`;
+    - ``names``: the layer name of each scatter point, in order.
+
+    Unpacks as ``layout, stream = linked_explorer(result)``; displays itself in Jupyter
+    (the layout's rich display) and in Panel (``__panel__``).
+    """
+
+    layout: hv.Layout
+    stream: hv.streams.Selection1D
+    names: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.layout, self.stream))
+
+    @property
+    def selected(self) -> str | None:
+        """The layer currently shown (the first selected point, else the first layer)."""
+        return _pick(self.names, self.stream.index)
+
+    def select(self, name: str) -> None:
+        """Show layer ``name`` (as if its point had been tapped)."""
+        if name not in self.names:
+            raise NNVitalsError(f"layer {name!r}: not among the explorer's layers ({', '.join(self.names)})")
+        self.stream.event(index=[self.names.index(name)])
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.layout._repr_mimebundle_(include, exclude)
+
+    def __panel__(self):
+        import panel as pn  # only Panel itself calls this, so Panel is already imported
+
+        return pn.panel(self.layout)
+
+
+def _pick(names: list[str], index: list[int] | None) -> str | None:
+    if not names:
+        return None
+    for i in index or []:
+        if 0 <= int(i) < len(names):
+            return names[int(i)]
+    return names[0]
+
+
+def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
+    """Tap a layer in :func:`metric_by_layer`, see its :func:`esd_plot` and :func:`ks_plot`.
+
+    A :class:`holoviews.streams.Selection1D` on the metric scatter feeds two
+    :class:`holoviews.DynamicMap` objects; with nothing selected they show the first analysed
+    layer. Works in a Jupyter notebook with the bokeh backend (a live kernel updates the
+    plots) and in a Panel app; static exports show the current selection.
+
+    >>> explorer = linked_explorer(result)
+    >>> explorer.layout                 # display; or: layout, stream = linked_explorer(result)
+    >>> explorer.select("fc1.weight")   # or explorer.stream.event(index=[2])
+    """
+    rows = _metric_rows(result, metric)
+    names = [str(n) for n in rows["name"]]
+    if not names:
+        msg = _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
+        stream = hv.streams.Selection1D(source=msg, index=[])
+        return LinkedExplorer(hv.Layout([msg]).cols(1), stream, [])
+    scatter = _metric_scatter(rows, metric)
+    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
+    over = path * scatter
+    if metric in ("alpha", "alpha_plain"):
+        over = over * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8) * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
+    subject = result.meta.get("subject", {}).get("label", "")
+    title = f"{metric} by layer" + (f": {subject}" if subject else "") + " (tap a point)"
+    over = _panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric))
+    stream = hv.streams.Selection1D(source=scatter, index=[0])
+
+    def _esd(index):
+        return esd_plot(result, _pick(names, index))
+
+    def _ks(index):
+        return ks_plot(result, _pick(names, index))
+
+    esd = hv.DynamicMap(_esd, streams=[stream])
+    ks = hv.DynamicMap(_ks, streams=[stream])
+    layout = (over + esd + ks).cols(3)
+    layout = _opts(layout, dict(), dict(shared_axes=False), dict(sublabel_format="", hspace=0.35))
+    return LinkedExplorer(layout, stream, names)
+
+
+# --------------------------------------------------------------------------- CLI figures
+def _grid_layers(result, k: int = 6) -> list[str]:
+    """Up to ``k`` analysed layers for the ESD grid: flagged layers first, then in depth order."""
+    rows = _analysed(result)
+    rows = rows[rows["category"] != "no fit"]
+    flagged = [str(n) for n, c in zip(rows["name"], rows["category"]) if c != "ok"]
+    rest = [str(n) for n, c in zip(rows["name"], rows["category"]) if c == "ok"]
+    chosen = set((flagged + rest)[:k])
+    return [str(n) for n in rows["name"] if n in chosen]
+
+
+def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
+    """The ESDs of up to ``k`` analysed layers (flagged ones first), three per row."""
+    names = _grid_layers(result, k)
+    if not names:
+        return _message("ESDs", "no analysed layer has a power-law fit")
+    plots = [esd_plot(result, n) for n in names]
+    layout = hv.Layout(plots).cols(3)
+    return _opts(layout, dict(), dict(shared_axes=False), dict(sublabel_format="", hspace=0.4, vspace=0.45))
+
+
+def main_figures(result) -> dict[str, hv.Element | hv.Overlay | hv.Layout]:
+    """The figures the CLI writes, by file stem.
+
+    ``alpha_by_layer``: :func:`metric_by_layer` of alpha; ``esd_grid``: :func:`esd_grid`
+    (up to 6 ESDs); with FARMS also ``farms_vs_plain`` and ``alpha_vs_aspect``.
+    """
+    _check_result(result)
+    figs: dict[str, Any] = {"alpha_by_layer": metric_by_layer(result, "alpha"), "esd_grid": esd_grid(result)}
+    if _has_farms(result):
+        figs["farms_vs_plain"] = farms_vs_plain(result)
+        figs["alpha_vs_aspect"] = alpha_vs_aspect(result)
+    return figs
