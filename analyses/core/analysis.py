@@ -39,13 +39,20 @@ class Analysis(param.Parameterized):
         ".pt2 export), a Hugging Face directory, 'package.module:factory', or a demo name.",
     )
     device = param.String(default="cpu", doc="Torch device for the kernels ('cpu', 'cuda', 'cuda:1', 'mps').")
-    dtype = param.Selector(default="float32", objects=["float32", "float64"], doc="Floating type of the kernels.")
-    cache = param.Boolean(default=True, doc="Reuse a stored result with the same key; store new results.")
-    cache_dir = param.String(default=None, allow_None=True, doc="Result store directory (default ~/.cache/nnvitals).")
-    runner = param.String(
-        default="threads", doc="'threads' (local pool), 'local' (Dask LocalCluster) or a Dask scheduler address."
+    dtype = param.Selector(
+        default="float32", objects=["float32", "float64"], doc="Floating type of the kernels."
     )
-    num_workers = param.Integer(default=None, allow_None=True, bounds=(1, 256), doc="Threads in the local pool.")
+    cache = param.Boolean(default=True, doc="Reuse a stored result with the same key; store new results.")
+    cache_dir = param.String(
+        default=None, allow_None=True, doc="Result store directory (default ~/.cache/nnvitals)."
+    )
+    runner = param.String(
+        default="threads",
+        doc="'threads' (local pool), 'local' (Dask LocalCluster) or a Dask scheduler address.",
+    )
+    num_workers = param.Integer(
+        default=None, allow_None=True, bounds=(1, 256), doc="Threads in the local pool."
+    )
     show_progress = param.Boolean(default=True, doc="Draw a tqdm progress bar when no callback is given.")
 
     # ------------------------------------------------------------------ helpers
@@ -64,7 +71,9 @@ class Analysis(param.Parameterized):
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise NNVitalsError(f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+            raise NNVitalsError(
+                f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise NNVitalsError(f"device {self.device!r}: CUDA is not available on this machine; use 'cpu'")
         if dev.type == "mps" and not torch.backends.mps.is_available():

@@ -102,15 +102,15 @@ class SafetensorsFile:
 
     def read(self, name: str) -> torch.Tensor:
         dtype, shape, start, end = self.entries[name]
-        buf = bytearray(end - start)
-        with open(self.path, "rb") as f:
+        out = torch.empty(shape, dtype=dtype)
+        if end == start:
+            return out
+        with open(self.path, "rb", buffering=0) as f:
             f.seek(self.base + start)
-            got = f.readinto(buf)
-        if got != len(buf):
+            got = f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        if got != end - start:
             raise NNVitalsError(f"{self.path}: truncated while reading tensor {name!r}")
-        if not buf:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+        return out
 
 
 def _flatten_tensors(obj, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -141,7 +141,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise NNVitalsError(f"{path}: not a PyTorch state dict ({msg[:120]})") from None
     except Exception as e:  # torch raises many types (KeyError, RuntimeError, ...) on non-checkpoints
         first = (str(e).splitlines() or [""])[0][:160]
-        raise NNVitalsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
+        raise NNVitalsError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})"
+        ) from None
     if isinstance(obj, torch.nn.Module):  # pragma: no cover - weights_only forbids this
         obj = obj.state_dict()
     if isinstance(obj, dict) and len(obj) and all(isinstance(k, str) for k in obj):
@@ -186,7 +188,9 @@ def load_exported(path: Path):
         ) from None
     except Exception as e:  # torch raises many types for malformed archives
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise NNVitalsError(f"{path}: not a readable torch.export program ({type(e).__name__}: {first})") from None
+        raise NNVitalsError(
+            f"{path}: not a readable torch.export program ({type(e).__name__}: {first})"
+        ) from None
 
 
 EXPORT_KINDS = {

@@ -111,7 +111,9 @@ class Result:
                 with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
-            raise NNVitalsError(f"{source}: not a readable nnvitals result ({type(e).__name__}: {e})") from None
+            raise NNVitalsError(
+                f"{source}: not a readable nnvitals result ({type(e).__name__}: {e})"
+            ) from None
         if head.get("format") != FORMAT:
             raise NNVitalsError(f"{source}: unknown result format {head.get('format')!r}, expected {FORMAT}")
         klass = Result._registry.get(head.get("kind"), cls)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Cancelled, NNVitalsError
+from .threads import single_threaded_kernels
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,7 +93,9 @@ def parse_spec(spec: str | None) -> str:
         return spec
     if ":" in spec:  # HOST:PORT
         return f"tcp://{spec}"
-    raise NNVitalsError(f"runner {spec!r}: expected 'threads', 'local' or a scheduler address tcp://HOST:PORT")
+    raise NNVitalsError(
+        f"runner {spec!r}: expected 'threads', 'local' or a scheduler address tcp://HOST:PORT"
+    )
 
 
 class Runner:
@@ -100,9 +103,8 @@ class Runner:
 
     def __init__(self, spec: str | None = "threads", num_workers: int | None = None):
         self.spec = parse_spec(spec)
-        # kernels are BLAS/LAPACK-threaded already: one task thread per two cores avoids
-        # oversubscribing OpenMP (measured pathological on two cores)
-        self.num_workers = num_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+        # one task per core, each with one intra-op thread (see analyses.core.threads)
+        self.num_workers = num_workers or max(1, min(8, os.cpu_count() or 1))
 
     @property
     def description(self) -> str:
@@ -134,14 +136,21 @@ class Runner:
     def _map_threads(self, tasks, progress, cancel):
         results: list[Any] = [None] * len(tasks)
         if self.num_workers == 1 or len(tasks) == 1:
-            for i, t in enumerate(tasks):
-                if cancel is not None:
-                    cancel.check()
-                results[i] = t.fn(*t.args, **t.kwargs)
-                if progress:
-                    progress(i + 1, len(tasks), t.label)
-            return results
-        with ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="nnvitals") as pool:
+            return self._map_serial(tasks, progress, cancel, results)
+        with single_threaded_kernels():
+            return self._map_pool(tasks, progress, cancel, results)
+
+    def _map_serial(self, tasks, progress, cancel, results):
+        for i, t in enumerate(tasks):
+            if cancel is not None:
+                cancel.check()
+            results[i] = t.fn(*t.args, **t.kwargs)
+            if progress:
+                progress(i + 1, len(tasks), t.label)
+        return results
+
+    def _map_pool(self, tasks, progress, cancel, results):
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="nnvitals") as pool:
             index = {pool.submit(t.fn, *t.args, **t.kwargs): i for i, t in enumerate(tasks)}
             pending, done_n = set(index), 0
             try:
@@ -180,7 +189,9 @@ class Runner:
         return results
 
 
-def tqdm_progress(desc: str, total: int | None = None, disable: bool = False) -> tuple[Progress, Callable[[], None]]:
+def tqdm_progress(
+    desc: str, total: int | None = None, disable: bool = False
+) -> tuple[Progress, Callable[[], None]]:
     """A progress callback drawing a tqdm bar (notebook-aware), and a function closing it."""
     from tqdm.auto import tqdm
 

@@ -23,7 +23,6 @@ import importlib
 import json
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +207,9 @@ class SafetensorsSubject(Subject):
         for name, r in self._readers().items():
             dtype, shape, _, _ = r.entries[name]
             out.append(
-                WeightRef(name, shape, str(dtype).removeprefix("torch."), infer_kind(name, shape, self.hf_conv1d))
+                WeightRef(
+                    name, shape, str(dtype).removeprefix("torch."), infer_kind(name, shape, self.hf_conv1d)
+                )
             )
         return out
 
@@ -242,7 +243,12 @@ class StateDictSubject(Subject):
 
     def _infos(self) -> list[WeightRef]:
         return [
-            WeightRef(k, tuple(t.shape), str(t.dtype).removeprefix("torch."), infer_kind(k, tuple(t.shape), self.hf_conv1d))
+            WeightRef(
+                k,
+                tuple(t.shape),
+                str(t.dtype).removeprefix("torch."),
+                infer_kind(k, tuple(t.shape), self.hf_conv1d),
+            )
             for k, t in self._tensors().items()
         ]
 
@@ -279,7 +285,12 @@ class ExportSubject(Subject):
         ep = self.program()
         kinds = exported_param_kinds(ep)
         return [
-            WeightRef(k, tuple(t.shape), str(t.dtype).removeprefix("torch."), kinds.get(k) or infer_kind(k, tuple(t.shape)))
+            WeightRef(
+                k,
+                tuple(t.shape),
+                str(t.dtype).removeprefix("torch."),
+                kinds.get(k) or infer_kind(k, tuple(t.shape)),
+            )
             for k, t in ep.state_dict.items()
         ]
 
@@ -367,10 +378,10 @@ def load_subject(source: Any, *, allow_factory: bool = True, label: str | None =
                 raise NNVitalsError(f"{text}: module:factory references are not accepted here")
             return _factory(text)
         if not text:
-            raise NNVitalsError("model: empty; expected a path, 'package.module:factory' or a demo model name")
-        raise NNVitalsError(
-            f"{text}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})"
-        )
+            raise NNVitalsError(
+                "model: empty; expected a path, 'package.module:factory' or a demo model name"
+            )
+        raise NNVitalsError(f"{text}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})")
     label = label or path.name
     if path.is_dir():
         return _hf_directory(path)
@@ -385,4 +396,6 @@ def load_subject(source: Any, *, allow_factory: bool = True, label: str | None =
         return StateDictSubject(path, label)
     if suffix == ".pt2":
         return ExportSubject(path, label)
-    raise NNVitalsError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected {MODEL_SUFFIXES}")
+    raise NNVitalsError(
+        f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected {MODEL_SUFFIXES}"
+    )

@@ -104,74 +104,69 @@ def _fit_row(ev: torch.Tensor, rule: str, n: int) -> tuple[dict[str, Any], K.Pow
 
 def spectra_task(subject: Subject, refs: list[WeightRef], s: dict[str, Any]) -> list[tuple[dict, dict]]:
     """Analyse a chunk of weights: one (row, arrays) pair per weight. Runs in a thread or a Dask worker."""
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return [_analyse_one(subject, ref, s) for ref in refs]
+
+
+def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[dict, dict]:
     dev, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
-    out: list[tuple[dict, dict]] = []
-    pending: list[tuple[dict, dict, torch.Tensor]] = []
-    for ref in refs:
-        nslices, rows, cols = slice_shape(ref.shape, ref.kind) if ref.kind in MATRIX_KINDS else (0, 0, 0)
-        n, m = max(rows, cols), min(rows, cols)
-        row = dict(
-            name=ref.name, layer_id=s["ids"][ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
-            N=n, M=m, Q=(n / m) if m else math.nan, num_slices=nslices, num_evals=nslices * m,
-            status="ok", skip_reason="", warning="",
-        )  # fmt: skip
-        arrays: dict[str, np.ndarray] = {}
-        reason = _skip_reason(ref, s)
-        if reason:
-            row.update(status="skipped", skip_reason=reason, num_evals=0)
-            out.append((row, arrays))
-            continue
-        w = subject.tensor(ref.name)
-        bad = 0 if bool(torch.isfinite(w).all()) else int((~torch.isfinite(w)).sum())
+    nslices, rows, cols = slice_shape(ref.shape, ref.kind) if ref.kind in MATRIX_KINDS else (0, 0, 0)
+    n, m = max(rows, cols), min(rows, cols)
+    row = dict(
+        name=ref.name, layer_id=s["ids"][ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
+        N=n, M=m, Q=(n / m) if m else math.nan, num_slices=nslices, num_evals=nslices * m,
+        status="ok", skip_reason="", warning="",
+    )  # fmt: skip
+    arrays: dict[str, np.ndarray] = {}
+    reason = _skip_reason(ref, s)
+    if reason:
+        row.update(status="skipped", skip_reason=reason, num_evals=0)
+        return row, arrays
+    w = subject.tensor(ref.name).to(dev, dtype)
+    total = w.sum()  # one pass: NaN/Inf propagate into it, and it gives the entry mean
+    if not bool(torch.isfinite(total)):
+        bad = int((~torch.isfinite(w)).sum())
         if bad:
-            row.update(status="skipped", skip_reason=f"non-finite values: {bad} NaN/Inf entries", warning="non-finite")
-            out.append((row, arrays))
-            continue
-        w = w.to(dev, dtype)
-        pending.append((row, arrays, w))
-        out.append((row, arrays))
-    # batched eigensolve of every slice of this chunk, grouped by slice shape
-    slices = {id(row): to_slices(w, row["layer_type"], s["conv2d_norm"]) for row, _, w in pending}
-    groups: dict[tuple[int, int], list[dict]] = {}
-    for row, _, _w in pending:
-        groups.setdefault(tuple(slices[id(row)].shape[1:]), []).append(row)
-    evals: dict[int, torch.Tensor] = {}
-    for rows_ in groups.values():
-        stack = torch.cat([slices[id(r)] for r in rows_])
-        ev = K.batched_eigenvalues(stack, dtype)
-        for r, part in zip(rows_, torch.split(ev, [slices[id(r)].shape[0] for r in rows_]), strict=True):
-            evals[id(r)] = part
-    for row, arrays, w in pending:
-        sl = slices[id(row)]
-        ev = torch.sort(evals[id(row)].reshape(-1)).values.double().cpu()
-        metrics, fit = _fit_row(ev, s["xmin_rule"], row["N"])
-        row.update(metrics)
-        arrays["esd"] = ev.numpy()
-        arrays["ksx"], arrays["ksd"] = fit.ks_xmins, fit.ks_D
-        # Marchenko-Pastur bulk for i.i.d. entries with the matrix's own entry variance
-        sigma2 = float(torch.var(sl))
-        bulk_max = K.mp_bulk_edge(row["N"], row["M"], sigma2)
-        q = row["N"] / row["M"]
-        row.update(
-            sigma_mp=math.sqrt(sigma2), bulk_max=bulk_max, bulk_min=row["N"] * sigma2 * (1 - 1 / math.sqrt(q)) ** 2,
-            num_spikes=int((ev > bulk_max).sum()), mp_softrank=bulk_max / row["lambda_max"] if row["lambda_max"] else math.nan,
-        )  # fmt: skip
-        if s["randomize"]:
-            seed = s["seed"] + row["layer_id"]
-            rsl = torch.stack([K.shuffled(x, seed + i) for i, x in enumerate(sl)])
-            rev = torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values.double().cpu()
-            arrays["rand"] = rev.numpy()
             row.update(
-                max_rand_eval=float(rev[-1]),
-                ww_softrank=float(rev[-1]) / row["lambda_max"],
-                rand_distance=_js_distance(ev.numpy(), rev.numpy()),
+                status="skipped",
+                skip_reason=f"non-finite values: {bad} NaN/Inf entries",
+                warning="non-finite",
             )
-        if s["farms"]:
-            row["alpha_plain"] = row["alpha"]
-            row.update(_farms(w, sl, row, arrays, s, dtype))
-        row["warning"] = K.warning_label(row["alpha"])
-    return out
+            row["num_evals"] = 0
+            return row, arrays
+    sl = to_slices(w, ref.kind, s["conv2d_norm"])
+    ev = torch.sort(K.batched_eigenvalues(sl, dtype).reshape(-1)).values.double().cpu()
+    metrics, fit = _fit_row(ev, s["xmin_rule"], n)
+    row.update(metrics)
+    arrays["esd"] = ev.numpy()
+    arrays["ksx"], arrays["ksd"] = fit.ks_xmins, fit.ks_D
+    # Marchenko-Pastur bulk for i.i.d. entries with the matrix's own entry variance:
+    # sum of squares = sum of eigenvalues, so no extra pass over the weights is needed
+    numel = sl.numel()
+    scale = 0.5 if (ref.kind == "conv2d" and s["conv2d_norm"]) else 1.0
+    mean = float(total) * math.sqrt(scale) / numel
+    sigma2 = max(float(ev.sum()) / numel - mean * mean, 0.0)
+    bulk_max = K.mp_bulk_edge(n, m, sigma2)
+    q = n / m
+    row.update(
+        sigma_mp=math.sqrt(sigma2), bulk_max=bulk_max, bulk_min=n * sigma2 * (1 - 1 / math.sqrt(q)) ** 2,
+        num_spikes=int((ev > bulk_max).sum()), mp_softrank=bulk_max / row["lambda_max"] if row["lambda_max"] else math.nan,
+    )  # fmt: skip
+    if s["randomize"]:
+        seed = s["seed"] + row["layer_id"]
+        rsl = torch.stack([K.shuffled(x, seed + i) for i, x in enumerate(sl)])
+        rev = torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values.double().cpu()
+        arrays["rand"] = rev.numpy()
+        row.update(
+            max_rand_eval=float(rev[-1]),
+            ww_softrank=float(rev[-1]) / row["lambda_max"],
+            rand_distance=_js_distance(ev.numpy(), rev.numpy()),
+        )
+    if s["farms"]:
+        row["alpha_plain"] = row["alpha"]
+        row.update(_farms(w, sl, row, arrays, s, dtype))
+    row["warning"] = K.warning_label(row["alpha"])
+    return row, arrays
 
 
 def _farms(w, sl, row, arrays, s, dtype) -> dict[str, Any]:
@@ -185,7 +180,11 @@ def _farms(w, sl, row, arrays, s, dtype) -> dict[str, Any]:
         nwin = len(esds)
     else:
         mat = sl[0]
-        ev = farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype).double().cpu()
+        ev = (
+            farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype)
+            .double()
+            .cpu()
+        )
         arrays["farms"] = ev.numpy()
         fit = K.fit_power_law(ev, s["xmin_rule"])
         alpha = fit.alpha
@@ -230,19 +229,33 @@ class SpectralAnalysis(Analysis):
         "histogram peak of log10 lambda (AlphaPruning, FARMS LLM).",
     )  # fmt: skip
     farms = param.Boolean(default=False, doc="Measure alpha with FARMS fixed-aspect-ratio windows.")
-    farms_rows = param.Integer(default=100, bounds=(2, None), doc="FARMS window rows r (FARMS code default 100).")
-    farms_q_ratio = param.Number(
-        default=2.0, bounds=(0.01, 100.0), doc="FARMS window aspect ratio cols / rows (FARMS code default 2.0)."
+    farms_rows = param.Integer(
+        default=100, bounds=(2, None), doc="FARMS window rows r (FARMS code default 100)."
     )
-    farms_windows = param.Integer(default=10, bounds=(1, 100), doc="FARMS windows per dimension (code default 10).")
+    farms_q_ratio = param.Number(
+        default=2.0,
+        bounds=(0.01, 100.0),
+        doc="FARMS window aspect ratio cols / rows (FARMS code default 2.0).",
+    )
+    farms_windows = param.Integer(
+        default=10, bounds=(1, 100), doc="FARMS windows per dimension (code default 10)."
+    )
     layers = param.String(default="", doc="Regular expression: analyse only weights whose name matches.")
     layer_types = param.ListSelector(
         default=list(MATRIX_KINDS), objects=list(MATRIX_KINDS), doc="Layer kinds to analyse."
     )
-    min_evals = param.Integer(default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues than this (WW default 8).")
-    max_evals = param.Integer(default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues than this (WW 15000).")
-    max_N = param.Integer(default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this (WW 50000).")
-    conv2d_norm = param.Boolean(default=True, doc="Halve pooled Conv2d eigenvalues (WeightWatcher's conv2d_norm).")
+    min_evals = param.Integer(
+        default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues than this (WW default 8)."
+    )
+    max_evals = param.Integer(
+        default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues than this (WW 15000)."
+    )
+    max_N = param.Integer(
+        default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this (WW 50000)."
+    )
+    conv2d_norm = param.Boolean(
+        default=True, doc="Halve pooled Conv2d eigenvalues (WeightWatcher's conv2d_norm)."
+    )
     randomize = param.Boolean(default=False, doc="Also compute the ESD of each element-wise shuffled matrix.")
     seed = param.Integer(default=0, doc="Seed for the shuffled matrices.")
 
@@ -267,10 +280,11 @@ class SpectralAnalysis(Analysis):
 
     def _tasks(self, subject: Subject) -> list[Task]:
         s = self._settings(subject)
-        return [
-            Task(spectra_task, (subject, chunk, s), label=chunk[-1].name)
-            for chunk in _chunks(self.selected(subject), TASK_BYTES)
-        ]
+        refs = self.selected(subject)
+        # threads share memory: one layer per task balances best. Dask ships the subject with
+        # every task: chunks of up to TASK_BYTES of weights amortise that.
+        chunks = [[r] for r in refs] if self.runner == "threads" else _chunks(refs, TASK_BYTES)
+        return [Task(spectra_task, (subject, chunk, s), label=chunk[-1].name) for chunk in chunks]
 
     def _merge(self, subject: Subject, outputs: list[Any]) -> SpectralResult:
         rows, arrays = [], {}
@@ -290,7 +304,15 @@ class SpectralAnalysis(Analysis):
             "over_trained": int((ok["warning"] == "over-trained").sum()),
             "under_trained": int((ok["warning"] == "under-trained").sum()),
         }
-        for col in ("alpha", "alpha_weighted", "log_norm", "log_alpha_norm", "log_spectral_norm", "stable_rank", "entropy"):
+        for col in (
+            "alpha",
+            "alpha_weighted",
+            "log_norm",
+            "log_alpha_norm",
+            "log_spectral_norm",
+            "stable_rank",
+            "entropy",
+        ):
             vals = ok[col].to_numpy(dtype=float)
             summary[col] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
         return SpectralResult(table=table, summary=summary, arrays=arrays)

@@ -19,7 +19,9 @@ import torch
 from .kernels import batched_eigenvalues, eigvalsh_batch
 
 
-def window_grid(rows: int, cols: int, r: int, q_ratio: float, ops: int) -> tuple[int, int, list[int], list[int]]:
+def window_grid(
+    rows: int, cols: int, r: int, q_ratio: float, ops: int
+) -> tuple[int, int, list[int], list[int]]:
     """Window shape (r, c) and the start offsets along rows and columns.
 
     c = int(r * q_ratio). A matrix smaller than the window shrinks the window, keeping its

@@ -82,7 +82,9 @@ def test_skips_are_explained_and_nan_layers_flagged(tmp_path):
     assert "vec.bias" not in t.index
     assert t.loc["good.weight", "status"] == "ok"
     assert t.loc["tiny.weight", "status"] == "skipped" and "too small" in t.loc["tiny.weight", "skip_reason"]
-    assert t.loc["bad.weight", "warning"] == "non-finite" and "1 NaN/Inf" in t.loc["bad.weight", "skip_reason"]
+    assert (
+        t.loc["bad.weight", "warning"] == "non-finite" and "1 NaN/Inf" in t.loc["bad.weight", "skip_reason"]
+    )
 
 
 def test_randomize_and_mp_columns():
@@ -108,7 +110,9 @@ def test_cache_hit_and_damaged_entry_recomputed(tmp_path):
     assert first.meta["cached"] is False
     second = a.run()
     assert second.meta["cached"] is True
-    assert second.table.equals(first.table) or np.allclose(second.table["alpha"], first.table["alpha"], equal_nan=True)
+    assert second.table.equals(first.table) or np.allclose(
+        second.table["alpha"], first.table["alpha"], equal_nan=True
+    )
     entry = next(tmp_path.glob("*/*.nnv"))
     entry.write_bytes(entry.read_bytes()[:-10])
     third = a.run()
@@ -134,7 +138,9 @@ def test_parameter_and_input_validation():
 def test_progress_and_cancel():
     seen = []
     assert len(run(nn.Sequential(*[nn.Linear(64, 64) for _ in range(3)])).analysed) == 3
-    res = SpectralAnalysis(model="cnn", cache=False, show_progress=False).run(progress=lambda d, t, lab: seen.append((d, t)))
+    res = SpectralAnalysis(model="cnn", cache=False, show_progress=False).run(
+        progress=lambda d, t, lab: seen.append((d, t))
+    )
     assert seen and seen[-1][0] == seen[-1][1]
     token = CancelToken()
     token.cancel()
@@ -161,5 +167,9 @@ def test_dask_local_cluster_gives_the_same_table():
     cols = ["name", "status", "alpha", "xmin", "D", "lambda_max", "stable_rank", "num_spikes"]
     a, b = threads.table[cols], dask.table[cols]
     assert list(a["name"]) == list(b["name"])
-    np.testing.assert_allclose(a["alpha"].to_numpy(float), b["alpha"].to_numpy(float), rtol=1e-6, equal_nan=True)
-    np.testing.assert_allclose(a["lambda_max"].to_numpy(float), b["lambda_max"].to_numpy(float), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        a["alpha"].to_numpy(float), b["alpha"].to_numpy(float), rtol=1e-6, equal_nan=True
+    )
+    np.testing.assert_allclose(
+        a["lambda_max"].to_numpy(float), b["lambda_max"].to_numpy(float), rtol=1e-6, equal_nan=True
+    )

@@ -96,7 +96,10 @@ def test_hf_directory_with_config(tmp_path):
     d = tmp_path / "gpt"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    save_file({"h.0.attn.c_attn.weight": torch.randn(16, 48), "wte.weight": torch.randn(50, 16)}, d / "model.safetensors")
+    save_file(
+        {"h.0.attn.c_attn.weight": torch.randn(16, 48), "wte.weight": torch.randn(50, 16)},
+        d / "model.safetensors",
+    )
     s = load_subject(d)
     kinds = {w.name: w.kind for w in s.weights()}
     assert kinds == {"h.0.attn.c_attn.weight": "hf_conv1d", "wte.weight": "embedding"}
