@@ -207,9 +207,12 @@ def _js_distance(a: np.ndarray, b: np.ndarray, bins: int = 100) -> float:
     q, _ = np.histogram(lb, edges)
     p, q = p / p.sum(), q / q.sum()
     mid = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = lambda x, y: np.nansum(np.where(x > 0, x * np.log2(x / y), 0.0))  # noqa: E731
-    return float(math.sqrt(max(0.0, (kl(p, mid) + kl(q, mid)) / 2)))
+
+    def kl(x: np.ndarray) -> float:  # KL(x || mid) in bits; mid > 0 wherever x > 0
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / mid[nz])))
+
+    return float(math.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
 
 
 class SpectralAnalysis(Analysis):

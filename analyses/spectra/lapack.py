@@ -48,6 +48,33 @@ def _ptr(arr: np.ndarray, ctype):
     return arr.ctypes.data_as(ctypes.POINTER(ctype))
 
 
+def _syevr(c: np.ndarray, real, syevr) -> np.ndarray:
+    """Eigenvalues of the symmetric matrix whose upper triangle (column-major) is in ``c``; overwrites ``c``."""
+    i = ctypes.c_int
+    n = c.shape[0]
+    w = np.empty(n, dtype=c.dtype)
+    lwork, liwork = max(1, 26 * n), max(1, 10 * n)
+    work, iwork = np.empty(lwork, dtype=c.dtype), np.empty(liwork, dtype=np.int32)
+    isuppz = np.empty(max(1, 2 * n), dtype=np.int32)
+    m, info = i(0), i(0)
+    dummy = real(0.0)
+    syevr(b"N", b"A", b"U", ctypes.byref(i(n)), _ptr(c, real), ctypes.byref(i(n)), ctypes.byref(dummy),
+          ctypes.byref(dummy), ctypes.byref(i(1)), ctypes.byref(i(n)), ctypes.byref(real(0.0)), ctypes.byref(m),
+          _ptr(w, real), _ptr(np.empty(1, dtype=c.dtype), real), ctypes.byref(i(1)), _ptr(isuppz, ctypes.c_int),
+          _ptr(work, real), ctypes.byref(i(lwork)), _ptr(iwork, ctypes.c_int), ctypes.byref(i(liwork)),
+          ctypes.byref(info))  # fmt: skip
+    if info.value != 0:
+        raise np.linalg.LinAlgError(f"?syevr failed with info={info.value}")
+    return w
+
+
+def symmetric_eigenvalues(g: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of a symmetric float32/float64 matrix (LAPACK ``?syevr``, GIL released)."""
+    kind = "s" if g.dtype == np.float32 else "d"
+    real, _, syevr = _routines(kind)
+    return _syevr(np.array(g, order="F", copy=True), real, syevr)
+
+
 def gram_eigenvalues(a: np.ndarray) -> np.ndarray:
     """Ascending eigenvalues of the smaller Gram matrix of ``a`` (N x M, C-contiguous float32/64).
 
@@ -67,17 +94,4 @@ def gram_eigenvalues(a: np.ndarray) -> np.ndarray:
     one, zero = real(1.0), real(0.0)
     syrk(b"U", trans, ctypes.byref(i(n)), ctypes.byref(i(k)), ctypes.byref(one), _ptr(a, real),
          ctypes.byref(i(cols)), ctypes.byref(zero), _ptr(c, real), ctypes.byref(i(n)))  # fmt: skip
-    w = np.empty(n, dtype=a.dtype)
-    lwork, liwork = max(1, 26 * n), max(1, 10 * n)
-    work, iwork = np.empty(lwork, dtype=a.dtype), np.empty(liwork, dtype=np.int32)
-    isuppz = np.empty(max(1, 2 * n), dtype=np.int32)
-    m, info = i(0), i(0)
-    dummy = real(0.0)
-    syevr(b"N", b"A", b"U", ctypes.byref(i(n)), _ptr(c, real), ctypes.byref(i(n)), ctypes.byref(dummy),
-          ctypes.byref(dummy), ctypes.byref(i(1)), ctypes.byref(i(n)), ctypes.byref(real(0.0)), ctypes.byref(m),
-          _ptr(w, real), _ptr(np.empty(1, dtype=a.dtype), real), ctypes.byref(i(1)), _ptr(isuppz, ctypes.c_int),
-          _ptr(work, real), ctypes.byref(i(lwork)), _ptr(iwork, ctypes.c_int), ctypes.byref(i(liwork)),
-          ctypes.byref(info))  # fmt: skip
-    if info.value != 0:
-        raise np.linalg.LinAlgError(f"?syevr failed with info={info.value}")
-    return w
+    return _syevr(c, real, syevr)
