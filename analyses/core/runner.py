@@ -77,7 +77,7 @@ def dask_client(spec: str):
                 )
                 client = Client(cluster)
             else:
-                client = Client(spec, timeout="10s")
+                client = Client(spec, timeout="5s")
         except OSError as e:
             raise NNVitalsError(
                 f"--dask {spec}: cannot reach a Dask scheduler there ({e}); "

@@ -173,3 +173,19 @@ def test_dask_local_cluster_gives_the_same_table():
     np.testing.assert_allclose(
         a["lambda_max"].to_numpy(float), b["lambda_max"].to_numpy(float), rtol=1e-6, equal_nan=True
     )
+
+
+@pytest.mark.slow
+def test_dask_scheduler_address_runner():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        remote = run("mlp", runner=cluster.scheduler_address)
+    local = run("mlp")
+    np.testing.assert_allclose(remote.table["alpha"].to_numpy(float), local.table["alpha"].to_numpy(float), rtol=1e-6)
+    assert remote.meta["runner"].startswith("tcp://")
+
+
+def test_unreachable_dask_scheduler_is_one_clear_line():
+    with pytest.raises(NNVitalsError, match="cannot reach a Dask scheduler"):
+        run("mlp", runner="tcp://127.0.0.1:1")
