@@ -24,6 +24,10 @@ import torch
 EVALS_THRESH = 1e-5
 #: above this many eigenvalues the KS scan goes coarse-to-fine (see :func:`ks_scan`)
 KS_EXACT_LIMIT = 4096
+#: below this many eigenvalues the "ks" rule uses the small-sample fit (see :func:`_small_n_fit`)
+SMALL_N = 20
+#: smallest tail the small-sample fit accepts
+SMALL_N_MIN_TAIL = 8
 
 
 # --------------------------------------------------------------------------- eigenvalues
@@ -174,7 +178,9 @@ def fit_power_law(
     ``rule`` picks xmin:
 
     - ``"ks"``: every eigenvalue (but the largest) is a candidate; keep the one with the
-      smallest KS distance (Clauset et al. 2009; WeightWatcher's default).
+      smallest KS distance (Clauset et al. 2009; WeightWatcher's default). With fewer than
+      ``SMALL_N`` eigenvalues the small-sample variant of :func:`_small_n_fit` is used, as
+      WeightWatcher 0.7.7 does.
     - ``"median"``: xmin = lambda_{floor(n/2)} of the ascending ESD (TempBalance; FARMS's
       ``xmin_mid``).
     - ``"peak"``: candidates within [0.95, 1.5] x the left edge of the highest bin of a
@@ -202,6 +208,8 @@ def fit_power_law(
         alpha, m = _alpha_all(logs)
         d = _ks_rows(logs, alpha, m, np.array([i]))
         return PowerLawFit(float(alpha[i]), float(ev[i]), float(d[0]), n - i, i, ev[i : i + 1], d)
+    if rule == "ks" and n < SMALL_N:
+        return _small_n_fit(ev, logs)
     if rule == "ks":
         cand = np.arange(0, n - 1)
     elif rule == "peak":
@@ -220,6 +228,41 @@ def fit_power_law(
     best = int(np.argmin(d))  # first index wins ties, as WeightWatcher
     i = int(cand[best])
     return PowerLawFit(float(alpha[best]), float(ev[i]), float(d[best]), n - i, i, ev[cand], d)
+
+
+def _small_n_fit(ev: np.ndarray, logs: np.ndarray) -> PowerLawFit:
+    """KS fit for a short ESD (n < SMALL_N), as WeightWatcher 0.7.7's small-N path.
+
+    With so few points the plain MLE is biased and the KS minimum favours tiny tails, so:
+    tails of at least SMALL_N_MIN_TAIL points only, the bias-corrected MLE
+    alpha = 1 + (m - 1) / sum ln(lambda_j / lambda_i), and xmin the candidate with the smallest
+    KS distance. (WeightWatcher's small-N code also computes J = D - 0.868 / sqrt(m), but its
+    caller then re-selects by D alone; nnvitals follows what WeightWatcher reports.) When no
+    candidate qualifies, the whole ESD is the tail; a tail of identical values has no fit.
+    """
+    n = ev.size
+    idx = np.arange(0, n - 1)
+    m = (n - idx).astype(np.float64)
+    suffix = np.cumsum(logs[::-1])[::-1]
+    sums = suffix[idx] - m * logs[idx]
+    ok = (m >= SMALL_N_MIN_TAIL) & (sums > 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where(ok, 1 + (m - 1) / sums, 0.0)
+    ok &= alpha > 1
+    d = np.ones(idx.size)
+    if ok.any():
+        d[ok] = _ks_rows(logs, alpha_full := np.concatenate([alpha, [0.0]]), np.concatenate([m, [1.0]]), idx[ok])
+        best = int(np.argmin(d))
+    else:
+        best = 0
+        total = suffix[0] - n * logs[0]
+        if total <= 1e-12:
+            return PowerLawFit.empty()
+        alpha_full = np.zeros(n)
+        alpha_full[0] = 1 + (n - 1) / total
+        alpha[0] = alpha_full[0]
+        d[0] = _ks_rows(logs, alpha_full, np.arange(n, 0, -1, dtype=np.float64), np.array([0]))[0]
+    return PowerLawFit(float(alpha[best]), float(ev[best]), float(d[best]), n - best, best, ev[idx], d)
 
 
 # --------------------------------------------------------------------------- metrics

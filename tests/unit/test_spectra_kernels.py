@@ -187,3 +187,21 @@ def test_farms_removes_aspect_ratio_dependence_of_alpha():
     assert max(plain) - min(plain) > 1.5  # drifts from ~2.1 to ~4.4
     assert max(farms) - min(farms) < 0.1  # stays put
     assert all(np.diff(plain) > 0)
+
+
+def test_small_esd_fit_matches_weightwatcher():
+    """Short ESDs (< 20 eigenvalues) use WeightWatcher 0.7.7's small-sample fit: same numbers."""
+    import contextlib
+    import io
+
+    ww = pytest.importorskip("weightwatcher.WW_powerlaw")
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(3, 40))
+        ev = np.sort(rng.lognormal(0, rng.uniform(0.2, 2), n))
+        with contextlib.redirect_stdout(io.StringIO()):
+            ref = ww.WWFit(ev)
+        ours = K.fit_power_law(ev, "ks")
+        assert ours.alpha == pytest.approx(ref.alpha, rel=1e-12), n
+        assert ours.D == pytest.approx(ref.D, rel=1e-12), n
+        assert ours.xmin == ref.xmin, n
