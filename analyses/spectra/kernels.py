@@ -251,7 +251,9 @@ def _small_n_fit(ev: np.ndarray, logs: np.ndarray) -> PowerLawFit:
     ok &= alpha > 1
     d = np.ones(idx.size)
     if ok.any():
-        d[ok] = _ks_rows(logs, alpha_full := np.concatenate([alpha, [0.0]]), np.concatenate([m, [1.0]]), idx[ok])
+        d[ok] = _ks_rows(
+            logs, alpha_full := np.concatenate([alpha, [0.0]]), np.concatenate([m, [1.0]]), idx[ok]
+        )
         best = int(np.argmin(d))
     else:
         best = 0

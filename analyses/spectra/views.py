@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
+from ..core.export import ensure_backends
 
 __all__ = [
     "CATEGORY_COLORS",
@@ -57,7 +58,13 @@ CATEGORY_COLORS = {
 }
 #: the two models of :func:`compare_models`
 PAIR_COLORS = ("#4477AA", "#EE7733")
-FIT_COLOR, XMIN_COLOR, BULK_COLOR, ESD_COLOR, RAND_COLOR = "#CC3311", "#CC3311", "#7B3294", "#4477AA", "#555555"
+FIT_COLOR, XMIN_COLOR, BULK_COLOR, ESD_COLOR, RAND_COLOR = (
+    "#CC3311",
+    "#CC3311",
+    "#7B3294",
+    "#4477AA",
+    "#555555",
+)
 
 METRIC_LABELS = {
     "alpha": "alpha (power-law exponent)",
@@ -77,30 +84,12 @@ METRIC_LABELS = {
 
 #: default pixel / inch sizes for one panel
 BOKEH_SIZE = dict(width=520, height=340)
-MPL_SIZE = dict(fig_inches=(6.0, 3.6), aspect=1.65)
+MPL_SIZE = dict(fig_inches=(6.0, 3.6), aspect="auto")
 ESD_BINS = 60
 EVALS_THRESH = 1e-5  # as analyses.spectra.kernels.EVALS_THRESH (zeros of rank-deficient matrices)
 
 
 # --------------------------------------------------------------------------- backends and styling
-def ensure_backends() -> None:
-    """Register the bokeh and matplotlib plotting backends without changing the current one.
-
-    Importing the plotting modules (rather than ``hv.extension``) prints nothing and loads no
-    notebook JavaScript; the session's current backend (a notebook user may be on bokeh) is
-    kept, or becomes bokeh when none was loaded yet.
-    """
-    store = hv.Store
-    prev = store.current_backend if store.renderers else None
-    if "bokeh" not in store.renderers:
-        import holoviews.plotting.bokeh  # noqa: F401
-    if "matplotlib" not in store.renderers:
-        import holoviews.plotting.mpl  # noqa: F401
-    target = prev if prev in store.renderers else "bokeh"
-    if store.current_backend != target:
-        store.set_current_backend(target)
-
-
 def _opts(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
     """Apply options for both backends: ``common`` to each, then the backend-specific ones."""
     ensure_backends()
@@ -109,15 +98,70 @@ def _opts(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict 
     return obj.opts(backend="matplotlib", **common, **(mpl or {}))
 
 
-def _panel(obj, title: str, xlabel: str, ylabel: str, *, logx=False, logy=False, legend=True, **extra):
-    """Axes-level options shared by every panel (an Overlay or a single element)."""
-    common = dict(title=title, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, show_grid=True)
+def _mpl_log_ticks(plot, element) -> None:
+    """Matplotlib hook: readable ticks on log axes spanning few decades (1, 2, 5 x 10^k as plain numbers)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax = plot.handles.get("axis")
+    if ax is None:
+        return
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log" or not (lim[0] > 0 and lim[1] > lim[0]):
+            continue
+        decades = math.log10(lim[1] / lim[0])
+        subs = tuple(range(1, 10)) if decades < 0.8 else (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _own_axes(obj, **norm):
+    """Set norm options (``framewise``: ranges follow each DynamicMap frame; ``axiswise``:
+    ranges not shared with the other panels of a layout) on every element of a panel:
+    HoloViews reads them from the overlaid elements, not from the overlay. The two are set
+    separately: with both, bokeh stops updating the ranges of a DynamicMap.
+    """
+    if isinstance(obj, hv.Overlay):
+        return hv.Overlay([_opts(el, norm) for el in obj])
+    return _opts(obj, norm)
+
+
+def _layer_ticks(layer_ids) -> dict:
+    """Integer ticks on a layer-depth axis when there are few layers (else the backend's own)."""
+    ids = sorted({int(i) for i in layer_ids if np.isfinite(i)})
+    return {"xticks": ids} if 0 < len(ids) <= 16 else {}
+
+
+def _panel(
+    obj,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    logx=False,
+    logy=False,
+    legend: str | None = "top_right",
+    **extra,
+):
+    """Axes-level options shared by every panel (an Overlay or a single element).
+
+    ``legend``: its position (bokeh and matplotlib names agree for the corners), None for none.
+    ``norm``: norm options for every element (see :func:`_own_axes`).
+    """
+    norm = extra.pop("norm", None)
+    if norm:
+        obj = _own_axes(obj, **norm)
+    common = dict(
+        title=title, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, show_grid=True, padding=0.05
+    )
     common.update(extra)
     bk = dict(BOKEH_SIZE, fontscale=1.05, toolbar="right")
-    mp = dict(MPL_SIZE, fontscale=0.95)
+    mp = dict(MPL_SIZE, fontscale=1.25, hooks=[_mpl_log_ticks] if (logx or logy) else [])
     if legend:
-        bk.update(legend_position="top_right", show_legend=True)
-        mp.update(legend_position="best", show_legend=True)
+        bk.update(legend_position=legend, show_legend=True, legend_opts={"background_fill_alpha": 0.7})
+        mp.update(
+            legend_position=legend, show_legend=True, legend_opts={"framealpha": 0.7, "fontsize": "small"}
+        )
     else:
         bk["show_legend"] = False
         mp["show_legend"] = False
@@ -134,14 +178,34 @@ def _line(obj, color: str, width: float = 1.5, dash: str = "solid", alpha: float
     )
 
 
+def _layout(panels: list, cols: int, panel_inches: tuple[float, float] = (4.8, 3.5)) -> hv.Layout:
+    """A grid of panels, ``cols`` per row; matplotlib gets a figure sized for the grid.
+
+    Not for layouts holding DynamicMaps: options set on such a Layout give its DynamicMaps
+    one shared option tree that then overrides every frame's own (titles included).
+    """
+    layout = hv.Layout(panels).cols(cols)
+    ncols = min(cols, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    size = (panel_inches[0] * ncols, panel_inches[1] * nrows)
+    return _opts(
+        layout,
+        bokeh=dict(shared_axes=False),
+        mpl=dict(sublabel_format="", fig_inches=size, hspace=0.3, vspace=0.45),
+    )
+
+
+def _text(x: float, y: float, text: str, size: int = 9, color: str = "#555555", **align) -> hv.Text:
+    """A text annotation, ``size`` in points on both backends (``halign``/``valign`` as hv.Text)."""
+    return _opts(hv.Text(x, y, text, fontsize=size, **align), dict(color=color))
+
+
 def _message(title: str, text: str) -> hv.Overlay:
     """A blank panel carrying a message (what is missing and how to get it)."""
-    blank = hv.Curve(([0.0, 1.0], [0.0, 1.0])).opts(alpha=0)
-    blank = _opts(blank, dict(alpha=0))
-    msg = _opts(hv.Text(0.5, 0.5, text), dict(color="#444444"), dict(text_font_size="12pt"), dict(fontsize=11))
-    return _panel(
-        blank * msg, title, "", "", legend=False, xaxis=None, yaxis=None, xlim=(0, 1), ylim=(0, 1)
-    )
+    blank = _opts(hv.Curve(([0.0, 1.0], [0.0, 1.0])), dict(alpha=0))
+    text = "\n".join(p.strip() for p in text.split(": ", 1)) if len(text) > 40 else text
+    msg = _text(0.5, 0.5, text, 12, "#444444")
+    return _panel(blank * msg, title, "", "", legend=None, xaxis=None, yaxis=None, xlim=(0, 1), ylim=(0, 1))
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -153,9 +217,16 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 # --------------------------------------------------------------------------- table helpers
+#: table columns renamed in plot data: the layer name is the "layer" dimension of every plot
+#: (no other dimension may be labelled "layer": HoloViews also finds dimensions by label)
+_PLOT_NAMES = {"name": "layer", "category": "warning"}
+
+
 def _check_result(result) -> None:
     if not hasattr(result, "table") or not hasattr(result, "esd"):
-        raise NNVitalsError(f"result: got {type(result).__name__}; expected a SpectralResult (SpectralAnalysis.run())")
+        raise NNVitalsError(
+            f"result: got {type(result).__name__}; expected a SpectralResult (SpectralAnalysis.run())"
+        )
 
 
 def _category(warning: Any, alpha: Any) -> str:
@@ -188,7 +259,9 @@ def _metric_rows(result, metric: str) -> pd.DataFrame:
     ok = _analysed(result)
     if metric not in result.table.columns:
         numeric = [c for c in result.table.columns if result.table[c].dtype.kind in "fiu" and c != "layer_id"]
-        raise NNVitalsError(f"metric {metric!r}: not a column of this result; expected one of: {', '.join(numeric)}")
+        raise NNVitalsError(
+            f"metric {metric!r}: not a column of this result; expected one of: {', '.join(numeric)}"
+        )
     ok[metric] = pd.to_numeric(ok[metric], errors="coerce")
     return ok[np.isfinite(ok[metric].to_numpy(dtype=float))].reset_index(drop=True)
 
@@ -199,23 +272,45 @@ def _xmin_rule(result) -> str:
 
 # --------------------------------------------------------------------------- metric by layer
 def _metric_scatter(rows: pd.DataFrame, metric: str) -> hv.Scatter:
-    data = rows[["layer_id", metric, "name", "layer_type", "N", "M", "category"]]
+    data = rows[["layer_id", metric, "name", "layer_type", "N", "M", "category"]].rename(columns=_PLOT_NAMES)
     vdims = [
         hv.Dimension(metric, label=metric),
-        hv.Dimension("name", label="layer"),
+        "layer",
         hv.Dimension("layer_type", label="type"),
         "N",
         "M",
-        hv.Dimension("category", label="status"),
+        "warning",
     ]
-    scatter = hv.Scatter(data, hv.Dimension("layer_id", label="layer"), vdims, label="layers")
+    scatter = hv.Scatter(data, hv.Dimension("layer_id", label="layer index"), vdims)
     return _opts(
         scatter,
-        dict(color="category", cmap=CATEGORY_COLORS),
+        dict(color="warning", cmap=CATEGORY_COLORS),
         dict(size=11, line_color="white", tools=["hover", "tap"], nonselection_alpha=0.35,
-             selection_line_color="black", selection_line_width=2.5, legend_field="category"),
+             selection_line_color="black", selection_line_width=2.5),
         dict(s=60, edgecolors="white"),
     )  # fmt: skip
+
+
+def _metric_panel(result, rows: pd.DataFrame, metric: str, note: str = "") -> tuple[hv.Overlay, hv.Scatter]:
+    """The metric-by-layer overlay and its scatter (the selection source of the explorer)."""
+    scatter = _metric_scatter(rows, metric)
+    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
+    over = path * scatter
+    extra = _layer_ticks(rows["layer_id"])
+    if metric in ("alpha", "alpha_plain"):
+        for y, text in ((2.0, "over-trained below 2"), (6.0, "under-trained above 6")):
+            over = over * _line(hv.HLine(y), "#666666", 1.0, "dashed", 0.8)
+            over = over * _text(
+                float(rows["layer_id"].max()), y, f"{text} ", 9, halign="right", valign="bottom"
+            )
+        # both guides always in view: they are the scale the values are read against
+        vals = rows[metric].to_numpy(float)
+        lo, hi = min(float(vals.min()), 2.0), max(float(vals.max()), 6.0)
+        pad = 0.06 * (hi - lo)
+        extra["ylim"] = (lo - pad, hi + pad)
+    subject = result.meta.get("subject", {}).get("label", "")
+    title = f"{metric} by layer" + (f": {subject}" if subject else "") + note
+    return _panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric), **extra), scatter
 
 
 def metric_by_layer(result, metric: str = "alpha") -> hv.Overlay:
@@ -227,20 +322,9 @@ def metric_by_layer(result, metric: str = "alpha") -> hv.Overlay:
     Skipped layers and layers without a value are left out.
     """
     rows = _metric_rows(result, metric)
-    label = METRIC_LABELS.get(metric, metric)
-    subject = result.meta.get("subject", {}).get("label", "")
-    title = f"{metric} by layer" + (f": {subject}" if subject else "")
     if rows.empty:
-        return _message(title, f"no analysed layer has a finite {metric}")
-    scatter = _metric_scatter(rows, metric)
-    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
-    over = path * scatter
-    if metric in ("alpha", "alpha_plain"):
-        for y, note in ((2.0, "over-trained below 2"), (6.0, "under-trained above 6")):
-            over = over * _line(hv.HLine(y), "#666666", 1.0, "dashed", 0.8)
-            txt = hv.Text(float(rows["layer_id"].max()), y, f"{note} ", halign="right", valign="bottom")
-            over = over * _opts(txt, dict(color="#555555"), dict(text_font_size="9pt"), dict(fontsize=8))
-    return _panel(over, title, "layer (depth)", label)
+        return _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
+    return _metric_panel(result, rows, metric)[0]
 
 
 # --------------------------------------------------------------------------- ESD
@@ -259,14 +343,18 @@ def _layer_fit(result, name: str, row: pd.Series, source: str, evals: np.ndarray
     full-matrix ESD's own fit is then recomputed here (the same kernel as the analysis, which
     stored its alpha as ``alpha_plain``).
     """
-    farms_run = "alpha_plain" in row.index and np.isfinite(pd.to_numeric(row.get("alpha_plain"), errors="coerce"))
+    farms_run = "alpha_plain" in row.index and np.isfinite(
+        pd.to_numeric(row.get("alpha_plain"), errors="coerce")
+    )
     if source == "layer" and farms_run:
         from .kernels import fit_power_law
 
         fit = fit_power_law(evals, _xmin_rule(result))
         return _Fit(fit.alpha, fit.xmin, fit.D, fit.num_pl_spikes)
     tail = row.get("num_pl_spikes", np.nan)
-    return _Fit(float(row["alpha"]), float(row["xmin"]), float(row["D"]), int(tail) if np.isfinite(tail) else 0)
+    return _Fit(
+        float(row["alpha"]), float(row["xmin"]), float(row["D"]), int(tail) if np.isfinite(tail) else 0
+    )
 
 
 def _density(evals: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -288,7 +376,7 @@ def _esd_source(result, name: str, source: str) -> str:
     return source
 
 
-def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
+def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False) -> hv.Overlay:
     """The ESD of layer ``name`` on log-log axes with its power-law fit (WeightWatcher's reading).
 
     A density histogram of the eigenvalues on log-spaced bins; the fitted power law
@@ -300,7 +388,9 @@ def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
     ``source``: ``"layer"`` the full matrix's ESD, ``"farms"`` the pooled ESD of the FARMS
     windows, ``"auto"`` (default) whichever the table's alpha was fitted to (FARMS when present).
     The overlay always has the same five layers (empty when absent), so it can be a
-    :class:`holoviews.DynamicMap` frame.
+    :class:`holoviews.DynamicMap` frame, whose axis ranges then follow the layer shown.
+    ``axiswise=True`` keeps its ranges independent of the other panels of a layout (as in
+    :func:`esd_grid`); not for DynamicMap frames, where bokeh then stops following the layer.
     """
     row = result.row(name)
     if row.get("status", "ok") != "ok":
@@ -319,14 +409,20 @@ def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
         lo, hi = min(lo, float(rand.min())), max(hi, float(rand.max()))
     if hi <= lo * 1.0001:
         lo, hi = lo / 1.5, hi * 1.5
-    edges = np.logspace(math.log10(lo), math.log10(hi), ESD_BINS + 1)
+    nbins = int(np.clip(round(1.5 * math.sqrt(evals.size)), 8, ESD_BINS))
+    edges = np.logspace(math.log10(lo), math.log10(hi), nbins + 1)
+    edges[0], edges[-1] = lo, hi  # exactly: round-off must not drop the extreme eigenvalues
     dens = _density(evals, edges)
     finite = dens[np.isfinite(dens)]
     ymin, ymax = float(finite.min()) / 3, float(finite.max()) * 3
 
     xdim, ydim = hv.Dimension("lambda", label="eigenvalue λ"), hv.Dimension("density", label="density p(λ)")
     esd_label = "FARMS ESD" if source == "farms" else "ESD"
-    hist = hv.Histogram((edges, dens), xdim, ydim, label=esd_label)
+    # bars as rectangles from the bottom of the axis: a Histogram on a log y axis has no
+    # bottom in bokeh's static output
+    full = np.isfinite(dens)
+    bars = (edges[:-1][full], np.full(full.sum(), ymin), edges[1:][full], dens[full])
+    hist = hv.Rectangles(bars, kdims=[xdim, ydim, "lambda_hi", "density_hi"], label=esd_label)
     hist = _opts(
         hist,
         dict(color=ESD_COLOR, alpha=0.55),
@@ -338,18 +434,22 @@ def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
         centers = np.sqrt(edges[:-1] * edges[1:])
         rcurve = hv.Curve((centers, rdens), xdim, ydim, label="shuffled ESD")
     else:
-        rcurve = hv.Curve(([np.nan], [np.nan]), xdim, ydim, label="shuffled ESD" if source == "layer" else "")
-    rcurve = _line(rcurve.opts(interpolation="steps-mid"), RAND_COLOR, 1.4, "solid", 0.85)
-    rcurve = _opts(rcurve, dict(interpolation="steps-mid"))
+        randomized = "max_rand_eval" in result.table.columns and source == "layer"
+        rcurve = hv.Curve(([np.nan], [np.nan]), xdim, ydim, label="shuffled ESD" if randomized else "")
+    rcurve = _opts(_line(rcurve, RAND_COLOR, 1.4, "solid", 0.85), dict(interpolation="steps-mid"))
 
     if math.isfinite(fit.alpha) and math.isfinite(fit.xmin) and fit.xmin > 0 and fit.tail > 0:
         lam = np.logspace(math.log10(fit.xmin), math.log10(float(evals.max())), 50)
         p = (fit.alpha - 1) / fit.xmin * (lam / fit.xmin) ** (-fit.alpha) * (fit.tail / evals.size)
+        inside = p >= ymin  # a steep fit would drag the axis far below the histogram
+        lam, p = (lam[inside], p[inside]) if inside.sum() >= 2 else (np.array([np.nan]), np.array([np.nan]))
         xmin_x = fit.xmin
     else:
         lam, p, xmin_x = np.array([np.nan]), np.array([np.nan]), np.nan
     fitc = _line(hv.Curve((lam, p), xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
-    xmin_line = _line(hv.Curve(([xmin_x, xmin_x], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed")
+    xmin_line = _line(
+        hv.Curve(([xmin_x, xmin_x], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed"
+    )
     bulk = float(pd.to_numeric(row.get("bulk_max", np.nan), errors="coerce")) if source == "layer" else np.nan
     bulk_label = "MP bulk edge" if source == "layer" else ""
     bulk_line = _line(
@@ -360,7 +460,7 @@ def esd_plot(result, name: str, source: str = "auto") -> hv.Overlay:
     over = hist * rcurve * fitc * xmin_line * bulk_line
     return _panel(
         over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True,
-        ylim=(ymin, ymax), xlim=(lo / 1.2, hi * 1.2),
+        legend="top_right", padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
     )  # fmt: skip
 
 
@@ -375,7 +475,7 @@ def ks_plot(result, name: str) -> hv.Overlay:
     """
     row = result.row(name)
     xs, ds = (np.asarray(a, dtype=float) for a in result.ks_curve(name))
-    title = f"KS distance vs xmin: {name}"
+    title = f"KS scan {name}"
     xdim, ydim = hv.Dimension("xmin", label="candidate xmin"), hv.Dimension("D", label="KS distance D")
     good = np.isfinite(xs) & np.isfinite(ds) & (xs > 0)
     if row.get("status", "ok") != "ok" or not good.any():
@@ -385,14 +485,16 @@ def ks_plot(result, name: str) -> hv.Overlay:
     else:
         xs, ds = xs[good], ds[good]
         best = int(np.argmin(ds))
-        title = f"{title} (xmin={_fmt(xs[best], '.3g')}, D={_fmt(ds[best], '.3f')})"
+        title = f"{title}: xmin={_fmt(xs[best], '.3g')}, D={_fmt(ds[best], '.3f')}"
     curve = _line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
-    pt = (xs[best:best + 1], ds[best:best + 1]) if best is not None else ([np.nan], [np.nan])
+    pt = (xs[best : best + 1], ds[best : best + 1]) if best is not None else ([np.nan], [np.nan])
     star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
     star = _opts(
-        star, dict(color=FIT_COLOR, marker="*"), dict(size=18, tools=["hover"]), dict(s=220)
+        star, dict(color=FIT_COLOR), dict(marker="star", size=18, tools=["hover"]), dict(marker="*", s=220)
     )
-    return _panel(curve * star, title, "candidate xmin", "KS distance D", logx=True)
+    return _panel(
+        curve * star, title, "candidate xmin", "KS distance D", logx=True, norm=dict(framewise=True)
+    )
 
 
 # --------------------------------------------------------------------------- FARMS
@@ -414,21 +516,24 @@ def farms_vs_plain(result) -> hv.Overlay:
     lo, hi = float(vals.min()), float(vals.max())
     pad = 0.08 * max(hi - lo, 0.5)
     lo, hi = lo - pad, hi + pad
-    diag = _line(hv.Curve(([lo, hi], [lo, hi]), "alpha_plain", "alpha", label="y = x"), "#666666", 1.2, "dashed")
+    diag = _line(hv.Curve(([lo, hi], [lo, hi]), "alpha_plain", "alpha"), "#666666", 1.2, "dashed")
+    note = _text(hi, hi, "y = x ", 10, halign="right", valign="bottom")
     pts = hv.Scatter(
-        rows[["alpha_plain", "alpha", "name", "layer_type", "Q", "category"]],
+        rows[["alpha_plain", "alpha", "name", "layer_type", "Q", "category"]].rename(columns=_PLOT_NAMES),
         hv.Dimension("alpha_plain", label="plain alpha"),
-        [hv.Dimension("alpha", label="FARMS alpha"), hv.Dimension("name", label="layer"),
-         hv.Dimension("layer_type", label="type"), "Q", hv.Dimension("category", label="status")],
-        label="layers",
+        [hv.Dimension("alpha", label="FARMS alpha"), "layer",
+         hv.Dimension("layer_type", label="type"), "Q", "warning"],
     )  # fmt: skip
     pts = _opts(
         pts,
-        dict(color="category", cmap=CATEGORY_COLORS),
-        dict(size=11, line_color="white", tools=["hover"], legend_field="category"),
+        dict(color="warning", cmap=CATEGORY_COLORS),
+        dict(size=11, line_color="white", tools=["hover"]),
         dict(s=60, edgecolors="white"),
     )
-    return _panel(diag * pts, title, "plain alpha (full matrix)", "FARMS alpha", xlim=(lo, hi), ylim=(lo, hi))
+    return _panel(
+        diag * note * pts, title, "plain alpha (full matrix)", "FARMS alpha", xlim=(lo, hi), ylim=(lo, hi),
+        legend="top_left",
+    )  # fmt: skip
 
 
 def alpha_vs_aspect(result) -> hv.Overlay:
@@ -441,7 +546,10 @@ def alpha_vs_aspect(result) -> hv.Overlay:
     title = "alpha vs aspect ratio Q"
     plain_col = "alpha_plain" if _has_farms(result) else "alpha"
     layers = []
-    for col, label, color in ((plain_col, "plain alpha", PAIR_COLORS[0]), ("alpha", "FARMS alpha", PAIR_COLORS[1])):
+    for col, label, color in (
+        (plain_col, "plain alpha", PAIR_COLORS[0]),
+        ("alpha", "FARMS alpha", PAIR_COLORS[1]),
+    ):
         if col == "alpha" and plain_col == "alpha" and label == "FARMS alpha":
             continue
         sub = rows.assign(value=pd.to_numeric(rows[col], errors="coerce"))
@@ -449,9 +557,9 @@ def alpha_vs_aspect(result) -> hv.Overlay:
         if sub.empty:
             continue
         sc = hv.Scatter(
-            sub[["Q", "value", "name", "N", "M"]],
+            sub[["Q", "value", "name", "N", "M"]].rename(columns=_PLOT_NAMES),
             hv.Dimension("Q", label="Q = N / M"),
-            [hv.Dimension("value", label="alpha"), hv.Dimension("name", label="layer"), "N", "M"],
+            [hv.Dimension("value", label="alpha"), "layer", "N", "M"],
             label=label,
         )
         layers.append(
@@ -506,30 +614,39 @@ def compare_models(
             raise NNVitalsError(f"metric {metric!r}: not a column of both results")
     la, lb = (str(x) for x in labels)
     tab = compare_table(result_a, result_b, (metric,))
-    label = METRIC_LABELS.get(metric, metric)
     top_title = f"{metric} by layer: {la} vs {lb}"
     if tab.empty:
-        return hv.Layout([_message(top_title, "no analysed layers in either result")]).cols(1)
+        return _layout([_message(top_title, "no analysed layers in either result")], 1, (6.5, 3.8))
     layers = []
     for col, lab, color in ((f"{metric}_a", la, PAIR_COLORS[0]), (f"{metric}_b", lb, PAIR_COLORS[1])):
         sub = tab[np.isfinite(tab[col].to_numpy(float))]
-        data = sub[["layer_id", col, "name", "layer_type"]].rename(columns={col: metric})
-        kd, vd = hv.Dimension("layer_id", label="layer"), [metric, hv.Dimension("name", label="layer name"), "layer_type"]
+        data = sub[["layer_id", col, "name", "layer_type"]].rename(columns={col: metric, **_PLOT_NAMES})
+        kd, vd = (
+            hv.Dimension("layer_id", label="layer index"),
+            [metric, "layer", "layer_type"],
+        )
         layers.append(_line(hv.Curve(data, kd, vd, label=lab), color, 1.2, alpha=0.7))
         sc = hv.Scatter(data, kd, vd, label=lab)
         layers.append(_opts(sc, dict(color=color), dict(size=9, tools=["hover"]), dict(s=40)))
     top = hv.Overlay(layers)
     if metric in ("alpha", "alpha_plain"):
-        top = top * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8) * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
-    top = _panel(top, top_title, "layer (depth)", label)
+        top = (
+            top
+            * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8)
+            * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
+        )
+    ticks = _layer_ticks(tab["layer_id"])
+    top = _panel(top, top_title, "layer (depth)", metric, **ticks)
     both = tab[np.isfinite(tab[f"{metric}_delta"].to_numpy(float))]
     d_title = f"Δ {metric} ({lb} − {la}) per matched layer"
     if both.empty:
         bottom = _message(d_title, "no layer name is analysed in both results")
     else:
-        ddata = both[["layer_id", f"{metric}_delta", "name"]].rename(columns={f"{metric}_delta": "delta"})
-        kd = hv.Dimension("layer_id", label="layer")
-        vd = [hv.Dimension("delta", label=f"Δ {metric}"), hv.Dimension("name", label="layer name")]
+        ddata = both[["layer_id", f"{metric}_delta", "name"]].rename(
+            columns={f"{metric}_delta": "delta", **_PLOT_NAMES}
+        )
+        kd = hv.Dimension("layer_id", label="layer index")
+        vd = [hv.Dimension("delta", label=f"Δ {metric}"), "layer"]
         spikes = _line(hv.Spikes(ddata, kd, vd), "#666666", 2.0)
         dots = hv.Scatter(ddata, kd, vd, label="")
         dots = _opts(
@@ -539,8 +656,8 @@ def compare_models(
             dict(s=40),
         )
         zero = _line(hv.HLine(0.0), "#333333", 1.0)
-        bottom = _panel(zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=False)
-    return hv.Layout([top, bottom]).cols(1)
+        bottom = _panel(zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=None, **ticks)
+    return _layout([top, bottom], 1, (6.5, 3.8))
 
 
 # --------------------------------------------------------------------------- linked explorer
@@ -612,14 +729,7 @@ def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
         msg = _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
         stream = hv.streams.Selection1D(source=msg, index=[])
         return LinkedExplorer(hv.Layout([msg]).cols(1), stream, [])
-    scatter = _metric_scatter(rows, metric)
-    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
-    over = path * scatter
-    if metric in ("alpha", "alpha_plain"):
-        over = over * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8) * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
-    subject = result.meta.get("subject", {}).get("label", "")
-    title = f"{metric} by layer" + (f": {subject}" if subject else "") + " (tap a point)"
-    over = _panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric))
+    over, scatter = _metric_panel(result, rows, metric, " (tap a point)")
     stream = hv.streams.Selection1D(source=scatter, index=[0])
 
     def _esd(index):
@@ -630,8 +740,17 @@ def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
 
     esd = hv.DynamicMap(_esd, streams=[stream])
     ks = hv.DynamicMap(_ks, streams=[stream])
-    layout = (over + esd + ks).cols(3)
-    layout = _opts(layout, dict(), dict(shared_axes=False), dict(sublabel_format="", hspace=0.35))
+
+    def _forget(**_):
+        # a plot created after a selection (re-display, static export) must evaluate the
+        # current selection, not the frame cached by the first plot
+        for dmap in (esd, ks):
+            dmap.data.clear()
+
+    stream.add_subscriber(_forget, precedence=10)
+    # no options on this Layout: HoloViews gives the DynamicMaps of a Layout whose options are
+    # set one shared option tree (the metric plot's), which then overrides every frame's title
+    layout = hv.Layout([over, esd, ks]).cols(3)
     return LinkedExplorer(layout, stream, names)
 
 
@@ -651,9 +770,14 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
     names = _grid_layers(result, k)
     if not names:
         return _message("ESDs", "no analysed layer has a power-law fit")
-    plots = [esd_plot(result, n) for n in names]
-    layout = hv.Layout(plots).cols(3)
-    return _opts(layout, dict(), dict(shared_axes=False), dict(sublabel_format="", hspace=0.4, vspace=0.45))
+    plots = []
+    for i, n in enumerate(names):
+        p = esd_plot(result, n, axiswise=True)
+        row = result.row(n)
+        kind = " (FARMS)" if result.farms_esd(n).size else ""
+        short = f"{n}{kind}: α={_fmt(row['alpha'])}, D={_fmt(row['D'], '.3f')}"
+        plots.append(_opts(p, dict(title=short, show_legend=i == 0), mpl=dict(fontscale=1.1)))
+    return _layout(plots, 3)
 
 
 def main_figures(result) -> dict[str, hv.Element | hv.Overlay | hv.Layout]:

@@ -182,7 +182,9 @@ def test_dask_scheduler_address_runner():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         remote = run("mlp", runner=cluster.scheduler_address)
     local = run("mlp")
-    np.testing.assert_allclose(remote.table["alpha"].to_numpy(float), local.table["alpha"].to_numpy(float), rtol=1e-6)
+    np.testing.assert_allclose(
+        remote.table["alpha"].to_numpy(float), local.table["alpha"].to_numpy(float), rtol=1e-6
+    )
     assert remote.meta["runner"].startswith("tcp://")
 
 

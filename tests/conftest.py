@@ -1,0 +1,68 @@
+"""Shared fixtures: real spectral results of small real models, and checkpoint files on disk.
+
+Results are computed once per session without the on-disk cache (``cache=False``), so the
+tests never read or write ``~/.cache/nnvitals``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _spectra(model, **kw):
+    from analyses.spectra.analysis import SpectralAnalysis
+
+    return SpectralAnalysis(model=model, cache=False, show_progress=False, **kw).run()
+
+
+@pytest.fixture(scope="session")
+def spectra_cnn():
+    """The demo CNN (Conv2d + Linear layers), with the shuffled-matrix ESDs (randomize=True)."""
+    return _spectra("cnn", randomize=True)
+
+
+@pytest.fixture(scope="session")
+def spectra_mlp_farms():
+    """The demo MLP with FARMS alphas (so the table also has alpha_plain)."""
+    return _spectra("mlp", farms=True)
+
+
+@pytest.fixture(scope="session")
+def spectra_mlp_untrained():
+    """The demo MLP's untrained twin (same layer names as ``mlp``)."""
+    return _spectra("mlp-untrained")
+
+
+@pytest.fixture(scope="session")
+def spectra_small():
+    """A seeded torch MLP whose last layer is too small to analyse (M = 4 < min_evals): one skipped row."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 96),
+        torch.nn.ReLU(),
+        torch.nn.Linear(96, 4),
+    )
+    return _spectra(model)
+
+
+@pytest.fixture(scope="session")
+def mlp_safetensors(tmp_path_factory) -> Path:
+    """A .safetensors file of a seeded random MLP 64-128-96-10 (weights named 0/2/4.weight)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 96),
+        torch.nn.ReLU(),
+        torch.nn.Linear(96, 10),
+    )
+    path = tmp_path_factory.mktemp("models") / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
