@@ -765,6 +765,12 @@ def _grid_layers(result, k: int = 6) -> list[str]:
     return [str(n) for n in rows["name"] if n in chosen]
 
 
+def short_name(name: str, parts: int = 4) -> str:
+    """A layer name short enough for a panel title: its last ``parts`` components, no ``.weight``."""
+    bits = str(name).removesuffix(".weight").split(".")
+    return ".".join(bits[-parts:]) if len(bits) > parts else ".".join(bits)
+
+
 def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
     """The ESDs of up to ``k`` analysed layers (flagged ones first), three per row."""
     names = _grid_layers(result, k)
@@ -775,8 +781,8 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
         p = esd_plot(result, n, axiswise=True)
         row = result.row(n)
         kind = " (FARMS)" if result.farms_esd(n).size else ""
-        short = f"{n}{kind}: α={_fmt(row['alpha'])}, D={_fmt(row['D'], '.3f')}"
-        plots.append(_opts(p, dict(title=short, show_legend=i == 0), mpl=dict(fontscale=1.1)))
+        short = f"{short_name(n)}{kind}: α={_fmt(row['alpha'])}, D={_fmt(row['D'], '.3f')}"
+        plots.append(_opts(p, dict(title=short, show_legend=i == 0), mpl=dict(fontscale=1.0)))
     return _layout(plots, 3)
 
 
