@@ -136,34 +136,35 @@ def _ks_rows(
 def ks_scan(logs: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """KS distance D for each candidate xmin index; returns (candidates, D, alpha).
 
-    Exact (every candidate against every tail point) when n <= KS_EXACT_LIMIT: O(n^2) work
-    but vectorised. Larger ESDs (e.g. FARMS pools 100 windows of 2000 eigenvalues) go
-    coarse-to-fine: D on <= 512 evenly spaced candidates with a strided tail (error <=
-    stride / m), then D on every candidate around the three best with a finer stride.
+    Exact for every candidate when n <= KS_EXACT_LIMIT: O(n^2) work in one vectorised pass.
+    Larger ESDs (FARMS pools 100 windows of 2000 eigenvalues) use branch and bound, still
+    exact in the chosen xmin: D over every ``stride``-th tail point is a lower bound of D
+    (a max over a subset), computed for all candidates cheaply; then exact D in increasing
+    order of that bound until the bound exceeds the best exact D found. The returned curve
+    holds exact D where it was computed and the lower bound elsewhere.
     """
     alpha, m = _alpha_all(logs)
     n = logs.size
     if n <= KS_EXACT_LIMIT or candidates.size <= 512:
         return candidates, _ks_rows(logs, alpha, m, candidates), alpha[candidates]
-    step = math.ceil(candidates.size / 512)
-    coarse = candidates[::step]
-    d_coarse = _ks_rows(logs, alpha, m, coarse, j_stride=max(1, n // 8192))
-    best = np.argsort(d_coarse, kind="stable")[:3]
-    pos = np.unique(
-        np.concatenate(
-            [np.arange(max(0, b * step - step), min(candidates.size, b * step + step + 1)) for b in best]
-        )
-    )
-    fine = candidates[pos]
-    d_fine = _ks_rows(logs, alpha, m, fine, j_stride=max(1, n // 65536))
-    # the whole scan for the KS-vs-xmin view: coarse everywhere, refined around the minimum
-    allc = np.concatenate([coarse, fine])
-    alld = np.concatenate([d_coarse, d_fine])
-    order = np.argsort(allc, kind="stable")
-    allc, alld = allc[order], alld[order]
-    keep = np.ones(allc.size, dtype=bool)
-    keep[:-1] = allc[1:] != allc[:-1]  # duplicates: keep the later (refined) value
-    return allc[keep], alld[keep], alpha[allc[keep]]
+    bound = _ks_rows(logs, alpha, m, candidates, j_stride=max(1, n // 4096))
+    curve = bound.copy()
+    order = np.argsort(bound, kind="stable")
+    best_d, best_pos = np.inf, -1
+    for s in range(0, order.size, 64):
+        chunk = np.sort(order[s : s + 64])
+        if bound[order[s]] > best_d:
+            break
+        d = _ks_rows(logs, alpha, m, candidates[chunk])
+        curve[chunk] = d
+        for pos, dv in zip(chunk.tolist(), d.tolist(), strict=True):
+            if dv < best_d or (dv == best_d and pos < best_pos):
+                best_d, best_pos = dv, pos
+    # only exact values may win the argmin taken by the caller
+    exact = np.zeros(candidates.size, dtype=bool)
+    exact[order[: s + 64]] = True
+    curve[~exact] = np.maximum(curve[~exact], np.nextafter(best_d, np.inf))
+    return candidates, curve, alpha[candidates]
 
 
 def fit_power_law(
