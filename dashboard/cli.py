@@ -7,7 +7,7 @@
                          [--dtype float32|float64] [--device cpu] [--dask local|ADDRESS]
                          [--no-cache] [--formats svg,html,png,pdf] [--quiet]
     nnvitals spectra-compare MODEL_A MODEL_B --out DIR [--metric alpha] [--labels A,B] [...]
-    nnvitals serve [--port PORT] [--out DIR]
+    nnvitals serve [--port PORT] [--address A] [...]   (see dashboard/serve.py)
     nnvitals --version
 
 ``MODEL`` is a checkpoint path (.safetensors, .pt/.pth state dict, .pt2), a Hugging Face
@@ -38,7 +38,6 @@ from typing import Any, NoReturn
 PROG = "nnvitals"
 FORMATS = ("svg", "html", "png", "pdf")
 DEFAULT_FORMATS = "svg,html"
-SERVE_OUT = "nnvitals-out"
 #: exit codes
 OK, INPUT_ERROR, USAGE_ERROR, BUG, INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -225,14 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser(
         "serve",
-        help="the web app (coming next; for now: the spectra command on the demo MLP)",
-        description="Serve the nnvitals web app. Until it lands, runs 'nnvitals spectra mlp' into DIR.",
+        help="the web app (Panel) on the demo models, uploads and --allow-dir files",
+        description="Serve the nnvitals web app.",
     )
-    sv.add_argument("--port", type=_int_at_least(0, 65535), default=5006, help="port (default 5006)")
-    sv.add_argument("--address", default="localhost", help="address to listen on (default localhost)")
-    sv.add_argument(
-        "--out", type=Path, default=Path(SERVE_OUT), metavar="DIR", help=f"output (default ./{SERVE_OUT})"
-    )
+    from .serve import add_serve_arguments
+
+    add_serve_arguments(sv)
     sv.set_defaults(func=cmd_serve)
     return parser
 
@@ -404,17 +401,10 @@ def cmd_spectra_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``nnvitals serve``: placeholder until the Panel app lands; runs ``spectra mlp`` into ``--out``.
+    """``nnvitals serve``: the Panel app (see :mod:`dashboard.serve`; Panel is imported there)."""
+    from .serve import run_serve
 
-    The real command will build the app (``dashboard.app``, importing Panel here, lazily) and
-    call ``panel.serve`` with ``args.port`` / ``args.address``.
-    """
-    print(
-        f"{PROG} serve: the web app arrives in the next release; running 'nnvitals spectra mlp --out {args.out}' instead",
-        flush=True,
-    )
-    spectra_args = build_parser().parse_args(["spectra", "mlp", "--out", str(args.out)])
-    return cmd_spectra(spectra_args)
+    return run_serve(args)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -59,7 +59,8 @@ def runs(files, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     out = files["out"]
     cases = {
         "st": ["spectra", files["good"], "--out", out / "st", "--farms", "--randomize", "--formats", "svg"],
-        "serve": ["serve", "--out", out / "serve", "--port", "0"],
+        "demo": ["spectra", "mlp", "--out", out / "demo"],
+        "serve_bad_dir": ["serve", "--port", "0", "--allow-dir", files["missing"]],
         "version": ["--version"],
         "missing": ["spectra", files["missing"], "--out", out / "x"],
         "empty": ["spectra", files["empty"], "--out", out / "x"],
@@ -117,11 +118,9 @@ def test_spectra_on_a_safetensors_file(runs, files):
     assert "spectra.csv" in run.stdout  # says what it wrote
 
 
-def test_serve_placeholder_runs_the_demo_mlp(runs, files):
-    run = ok(runs["serve"])
-    first = run.stdout.splitlines()[0]
-    assert "web app" in first and "nnvitals spectra mlp" in first
-    d = files["out"] / "serve"
+def test_spectra_on_a_demo_model_writes_offline_figures(runs, files):
+    ok(runs["demo"])
+    d = files["out"] / "demo"
     table = pd.read_csv(d / "spectra.csv")
     assert len(table) >= 2 and WW_COLUMNS <= set(table.columns)
     names = {p.name for p in d.iterdir()}
@@ -129,6 +128,13 @@ def test_serve_placeholder_runs_the_demo_mlp(runs, files):
     assert names >= {f"{stem}.{fmt}" for stem in ("alpha_by_layer", "esd_grid") for fmt in ("svg", "html")}
     html = (d / "esd_grid.html").read_text()  # standalone and offline
     assert "cdn.bokeh.org" not in html and "<script src=" not in html and len(html) > 500_000
+
+
+def test_serve_with_a_bad_option_is_one_line(runs, files):
+    run = runs["serve_bad_dir"]
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--allow-dir" in lines[0] and "Traceback" not in run.stderr, run.stderr
 
 
 def test_spectra_compare(tmp_path, monkeypatch, capsys):
