@@ -1,0 +1,1 @@
+"""Components every page shares: the model picker, the job panel and the export panel."""

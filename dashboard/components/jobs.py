@@ -1,0 +1,348 @@
+"""Background runs for the app: a shared thread pool, a progress bar, a Cancel button.
+
+A page never computes on the server's event loop. :meth:`JobPanel.submit` hands a function
+``fn(progress, cancel) -> result`` to one process-wide :class:`~concurrent.futures.ThreadPoolExecutor`
+(so many sessions share a bounded number of workers; a run waiting for a worker shows as
+queued). The function gets the analysis progress callback and a
+:class:`~analyses.core.runner.CancelToken`; the worker only writes plain attributes, and a
+periodic callback of the session (every :data:`POLL_MS`) copies them into the progress bar and,
+once the run has finished, hands the result to ``on_done`` in the session's own context.
+
+- Cancel button: sets the token; the analysis stops between tasks and the panel says so.
+- Errors: an :class:`~analyses.core.errors.NNVitalsError` is shown as a red alert with its
+  message; any other exception is a bug and is shown as one (and logged with its traceback).
+- Session closed (``pn.state.on_session_destroyed``): the running job is cancelled.
+- Outside a server (a notebook cell) there is no event loop to keep free and the cell should
+  show the finished result: ``fn`` runs right away in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from typing import Any
+
+import panel as pn
+import param
+
+from analyses.core.errors import Cancelled, NNVitalsError
+from analyses.core.runner import CancelToken
+
+log = logging.getLogger("nnvitals.app")
+
+#: how often a session looks at its running job (milliseconds)
+POLL_MS = 150
+#: scheduling priority of analysis threads (Linux nice value, inherited by the threads they start):
+#: on a busy machine the sessions' clicks get the cores first, the long runs take the rest
+JOB_NICE = 10
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 4
+_pool_lock = threading.Lock()
+
+
+def configure(max_workers: int) -> None:
+    """Set how many analysis runs execute at once across all sessions (the rest queue)."""
+    global _pool, _pool_size
+    if max_workers < 1:
+        raise NNVitalsError(f"max_workers {max_workers}: expected at least 1")
+    with _pool_lock:
+        _pool_size = int(max_workers)
+        old, _pool = _pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def executor() -> ThreadPoolExecutor:
+    """The process-wide pool that runs analyses for every session."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="nnvitals-job")
+        return _pool
+
+
+_niced: set[int] = set()
+
+
+def _lower_priority() -> None:
+    """Give this worker thread (and the runner threads it starts) a lower CPU priority (Linux)."""
+    tid = threading.get_native_id()
+    if tid in _niced or not hasattr(os, "setpriority"):
+        return
+    _niced.add(tid)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), JOB_NICE))
+    except OSError:  # not allowed here: run at normal priority
+        pass
+
+
+def in_server() -> bool:
+    """True inside a served session (a Bokeh document with a session context)."""
+    doc = pn.state.curdoc
+    return bool(doc is not None and getattr(doc, "session_context", None) is not None)
+
+
+class Job:
+    """One run: its cancel token, its future and the progress its worker reports."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.token = CancelToken()
+        self.future: Future | None = None
+        self.done = 0
+        self.total = 0
+        self.step = ""
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.submitted = time.perf_counter()
+
+    def progress(self, done: int, total: int, label: str) -> None:
+        # plain attribute writes from the worker thread; the session's poll reads them
+        self.total, self.done, self.step = total, done, label
+
+    def cancel(self) -> None:
+        self.token.cancel()
+        if self.future is not None:
+            self.future.cancel()  # a job still queued never starts
+
+    @property
+    def finished(self) -> bool:
+        return self.future is not None and self.future.done()
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 100 else f"{s / 60:.1f} min"
+
+
+class JobPanel(pn.viewable.Viewer):
+    """Progress bar, status line, Cancel button and error alert for one page's runs."""
+
+    running = param.Boolean(default=False, doc="A job is queued or running.")
+    status = param.String(default="", doc="The status line shown under the bar.")
+    error = param.String(default="", doc="Message of the last failed run ('' when none).")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self._job: Job | None = None
+        self._on_done: Callable[[Any], None] | None = None
+        self._on_error: Callable[[str], None] | None = None
+        self._poller = None
+        self._lock = threading.Lock()
+        self._bar = pn.indicators.Progress(
+            value=0, max=1, visible=False, bar_color="primary", sizing_mode="stretch_width", height=14
+        )
+        self._text = pn.pane.Markdown("", css_classes=["nnv-job-status"], margin=(0, 10))
+        self._cancel = pn.widgets.Button(
+            name="Cancel", button_type="danger", button_style="outline", visible=False, width=90
+        )
+        self._cancel.on_click(lambda _e: self.cancel())
+        self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self._layout = pn.Column(
+            pn.Row(self._bar, self._cancel, sizing_mode="stretch_width", align="center"),
+            self._text,
+            self._alert,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-jobs"],
+        )
+        if in_server():
+            pn.state.on_session_destroyed(self._session_destroyed)
+
+    def __panel__(self):
+        return self._layout
+
+    # ------------------------------------------------------------------ public
+    def submit(
+        self,
+        label: str,
+        fn: Callable[[Callable[[int, int, str], None], CancelToken], Any],
+        on_done: Callable[[Any], None],
+        on_error: Callable[[str], None] | None = None,
+        wait: float = 0.0,
+    ) -> Job:
+        """Run ``fn(progress, cancel)`` in the background; ``on_done(result)`` in this session after.
+
+        A job still running in this panel is cancelled first (one run per panel at a time).
+        ``wait``: seconds to wait for the result before going on in the background; a quick
+        result (one from the result store) is then shown at once, without a round trip.
+        """
+        self.cancel(quiet=True)
+        job = Job(label)
+        self._hide_error()
+        if not in_server():
+            return self._run_here(job, fn, on_done, on_error)
+        with self._lock:
+            self._job, self._on_done, self._on_error = job, on_done, on_error
+        job.future = executor().submit(self._work, job, fn)
+        self.running = True
+        if wait > 0:
+            try:
+                job.future.exception(timeout=wait)
+            except (TimeoutError, CancelledError):
+                pass
+            if job.finished:
+                with self._lock:
+                    self._job = None
+                self._finish(job, on_done, on_error)
+                return job
+        self._show_progress(job)
+        self._start_polling()
+        return job
+
+    def cancel(self, quiet: bool = False) -> None:
+        """Cancel the running (or queued) job, if any."""
+        with self._lock:
+            job = self._job
+        if job is None or job.finished:
+            return
+        job.cancel()
+        if quiet:  # replaced by a new job: forget this one now
+            with self._lock:
+                self._job = None
+            log.info("cancelled %s (replaced by a new run)", job.label)
+            return
+        self._set_status(f"Cancelling {job.label} …")
+        self._cancel.disabled = True
+
+    def show_error(self, message: str) -> None:
+        """Show ``message`` in the red alert (a problem found before anything ran)."""
+        self._fail(message, None)
+
+    @property
+    def job(self) -> Job | None:
+        return self._job
+
+    # ------------------------------------------------------------------ worker side
+    @staticmethod
+    def _work(job: Job, fn):
+        _lower_priority()
+        job.started = time.perf_counter()
+        try:
+            job.token.check()
+            return fn(job.progress, job.token)
+        finally:
+            job.ended = time.perf_counter()
+
+    def _run_here(self, job: Job, fn, on_done, on_error) -> Job:
+        """Outside a server: run now in this thread (a notebook cell shows the finished result)."""
+        job.started = time.perf_counter()
+        try:
+            result = fn(job.progress, job.token)
+        except NNVitalsError as e:
+            self._fail(str(e), on_error)
+            return job
+        except Exception as e:  # a bug: say so, keep the traceback in the log
+            log.exception("job %s failed", job.label)
+            self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
+            return job
+        self._set_status("")
+        on_done(result)
+        return job
+
+    # ------------------------------------------------------------------ session side
+    def _start_polling(self) -> None:
+        if self._poller is None:
+            self._poller = pn.state.add_periodic_callback(self._poll, period=POLL_MS, start=True)
+        elif not self._poller.running:
+            self._poller.start()
+
+    def _stop_polling(self) -> None:
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+
+    def _show_progress(self, job: Job) -> None:
+        self._bar.visible = True
+        self._cancel.visible = True
+        self._cancel.disabled = False
+        if job.started is None:
+            self._bar.value = -1  # indeterminate while queued
+            self._set_status(f"{job.label}: queued (every worker is busy)")
+            return
+        if job.total:
+            self._bar.max = max(job.total, 1)
+            self._bar.value = min(job.done, job.total)
+            step = f" — {job.step}" if job.step else ""
+            self._set_status(f"{job.label}: {job.done}/{job.total}{step}")
+        else:
+            self._bar.value = -1
+            self._set_status(f"{job.label}: starting …")
+
+    def _poll(self) -> None:
+        with self._lock:
+            job = self._job
+        if job is None:
+            self._stop_polling()
+            return
+        if not job.finished:
+            if not job.token.cancelled:
+                self._show_progress(job)
+            return
+        self._stop_polling()
+        with self._lock:
+            if self._job is not job:
+                return
+            self._job = None
+            on_done, on_error = self._on_done, self._on_error
+        self._finish(job, on_done, on_error)
+
+    def _finish(self, job: Job, on_done, on_error) -> None:
+        self.running = False
+        self._bar.visible = False
+        self._cancel.visible = False
+        try:
+            result = job.future.result()
+        except (Cancelled, CancelledError):
+            self._set_status(f"{job.label}: cancelled")
+            log.info("cancelled %s", job.label)
+            return
+        except NNVitalsError as e:
+            self._fail(str(e), on_error)
+            return
+        except Exception as e:
+            log.error("job %s failed", job.label, exc_info=e)
+            self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
+            return
+        took = (job.ended or time.perf_counter()) - (job.started or job.submitted)
+        log.info("%s: done in %s", job.label, _fmt_seconds(took))
+        self._set_status("")  # the page shows the result (and how it was obtained)
+        try:
+            on_done(result)
+        except NNVitalsError as e:
+            self._fail(str(e), on_error)
+        except Exception as e:
+            log.error("showing the result of %s failed", job.label, exc_info=e)
+            self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
+
+    def _fail(self, message: str, on_error) -> None:
+        self.running = False
+        self.error = message
+        self._alert.object = message
+        self._alert.visible = True
+        self._set_status("")
+        if on_error is not None:
+            on_error(message)
+
+    def _hide_error(self) -> None:
+        self.error = ""
+        self._alert.visible = False
+
+    def _set_status(self, text: str) -> None:
+        self.status = text
+        self._text.object = text
+
+    def close(self, reason: str = "closed") -> None:
+        """Cancel the running job for good (the page goes away); logs ``<reason>: cancelled <job>``."""
+        with self._lock:
+            job = self._job
+            self._job = None
+        self._stop_polling()
+        if job is not None and not job.finished:
+            job.cancel()
+            log.info("%s: cancelled %s", reason, job.label)
+
+    def _session_destroyed(self, session_context) -> None:
+        self.close(f"session {getattr(session_context, 'id', '?')} closed")

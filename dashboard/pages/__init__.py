@@ -1,0 +1,1 @@
+"""One page per analysis family: a ``pn.viewable.Viewer`` that lays out widgets and views."""

@@ -1,0 +1,664 @@
+"""The Spectra page: heavy-tailed weight spectra (WeightWatcher metrics, FARMS) of the picked model.
+
+What the page shows, all from one :class:`~analyses.spectra.analysis.SpectralResult`:
+
+- **Layers**: a metric by layer (tap a point, or box-select several) linked to the selected
+  layer's ESD with its power-law fit, xmin and Marchenko-Pastur bulk edge, and its KS scan;
+  several selected layers show their ESDs side by side. Below, the layer table (sortable,
+  warnings coloured); selecting rows there selects the same layers in the plots, and back.
+- **FARMS vs plain**: FARMS alpha against the full-matrix alpha, and both against the aspect
+  ratio Q (FARMS removes the Q dependence).
+- **Compare**: a metric by layer for this model and a second one (its untrained twin by default).
+- **Export**: every figure as SVG, PNG, PDF (matplotlib) or standalone HTML; tables as CSV.
+
+The page computes nothing itself: the analysis object runs in a :class:`JobPanel` (a thread,
+never the server's event loop) and the views come from :mod:`analyses.spectra.views`. In a
+notebook, ``SpectraPage(model="mlp")`` runs the analysis in the cell and displays the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from analyses.core.errors import NNVitalsError
+from analyses.core.export import save_figure, save_table
+from analyses.spectra import views
+from analyses.spectra.analysis import SpectralAnalysis
+from analyses.zoo import DEMO_MODELS
+
+from .. import style
+from ..components.export import ExportPanel, slug
+from ..components.jobs import JobPanel
+from ..settings import AppSettings
+
+log = logging.getLogger("nnvitals.app")
+
+#: the knobs shown as widgets (generated from SpectralAnalysis's parameters)
+KNOBS = ["xmin_rule", "farms", "farms_rows", "farms_q_ratio", "farms_windows", "randomize", "seed"]
+ADVANCED_KNOBS = [
+    "layers",
+    "layer_types",
+    "min_evals",
+    "max_evals",
+    "max_N",
+    "conv2d_norm",
+    "dtype",
+    "device",
+]
+#: metrics offered for the metric-by-layer plot
+METRICS = [
+    "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
+    "entropy", "D", "num_spikes", "mp_softrank", "rand_distance",
+]  # fmt: skip
+#: columns of the layer table, in order (those present in the result)
+TABLE_COLUMNS = [
+    "layer_id", "name", "layer_type", "shape", "Q", "alpha", "alpha_plain", "warning", "alpha_weighted",
+    "log_norm", "log_spectral_norm", "stable_rank", "entropy", "D", "xmin", "num_spikes", "num_pl_spikes",
+    "rand_distance", "status", "skip_reason",
+]  # fmt: skip
+#: positions of the tabs whose content is built when they are first opened
+FARMS_TAB, COMPARE_TAB, EXPORT_TAB = 1, 2, 3
+#: most ESDs drawn side by side for a multi-layer selection
+MAX_GRID = 6
+WARNING_STYLE = {
+    "over-trained": f"background-color: {views.CATEGORY_COLORS['over-trained']}; color: white; font-weight: 600",
+    "under-trained": f"background-color: {views.CATEGORY_COLORS['under-trained']}; color: black; font-weight: 600",
+    "non-finite": "background-color: #999999; color: white",
+}
+
+
+def _twin(model: Any) -> str | None:
+    """The demo model to compare with by default: a trained model's untrained twin and back."""
+    if not isinstance(model, str) or model not in DEMO_MODELS:
+        return None
+    twin = model.removesuffix("-untrained") if model.endswith("-untrained") else f"{model}-untrained"
+    return twin if twin in DEMO_MODELS else None
+
+
+def _warning_css(value: Any) -> str:
+    return WARNING_STYLE.get(str(value), "")
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    return format(x, spec) if math.isfinite(x) else "n/a"
+
+
+def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
+    """A bokeh pane that fills its grid cell; axes never linked to other panes' plots."""
+    kw.setdefault("sizing_mode", "stretch_width")
+    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, min_width=380, **kw)
+
+
+def _grid(*objects: Any, **kw: Any) -> pn.GridBox:
+    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
+
+
+class SpectraPage(pn.viewable.Viewer):
+    """Spectral analysis page (see the module docstring): ``SpectraPage(model="mlp")``."""
+
+    slug = "spectra"
+    title = "Spectra"
+    question = "How heavy-tailed is each layer's eigenvalue spectrum (ESD), free of aspect-ratio bias?"
+
+    model = param.Parameter(default="mlp", doc="The model: a demo name, a checkpoint path or a module.")
+    label = param.String(default="mlp", doc="Name of the model as shown.")
+    metric = param.Selector(default="alpha", objects=METRICS, doc="Metric of the by-layer plot.")
+    result = param.Parameter(default=None, doc="The current SpectralResult (None before the first run).")
+    selected = param.List(default=[], item_type=str, doc="Names of the selected layers.")
+    compare_with = param.Parameter(default=None, doc="Second model of the comparison (one of the picker's).")
+    compare_metric = param.Selector(default="alpha", objects=list(views.COMPARE_METRICS))
+    compare_result = param.Parameter(default=None, doc="SpectralResult of the second model.")
+
+    def __init__(
+        self,
+        model: Any = None,
+        picker: Any = None,
+        settings: AppSettings | None = None,
+        run: bool = True,
+        **params: Any,
+    ):
+        super().__init__(**params)
+        self.settings = settings or AppSettings()
+        self.picker = picker
+        if picker is not None and model is None:
+            model = picker.model
+        model = self.settings.default_model if model is None else model
+        self.analysis = SpectralAnalysis(model=model, show_progress=False, runner=self.settings.runner)
+        self.explorer: views.LinkedExplorer | None = None
+        self._syncing = False
+        self._compare_labels: tuple[str, str] = ("A", "B")
+        self.jobs = JobPanel()
+        self.compare_jobs = JobPanel()
+        self._build_controls()
+        self._build_main()
+        self._set_model(model, picker.label if picker is not None else None, run=False)
+        if picker is not None:
+            picker.param.watch(self._on_picker, ["model"])
+            picker.param.watch(self._on_sources, ["sources"])
+        self._on_sources()
+        self.param.watch(self._on_metric, "metric")
+        if run:
+            self.run(wait=0.3)
+
+    # ------------------------------------------------------------------ building
+    def _build_controls(self) -> None:
+        self._run_button = pn.widgets.Button(
+            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        )
+        self._run_button.on_click(lambda _e: self.run())
+        widgets = {
+            "xmin_rule": {
+                "type": pn.widgets.RadioButtonGroup,
+                "button_style": "outline",
+                "name": "xmin rule",
+            },
+            "farms": {"name": "FARMS alpha (fixed-aspect-ratio windows)"},
+            "farms_rows": {"name": "FARMS window rows"},
+            "farms_q_ratio": {"type": pn.widgets.FloatInput, "name": "FARMS window cols / rows", "step": 0.5},
+            "farms_windows": {"type": pn.widgets.IntInput, "name": "FARMS windows per axis"},
+            "randomize": {"name": "Also the shuffled-matrix ESD"},
+            "conv2d_norm": {"name": "Halve Conv2d eigenvalues (WW conv2d_norm)"},
+            "min_evals": {"name": "min eigenvalues"},
+            "max_evals": {"name": "max eigenvalues"},
+            "layers": {
+                "type": pn.widgets.TextInput,
+                "name": "Layer names (regex)",
+                "placeholder": "e.g. ^fc",
+            },
+            "layer_types": {"type": pn.widgets.MultiChoice, "name": "Layer kinds"},
+            "max_N": {"name": "max N (longer side)"},
+            "device": {"type": pn.widgets.TextInput},
+        }
+        for name in KNOBS + ADVANCED_KNOBS:  # the sidebar is 300 px wide
+            widgets.setdefault(name, {}).setdefault("width", 230)
+        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
+        # the advanced widgets join the page when the card is first opened (a lighter first page)
+        self._advanced_knobs = pn.Param(
+            self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240
+        )
+        self._advanced = pn.Card(title="Advanced", collapsed=True, width=255)
+        self._advanced.param.watch(self._open_advanced, "collapsed")
+        parts: list[Any] = []
+        if self.picker is None:  # standalone (a notebook): a model choice of its own
+            self._model_select = pn.widgets.Select(name="Model", options=list(DEMO_MODELS), width=280)
+            self._model_select.param.watch(lambda e: self._set_model(e.new), "value")
+            parts.append(self._model_select)
+        self.controls = pn.Column(
+            *parts,
+            pn.pane.Markdown("#### Spectra settings", margin=(5, 10, 0, 10)),
+            self._knobs,
+            self._advanced,
+            self._run_button,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-controls"],
+        )
+
+    def _build_main(self) -> None:
+        self._summary = pn.pane.Markdown(
+            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
+        )
+        waiting = pn.pane.Markdown("*The analysis is running …*", css_classes=["nnv-waiting"])
+        # Layers tab
+        self._metric_select = pn.widgets.Select.from_param(
+            self.param.metric, name="Metric by layer", width=220
+        )
+        self._selection_text = pn.pane.Markdown(
+            "", css_classes=["nnv-selection"], sizing_mode="stretch_width"
+        )
+        self._plots = _grid(waiting, css_classes=["nnv-plots"])
+        self._grid = pn.Column(sizing_mode="stretch_width", css_classes=["nnv-esd-grid"])
+        self._table = pn.widgets.Tabulator(
+            pd.DataFrame(),
+            disabled=True,
+            selectable=True,
+            show_index=False,
+            sizing_mode="stretch_width",
+            max_height=420,
+            layout="fit_data_table",
+            header_align="center",
+            widths={"warning": 130},
+            css_classes=["nnv-layer-table"],
+        )
+        self._table.style.map(_warning_css)  # kept across new values: only warning labels get a colour
+        self._table.param.watch(self._on_table_selection, "selection")
+        layers = pn.Column(
+            pn.Row(self._metric_select, self._selection_text, sizing_mode="stretch_width"),
+            pn.pane.Markdown(
+                "Tap a point to see that layer's ESD and KS scan; box-select (toolbar) or ctrl-click "
+                "table rows to compare several. Dashed guides: α < 2 over-trained, α > 6 under-trained.",
+                css_classes=["nnv-note"],
+                styles=style.NOTE,
+                margin=(0, 10),
+            ),
+            self._plots,
+            self._grid,
+            pn.pane.Markdown("#### Layer table", margin=(10, 10, 0, 10)),
+            self._table,
+            sizing_mode="stretch_width",
+            name="Layers",
+        )
+        # FARMS tab
+        self._farms_button = pn.widgets.Button(
+            name="Run with FARMS", button_type="primary", button_style="outline", width=180
+        )
+        self._farms_button.on_click(lambda _e: self.run(farms=True))
+        self._farms_plots = _grid()
+        farms = pn.Column(
+            pn.pane.Markdown(
+                "**FARMS** (Fixed-Aspect-Ratio Matrix Subsampling, ICML 2025) fits alpha on the pooled ESD "
+                "of windows that all have the same aspect ratio, so alpha no longer drifts with a layer's "
+                "shape Q = N / M. Points off the diagonal are layers whose plain alpha the aspect ratio biased.",
+                sizing_mode="stretch_width",
+            ),
+            self._farms_button,
+            self._farms_plots,
+            sizing_mode="stretch_width",
+            name="FARMS vs plain",
+        )
+        # Compare tab
+        self._compare_select = pn.widgets.Select(name="Compare with", width=260)
+        self._compare_select.link(self, value="compare_with", bidirectional=True)
+        self._compare_metric = pn.widgets.Select.from_param(
+            self.param.compare_metric, name="Metric", width=200
+        )
+        self._compare_button = pn.widgets.Button(
+            name="Compare", button_type="primary", width=120, align="end"
+        )
+        self._compare_button.on_click(lambda _e: self.compare())
+        self._compare_plot = _grid()
+        self._compare_table = pn.widgets.Tabulator(
+            pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width", max_height=360,
+            layout="fit_data_table", visible=False,
+        )  # fmt: skip
+        self._compare_content = pn.Column(
+            pn.pane.Markdown(
+                "The same analysis on a second model, layers matched by name: the metric of both by "
+                "layer, and the change (B − A) per layer.",
+                sizing_mode="stretch_width",
+            ),
+            pn.Row(self._compare_select, self._compare_metric, self._compare_button),
+            self.compare_jobs,
+            self._compare_plot,
+            self._compare_table,
+            sizing_mode="stretch_width",
+        )
+        self.param.watch(self._redraw_compare, "compare_metric")
+        # Export tab
+        self.export_panel = ExportPanel(self.figures, self.tables, prefix="spectra")
+        # Compare and Export join the page when their tab is first opened (Panel's own dynamic
+        # tabs would do it, but their placeholders load CSS from Panel's CDN)
+        self._lazy_tabs = {
+            COMPARE_TAB: self._compare_content,
+            EXPORT_TAB: pn.Column(self.export_panel, sizing_mode="stretch_width"),
+        }
+        self.tabs = pn.Tabs(
+            layers,
+            farms,
+            pn.Column(name="Compare", sizing_mode="stretch_width"),
+            pn.Column(name="Export", sizing_mode="stretch_width"),
+            dynamic=False,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-tabs"],
+        )
+        self._farms_drawn = None
+        self.tabs.param.watch(self._draw_farms_plots, "active")
+        self.tabs.param.watch(self._open_tab, "active")
+        self.main = pn.Column(
+            pn.pane.Markdown(
+                f"## Spectra\n{self.question} Heavy-tailed self-regularisation metrics (WeightWatcher) "
+                "with FARMS on request.",
+                css_classes=["nnv-page-head"],
+                sizing_mode="stretch_width",
+            ),
+            self.jobs,
+            self._summary,
+            self.tabs,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-page", "nnv-spectra"],
+        )
+
+    def _open_tab(self, event) -> None:
+        content = self._lazy_tabs.pop(event.new, None)
+        if content is not None:
+            self.tabs[event.new].objects = [content]
+
+    def _open_advanced(self, event) -> None:
+        if not event.new and not self._advanced.objects:
+            self._advanced.objects = [self._advanced_knobs]
+
+    def __panel__(self):
+        if self.picker is not None:
+            return self.main
+        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ model and runs
+    def _set_model(self, model: Any, label: str | None = None, run: bool = True) -> None:
+        if label is None:
+            label = model if isinstance(model, str) and model in DEMO_MODELS else None
+            label = label or (
+                Path(str(model)).name if isinstance(model, str | Path) else type(model).__name__
+            )
+        self.analysis.model = model
+        self.param.update(model=model, label=label)
+        if self.picker is None and isinstance(model, str) and model in DEMO_MODELS:
+            self._model_select.value = model
+        twin = _twin(model)
+        if twin is not None and twin in self._compare_select.values:
+            self.compare_with = twin
+        if run:
+            self.run()
+
+    def _on_picker(self, event) -> None:
+        self._set_model(event.obj.model, event.obj.label)
+
+    def _on_sources(self, *_: Any) -> None:
+        if self.picker is not None:
+            options = dict(self.picker.sources)
+        else:
+            options = {name: name for name in DEMO_MODELS}
+        current = self.compare_with if self.compare_with in options.values() else None
+        current = current or _twin(self.model) or next(iter(options.values()), None)
+        self._compare_select.param.update(options=options, value=current)
+        self.compare_with = current
+
+    def _snapshot(self, **overrides: Any) -> SpectralAnalysis:
+        """A copy of the analysis with its current settings: widgets may change while it runs."""
+        values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
+        values.update(overrides)
+        return SpectralAnalysis(**values)
+
+    def run(self, farms: bool | None = None, wait: float = 0.0) -> None:
+        """Run the analysis with the current settings (in the background when served).
+
+        ``wait``: seconds to wait for a quick result (from the result store) to show it at once.
+        """
+        if farms is not None:
+            self.analysis.farms = farms
+        analysis = self._snapshot()
+        self.jobs.submit(
+            f"Spectra of {self.label}",
+            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
+            self._show,
+            wait=wait,
+        )
+
+    def compare(self) -> None:
+        """Run the same analysis on the second model and show both side by side."""
+        other = self.compare_with
+        if other is None:
+            self.compare_jobs.show_error("pick a second model to compare with first")
+            return
+        if self.result is None:
+            self.compare_jobs.show_error("run the analysis on the first model before comparing")
+            return
+        label_b = next((k for k, v in self._compare_select.options.items() if v == other), str(other))
+        label_a = self.label if self.label != label_b else f"{self.label} (A)"
+        analysis = self._snapshot(model=other)
+        result_a = self.result
+
+        def on_done(result_b):
+            self._compare_labels = (label_a, label_b if label_b != label_a else f"{label_b} (B)")
+            self._compare_pair = (result_a, result_b)
+            self.compare_result = result_b
+            self._redraw_compare()
+
+        self.compare_jobs.submit(
+            f"Spectra of {label_b}",
+            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
+            on_done,
+        )
+
+    # ------------------------------------------------------------------ showing a result
+    def _show(self, result) -> None:
+        previous = list(self.selected)
+        self.result = result
+        self.compare_result = None
+        self._compare_plot.objects = []
+        self._compare_table.visible = False
+        self._summary.object = self._summary_text(result)
+        self._fill_table(result)
+        self._draw_explorer(keep=previous)
+        self._draw_farms(result)
+        self.export_panel.refresh()
+
+    def _summary_text(self, result) -> str:
+        s, meta, t = result.summary, result.meta, result.table
+        subj = meta.get("subject", {})
+        how = (
+            "from the result store"
+            if meta.get("cached")
+            else f"computed in {_fmt(meta.get('seconds'), '.2f')} s"
+        )
+        params = meta.get("params", {})
+        farms = ", FARMS alpha" if params.get("farms") else ""
+        return (
+            f"**{subj.get('label', self.label)}** ({subj.get('source', '?')}): {len(t)} weights, "
+            f"**{s.get('layers_analysed', 0)} analysed**, {s.get('layers_skipped', 0)} skipped · "
+            f"mean α **{_fmt(s.get('alpha'))}** (xmin rule {params.get('xmin_rule', '?')}{farms}) · "
+            f"{s.get('over_trained', 0)} over-trained (α < 2), {s.get('under_trained', 0)} under-trained (α > 6) · "
+            f"{how}"
+        )
+
+    def _fill_table(self, result) -> None:
+        t = result.table
+        cols = [c for c in TABLE_COLUMNS if c in t.columns]
+        if "alpha_plain" in cols and not np.isfinite(pd.to_numeric(t["alpha_plain"], errors="coerce")).any():
+            cols.remove("alpha_plain")
+        df = t[cols].copy()
+        for c in df.columns:
+            if df[c].dtype.kind == "f":
+                df[c] = df[c].round(4)
+        self._table.selection = []
+        self._table.value = df
+
+    def _draw_explorer(self, keep: list[str] = ()) -> None:
+        result = self.result
+        if result is None:
+            return
+        metric = self.metric if self.metric in result.table.columns else "alpha"
+        ex = views.linked_explorer(result, metric)
+        if ex.names:
+            ex.stream.source.opts(tools=["hover", "tap", "box_select"], active_tools=["tap"], backend="bokeh")
+        self.explorer = ex
+        items = list(ex.layout)
+        self._plots.objects = [
+            _holoviews(item, css_classes=[f"nnv-plot-{i}"]) for i, item in enumerate(items)
+        ]
+        ex.stream.add_subscriber(self._on_stream)
+        names = [n for n in keep if n in ex.names]
+        if names and names != ex.names[:1]:
+            self.select(*names)
+        else:
+            self._apply_selection([ex.names[0]] if ex.names else [])
+
+    def _draw_farms(self, result) -> None:
+        has_farms = (
+            "alpha_plain" in result.table
+            and np.isfinite(pd.to_numeric(result.table["alpha_plain"], errors="coerce")).any()
+        )
+        self._farms_button.visible = not has_farms
+        self._farms_drawn = None
+        if self.tabs.active == FARMS_TAB:  # else drawn when the tab is opened
+            self._draw_farms_plots()
+
+    def _draw_farms_plots(self, *_: Any) -> None:
+        result = self.result
+        if result is None or self.tabs.active != FARMS_TAB or self._farms_drawn is result:
+            return
+        self._farms_drawn = result
+        self._farms_plots.objects = [
+            _holoviews(views.farms_vs_plain(result)),
+            _holoviews(views.alpha_vs_aspect(result)),
+        ]
+
+    def _redraw_compare(self, *_: Any) -> None:
+        pair = getattr(self, "_compare_pair", None)
+        if pair is None or self.compare_result is None:
+            return
+        a, b = pair
+        metric = self.compare_metric
+        fig = views.compare_models(a, b, metric, self._compare_labels)
+        # one pane per panel: a bokeh grid plot added to a live page does not draw
+        panels = list(fig) if isinstance(fig, hv.Layout) else [fig]
+        self._compare_plot.objects = [_holoviews(p, css_classes=["nnv-compare-plot"]) for p in panels]
+        table = views.compare_table(a, b)
+        for c in table.columns:
+            if table[c].dtype.kind == "f":
+                table[c] = table[c].round(4)
+        self._compare_table.value = table
+        self._compare_table.visible = True
+        self.export_panel.refresh()
+
+    # ------------------------------------------------------------------ selection (both ways)
+    def select(self, *names: str) -> None:
+        """Select layers by name (as a tap, box-select or table click would)."""
+        if self.explorer is None:
+            raise NNVitalsError("select: no result yet; run the analysis first")
+        missing = [n for n in names if n not in self.explorer.names]
+        if missing:
+            raise NNVitalsError(
+                f"layer {missing[0]!r}: not in the {self.metric} plot (layers: {', '.join(self.explorer.names)})"
+            )
+        self.explorer.stream.event(index=[self.explorer.names.index(n) for n in names])
+
+    def _on_stream(self, index=None, **_: Any) -> None:
+        ex = self.explorer
+        if ex is None:
+            return
+        names = [ex.names[int(i)] for i in (index or []) if 0 <= int(i) < len(ex.names)]
+        self._apply_selection(names or ex.names[:1])
+
+    def _apply_selection(self, names: list[str]) -> None:
+        self.selected = list(names)
+        result = self.result
+        if result is None:
+            return
+        if names:
+            row = result.row(names[0])
+            more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+            self._selection_text.object = (
+                f"Selected: **{names[0]}**{more} · {row.get('layer_type', '')} {row.get('shape', '')} · "
+                f"α = {_fmt(row.get('alpha'))} · D = {_fmt(row.get('D'), '.3f')} · "
+                f"{row.get('warning') or 'no warning'}"
+            )
+        else:
+            self._selection_text.object = ""
+        if not self._syncing:
+            self._syncing = True
+            try:
+                df = self._table.value
+                if df is not None and "name" in df:
+                    self._table.selection = [int(i) for i, n in enumerate(df["name"]) if n in set(names)]
+            finally:
+                self._syncing = False
+        self._draw_grid(names)
+        self.export_panel.refresh()
+
+    def _on_table_selection(self, event) -> None:
+        if self._syncing or self.explorer is None:
+            return
+        df = self._table.value
+        names = [str(df["name"].iloc[i]) for i in event.new if 0 <= i < len(df)]
+        names = [n for n in names if n in self.explorer.names]
+        if not names:
+            return
+        self._syncing = True
+        t0 = time.perf_counter()
+        try:
+            self.explorer.stream.event(index=[self.explorer.names.index(n) for n in names])
+        finally:
+            self._syncing = False
+        log.debug("selection %s from the table: %.0f ms", ",".join(names), 1000 * (time.perf_counter() - t0))
+
+    def _grid_figure(self, names: list[str]) -> hv.Layout:
+        plots = [views.esd_plot(self.result, n) for n in names[:MAX_GRID]]
+        layout = hv.Layout(plots).cols(2)
+        return layout.opts(shared_axes=False, backend="bokeh")
+
+    def _draw_grid(self, names: list[str]) -> None:
+        if len(names) < 2:
+            self._grid.objects = []
+            return
+        shown = names[:MAX_GRID]
+        note = f" (the first {MAX_GRID} of {len(names)})" if len(names) > MAX_GRID else ""
+        # one pane per ESD, two per row
+        self._grid.objects = [
+            pn.pane.Markdown(f"#### ESDs of the selected layers{note}", margin=(10, 10, 0, 10)),
+            _grid(
+                *[_holoviews(views.esd_plot(self.result, n), css_classes=["nnv-grid-plot"]) for n in shown]
+            ),
+        ]
+
+    def _on_metric(self, *_: Any) -> None:
+        self._draw_explorer(keep=list(self.selected))
+
+    # ------------------------------------------------------------------ export (app and notebooks)
+    def figures(self) -> dict[str, Any]:
+        """What can be exported now: title -> function building the HoloViews object."""
+        res = self.result
+        if res is None:
+            return {}
+        metric = self.metric if self.metric in res.table.columns else "alpha"
+        names = list(self.selected) or (self.explorer.names[:1] if self.explorer else [])
+        out: dict[str, Any] = {f"{metric} by layer": lambda: views.metric_by_layer(res, metric)}
+        if names:
+            first = names[0]
+
+            def explorer_now():
+                ex = views.linked_explorer(res, metric)
+                if first in ex.names:
+                    ex.select(first)
+                return ex.layout
+
+            out[f"ESD of {first}"] = lambda: views.esd_plot(res, first)
+            out[f"KS scan of {first}"] = lambda: views.ks_plot(res, first)
+            out[f"Explorer ({metric}, ESD and KS of {first})"] = explorer_now
+        if len(names) > 1:
+            out["ESDs of the selected layers"] = lambda: self._grid_figure(names)
+        out["FARMS vs plain alpha"] = lambda: views.farms_vs_plain(res)
+        out["alpha vs aspect ratio"] = lambda: views.alpha_vs_aspect(res)
+        pair = getattr(self, "_compare_pair", None)
+        if pair is not None and self.compare_result is not None:
+            cm, labels = self.compare_metric, self._compare_labels
+            out[f"Comparison of {cm}: {labels[0]} vs {labels[1]}"] = lambda: views.compare_models(
+                *pair, cm, labels
+            )
+        return out
+
+    def tables(self) -> dict[str, Any]:
+        """Tables that can be exported now: title -> function building the DataFrame."""
+        res = self.result
+        if res is None:
+            return {}
+        out: dict[str, Any] = {"Layer table": lambda: res.table}
+        pair = getattr(self, "_compare_pair", None)
+        if pair is not None and self.compare_result is not None:
+            out["Comparison table"] = lambda: views.compare_table(*pair)
+        return out
+
+    def export(self, what: str, path: str | Path) -> Path:
+        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`, or its
+        file-name form) to ``path``; the suffix picks the format (svg, png, pdf, html; csv)."""
+        path = Path(path)
+        figures, tables = self.figures(), self.tables()
+        for builders, save in ((tables, save_table), (figures, save_figure)):
+            for title, build in builders.items():
+                if what in (title, slug(title)):
+                    return save(build(), path)
+        raise NNVitalsError(
+            f"export {what!r}: nothing by that name; expected one of: {', '.join([*figures, *tables])}"
+        )

@@ -1,0 +1,350 @@
+"""Benchmark of the web app: start-up, linked-selection latency, and load from concurrent sessions.
+
+Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--skip PARTS] [--out FILE]``
+
+1. **Start-up**: wall time from launching ``nnvitals serve`` (a fresh process and an empty
+   result store) until the server answers, and until the first page shows a rendered plot in
+   headless Chromium (the browser is started beforehand). Target: first page < 5 s.
+2. **Selection, server side**: time for ``SpectraPage.select(layer)`` in a rendered page —
+   the stream event, the linked ESD and KS plots re-rendered into their bokeh models, the
+   table selection and the text — measured in-process, per layer, many repeats. Target < 200 ms.
+3. **Concurrent sessions**: ``--sessions`` browser sessions each run the Spectra analysis on a
+   real workload at the same time (a checkpoint of 12 layers of 1024 x 1024 with the shuffled
+   ESDs, each session with its own seed, so nothing comes from the result store), while one
+   more, idle session clicks through layers in its table; reported: the idle session's
+   click -> updated page latency (median, p95, max) measured in the browser, and how long the
+   busy sessions' runs took.
+
+Prints one line per measurement and ends with one JSON line (``benchmark``, ``mode``,
+``results``, ``targets_missed``, ``machine``), as the other benchmarks do. Uses Debian's
+``chromium`` (Playwright, never a downloaded browser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import THREADS, emit_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_cmd(port: int, *options: str) -> list[str]:
+    exe = Path(sys.executable).with_name("nnvitals")
+    if exe.exists():
+        out = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True).stdout
+        if "--allow-dir" in out:
+            return [str(exe), "serve", "--port", str(port), "--address", "127.0.0.1", *options]
+    return [sys.executable, "-m", "dashboard.serve", "--port", str(port), "--address", "127.0.0.1", *options]
+
+
+class Server:
+    def __init__(self, tmp: Path, *options: str):
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = tmp / f"serve-{self.port}.log"
+        env = dict(
+            os.environ, NNVITALS_CACHE=str(tmp / f"cache-{self.port}"), PYTHONUNBUFFERED="1",
+            NNVITALS_LOG_LEVEL="DEBUG",
+        )  # fmt: skip
+        self.t0 = time.perf_counter()
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                _serve_cmd(self.port, *options), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def wait_up(self, timeout: float = 120) -> float:
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return time.perf_counter() - self.t0
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+def _q(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _stats(values_s: list[float]) -> dict:
+    ms = [v * 1000 for v in values_s]
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(_q(ms, 0.95), 1),
+        "max_ms": round(max(ms), 1),
+    }
+
+
+# --------------------------------------------------------------------------- 1. start-up
+def bench_startup(tmp: Path, repeats: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    up, first = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        for _ in range(repeats):
+            srv = Server(tmp)
+            try:
+                up.append(srv.wait_up())
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                # as a user would: open the page as soon as the port answers (the request waits
+                # for the app; no earlier request builds a session first)
+                page.goto(srv.url, wait_until="commit", timeout=60000)
+                page.locator(".bk-Canvas, canvas").first.wait_for(timeout=60000)
+                first.append(time.perf_counter() - srv.t0)
+                page.close()
+            finally:
+                srv.stop()
+        browser.close()
+    return {
+        "server_answers_s": [round(v, 2) for v in up],
+        "first_rendered_page_s": [round(v, 2) for v in first],
+        "first_rendered_page_median_s": round(statistics.median(first), 2),
+        "target_s": 5.0,
+    }
+
+
+# --------------------------------------------------------------------------- 2. selection (server)
+def bench_selection(repeats: int) -> dict:
+    os.environ.setdefault("NNVITALS_CACHE", tempfile.mkdtemp(prefix="nnv-bench-"))
+    import panel as pn
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from bokeh.document import Document
+
+    from dashboard.pages.spectra import SpectraPage
+
+    out = {}
+    for model in ("mlp", "cnn"):
+        page = SpectraPage(model=model)
+        pn.panel(page).get_root(Document())  # the plots exist as bokeh models, as in a session
+        names = page.explorer.names
+        page.select(names[-1])  # first render of every code path
+        times = []
+        for i in range(repeats):
+            name = names[i % len(names)]
+            t = time.perf_counter()
+            page.select(name)
+            times.append(time.perf_counter() - t)
+        out[model] = _stats(times) | {"layers": len(names)}
+    out["target_ms"] = 200
+    return out
+
+
+# --------------------------------------------------------------------------- 3. concurrent sessions
+def _workload(directory: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    path = directory / "load.safetensors"
+    save_file({f"l{i:02d}.weight": torch.randn(1024, 1024, generator=g).half() for i in range(12)}, path)
+    return path
+
+
+async def _open(browser, url):
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await ctx.new_page()
+    page.set_default_timeout(120000)
+    await page.goto(url, wait_until="networkidle")
+    await page.get_by_text("Selected:").first.wait_for()
+    return ctx, page
+
+
+async def _busy(browser, url, seed: int) -> float:
+    ctx, page = await _open(browser, url)
+    try:
+        await page.get_by_text("Also the shuffled-matrix ESD").first.click()
+        seed_box = page.locator(".bk-Spinner input").nth(3)  # FARMS rows, q ratio, windows, then seed
+        await seed_box.fill(str(seed))
+        await seed_box.press("Enter")
+        await page.wait_for_timeout(300)
+        select = page.locator("select").first
+        label = next(
+            t for t in await select.locator("option").all_inner_texts() if t.endswith("load.safetensors")
+        )
+        t = time.perf_counter()
+        await select.select_option(label=label)
+        await page.get_by_text("load.safetensors (safetensors): 12 weights").first.wait_for(timeout=300000)
+        return time.perf_counter() - t
+    finally:
+        await ctx.close()
+
+
+async def _idle(browser, url, started: asyncio.Event, clicks: int) -> list[float]:
+    ctx, page = await _open(browser, url)
+    try:
+        await started.wait()
+        await page.wait_for_timeout(1500)  # the busy sessions are running by now
+        names = ["fc1.weight", "fc2.weight", "fc3.weight"]
+        times = []
+        for i in range(clicks):
+            name = names[(i + 1) % 3]
+            t = time.perf_counter()
+            # a click event on the cell itself: under load the table's header can sit over a row
+            # for a moment while it lays out, and a mouse click would then sort instead
+            await page.locator(".tabulator-cell", has_text=name).first.dispatch_event("click")
+            await page.get_by_text(f"Selected: {name}").first.wait_for()
+            times.append(time.perf_counter() - t)
+            await page.wait_for_timeout(200)
+        return times
+    finally:
+        await ctx.close()
+
+
+async def _concurrent(url: str, sessions: int, clicks: int) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        started = asyncio.Event()
+        idle_task = asyncio.create_task(_idle(browser, url, started, clicks))
+        busy = [asyncio.create_task(_busy(browser, url, 100 + i)) for i in range(sessions)]
+        await asyncio.sleep(2)
+        started.set()
+        idle_times = await idle_task
+        run_times = await asyncio.gather(*busy)
+        await browser.close()
+    return {"idle_click_to_update": _stats(idle_times), "busy_run_s": [round(t, 1) for t in run_times]}
+
+
+def bench_concurrent(tmp: Path, sessions: int, clicks: int) -> dict:
+    work = _workload(tmp / "models")
+    srv = Server(tmp, "--allow-dir", str(work.parent))
+    try:
+        srv.wait_up()
+        while True:
+            try:
+                urllib.request.urlopen(srv.url, timeout=30)
+                break
+            except OSError:
+                time.sleep(0.1)
+        # the same clicks without load, for reference
+        quiet = asyncio.run(_concurrent(srv.url, 0, clicks))["idle_click_to_update"]
+        n_quiet = len(_server_selection_ms(srv.log))
+        loaded = asyncio.run(_concurrent(srv.url, sessions, clicks))
+        server_ms = _server_selection_ms(srv.log)
+    finally:
+        srv.stop()
+    return {
+        "sessions": sessions,
+        "idle_without_load": quiet,
+        "idle_without_load_server": _stats([v / 1000 for v in server_ms[:n_quiet]]) if n_quiet else None,
+        **loaded,
+        "idle_server_side": _stats([v / 1000 for v in server_ms[n_quiet:]]) if server_ms[n_quiet:] else None,
+    }
+
+
+def _server_selection_ms(log: Path) -> list[float]:
+    """Server-side times of table selections, from the server's debug log."""
+    return [float(m) for m in re.findall(r"selection \S+ from the table: (\d+) ms", log.read_text())]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and 4 busy sessions (about a minute)")
+    ap.add_argument("--sessions", type=int, default=None, help="busy sessions (default 10; 4 with --quick)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,selection,concurrent")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON line to this file")
+    args = ap.parse_args()
+    quick = args.quick
+    sessions = args.sessions or (4 if quick else 10)
+    skip = set(filter(None, args.skip.split(",")))
+    tmp = Path(tempfile.mkdtemp(prefix="nnv-bench-serve-"))
+    results: dict = {}
+    missed: list[str] = []
+    try:
+        if "startup" not in skip:
+            r = results["startup"] = bench_startup(tmp, 1 if quick else 3)
+            first = r["first_rendered_page_median_s"]
+            print(
+                f"serve start-up: server answers after {statistics.median(r['server_answers_s']):.2f} s, "
+                f"first rendered page after {first:.2f} s (median of {len(r['first_rendered_page_s'])}; target < 5 s)",
+                flush=True,
+            )
+            if first >= 5.0:
+                missed.append("serve: first rendered page >= 5 s")
+        if "selection" not in skip:
+            r = results["selection_server"] = bench_selection(20 if quick else 60)
+            for model in ("mlp", "cnn"):
+                m = r[model]
+                print(
+                    f"layer selection -> linked ESD, server side ({model}): median {m['median_ms']} ms, "
+                    f"p95 {m['p95_ms']} ms (n={m['n']}; target < 200 ms)",
+                    flush=True,
+                )
+                if m["median_ms"] >= 200:
+                    missed.append(f"serve: selection median >= 200 ms ({model})")
+        if "concurrent" not in skip:
+            r = results["concurrent"] = bench_concurrent(tmp, sessions, 8 if quick else 20)
+            q, c = r["idle_without_load"], r["idle_click_to_update"]
+            print(
+                f"idle session click -> updated page, in the browser: alone median {q['median_ms']} ms, "
+                f"p95 {q['p95_ms']} ms; with {sessions} sessions running analyses median {c['median_ms']} ms, "
+                f"p95 {c['p95_ms']} ms (their runs took {min(r['busy_run_s'])}-{max(r['busy_run_s'])} s)",
+                flush=True,
+            )
+            if r.get("idle_server_side"):
+                sq, sc = r.get("idle_without_load_server") or {}, r["idle_server_side"]
+                print(
+                    f"  of which server side (the selection callback): alone median {sq.get('median_ms')} ms, "
+                    f"under load median {sc['median_ms']} ms, p95 {sc['p95_ms']} ms",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    payload = {
+        "benchmark": "serve",
+        "mode": "quick" if quick else "full",
+        "results": results,
+        "targets_missed": missed,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(payload) + "\n")
+    emit_json(payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

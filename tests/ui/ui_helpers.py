@@ -1,0 +1,197 @@
+"""Helpers of the browser tests: start/stop ``nnvitals serve``, test models, page probes.
+
+Used by conftest.py (fixtures) and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LOCAL_HOSTS = ("127.0.0.1", "localhost", None, "")
+#: the upload limit the test server runs with (MB)
+UPLOAD_LIMIT_MB = 1
+#: layers of the slow model (2048 x 2048 each: about a second of eigensolves per layer and core)
+SLOW_LAYERS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(port: int, *options: str) -> list[str]:
+    """``nnvitals serve`` when the CLI has the app wired in, else the same entry point by module."""
+    exe = Path(sys.executable).with_name("nnvitals")
+    if exe.exists():
+        help_text = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True).stdout
+        if "--allow-dir" in help_text:
+            return [str(exe), "serve", "--port", str(port), "--address", "127.0.0.1", *options]
+    return [sys.executable, "-m", "dashboard.serve", "--port", str(port), "--address", "127.0.0.1", *options]
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    proc: subprocess.Popen
+    allow_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 30) -> str:
+        end = time.time() + timeout
+        while time.time() < end:
+            out = self.log_text()
+            if text in out:
+                return out
+            time.sleep(0.25)
+        raise AssertionError(f"{text!r} not in the server log after {timeout} s:\n{self.log_text()[-3000:]}")
+
+
+def start_server(tmp: Path, *options: str, env: dict | None = None, timeout: float = 90) -> Server:
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    environ = dict(os.environ, NNVITALS_CACHE=str(tmp / "cache"), PYTHONUNBUFFERED="1")
+    environ.update(env or {})
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            serve_command(port, *options), cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return Server(url, log, proc)
+        except urllib.error.HTTPError:  # answering (e.g. a login redirect refused)
+            return Server(url, log, proc)
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError(f"server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def write_models(directory: Path) -> dict[str, Path]:
+    """A small model (three linear layers) and a slow one (big square layers) as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    small = directory / "small.safetensors"
+    save_file(
+        {
+            "enc.weight": torch.randn(96, 48, generator=g),
+            "mid.weight": torch.randn(64, 96, generator=g),
+            "head.weight": torch.randn(10, 64, generator=g),
+        },
+        small,
+    )
+    slow = directory / "slow.safetensors"
+    save_file(
+        {f"block{i:02d}.weight": torch.randn(2048, 2048, generator=g).half() for i in range(SLOW_LAYERS)},
+        slow,
+    )
+    return {"small": small, "slow": slow}
+
+
+class PageProbe:
+    """What a page did: console errors and requests that left the machine."""
+
+    def __init__(self, page):
+        self.page = page
+        self.errors: list[str] = []
+        self.outside: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on(
+            "request",
+            lambda r: urllib.parse.urlparse(r.url).hostname not in LOCAL_HOSTS and self.outside.append(r.url),
+        )
+
+    def assert_clean(self) -> None:
+        assert not self.errors, f"console errors: {self.errors[:3]}"
+        assert not self.outside, f"requests left the machine: {self.outside[:3]}"
+
+
+def open_app(probe: PageProbe, url: str, query: str = ""):
+    """Load the app and wait until the Spectra page shows a result."""
+    page = probe.page
+    page.goto(url + query, wait_until="networkidle", timeout=60000)
+    page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
+    return page
+
+
+def click_row(page, name: str, ctrl: bool = False) -> None:
+    """Click the layer table's row of ``name`` (ctrl-click with ``ctrl``).
+
+    The click event goes to the cell itself: a mouse click at its position can land on the
+    table's sticky header when the page has scrolled the row to the top of the view.
+    """
+    cell = page.locator(".tabulator-cell", has_text=name).first
+    cell.wait_for()
+    cell.dispatch_event("click", {"ctrlKey": ctrl})
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def drawn_fraction(png: bytes) -> float:
+    """Share of the pixels of a screenshot that are not (near) white: a drawn plot has many."""
+    import io
+
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = mpimg.imread(io.BytesIO(png), format="png")[..., :3]
+    return float((np.abs(img - 1.0).max(axis=-1) > 0.1).mean())
+
+
+def wait_drawn(locator, minimum: float = 0.04, timeout: float = 20) -> float:
+    """Wait until the element's screenshot shows a drawn plot; returns the drawn share."""
+    end = time.time() + timeout
+    frac = 0.0
+    while time.time() < end:
+        frac = drawn_fraction(locator.screenshot())
+        if frac >= minimum:
+            return frac
+        time.sleep(0.5)
+    raise AssertionError(f"plot not drawn: only {frac:.1%} of its pixels are not white")

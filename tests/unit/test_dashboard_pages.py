@@ -1,0 +1,142 @@
+"""Pages and the app shell built in Python (as in a notebook): runs, linked selection, export."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("panel")
+
+import holoviews as hv  # noqa: E402
+import panel as pn  # noqa: E402
+from bokeh.document import Document  # noqa: E402
+
+from analyses.core.errors import NNVitalsError  # noqa: E402
+from dashboard.app import NNVitalsApp, runner_markdown  # noqa: E402
+from dashboard.pages.spectra import SpectraPage  # noqa: E402
+from dashboard.settings import AppSettings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNVITALS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def page():
+    return SpectraPage(model="mlp")
+
+
+def test_page_runs_and_shows_plots(page):
+    assert page.result is not None and page.result.summary["layers_analysed"] == 3
+    assert page.explorer.names == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert page.selected == ["fc1.weight"]
+    assert list(page._table.value["name"]) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    panes = [o for o in page._plots.objects if isinstance(o, pn.pane.HoloViews)]
+    assert len(panes) == 3
+    root = pn.panel(page).get_root(Document())  # renders with bokeh
+    assert root is not None
+    assert "3 analysed" in page._summary.object and "mlp" in page._summary.object
+
+
+def test_identical_runs_come_from_the_result_store(page):
+    assert "computed in" in page._summary.object
+    again = SpectraPage(model="mlp")
+    assert again.result.meta["cached"] is True and "from the result store" in again._summary.object
+
+
+def test_selection_links_plot_and_table_both_ways(page):
+    page.select("fc2.weight")
+    assert page.selected == ["fc2.weight"]
+    assert page._table.selection == [1]
+    assert "fc2.weight" in page._selection_text.object
+    page._table.selection = [0, 2]  # ctrl-click in the table
+    assert page.selected == ["fc1.weight", "fc3.weight"]
+    assert page.explorer.stream.index == [0, 2]
+    assert len(page._grid.objects) == 2  # heading + the ESDs side by side
+    page.explorer.stream.event(index=[2])  # a tap in the plot
+    assert page._table.selection == [2] and page._grid.objects == []
+    with pytest.raises(NNVitalsError, match="not in the alpha plot"):
+        page.select("nope")
+
+
+def test_esd_follows_the_selection(page):
+    esd = page._plots.objects[1].object  # the DynamicMap
+    page.select("fc3.weight")
+    frame = esd[()] if not esd.data else list(esd.data.values())[-1]
+    assert "fc3.weight" in hv.Store.lookup_options("bokeh", frame, "plot").kwargs.get("title", "")
+
+
+def test_metric_change_keeps_the_selection(page):
+    page.select("fc2.weight")
+    page.metric = "log_norm"
+    assert page.selected == ["fc2.weight"]
+    assert page.explorer.names == ["fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+def test_model_change_and_parameters(page):
+    page._set_model("cnn")
+    assert page.result.meta["subject"]["label"] == "cnn"
+    assert "conv1.weight" in list(page._table.value["name"])
+    page.analysis.xmin_rule = "median"
+    page.run()
+    assert page.result.meta["params"]["xmin_rule"] == "median"
+
+
+def test_farms_and_compare(page):
+    page.run(farms=True)
+    assert page.result.meta["params"]["farms"] is True
+    assert "alpha_plain" in page._table.value.columns
+    assert page.compare_with == "mlp-untrained"
+    page.compare()
+    assert page.compare_result is not None
+    assert "alpha_delta" in page._compare_table.value.columns
+    assert any(t.startswith("Comparison of alpha") for t in page.figures())
+
+
+def test_errors_are_shown_not_raised():
+    page = SpectraPage(model="/no/such/model.safetensors")
+    assert page.result is None
+    assert "no such file" in page.jobs.error
+
+
+def test_export_from_python(page, tmp_path):
+    titles = list(page.figures())
+    assert titles[:2] == ["alpha by layer", "ESD of fc1.weight"]
+    svg = page.export("ESD of fc1.weight", tmp_path / "esd.svg")
+    assert "<svg" in svg.read_text()[:1000]
+    csv = page.export("layer_table", tmp_path / "layers.csv")
+    assert csv.read_text().startswith("name,") or "name" in csv.read_text().splitlines()[0]
+    html = page.export("alpha_by_layer", tmp_path / "alpha.html")
+    assert "Bokeh" in html.read_text()
+    with pytest.raises(NNVitalsError, match="nothing by that name"):
+        page.export("nope", tmp_path / "x.svg")
+    page.export_panel.refresh()
+    assert page.export_panel.figure == "alpha by layer"
+    data = page.export_panel._buttons["png"].callback()
+    assert data.getvalue()[:4] == b"\x89PNG"
+
+
+def test_app_shell_has_five_pages_built_lazily():
+    app = NNVitalsApp(AppSettings(default_model="mlp"))
+    assert list(app.specs) == ["spectra", "orbits", "bounds", "lipschitz", "connectivity"]
+    assert list(app.pages) == ["spectra"]
+    app.page = "lipschitz"
+    page = app.pages["lipschitz"]
+    text = " ".join(str(getattr(o, "object", "")) for o in page.main.objects)
+    assert "Not available yet" in text and "Lipschitz" in text
+    assert app._main.objects == [page.main]
+    tpl = app.template()
+    assert isinstance(tpl, pn.template.BootstrapTemplate)
+    app.close()
+
+
+def test_runner_line_names_dask_and_its_dashboard():
+    text = runner_markdown(
+        AppSettings(runner="tcp://10.0.0.5:8786", dask_dashboard="http://10.0.0.5:8787/status")
+    )
+    assert "Dask scheduler tcp://10.0.0.5:8786" in text and "(http://10.0.0.5:8787/status)" in text
+    runs = min(3, os.cpu_count() or 1)
+    assert f"threads (up to {runs} runs at once" in runner_markdown(AppSettings(num_threads=3))
+    assert AppSettings(num_threads=1).runs_at_once == 1
