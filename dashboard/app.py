@@ -226,6 +226,25 @@ def _warm(settings: AppSettings) -> None:
         log.warning("warm-up failed: %s", e)
 
 
+def _watch_loop_lag(io_loop, every_ms: int = 100, report_s: float = 5.0) -> None:
+    """DEBUG log of how late the event loop runs a 100 ms timer (how long other work blocked it)."""
+    import time
+
+    from tornado.ioloop import PeriodicCallback as TornadoPeriodic
+
+    state = {"last": time.perf_counter(), "worst": 0.0, "since": time.perf_counter()}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        state["worst"] = max(state["worst"], now - state["last"] - every_ms / 1000)
+        state["last"] = now
+        if now - state["since"] >= report_s:
+            log.debug("event loop lag: worst %.0f ms in the last %.0f s", 1000 * state["worst"], report_s)
+            state["worst"], state["since"] = 0.0, now
+
+    io_loop.add_callback(lambda: TornadoPeriodic(tick, every_ms).start())
+
+
 def serve(
     settings: AppSettings | None = None,
     *,
@@ -295,6 +314,8 @@ def serve(
         settings.runner_text,
         f", Dask dashboard {settings.dask_dashboard}" if settings.dask_dashboard else "",
     )
+    if log.isEnabledFor(logging.DEBUG):
+        _watch_loop_lag(server.io_loop)
     if start:
         server.start()
         try:

@@ -28,6 +28,7 @@ from typing import Any
 
 import panel as pn
 import param
+from panel.io.callbacks import PeriodicCallback
 
 from analyses.core.errors import Cancelled, NNVitalsError
 from analyses.core.runner import CancelToken
@@ -35,7 +36,7 @@ from analyses.core.runner import CancelToken
 log = logging.getLogger("nnvitals.app")
 
 #: how often a session looks at its running job (milliseconds)
-POLL_MS = 150
+POLL_MS = 250
 #: scheduling priority of analysis threads (Linux nice value, inherited by the threads they start):
 #: on a busy machine the sessions' clicks get the cores first, the long runs take the rest
 JOB_NICE = 10
@@ -246,8 +247,10 @@ class JobPanel(pn.viewable.Viewer):
     # ------------------------------------------------------------------ session side
     def _start_polling(self) -> None:
         if self._poller is None:
-            self._poller = pn.state.add_periodic_callback(self._poll, period=POLL_MS, start=True)
-        elif not self._poller.running:
+            # background: the poll does not flag the whole page as busy (that would send every
+            # session's busy indicator a message several times a second)
+            self._poller = PeriodicCallback(callback=self._poll, period=POLL_MS, background=True)
+        if not self._poller.running:
             self._poller.start()
 
     def _stop_polling(self) -> None:

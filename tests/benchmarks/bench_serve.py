@@ -192,31 +192,36 @@ async def _open(browser, url):
     return ctx, page
 
 
-async def _busy(browser, url, seed: int) -> float:
+async def _busy(browser, url, seed: int, ready: asyncio.Barrier, go: asyncio.Event) -> float:
+    """A session set up for its run (shuffled ESDs, its own seed); picks the model (starting the
+    run) once every session is ready; returns how long the run took to show its result."""
     ctx, page = await _open(browser, url)
     try:
         await page.get_by_text("Also the shuffled-matrix ESD").first.click()
         seed_box = page.locator(".bk-Spinner input").nth(3)  # FARMS rows, q ratio, windows, then seed
         await seed_box.fill(str(seed))
         await seed_box.press("Enter")
-        await page.wait_for_timeout(300)
         select = page.locator("select").first
         label = next(
             t for t in await select.locator("option").all_inner_texts() if t.endswith("load.safetensors")
         )
+        await ready.wait()
+        await go.wait()
         t = time.perf_counter()
         await select.select_option(label=label)
-        await page.get_by_text("load.safetensors (safetensors): 12 weights").first.wait_for(timeout=300000)
+        await page.get_by_text("load.safetensors (safetensors): 12 weights").first.wait_for(timeout=600000)
         return time.perf_counter() - t
     finally:
         await ctx.close()
 
 
-async def _idle(browser, url, started: asyncio.Event, clicks: int) -> list[float]:
+async def _idle(browser, url, ready: asyncio.Barrier, go: asyncio.Event, clicks: int) -> list[float]:
+    """The idle session: once the others' runs have started, click through its layer table."""
     ctx, page = await _open(browser, url)
     try:
-        await started.wait()
-        await page.wait_for_timeout(1500)  # the busy sessions are running by now
+        await ready.wait()
+        await go.wait()
+        await page.wait_for_timeout(2000)  # the runs are under way by now
         names = ["fc1.weight", "fc2.weight", "fc3.weight"]
         times = []
         for i in range(clicks):
@@ -233,20 +238,26 @@ async def _idle(browser, url, started: asyncio.Event, clicks: int) -> list[float
         await ctx.close()
 
 
-async def _concurrent(url: str, sessions: int, clicks: int) -> dict:
+async def _concurrent(url: str, sessions: int, clicks: int, log: Path | None = None) -> dict:
+    """All sessions open first; then the busy ones start their runs at once and the idle one clicks."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        started = asyncio.Event()
-        idle_task = asyncio.create_task(_idle(browser, url, started, clicks))
-        busy = [asyncio.create_task(_busy(browser, url, 100 + i)) for i in range(sessions)]
-        await asyncio.sleep(2)
-        started.set()
+        ready, go = asyncio.Barrier(sessions + 2), asyncio.Event()
+        idle_task = asyncio.create_task(_idle(browser, url, ready, go, clicks))
+        busy = [asyncio.create_task(_busy(browser, url, 100 + i, ready, go)) for i in range(sessions)]
+        await ready.wait()
+        lag_mark = len(_loop_lag_ms(log)) if log else 0
+        go.set()
         idle_times = await idle_task
         run_times = await asyncio.gather(*busy)
         await browser.close()
-    return {"idle_click_to_update": _stats(idle_times), "busy_run_s": [round(t, 1) for t in run_times]}
+    return {
+        "idle_click_to_update": _stats(idle_times),
+        "busy_run_s": [round(t, 1) for t in run_times],
+        "lag_mark": lag_mark,
+    }
 
 
 def bench_concurrent(tmp: Path, sessions: int, clicks: int) -> dict:
@@ -263,8 +274,9 @@ def bench_concurrent(tmp: Path, sessions: int, clicks: int) -> dict:
         # the same clicks without load, for reference
         quiet = asyncio.run(_concurrent(srv.url, 0, clicks))["idle_click_to_update"]
         n_quiet = len(_server_selection_ms(srv.log))
-        loaded = asyncio.run(_concurrent(srv.url, sessions, clicks))
+        loaded = asyncio.run(_concurrent(srv.url, sessions, clicks, srv.log))
         server_ms = _server_selection_ms(srv.log)
+        lags = _loop_lag_ms(srv.log)[loaded.pop("lag_mark") :]
     finally:
         srv.stop()
     return {
@@ -273,7 +285,13 @@ def bench_concurrent(tmp: Path, sessions: int, clicks: int) -> dict:
         "idle_without_load_server": _stats([v / 1000 for v in server_ms[:n_quiet]]) if n_quiet else None,
         **loaded,
         "idle_server_side": _stats([v / 1000 for v in server_ms[n_quiet:]]) if server_ms[n_quiet:] else None,
+        # worst delay of a 100 ms event-loop timer in each 5 s window, from the start of the runs
+        "event_loop_lag_worst_ms": lags,
     }
+
+
+def _loop_lag_ms(log: Path) -> list[float]:
+    return [float(m) for m in re.findall(r"event loop lag: worst (\d+) ms", log.read_text())]
 
 
 def _server_selection_ms(log: Path) -> list[float]:
@@ -325,6 +343,13 @@ def main() -> int:
                 f"p95 {c['p95_ms']} ms (their runs took {min(r['busy_run_s'])}-{max(r['busy_run_s'])} s)",
                 flush=True,
             )
+            if r.get("event_loop_lag_worst_ms"):
+                lags = r["event_loop_lag_worst_ms"]
+                print(
+                    f"  server event loop under load: worst lag per 5 s window median "
+                    f"{statistics.median(lags):.0f} ms, max {max(lags):.0f} ms",
+                    flush=True,
+                )
             if r.get("idle_server_side"):
                 sq, sc = r.get("idle_without_load_server") or {}, r["idle_server_side"]
                 print(

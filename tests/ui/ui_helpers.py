@@ -86,8 +86,8 @@ def start_server(tmp: Path, *options: str, env: dict | None = None, timeout: flo
     while time.time() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=5)
+        try:  # a static file: polling "/" would build a whole app session per try
+            urllib.request.urlopen(url + "assets/logo.svg", timeout=5)
             return Server(url, log, proc)
         except urllib.error.HTTPError:  # answering (e.g. a login redirect refused)
             return Server(url, log, proc)
