@@ -697,9 +697,7 @@ class LinkedExplorer:
         return self.layout._repr_mimebundle_(include, exclude)
 
     def __panel__(self):
-        import panel as pn  # only Panel itself calls this, so Panel is already imported
-
-        return pn.panel(self.layout)
+        return self.layout  # Panel renders a HoloViews layout itself; analyses/ never imports panel
 
 
 def _pick(names: list[str], index: list[int] | None) -> str | None:
