@@ -10,7 +10,11 @@ the result. The same object serves the app, notebooks and the CLI.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import sys
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import param
@@ -25,6 +29,19 @@ from .subject import Subject, load_subject
 
 #: parameters that change how a result is computed but not what it is
 NON_KEY = {"name", "model", "cache", "cache_dir", "runner", "num_workers", "show_progress", "device"}
+
+
+@functools.cache
+def code_fingerprint(module: str) -> str:
+    """Hash of the sources an analysis runs (its package and analyses/core), so a stored
+    result computed by other kernel code is never served after an upgrade or an edit."""
+    pkg = Path(sys.modules[module].__file__).parent
+    h = hashlib.sha256()
+    for d in (pkg, Path(__file__).parent):
+        for f in sorted(d.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class Analysis(param.Parameterized):
@@ -96,6 +113,7 @@ class Analysis(param.Parameterized):
         return make_key(
             analysis=self.analysis_name,
             version=f"{__version__}/{self.analysis_version}",
+            code=code_fingerprint(type(self).__module__),
             params=self.key_params(),
             model=self.subject().fingerprint,
             data=self.data_fingerprint(),
