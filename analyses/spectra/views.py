@@ -208,7 +208,8 @@ def _message(title: str, text: str) -> hv.Overlay:
     return _panel(blank * msg, title, "", "", legend=None, xaxis=None, yaxis=None, xlim=(0, 1), ylim=(0, 1))
 
 
-def _fmt(x: Any, spec: str = ".2f") -> str:
+def format_number(x: Any, spec: str = ".2f") -> str:
+    """``x`` formatted with ``spec``, or "n/a" when it is missing or not finite (titles, labels)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -456,7 +457,7 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
         hv.Curve(([bulk, bulk], [ymin, ymax]), xdim, ydim, label=bulk_label), BULK_COLOR, 1.5, "dotted"
     )
     kind = "FARMS ESD" if source == "farms" else "ESD"
-    title = f"{kind} {name}: α={_fmt(fit.alpha)}, D={_fmt(fit.D, '.3f')}"
+    title = f"{kind} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
     over = hist * rcurve * fitc * xmin_line * bulk_line
     return _panel(
         over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True,
@@ -485,7 +486,7 @@ def ks_plot(result, name: str) -> hv.Overlay:
     else:
         xs, ds = xs[good], ds[good]
         best = int(np.argmin(ds))
-        title = f"{title}: xmin={_fmt(xs[best], '.3g')}, D={_fmt(ds[best], '.3f')}"
+        title = f"{title}: xmin={format_number(xs[best], '.3g')}, D={format_number(ds[best], '.3f')}"
     curve = _line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
     pt = (xs[best : best + 1], ds[best : best + 1]) if best is not None else ([np.nan], [np.nan])
     star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
@@ -779,7 +780,7 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
         p = esd_plot(result, n, axiswise=True)
         row = result.row(n)
         kind = " (FARMS)" if result.farms_esd(n).size else ""
-        short = f"{short_name(n)}{kind}: α={_fmt(row['alpha'])}, D={_fmt(row['D'], '.3f')}"
+        short = f"{short_name(n)}{kind}: α={format_number(row['alpha'])}, D={format_number(row['D'], '.3f')}"
         plots.append(_opts(p, dict(title=short, show_legend=i == 0), mpl=dict(fontscale=1.0)))
     return _layout(plots, 3)
 

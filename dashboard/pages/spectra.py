@@ -19,7 +19,6 @@ notebook, ``SpectraPage(model="mlp")`` runs the analysis in the cell and display
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -87,14 +86,6 @@ def _twin(model: Any) -> str | None:
 
 def _warning_css(value: Any) -> str:
     return WARNING_STYLE.get(str(value), "")
-
-
-def _fmt(x: Any, spec: str = ".2f") -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    return format(x, spec) if math.isfinite(x) else "n/a"
 
 
 def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
@@ -441,14 +432,14 @@ class SpectraPage(pn.viewable.Viewer):
         how = (
             "from the result store"
             if meta.get("cached")
-            else f"computed in {_fmt(meta.get('seconds'), '.2f')} s"
+            else f"computed in {views.format_number(meta.get('seconds'), '.2f')} s"
         )
         params = meta.get("params", {})
         farms = ", FARMS alpha" if params.get("farms") else ""
         return (
             f"**{subj.get('label', self.label)}** ({subj.get('source', '?')}): {len(t)} weights, "
             f"**{s.get('layers_analysed', 0)} analysed**, {s.get('layers_skipped', 0)} skipped · "
-            f"mean α **{_fmt(s.get('alpha'))}** (xmin rule {params.get('xmin_rule', '?')}{farms}) · "
+            f"mean α **{views.format_number(s.get('alpha'))}** (xmin rule {params.get('xmin_rule', '?')}{farms}) · "
             f"{s.get('over_trained', 0)} over-trained (α < 2), {s.get('under_trained', 0)} under-trained (α > 6) · "
             f"{how}"
         )
@@ -552,7 +543,7 @@ class SpectraPage(pn.viewable.Viewer):
             more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
             self._selection_text.object = (
                 f"Selected: **{names[0]}**{more} · {row.get('layer_type', '')} {row.get('shape', '')} · "
-                f"α = {_fmt(row.get('alpha'))} · D = {_fmt(row.get('D'), '.3f')} · "
+                f"α = {views.format_number(row.get('alpha'))} · D = {views.format_number(row.get('D'), '.3f')} · "
                 f"{row.get('warning') or 'no warning'}"
             )
         else:
