@@ -30,8 +30,10 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = ("127.0.0.1", "localhost", None, "")
 #: the upload limit the test server runs with (MB)
 UPLOAD_LIMIT_MB = 1
-#: layers of the slow model (2048 x 2048 each: about a second of eigensolves per layer and core)
-SLOW_LAYERS = 16
+#: layers of the slow model (4096 x 4096 each: a few seconds of eigensolves per layer and core, so a
+#: run lasts well beyond the server's 4-6 s detection of a closed session)
+SLOW_LAYERS = 8
+SLOW_SIZE = 4096
 
 
 def free_port() -> int:
@@ -126,7 +128,7 @@ def write_models(directory: Path) -> dict[str, Path]:
     )
     slow = directory / "slow.safetensors"
     save_file(
-        {f"block{i:02d}.weight": torch.randn(2048, 2048, generator=g).half() for i in range(SLOW_LAYERS)},
+        {f"block{i:02d}.weight": torch.randn(SLOW_SIZE, SLOW_SIZE, generator=g).half() for i in range(SLOW_LAYERS)},
         slow,
     )
     return {"small": small, "slow": slow}
