@@ -10,12 +10,24 @@ __version__ = "0.1.0"
 from .core.errors import NNVitalsError  # noqa: E402
 from .core.subject import load_subject  # noqa: E402
 
-__all__ = ["NNVitalsError", "SpectralAnalysis", "SpectralResult", "load_subject", "__version__"]
+__all__ = [
+    "NNVitalsError",
+    "OrbitAnalysis",
+    "OrbitResult",
+    "SpectralAnalysis",
+    "SpectralResult",
+    "load_subject",
+    "__version__",
+]
 
 
 def __getattr__(name):  # lazy: importing analyses stays cheap for the CLI's --help
     if name in ("SpectralAnalysis", "SpectralResult"):
         from .spectra import analysis
+
+        return getattr(analysis, name)
+    if name in ("OrbitAnalysis", "OrbitResult"):
+        from .orbits import analysis
 
         return getattr(analysis, name)
     raise AttributeError(name)

@@ -225,6 +225,17 @@ class SafetensorsSubject(Subject):
         return state
 
 
+class DemoSubject(SafetensorsSubject):
+    """A demo model from the zoo: its checkpoint, plus the architecture recorded in the manifest."""
+
+    source_kind = "demo"
+
+    def module(self) -> nn.Module:
+        from ..zoo import load_demo
+
+        return load_demo(self.label)
+
+
 class StateDictSubject(Subject):
     """A ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` and memory-mapped."""
 
@@ -351,6 +362,20 @@ def _factory(ref: str) -> Subject:
     return ModuleSubject(obj.eval(), label=ref)
 
 
+def runnable_module(subject: Subject, where: str = "model") -> nn.Module:
+    """The subject's module in eval mode, or a clear error when its source has no architecture."""
+    mod = subject.module()
+    if mod is None:
+        raise NNVitalsError(
+            f"{where} {subject.label}: a {subject.source_kind} file holds weights only and cannot be run; "
+            "give a torch.export program (.pt2), a torch.nn.Module, 'package.module:factory' "
+            "or a demo model name"
+        )
+    if isinstance(subject, ExportSubject):
+        return mod  # an exported program is already in inference form (and refuses .eval())
+    return mod.eval()
+
+
 def load_subject(source: Any, *, allow_factory: bool = True, label: str | None = None) -> Subject:
     """Turn a model, file, directory, ``module:factory`` or demo name into a :class:`Subject`."""
     if isinstance(source, Subject):
@@ -370,9 +395,7 @@ def load_subject(source: Any, *, allow_factory: bool = True, label: str | None =
         from ..zoo import DEMO_MODELS, demo_path
 
         if text in DEMO_MODELS:
-            s = SafetensorsSubject([demo_path(text)], text)
-            s.source_kind = "demo"
-            return s
+            return DemoSubject([demo_path(text)], text)
         if _FACTORY_RE.match(text):
             if not allow_factory:
                 raise NNVitalsError(f"{text}: module:factory references are not accepted here")

@@ -1,0 +1,463 @@
+"""OrbitAnalysis: NERO plots, the scores of one or more models along a group orbit (reference §2).
+
+For every model, sample and sampled group element the model sees the transformed image and
+the score of its output is recorded (true-class probability by default). The result holds the
+long table (one row per model, sample and element), the score cubes for the views, and, when
+small enough, the class probabilities and the images themselves so a static result can still
+show any sample at any element.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import param
+import torch
+
+from ..core.analysis import Analysis
+from ..core.data import Dataset, as_dataset
+from ..core.errors import NNVitalsError
+from ..core.result import Result
+from ..core.runner import Task
+from ..core.subject import Subject, load_subject, runnable_module
+from . import kernels as K
+
+#: images per task (all elements of a chunk of samples): big batches, a few dozen tasks at most
+TASK_IMAGES = 16384
+#: store class probabilities and images with the result up to this many floats each
+KEEP_FLOATS = 16_000_000
+#: the orbits' own names for the built-in data (rotations need room: digits at 16 x 16)
+BUILTIN = {"digits": "digits16", "digits8": "digits", "digits16": "digits16", "digits32": "digits32"}
+
+
+class OrbitResult(Result):
+    """Result of :class:`OrbitAnalysis`.
+
+    ``table``: one row per (model, sample, element); ``summary``: per model the mean score and
+    the gap between the best and worst element of the aggregate curve. Arrays: ``scores/<i>``
+    ``(N, E)`` per model, ``predicted/<i>``, optional ``probs/<i>`` ``(N, E, K)``, ``labels``,
+    ``samples`` (dataset indices), ``el/<param>`` (the elements) and optional ``images``.
+    """
+
+    kind = "orbits"
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.meta.get("models", []))
+
+    @property
+    def group(self) -> str:
+        return self.meta["group"]
+
+    @property
+    def elements(self) -> K.Elements:
+        cols = K.GROUPS[self.group]
+        return K.Elements(self.group, {c: self.arrays[f"el/{c}"] for c in cols})
+
+    def _index(self, model: str | int) -> int:
+        if isinstance(model, int | np.integer):
+            return int(model)
+        try:
+            return self.models.index(model)
+        except ValueError:
+            raise NNVitalsError(f"model {model!r}: not in this result ({', '.join(self.models)})") from None
+
+    def scores(self, model: str | int = 0) -> np.ndarray:
+        """``(N, E)`` scores of one model: rows are samples, columns the group elements."""
+        return self.arrays[f"scores/{self._index(model)}"]
+
+    def predicted(self, model: str | int = 0) -> np.ndarray:
+        return self.arrays[f"predicted/{self._index(model)}"]
+
+    def probs(self, model: str | int = 0) -> np.ndarray | None:
+        """``(N, E, K)`` class probabilities, or None when they were too large to keep."""
+        return self.arrays.get(f"probs/{self._index(model)}")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.arrays["labels"]
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Index of each analysed sample in the input data."""
+        return self.arrays["samples"]
+
+    @property
+    def images(self) -> np.ndarray | None:
+        return self.arrays.get("images")
+
+    def aggregate(self, model: str | int = 0, classes: list[int] | None = None) -> np.ndarray:
+        """The aggregate NERO curve ``(E,)``: mean score per element over the (class) subset."""
+        s = self.scores(model)
+        if classes:
+            s = s[np.isin(self.labels, classes)]
+        if len(s) == 0:
+            raise NNVitalsError(f"classes {classes}: no analysed sample has these labels")
+        return s.mean(axis=0)
+
+    def transformed(self, row: int, element: int) -> np.ndarray:
+        """Sample ``row`` (position in this result) under element ``element``: ``(C, H, W)``."""
+        if self.images is None:
+            raise NNVitalsError("this result did not keep its images (too large); rerun on fewer samples")
+        x = torch.from_numpy(np.ascontiguousarray(self.images[row : row + 1]))
+        return K.transform(x, self.elements, [element])[0, 0].numpy()
+
+    @property
+    def summary_table(self) -> pd.DataFrame:
+        return pd.DataFrame([{"model": m, **v} for m, v in self.summary.get("models", {}).items()])
+
+
+class _Models:
+    """Several subjects seen as one by the Analysis base (label, fingerprint, kind)."""
+
+    source_kind = "models"
+
+    def __init__(self, subjects: list[Subject]):
+        self.members = subjects
+        self.label = ", ".join(s.label for s in subjects)
+
+    @property
+    def fingerprint(self) -> str:
+        return "+".join(s.fingerprint for s in self.members)
+
+
+class _Runnable:
+    """A subject's module, built once per process (pickles as the subject for Dask workers)."""
+
+    def __init__(self, subject: Subject, where: str):
+        self.subject, self.where, self._mod = subject, where, None
+
+    def module(self):
+        if self._mod is None:
+            self._mod = runnable_module(self.subject, self.where)
+        return self._mod
+
+    def __getstate__(self):
+        return {"subject": self.subject, "where": self.where, "_mod": None}
+
+
+def _logits_of(out: Any, label: str) -> torch.Tensor:
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        out = out.logits
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NNVitalsError(
+            f"model {label}: its output must be class scores of shape (batch, classes), got {shape}"
+        )
+    return out
+
+
+def _orbit_task(
+    runnable: _Runnable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    els: K.Elements,
+    score: str,
+    batch_size: int,
+    keep_probs: bool,
+    device: str,
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K])."""
+    mod = runnable.module()
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    E, B = len(els), x.shape[0]
+    logits_all: list[torch.Tensor] = []
+    per_batch = max(1, batch_size // B)  # elements per forward call
+    with torch.inference_mode():
+        xd = x.to(dev, dt)
+        for start in range(0, E, per_batch):
+            which = list(range(start, min(E, start + per_batch)))
+            imgs = K.transform(xd, els, which).reshape(len(which) * B, *x.shape[1:])
+            logits = _logits_of(mod(imgs), runnable.where).float()
+            logits_all.append(logits.reshape(len(which), B, -1))
+    logits = torch.cat(logits_all)  # (E, B, K)
+    probs = torch.softmax(logits, dim=2)
+    predicted = logits.argmax(dim=2)
+    out: dict[str, np.ndarray] = {"predicted": predicted.to(torch.int16).cpu().numpy()}
+    if score == "consensus":
+        s, consensus = K.consensus_scores(probs)
+        out["consensus"] = consensus.cpu().numpy()
+    else:
+        labels = y.to(logits.device).repeat(E)
+        s = K.label_scores(logits.reshape(E * B, -1), labels, score).reshape(E, B)
+    out["scores"] = s.cpu().numpy().astype(np.float32)
+    if keep_probs:
+        out["probs"] = probs.cpu().numpy().astype(np.float32)
+    return out
+
+
+class OrbitAnalysis(Analysis):
+    """NERO plots: where along a group orbit a model stops being equivariant.
+
+    >>> res = OrbitAnalysis(model=["rot-cnn", "rot-cnn-c4"], group="rotation", steps=72).run()
+    >>> res.summary_table
+    """
+
+    analysis_name = "orbits"
+    analysis_version = "1"
+
+    model = param.Parameter(
+        default=None,
+        doc="One runnable model or a list of them to compare: a torch.nn.Module, a .pt2 export, "
+        "'package.module:factory' or a demo model name.",
+    )
+    data = param.Parameter(
+        default="digits",
+        doc="'digits' (the bundled digits at 16x16; 'digits8', 'digits32'), a .npz path with x (N,C,H,W) "
+        "floats in [0, 1] and y ints, a Dataset, or a tuple (x, y).",
+    )
+    split = param.Selector(
+        default="test", objects=["test", "train", "all"], doc="Part of the built-in digits to use."
+    )
+    group = param.Selector(default="rotation", objects=list(K.GROUPS), doc="The group whose orbit to walk.")
+    steps = param.Integer(
+        default=72, bounds=(1, 3600), doc="Rotation: this many evenly spaced angles starting at 0 degrees."
+    )
+    shift_range = param.Number(default=4.0, bounds=(0, None), doc="Shift: largest |dx|, |dy| in pixels.")
+    shift_step = param.Number(default=1.0, bounds=(0.01, None), doc="Shift: grid step in pixels.")
+    scale_range = param.NumericTuple(default=(0.5, 1.5), length=2, doc="Scale: smallest and largest zoom.")
+    scale_step = param.Number(default=0.05, bounds=(0.001, None), doc="Scale: step between zooms.")
+    score = param.Selector(default="probability", objects=list(K.SCORES), doc="What each point records.")
+    classes = param.List(default=[], item_type=int, doc="Only samples of these classes (empty: all).")
+    max_samples = param.Integer(
+        default=None, allow_None=True, bounds=(1, None), doc="Analyse at most this many samples (seeded)."
+    )
+    seed = param.Integer(default=0, doc="Seed of the sample subset when max_samples is set.")
+    batch_size = param.Integer(default=512, bounds=(1, None), doc="Images per forward pass.")
+
+    # ------------------------------------------------------------------ inputs
+    def model_list(self) -> list[Any]:
+        m = self.model
+        if m is None or (isinstance(m, list | tuple) and not m):
+            raise NNVitalsError("model: not set; give one runnable model or a list of them")
+        return list(m) if isinstance(m, list | tuple) else [m]
+
+    def subject(self) -> _Models:
+        models = self.model_list()
+        cached = getattr(self, "_subjects_cache", None)
+        if (
+            cached is not None
+            and len(cached[0]) == len(models)
+            and all(a is b for a, b in zip(cached[0], models))
+        ):
+            return cached[1]
+        subjects = [load_subject(m) for m in models]
+        seen: dict[str, int] = {}
+        for s in subjects:  # distinct labels, so tables and legends can tell the models apart
+            n = seen.get(s.label, 0)
+            seen[s.label] = n + 1
+            if n:
+                s.label = f"{s.label} ({n + 1})"
+        group = _Models(subjects)
+        self._subjects_cache = (models, group)
+        return group
+
+    def dataset(self) -> tuple[Dataset, np.ndarray]:
+        """The analysed samples (class subset and max_samples applied, validated as images in [0, 1])
+        and their indices in the input data."""
+        cached = getattr(self, "_data_cache", None)
+        key = (id(self.data), self.data if isinstance(self.data, str) else None, self.split,
+               tuple(self.classes), self.max_samples, self.seed)  # fmt: skip
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = self.data
+        if isinstance(data, str) and data in BUILTIN:
+            ds = as_dataset(BUILTIN[data], split=self.split)
+        else:
+            ds = as_dataset(data)
+        x = ds.x
+        if x.ndim != 4:
+            raise NNVitalsError(
+                f"data {ds.name}: orbits need images of shape (N, C, H, W), got {tuple(x.shape)}"
+            )
+        if x.shape[-1] < 2 or x.shape[-2] < 2:
+            raise NNVitalsError(f"data {ds.name}: images must be at least 2 x 2 pixels, got {tuple(x.shape)}")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-6 or hi > 1 + 1e-6 or not math.isfinite(lo + hi):
+            raise NNVitalsError(
+                f"data {ds.name}: pixel values must lie in [0, 1] (transforms fill with 0), "
+                f"got range [{lo:.3g}, {hi:.3g}]"
+            )
+        idx = np.arange(len(ds))
+        if self.classes:
+            bad = [c for c in self.classes if not 0 <= c < ds.classes]
+            if bad:
+                raise NNVitalsError(f"classes: {bad} outside the data's classes 0..{ds.classes - 1}")
+            idx = idx[np.isin(ds.y.numpy(), self.classes)]
+            if len(idx) == 0:
+                raise NNVitalsError(f"classes {list(self.classes)}: no sample of {ds.name} has these labels")
+        if not len(idx):
+            raise NNVitalsError(f"data {ds.name}: no samples")
+        if self.max_samples is not None and len(idx) > self.max_samples:
+            rng = np.random.default_rng(self.seed)
+            idx = np.sort(rng.choice(idx, self.max_samples, replace=False))
+        sub = ds if len(idx) == len(ds) else ds.subset(idx)
+        self._data_cache = (key, (sub, idx))
+        return sub, idx
+
+    def group_elements(self) -> K.Elements:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise NNVitalsError(f"scale_range: expected 0 < smallest <= largest, got {self.scale_range}")
+        return K.elements(
+            self.group,
+            steps=self.steps,
+            shift_range=self.shift_range,
+            shift_step=self.shift_step,
+            scale_range=(lo, hi),
+            scale_step=self.scale_step,
+        )
+
+    def key_params(self) -> dict[str, Any]:
+        kp = super().key_params()
+        kp.pop("data", None)
+        kp["labels"] = [s.label for s in self.subject().members]
+        return kp
+
+    def data_fingerprint(self) -> str:
+        ds, idx = self.dataset()
+        return ds.fingerprint
+
+    # ------------------------------------------------------------------ tasks
+    def _check_model(self, runnable: _Runnable, x: torch.Tensor, classes: int) -> int:
+        """Run the model on two samples; its output must be (2, K) class scores covering the labels."""
+        mod = runnable.module()
+        try:
+            with torch.inference_mode():
+                out = mod(x[:2].to(self.torch_device(), self.torch_dtype()))
+        except NNVitalsError:
+            raise
+        except Exception as e:  # the user's model failed on this data: say so in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NNVitalsError(
+                f"model {runnable.where}: failed on images of shape {tuple(x[:2].shape)} ({first[:200]})"
+            ) from None
+        logits = _logits_of(out, runnable.where)
+        if logits.shape[0] != min(2, len(x)):
+            raise NNVitalsError(
+                f"model {runnable.where}: returned {logits.shape[0]} rows for {min(2, len(x))} images; "
+                "expected one row of class scores per image"
+            )
+        if self.score != "consensus" and logits.shape[1] < classes:
+            raise NNVitalsError(
+                f"model {runnable.where}: gives {logits.shape[1]} class scores but the data has labels up "
+                f"to {classes - 1}; expected at least {classes}"
+            )
+        return int(logits.shape[1])
+
+    def _tasks(self, subject: _Models) -> list[Task]:
+        ds, _ = self.dataset()
+        els = self.group_elements()
+        E, N = len(els), len(ds)
+        chunk = max(1, min(N, TASK_IMAGES // max(1, E)))
+        tasks = []
+        self._n_classes = []
+        labels_max = int(ds.y.max()) + 1
+        for s in subject.members:
+            runnable = _Runnable(s, s.label)
+            k = self._check_model(runnable, ds.x, labels_max)
+            self._n_classes.append(k)
+            keep = N * E * k <= KEEP_FLOATS
+            for start in range(0, N, chunk):
+                sl = slice(start, min(N, start + chunk))
+                tasks.append(
+                    Task(
+                        _orbit_task,
+                        (
+                            runnable,
+                            ds.x[sl],
+                            ds.y[sl],
+                            els,
+                            self.score,
+                            self.batch_size,
+                            keep,
+                            self.device,
+                            self.dtype,
+                        ),  # fmt: skip
+                        label=f"{s.label}: samples {sl.start}-{sl.stop - 1}",
+                    )
+                )
+        return tasks
+
+    # ------------------------------------------------------------------ merge
+    def _merge(self, subject: _Models, outputs: list[dict[str, np.ndarray]]) -> OrbitResult:
+        ds, idx = self.dataset()
+        els = self.group_elements()
+        E, N = len(els), len(ds)
+        per_model = len(outputs) // len(subject.members)
+        labels = ds.y.numpy()
+        arrays: dict[str, np.ndarray] = {"labels": labels, "samples": idx.astype(np.int64)}
+        for c in els.columns():
+            arrays[f"el/{c}"] = np.asarray(els.params[c], dtype=np.float64)
+        if ds.x.numel() <= KEEP_FLOATS:
+            arrays["images"] = ds.x.numpy()
+        tables, summaries = [], {}
+        for mi, s in enumerate(subject.members):
+            outs = outputs[mi * per_model : (mi + 1) * per_model]
+            scores = np.concatenate([o["scores"] for o in outs], axis=1).T  # (N, E)
+            pred = np.concatenate([o["predicted"] for o in outs], axis=1).T.astype(np.int64)
+            arrays[f"scores/{mi}"] = np.ascontiguousarray(scores)
+            arrays[f"predicted/{mi}"] = np.ascontiguousarray(pred.astype(np.int16))
+            if all("probs" in o for o in outs):
+                arrays[f"probs/{mi}"] = np.ascontiguousarray(
+                    np.concatenate([o["probs"] for o in outs], axis=1).transpose(1, 0, 2)
+                )
+            cols: dict[str, Any] = {
+                "model": np.full(N * E, s.label, dtype=object),
+                "sample": np.repeat(idx, E),
+                "label": np.repeat(labels, E),
+                "element": np.tile(np.arange(E), N),
+            }
+            for c in els.columns():
+                v = np.tile(els.params[c], N)
+                cols[c] = v.astype(np.int64) if c == "flip" else v
+            cols["score"] = scores.ravel()
+            cols["predicted"] = pred.ravel()
+            cols["correct"] = pred.ravel() == cols["label"]
+            if self.score == "consensus":
+                consensus = np.concatenate([o["consensus"] for o in outs])
+                arrays[f"consensus/{mi}"] = consensus
+                cols["consensus"] = np.repeat(consensus, E)
+            tables.append(pd.DataFrame(cols))
+            summaries[s.label] = self._model_summary(scores, pred, labels, els)
+        table = pd.concat(tables, ignore_index=True)
+        table["model"] = table["model"].astype(pd.CategoricalDtype([s.label for s in subject.members]))
+        summary = {
+            "group": self.group,
+            "score": self.score,
+            "elements": E,
+            "samples": N,
+            "data": ds.name,
+            "models": summaries,
+        }
+        return OrbitResult(
+            table=table,
+            summary=summary,
+            arrays=arrays,
+            meta={"models": [s.label for s in subject.members], "group": self.group, "score": self.score},
+        )
+
+    @staticmethod
+    def _model_summary(scores: np.ndarray, pred: np.ndarray, labels: np.ndarray, els: K.Elements) -> dict:
+        curve = scores.mean(axis=0)
+        acc = (pred == labels[:, None]).mean(axis=0)
+        best, worst = int(curve.argmax()), int(curve.argmin())
+        out = {
+            "mean_score": float(curve.mean()),
+            "gap": float(curve.max() - curve.min()),
+            "best": els.label(best),
+            "worst": els.label(worst),
+            "best_score": float(curve[best]),
+            "worst_score": float(curve[worst]),
+            "accuracy": float(acc.mean()),
+            "accuracy_gap": float(acc.max() - acc.min()),
+        }
+        if "angle" in els.params:  # the exact elements, multiples of 90 degrees: 0 for an invariant model
+            exact = np.isclose(np.mod(els.params["angle"], 90.0), 0.0)
+            if exact.sum() > 1:
+                out["gap_at_90"] = float(curve[exact].max() - curve[exact].min())
+        return out

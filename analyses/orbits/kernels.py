@@ -1,0 +1,271 @@
+"""Orbit kernels: group actions on image batches and the NERO scores (reference sheet §2).
+
+A group ``G`` sampled at elements ``g_1 .. g_n`` acts on images ``x`` of shape ``(B, C, H, W)``.
+For every sample and element we record a score ``m(f(g x), y)`` (classification labels are
+invariant, so ``g y = y``); the *individual* NERO plot of a sample is its score along the orbit
+and the *aggregate* plot is the mean over samples (NERO, Sec. 3).
+
+Exactness (NERO, Sec. 4.1): rotations by multiples of 90 degrees and flips are pixel
+permutations and are applied as such (``torch.rot90`` / ``torch.flip``), so a model that is
+exactly invariant under them gives an exactly flat plot at those elements. Every other element
+is bilinear resampling with zero fill, done for many elements and samples in one
+``grid_sample`` call: the samples ride in the channel axis and each element is one batch entry
+with its own sampling grid.
+
+Conventions (image rows grow downwards, as displayed):
+- rotation by ``angle`` degrees is counter-clockwise on screen; ``angle = 90`` equals
+  ``torch.rot90(x, 1, dims=(2, 3))``;
+- shift ``(dx, dy)`` moves the content ``dx`` pixels right and ``dy`` pixels down;
+- scale ``s`` zooms about the image centre (``s > 1`` enlarges);
+- flip ``1`` mirrors left-right; in rotation x flip the mirror is applied first, then the rotation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "GROUPS",
+    "SCORES",
+    "Elements",
+    "consensus_scores",
+    "elements",
+    "label_scores",
+    "transform",
+]
+
+#: groups and the parameter columns each element carries
+GROUPS: dict[str, tuple[str, ...]] = {
+    "rotation": ("angle",),
+    "shift": ("dx", "dy"),
+    "scale": ("scale",),
+    "flip": ("flip",),
+    "rotation-flip": ("angle", "flip"),
+}
+
+#: score names: what ``score`` holds for each sample and element
+SCORES: dict[str, str] = {
+    "probability": "softmax probability of the true class (NERO's default)",
+    "correct": "1 when the top-1 prediction is the true class, else 0",
+    "margin": "logit of the true class minus the largest other logit",
+    "consensus": "probability of the orbit's consensus class (no labels needed)",
+}
+
+
+@dataclass(frozen=True)
+class Elements:
+    """Sampled group elements: one row per element, one column per group parameter."""
+
+    group: str
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.params.values())))
+
+    def columns(self) -> tuple[str, ...]:
+        return GROUPS[self.group]
+
+    def label(self, i: int) -> str:
+        """Short human label of element ``i``, e.g. ``'45°'``, ``'dx=2, dy=-1'``, ``'x1.25'``."""
+        parts = []
+        for col in self.columns():
+            v = float(self.params[col][i])
+            if col == "angle":
+                parts.append(f"{v:g}°")
+            elif col == "scale":
+                parts.append(f"x{v:g}")
+            elif col == "flip":
+                parts.append("mirrored" if v else "upright")
+            else:
+                parts.append(f"{col}={v:g}")
+        return ", ".join(parts)
+
+
+def _grid_values(lo: float, hi: float, step: float) -> np.ndarray:
+    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+    return np.round(lo + step * np.arange(n), 10)
+
+
+def elements(
+    group: str,
+    *,
+    steps: int = 72,
+    shift_range: float = 4.0,
+    shift_step: float = 1.0,
+    scale_range: tuple[float, float] = (0.5, 1.5),
+    scale_step: float = 0.05,
+) -> Elements:
+    """The sampled elements of ``group``.
+
+    rotation: ``steps`` angles ``360 k / steps`` degrees, k = 0 .. steps-1 (starting at 0);
+    shift: the grid ``dx, dy in [-shift_range, shift_range]`` with ``shift_step``;
+    scale: ``[lo, hi]`` with ``scale_step`` (1 is always included);
+    flip: upright and mirrored; rotation-flip: every angle, upright then mirrored.
+    """
+    if group == "rotation":
+        return Elements(group, {"angle": np.arange(steps) * (360.0 / steps)})
+    if group == "rotation-flip":
+        angles = np.arange(steps) * (360.0 / steps)
+        return Elements(
+            group, {"angle": np.tile(angles, 2), "flip": np.repeat(np.array([0, 1]), len(angles))}
+        )
+    if group == "shift":
+        v = _grid_values(-shift_range, shift_range, shift_step)
+        dy, dx = np.meshgrid(v, v, indexing="ij")
+        return Elements(group, {"dx": dx.ravel(), "dy": dy.ravel()})
+    if group == "scale":
+        lo, hi = scale_range
+        v = _grid_values(lo, hi, scale_step)
+        if not np.any(np.isclose(v, 1.0)) and lo <= 1.0 <= hi:
+            v = np.sort(np.append(v, 1.0))
+        return Elements(group, {"scale": v})
+    if group == "flip":
+        return Elements(group, {"flip": np.array([0, 1])})
+    raise ValueError(f"unknown group {group!r}")
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _quarter_turns(angle: float) -> int | None:
+    """k when ``angle`` is k * 90 degrees (mod 360), else None."""
+    k = angle / 90.0
+    r = round(k)
+    return r % 4 if abs(k - r) < 1e-9 else None
+
+
+def _integer(v: float) -> int | None:
+    r = round(v)
+    return int(r) if abs(v - r) < 1e-9 else None
+
+
+def _exact(group: str, p: dict[str, float], square: bool) -> bool:
+    """Whether the element is a pixel permutation (or an integer shift) we apply exactly."""
+    if "angle" in p:
+        k = _quarter_turns(p["angle"])
+        if k is None or (k % 2 == 1 and not square):
+            return False
+    if "scale" in p and abs(p["scale"] - 1.0) > 1e-12:
+        return False
+    if "dx" in p and (_integer(p["dx"]) is None or _integer(p["dy"]) is None):
+        return False
+    return True
+
+
+def _shift_exact(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Move the content by integer ``(dx, dy)`` pixels, zero fill (no wrap-around)."""
+    H, W = x.shape[-2:]
+    out = torch.zeros_like(x)
+    if abs(dx) >= W or abs(dy) >= H:
+        return out
+    ys, yd = (slice(0, H - dy), slice(dy, H)) if dy >= 0 else (slice(-dy, H), slice(0, H + dy))
+    xs, xd = (slice(0, W - dx), slice(dx, W)) if dx >= 0 else (slice(-dx, W), slice(0, W + dx))
+    out[..., yd, xd] = x[..., ys, xs]
+    return out
+
+
+def _apply_exact(x: torch.Tensor, p: dict[str, float]) -> torch.Tensor:
+    if p.get("flip"):
+        x = torch.flip(x, dims=(-1,))
+    if "angle" in p:
+        k = _quarter_turns(p["angle"])
+        if k:
+            x = torch.rot90(x, k, dims=(-2, -1))
+    if "dx" in p:
+        dx, dy = _integer(p["dx"]), _integer(p["dy"])
+        if dx or dy:
+            x = _shift_exact(x, dx, dy)
+    return x.contiguous()
+
+
+def _inverse_map(p: dict[str, float], H: int, W: int, dtype, device) -> torch.Tensor:
+    """For each output pixel, the input location it samples, as grid_sample coordinates.
+
+    Works in pixel units about the image centre (so non-square images rotate without shear),
+    then converts to ``align_corners=False`` normalised coordinates, where pixel j sits at
+    ``(2 j + 1) / W - 1``.
+    """
+    ys = torch.arange(H, dtype=dtype, device=device) - (H - 1) / 2
+    xs = torch.arange(W, dtype=dtype, device=device) - (W - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    u, v = xx, yy  # output location; undo the operations in reverse order
+    if "dx" in p:
+        u, v = u - p["dx"], v - p["dy"]
+    if "scale" in p:
+        u, v = u / p["scale"], v / p["scale"]
+    if "angle" in p:
+        # screen-CCW rotation by t maps (u, v) -> (u cos t + v sin t, -u sin t + v cos t) (v down);
+        # its inverse is the rotation by -t
+        t = math.radians(p["angle"])
+        c, s = math.cos(t), math.sin(t)
+        u, v = u * c - v * s, u * s + v * c
+    if p.get("flip"):
+        u = -u
+    return torch.stack(((2 * (u + (W - 1) / 2) + 1) / W - 1, (2 * (v + (H - 1) / 2) + 1) / H - 1), dim=-1)
+
+
+def transform(x: torch.Tensor, els: Elements, which: list[int] | None = None) -> torch.Tensor:
+    """All samples under the chosen elements: ``(len(which), B, C, H, W)`` from ``x`` ``(B, C, H, W)``.
+
+    Exact elements are permutations of pixels; the others are resampled bilinearly in one
+    ``grid_sample`` call whose batch axis runs over elements and whose channel axis holds every
+    sample's channels.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    which = list(range(len(els))) if which is None else list(which)
+    out = x.new_empty((len(which), B, C, H, W))
+    resample: list[int] = []
+    grids: list[torch.Tensor] = []
+    for slot, i in enumerate(which):
+        p = {k: float(v[i]) for k, v in els.params.items()}
+        if _exact(els.group, p, H == W):
+            out[slot] = _apply_exact(x, p)
+        else:
+            resample.append(slot)
+            grids.append(_inverse_map(p, H, W, x.dtype, x.device))
+    if resample:
+        grid = torch.stack(grids)  # (R, H, W, 2)
+        src = x.reshape(1, B * C, H, W).expand(len(resample), B * C, H, W)
+        moved = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[resample] = moved.reshape(len(resample), B, C, H, W)
+    return out
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def label_scores(logits: torch.Tensor, labels: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-row score against the labels: ``probability``, ``correct`` or ``margin`` (see SCORES).
+
+    ``logits`` ``(R, K)``, ``labels`` ``(R,)``.
+    """
+    idx = labels.long().unsqueeze(1)
+    if score == "probability":
+        return torch.softmax(logits.float(), dim=1).gather(1, idx).squeeze(1)
+    if score == "correct":
+        return (logits.argmax(dim=1) == labels).float()
+    if score == "margin":
+        true = logits.gather(1, idx).squeeze(1)
+        others = logits.scatter(1, idx, float("-inf"))
+        return (true - others.max(dim=1).values).float()
+    raise ValueError(f"unknown score {score!r}")
+
+
+def consensus_scores(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consensus scoring along each orbit (NERO, Sec. 3.3).
+
+    ``probs`` ``(E, B, K)``: the class probabilities of every sample at every element, already in
+    the original frame (class labels are invariant). The orbit average ``mean_g p_g`` names a
+    consensus class per sample; each element is scored by the probability it gives that class.
+    Returns ``(scores (E, B), consensus class (B,))``.
+    """
+    consensus = probs.mean(dim=0).argmax(dim=1)
+    idx = consensus.view(1, -1, 1).expand(probs.shape[0], -1, 1)
+    return probs.gather(2, idx).squeeze(2), consensus
