@@ -7,6 +7,9 @@
                          [--dtype float32|float64] [--device cpu] [--dask local|ADDRESS]
                          [--no-cache] [--formats svg,html,png,pdf] [--quiet]
     nnvitals spectra-compare MODEL_A MODEL_B --out DIR [--metric alpha] [--labels A,B] [...]
+    nnvitals orbits MODEL [MODEL ...] --data digits|FILE.npz --group rotation|shift|scale|flip|rotation-flip
+                         [--steps N] [--score probability|correct|margin|consensus] --out DIR
+                         (see dashboard/cli_orbits.py)
     nnvitals serve [--port PORT] [--address A] [...]   (see dashboard/serve.py)
     nnvitals --version
 
@@ -170,6 +173,12 @@ def _spectra_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="FARMS windows per axis (default 10)",
     )
+    execution_options(p)
+    output_options(p)
+
+
+def execution_options(p: argparse.ArgumentParser) -> None:
+    """--dtype, --device, --dask, --no-cache: shared by every analysis command."""
     r = p.add_argument_group("execution")
     r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="kernel precision")
     r.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N, mps")
@@ -178,6 +187,10 @@ def _spectra_options(p: argparse.ArgumentParser) -> None:
         help="run on Dask: 'local' (a LocalCluster) or a scheduler address tcp://HOST:PORT (default: threads)",
     )  # fmt: skip
     r.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
+
+
+def output_options(p: argparse.ArgumentParser) -> None:
+    """--out, --formats, --quiet: shared by every analysis command."""
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for tables and figures")
     o.add_argument(
@@ -221,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _spectra_options(cp)
     cp.set_defaults(func=cmd_spectra_compare)
+
+    from .cli_orbits import add_orbits_parser
+
+    add_orbits_parser(sub)
 
     sv = sub.add_parser(
         "serve",
@@ -425,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
             raise UsageError(
-                f"a command is required: spectra, spectra-compare or serve (see '{PROG} --help')"
+                f"a command is required: spectra, spectra-compare, orbits or serve (see '{PROG} --help')"
             )
         t0 = time.perf_counter()
         code = args.func(args)

@@ -367,7 +367,7 @@ def runnable_module(subject: Subject, where: str = "model") -> nn.Module:
     mod = subject.module()
     if mod is None:
         raise NNVitalsError(
-            f"{where} {subject.label}: a {subject.source_kind} file holds weights only and cannot be run; "
+            f"{where} {subject.label}: a {subject.source_kind} checkpoint holds weights only and cannot be run; "
             "give a torch.export program (.pt2), a torch.nn.Module, 'package.module:factory' "
             "or a demo model name"
         )

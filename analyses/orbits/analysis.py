@@ -10,6 +10,7 @@ show any sample at any element.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,7 @@ class _Runnable:
 
     def module(self):
         if self._mod is None:
-            self._mod = runnable_module(self.subject, self.where)
+            self._mod = runnable_module(self.subject)
         return self._mod
 
     def __getstate__(self):
@@ -270,16 +271,17 @@ class OrbitAnalysis(Analysis):
         else:
             ds = as_dataset(data)
         x = ds.x
+        where = str(data) if isinstance(data, str | Path) else ds.name
         if x.ndim != 4:
             raise NNVitalsError(
-                f"data {ds.name}: orbits need images of shape (N, C, H, W), got {tuple(x.shape)}"
+                f"data {where}: orbits need images of shape (N, C, H, W), got {tuple(x.shape)}"
             )
         if x.shape[-1] < 2 or x.shape[-2] < 2:
-            raise NNVitalsError(f"data {ds.name}: images must be at least 2 x 2 pixels, got {tuple(x.shape)}")
+            raise NNVitalsError(f"data {where}: images must be at least 2 x 2 pixels, got {tuple(x.shape)}")
         lo, hi = float(x.min()), float(x.max())
         if lo < -1e-6 or hi > 1 + 1e-6 or not math.isfinite(lo + hi):
             raise NNVitalsError(
-                f"data {ds.name}: pixel values must lie in [0, 1] (transforms fill with 0), "
+                f"data {where}: pixel values must lie in [0, 1] (transforms fill with 0), "
                 f"got range [{lo:.3g}, {hi:.3g}]"
             )
         idx = np.arange(len(ds))
@@ -289,7 +291,7 @@ class OrbitAnalysis(Analysis):
                 raise NNVitalsError(f"classes: {bad} outside the data's classes 0..{ds.classes - 1}")
             idx = idx[np.isin(ds.y.numpy(), self.classes)]
             if len(idx) == 0:
-                raise NNVitalsError(f"classes {list(self.classes)}: no sample of {ds.name} has these labels")
+                raise NNVitalsError(f"classes {list(self.classes)}: no sample of {where} has these labels")
         if not len(idx):
             raise NNVitalsError(f"data {ds.name}: no samples")
         if self.max_samples is not None and len(idx) > self.max_samples:

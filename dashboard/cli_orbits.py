@@ -1,0 +1,156 @@
+"""``nnvitals orbits``: NERO plots of one or more models along a group orbit, in batch.
+
+::
+
+    nnvitals orbits MODEL [MODEL ...] --data digits|FILE.npz --group rotation|shift|scale|flip|rotation-flip
+                    [--steps N] [--shift-range R] [--shift-step S] [--scale-range LO,HI] [--scale-step S]
+                    [--score probability|correct|margin|consensus] [--classes 0,1,...] [--max-samples N]
+                    --out DIR
+
+Writes ``DIR/orbits.csv`` (one row per model, sample and group element), ``DIR/summary.json``
+(per model the mean score and the gap between the best and worst element), ``DIR/orbits.nnv``
+(the result, for notebooks and the app) and the figures (SVG and offline HTML by default).
+Models must be runnable: a ``.pt2`` export, a demo name or ``package.module:factory``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import (
+    OK,
+    UsageError,
+    _files_line,
+    _out_dir,
+    _say,
+    _write_figures,
+    execution_options,
+    output_options,
+)
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        items = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected class indices separated by commas (0,3,7), got {text!r}"
+        ) from None
+    if not items or any(i < 0 for i in items):
+        raise argparse.ArgumentTypeError(f"expected class indices >= 0 separated by commas, got {text!r}")
+    return items
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI (e.g. 0.5,1.5), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return v
+
+    return parse
+
+
+def add_orbits_parser(sub) -> None:
+    from analyses.orbits.kernels import GROUPS, SCORES
+
+    p = sub.add_parser(
+        "orbits",
+        help="NERO plots: model scores along rotation / shift / scale / flip orbits",
+        description="Scores of one or more models on every sample transformed by every sampled group "
+        "element; writes DIR/orbits.csv, DIR/summary.json, DIR/orbits.nnv and the figures.",
+    )
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="runnable model: .pt2 export, demo name or module:factory"
+    )
+    a = p.add_argument_group("analysis")
+    a.add_argument(
+        "--data", default="digits", help="digits (16x16 bundled digits), digits8, digits32, or FILE.npz with "
+        "x (N,C,H,W) floats in [0, 1] and y ints (default digits)",
+    )  # fmt: skip
+    a.add_argument(
+        "--split", choices=("test", "train", "all"), default="test", help="part of the bundled digits"
+    )
+    a.add_argument("--group", choices=list(GROUPS), default="rotation", help="the group (default rotation)")
+    a.add_argument(
+        "--steps", type=_positive(int), default=72, help="rotation angles from 0 degrees (default 72)"
+    )
+    a.add_argument(
+        "--shift-range", type=_positive(float), default=4.0, metavar="PX", help="largest |dx|, |dy|"
+    )
+    a.add_argument("--shift-step", type=_positive(float), default=1.0, metavar="PX", help="shift grid step")
+    a.add_argument("--scale-range", type=_range, default=(0.5, 1.5), metavar="LO,HI", help="zoom range")
+    a.add_argument("--scale-step", type=_positive(float), default=0.05, help="zoom step")
+    a.add_argument("--score", choices=list(SCORES), default="probability", help="what each point records")
+    a.add_argument("--classes", type=_classes, default=[], metavar="LIST", help="only these classes (0,3,7)")
+    a.add_argument("--max-samples", type=_positive(int), default=None, metavar="N", help="at most N samples")
+    a.add_argument("--seed", type=int, default=0, help="seed of the --max-samples subset")
+    execution_options(p)
+    output_options(p)
+    p.set_defaults(func=cmd_orbits)
+
+
+def _analysis(args: argparse.Namespace):
+    from analyses.core.errors import NNVitalsError
+    from analyses.orbits.analysis import OrbitAnalysis
+
+    kw = dict(
+        model=list(args.models),
+        data=args.data,
+        split=args.split,
+        group=args.group,
+        steps=args.steps,
+        shift_range=args.shift_range,
+        shift_step=args.shift_step,
+        scale_range=args.scale_range,
+        scale_step=args.scale_step,
+        score=args.score,
+        classes=args.classes,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        runner=args.dask or "threads",
+        cache=not args.no_cache,
+        show_progress=not args.quiet and sys.stderr.isatty(),
+    )
+    try:
+        return OrbitAnalysis(**kw)
+    except NNVitalsError:
+        raise
+    except ValueError as e:  # a Param bound the option types did not catch
+        raise UsageError(str(e)) from None
+
+
+def cmd_orbits(args: argparse.Namespace) -> int:
+    """Run OrbitAnalysis; write the table, summary, result and figures."""
+    out = _out_dir(args.out)
+    analysis = _analysis(args)
+    analysis.torch_device()
+    result = analysis.run()
+    from analyses.core.export import save_table, write_summary
+    from analyses.orbits.views import main_figures, summary_text
+
+    files = [save_table(result.table, out / "orbits.csv"), write_summary(result, out / "summary.json")]
+    files.append(result.save(out / "orbits.nnv"))
+    files += _write_figures(main_figures(result), out, args.formats)
+    s = result.summary
+    _say(args, f"{s['group']} orbit, {s['elements']} elements x {s['samples']} samples of {s['data']}:")
+    for line in summary_text(result).splitlines():
+        _say(args, "  " + line)
+    _say(args, _files_line(out, files))
+    return OK
