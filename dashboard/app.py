@@ -56,11 +56,14 @@ class PageSpec:
 
 def page_specs() -> list[PageSpec]:
     """The five analysis pages, in navigation order (Spectra first: the landing page)."""
+    from .pages.orbits import OrbitsPage
     from .pages.placeholders import PLANNED, placeholder_factory
     from .pages.spectra import SpectraPage
 
-    specs = [PageSpec("spectra", "Spectra", SpectraPage)]
-    specs += [PageSpec(p.slug, p.title, placeholder_factory(p), ready=False) for p in PLANNED]
+    specs = [PageSpec("spectra", "Spectra", SpectraPage), PageSpec("orbits", "Orbits", OrbitsPage)]
+    specs += [
+        PageSpec(p.slug, p.title, placeholder_factory(p), ready=False) for p in PLANNED if p.slug != "orbits"
+    ]
     return specs
 
 

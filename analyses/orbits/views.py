@@ -396,8 +396,8 @@ class OrbitExplorer:
 
     - ``layout``: aggregate plot, sample scatter, individual plot, transformed sample + probabilities;
     - ``selection``: :class:`holoviews.streams.Selection1D` on the scatter (row positions);
-    - ``element``: a stream with ``element`` (index of the group element shown); a page binds a
-      slider to it (``explorer.element.event(element=k)``), :meth:`show` does both.
+    - ``element``: a stream whose ``position`` is the index of the group element shown; a page
+      binds a slider to it (``explorer.element.event(position=k)``), :meth:`show` does both.
     """
 
     layout: hv.Layout
@@ -419,7 +419,7 @@ class OrbitExplorer:
         if row is not None:
             self.selection.event(index=[int(row)])
         if element is not None:
-            self.element.event(element=int(element))
+            self.element.event(position=int(element))
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.layout._repr_mimebundle_(include, exclude)
@@ -428,7 +428,9 @@ class OrbitExplorer:
         return self.layout
 
 
-ElementStream = hv.streams.Stream.define("Element", element=0)
+#: the chosen orbit position (its stream parameter is not called "element": HoloViews passes an
+#: argument of that name to the callbacks of operations applied to a DynamicMap)
+ElementStream = hv.streams.Stream.define("OrbitPosition", position=0)
 
 
 def orbit_explorer(
@@ -441,7 +443,7 @@ def orbit_explorer(
     scatter = sample_scatter(result, name, method, color)
     pts = scatter if isinstance(scatter, hv.Points) else scatter.get(0)
     selection = hv.streams.Selection1D(source=pts, index=[0])
-    element = ElementStream(element=0)
+    element = ElementStream(position=0)
     n = len(result.samples)
 
     def _row(index) -> int:
@@ -452,14 +454,14 @@ def orbit_explorer(
 
     last = len(result.elements) - 1
 
-    def _individual(index, element):
-        return individual_plot(result, _row(index), min(max(0, int(element)), last))
+    def _individual(index, position):
+        return individual_plot(result, _row(index), min(max(0, int(position)), last))
 
-    def _image(index, element):
-        return transformed_image(result, _row(index), min(max(0, int(element)), last))
+    def _image(index, position):
+        return transformed_image(result, _row(index), min(max(0, int(position)), last))
 
-    def _probs(index, element):
-        return class_probabilities(result, _row(index), min(max(0, int(element)), last), name)
+    def _probs(index, position):
+        return class_probabilities(result, _row(index), min(max(0, int(position)), last), name)
 
     ind = hv.DynamicMap(_individual, streams=[selection, element])
     img = hv.DynamicMap(_image, streams=[selection, element])

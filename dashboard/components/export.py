@@ -168,3 +168,20 @@ class ExportPanel(pn.viewable.Viewer):
         self._alert.param.update(object=message, visible=True)
         log.info("export failed: %s", message)
         return None
+
+
+def export_item(
+    figures: dict[str, Callable[[], Any]], tables: dict[str, Callable[[], Any]], what: str, path: str | Path
+) -> Path:
+    """Save figure or table ``what`` (a title of ``figures``/``tables``, or its file-name form)
+    to ``path``; the suffix picks the format (svg, png, pdf, html; csv). Pages' ``export``."""
+    from analyses.core.export import save_figure, save_table
+
+    path = Path(path)
+    for builders, save in ((tables, save_table), (figures, save_figure)):
+        for title, build in builders.items():
+            if what in (title, slug(title)):
+                return save(build(), path)
+    raise NNVitalsError(
+        f"export {what!r}: nothing by that name; expected one of: {', '.join([*figures, *tables])}"
+    )

@@ -30,13 +30,12 @@ import panel as pn
 import param
 
 from analyses.core.errors import NNVitalsError
-from analyses.core.export import save_figure, save_table
 from analyses.spectra import views
 from analyses.spectra.analysis import SpectralAnalysis
 from analyses.zoo import DEMO_MODELS
 
 from .. import style
-from ..components.export import ExportPanel, slug
+from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
 from ..settings import AppSettings
 
@@ -644,12 +643,4 @@ class SpectraPage(pn.viewable.Viewer):
     def export(self, what: str, path: str | Path) -> Path:
         """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`, or its
         file-name form) to ``path``; the suffix picks the format (svg, png, pdf, html; csv)."""
-        path = Path(path)
-        figures, tables = self.figures(), self.tables()
-        for builders, save in ((tables, save_table), (figures, save_figure)):
-            for title, build in builders.items():
-                if what in (title, slug(title)):
-                    return save(build(), path)
-        raise NNVitalsError(
-            f"export {what!r}: nothing by that name; expected one of: {', '.join([*figures, *tables])}"
-        )
+        return export_item(self.figures(), self.tables(), what, path)

@@ -1,0 +1,391 @@
+"""The Orbits page: NERO plots, where along a group orbit each model stops being equivariant.
+
+What the page shows, all from one :class:`~analyses.orbits.analysis.OrbitResult`:
+
+- the aggregate NERO plot (polar for rotations, rings every 0.2; a heatmap for shifts), the models
+  overlaid, for all classes or a class subset;
+- a scatter of the samples (each sample's orbit reduced to 2-D by PCA or t-SNE), coloured by the
+  mean or the variance of its scores: tap a sample to select it;
+- the selected sample's own NERO plot, the sample transformed by the chosen group element and
+  the model's class probabilities there; the element slider walks along the orbit live;
+- export of every figure (SVG, PNG, PDF, offline HTML) and of the tables (CSV).
+
+The page computes nothing itself: :class:`~analyses.orbits.analysis.OrbitAnalysis` runs in a
+:class:`JobPanel`; the views come from :mod:`analyses.orbits.views`. In a notebook,
+``OrbitsPage(model=["rot-cnn", "rot-cnn-c4"])`` runs in the cell and displays the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from analyses.orbits import views
+from analyses.orbits.analysis import OrbitAnalysis
+from analyses.zoo import DEMO_MODELS, manifest
+
+from .. import style
+from ..components.export import ExportPanel, export_item
+from ..components.jobs import JobPanel
+from ..settings import AppSettings
+
+log = logging.getLogger("nnvitals.app")
+
+#: the knobs shown as widgets (generated from OrbitAnalysis's parameters)
+KNOBS = ["group", "steps", "score", "split", "max_samples"]
+ADVANCED_KNOBS = ["shift_range", "shift_step", "scale_range", "scale_step", "seed", "batch_size", "device"]
+#: the demo comparison the page opens on: plain, augmented and C4-averaged CNNs
+DEMO_SET = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
+DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x32": "digits32"}
+
+
+def demo_data_name(model: Any) -> str | None:
+    """The built-in data a demo model was trained on (its image size), else None."""
+    if not isinstance(model, str) or model not in DEMO_MODELS:
+        return None
+    try:
+        size = int(manifest()["models"][model]["data"]["size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {8: "digits8", 16: "digits16", 32: "digits32"}.get(size)
+
+
+def _label(model: Any) -> str:
+    if isinstance(model, str | Path):
+        return model if str(model) in DEMO_MODELS else Path(str(model)).name
+    return type(model).__name__
+
+
+def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
+    kw.setdefault("sizing_mode", "fixed")
+    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
+
+
+class OrbitsPage(pn.viewable.Viewer):
+    """NERO orbits page (see the module docstring): ``OrbitsPage(model=["rot-cnn", "rot-cnn-c4"])``."""
+
+    slug = "orbits"
+    title = "Orbits"
+    question = (
+        "Where along a group orbit (rotation, shift, scale, flip) does the model stop being equivariant?"
+    )
+
+    models = param.List(default=[], doc="The models compared (runnable: demo names, .pt2, modules).")
+    classes = param.List(default=[], item_type=int, doc="Class subset of the aggregate plot.")
+    color = param.Selector(default="mean", objects=["mean", "variance"], doc="Colour of the sample scatter.")
+    method = param.Selector(default="pca", objects=["pca", "tsne"], doc="2-D reduction of the orbits.")
+    result = param.Parameter(default=None, doc="The current OrbitResult.")
+    row = param.Integer(default=0, doc="Selected sample (position in the result).")
+    element = param.Integer(default=0, doc="Selected group element.")
+
+    def __init__(
+        self,
+        model: Any = None,
+        picker: Any = None,
+        settings: AppSettings | None = None,
+        run: bool = True,
+        **params: Any,
+    ):
+        super().__init__(**params)
+        self.settings = settings or AppSettings()
+        self.picker = picker
+        if model is None:
+            demo = [m for m in DEMO_SET if m in DEMO_MODELS]
+            model = (
+                demo
+                if len(demo) == len(DEMO_SET)
+                else (picker.model if picker else self.settings.default_model)
+            )
+        models = list(model) if isinstance(model, list | tuple) else [model]
+        self.analysis = OrbitAnalysis(
+            model=models, show_progress=False, runner=self.settings.runner, data=self._data_for(models)
+        )
+        self.explorer: views.OrbitExplorer | None = None
+        self.jobs = JobPanel()
+        self._build_controls()
+        self._build_main()
+        self.models = models
+        self._sync_compare()
+        if picker is not None:
+            picker.param.watch(self._on_picker, ["model"])
+            picker.param.watch(self._on_sources, ["sources"])
+        self.param.watch(self._redraw_explorer, ["color", "method", "classes"])
+        self.param.watch(self._on_element, ["element"])
+        if run:
+            self.run(wait=0.3)
+
+    # ------------------------------------------------------------------ building
+    def _build_controls(self) -> None:
+        widgets = {
+            "group": {"type": pn.widgets.Select, "name": "Group"},
+            "steps": {"type": pn.widgets.IntInput, "name": "Rotation angles (from 0°)"},
+            "score": {"type": pn.widgets.Select, "name": "Score"},
+            "split": {"type": pn.widgets.RadioButtonGroup, "name": "Digits split", "button_style": "outline"},
+            "max_samples": {"type": pn.widgets.IntInput, "name": "At most this many samples"},
+            "shift_range": {"type": pn.widgets.FloatInput, "name": "Shift: largest |dx|, |dy| (px)"},
+            "shift_step": {"type": pn.widgets.FloatInput, "name": "Shift step (px)"},
+            "scale_step": {"type": pn.widgets.FloatInput, "name": "Scale step"},
+            "scale_range": {"name": "Scale range"},
+            "batch_size": {"type": pn.widgets.IntInput, "name": "Images per forward pass"},
+            "device": {"type": pn.widgets.TextInput},
+        }
+        for name in KNOBS + ADVANCED_KNOBS:
+            widgets.setdefault(name, {}).setdefault("width", 230)
+        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
+        self._advanced = pn.Card(
+            pn.Param(self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240),
+            title="Advanced",
+            collapsed=True,
+            width=255,
+        )
+        self._data = pn.widgets.Select(name="Data", options=DATA_CHOICES, width=230)
+        self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
+        self._compare = pn.widgets.MultiChoice(name="Compare with", options={}, width=230)
+        self._compare.param.watch(self._on_compare, "value")
+        self._classes = pn.widgets.MultiChoice(
+            name="Classes (empty: all)", options=[str(i) for i in range(10)], width=230
+        )
+        self._classes.param.watch(self._on_classes, "value")
+        self._run_button = pn.widgets.Button(
+            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        )
+        self._run_button.on_click(lambda _e: self.run())
+        self.controls = pn.Column(
+            pn.pane.Markdown("#### Orbit settings", margin=(5, 10, 0, 10)),
+            self._compare,
+            self._data,
+            self._knobs,
+            self._classes,
+            self._advanced,
+            self._run_button,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-controls"],
+        )
+
+    def _build_main(self) -> None:
+        self._summary = pn.pane.Markdown(
+            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
+        )
+        self._aggregate = pn.Column(
+            pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-orbit-aggregate"]
+        )
+        self._scatter = pn.Column(css_classes=["nnv-orbit-scatter"])
+        self._individual = pn.Column(css_classes=["nnv-orbit-individual"])
+        self._image = pn.Column(css_classes=["nnv-orbit-image"])
+        self._probs = pn.Column(css_classes=["nnv-orbit-probs"])
+        self._selection = pn.pane.Markdown(
+            "", css_classes=["nnv-orbit-selection"], sizing_mode="stretch_width"
+        )
+        self._slider = pn.widgets.IntSlider(name="Group element", start=0, end=1, value=0, width=420)
+        self._slider.link(self, value="element", bidirectional=True)
+        self._model_select = pn.widgets.Select(name="Samples of", options=[], width=200)
+        self._model_select.param.watch(self._redraw_explorer, "value")
+        view_opts = pn.Row(
+            self._model_select,
+            pn.widgets.RadioButtonGroup.from_param(
+                self.param.color, button_style="outline", width=160, align="end"
+            ),
+            pn.widgets.RadioButtonGroup.from_param(
+                self.param.method, button_style="outline", width=140, align="end"
+            ),
+        )
+        self.export_panel = ExportPanel(self.figures, self.tables, prefix="orbits")
+        explore = pn.Column(
+            pn.pane.Markdown(
+                "A circle in the polar plot means the model is equivariant (invariant, for class scores) "
+                "along the orbit; dents show where it stops being so. Tap a sample in the scatter to see its "
+                "own orbit; move the slider to walk along it.",
+                styles=style.NOTE,
+                css_classes=["nnv-note"],
+                margin=(0, 10),
+            ),
+            pn.Row(self._aggregate, self._scatter, sizing_mode="stretch_width"),
+            view_opts,
+            self._selection,
+            self._slider,
+            pn.Row(self._individual, self._image, self._probs, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+            name="Orbits",
+        )
+        self.tabs = pn.Tabs(
+            explore,
+            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
+            dynamic=False,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-tabs"],
+        )
+        self.main = pn.Column(
+            pn.pane.Markdown(
+                f"## Orbits\n{self.question} NERO plots (Evaluating ML Models with NERO, 2023): model scores on "
+                "every sample transformed along the orbit.",
+                css_classes=["nnv-page-head"],
+                sizing_mode="stretch_width",
+            ),
+            self.jobs,
+            self._summary,
+            self.tabs,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-page", "nnv-orbits"],
+        )
+
+    def __panel__(self):
+        if self.picker is not None:
+            return self.main
+        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ models and data
+    @staticmethod
+    def _data_for(models: list[Any]) -> str:
+        names = {demo_data_name(m) for m in models} - {None}
+        return names.pop() if len(names) == 1 else "digits16"
+
+    def _sources(self) -> dict[str, Any]:
+        if self.picker is not None:
+            return dict(self.picker.sources)
+        return {name: name for name in DEMO_MODELS}
+
+    def _sync_compare(self) -> None:
+        sources = self._sources()
+        first = self.models[0] if self.models else None
+        options = {k: v for k, v in sources.items() if v != first}
+        self._compare.options = options
+        self._compare.value = [m for m in self.models[1:] if m in options.values()]
+        self._data.value = self._data_for(self.models)
+
+    def _on_sources(self, *_: Any) -> None:
+        self._sync_compare()
+
+    def _on_picker(self, event) -> None:
+        self.set_models([event.obj.model])
+
+    def _on_compare(self, event) -> None:
+        if self.models and list(event.new) != self.models[1:]:
+            self.models = [self.models[0], *event.new]
+            self._data.value = self._data_for(self.models)
+
+    def _on_classes(self, event) -> None:
+        self.classes = [int(c) for c in event.new]
+        self.analysis.classes = []  # the subset is a view choice: the run keeps every sample
+
+    def set_models(self, models: list[Any], run: bool = True) -> None:
+        """Analyse these models (the first is the picker's) and run."""
+        self.models = list(models)
+        self._sync_compare()
+        if run:
+            self.run()
+
+    # ------------------------------------------------------------------ runs
+    def run(self, wait: float = 0.0) -> None:
+        """Run the analysis with the current settings (in the background when served)."""
+        values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
+        values["model"] = list(self.models)
+        analysis = OrbitAnalysis(**values)
+        labels = ", ".join(_label(m) for m in self.models)
+        self.jobs.submit(
+            f"Orbits of {labels}",
+            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
+            self._show,
+            wait=wait,
+        )
+
+    def _show(self, result) -> None:
+        self.result = result
+        s = result.summary
+        meta = result.meta
+        how = "from the result store" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.2f} s"
+        lines = [
+            f"**{s['group']}** orbit, {s['elements']} elements × {s['samples']} samples of {s['data']} "
+            f"({len(result.table):,} scores, {views.SCORE_LABELS.get(s['score'], s['score'])}) · {how}"
+        ]
+        lines += [f"- {line}" for line in views.summary_text(result).splitlines()]
+        self._summary.object = "\n".join(lines)
+        n_el = len(result.elements)
+        self._slider.param.update(end=max(1, n_el - 1), value=min(self.element, n_el - 1), disabled=n_el < 2)
+        self._model_select.param.update(options=result.models, value=result.models[0])
+        self._redraw_explorer()
+        self.export_panel.refresh()
+
+    # ------------------------------------------------------------------ linked views
+    def _redraw_explorer(self, *_: Any) -> None:
+        result = self.result
+        if result is None:
+            return
+        model = self._model_select.value if self._model_select.value in result.models else result.models[0]
+        ex = views.orbit_explorer(result, model, self.method, self.color, self.classes or None)
+        pts = ex.selection.source
+        pts.opts(tools=["tap", "hover"], active_tools=["tap"], backend="bokeh")
+        self.explorer = ex
+        row = min(self.row, len(result.samples) - 1)
+        ex.show(row=row, element=min(self.element, len(result.elements) - 1))
+        p = ex.panels
+        self._aggregate.objects = [_holoviews(p["aggregate"], css_classes=["nnv-plot-aggregate"])]
+        self._scatter.objects = [_holoviews(p["scatter"], css_classes=["nnv-plot-scatter"])]
+        self._individual.objects = [_holoviews(p["individual"], css_classes=["nnv-plot-individual"])]
+        self._image.objects = [_holoviews(p["image"], css_classes=["nnv-plot-image"])]
+        self._probs.objects = [_holoviews(p["probabilities"], css_classes=["nnv-plot-probs"])]
+        ex.selection.add_subscriber(self._on_tap)
+        self._describe()
+
+    def _on_tap(self, index) -> None:
+        if index:
+            self.row = int(index[0])
+            self._describe()
+
+    def _on_element(self, event) -> None:
+        if self.explorer is not None and self.result is not None:
+            self.explorer.show(element=min(max(0, event.new), len(self.result.elements) - 1))
+            self._describe()
+
+    def select(self, row: int | None = None, element: int | None = None) -> None:
+        """Select a sample (position in the result) and/or a group element, as tap and slider do."""
+        if element is not None:
+            self.element = int(element)
+        if row is not None and self.explorer is not None:
+            self.explorer.show(row=int(row))
+
+    def _describe(self) -> None:
+        r = self.result
+        if r is None:
+            return
+        row = min(self.row, len(r.samples) - 1)
+        el = min(self.element, len(r.elements) - 1)
+        scores = ", ".join(f"{m} {float(r.scores(m)[row, el]):.3f}" for m in r.models)
+        self._selection.object = f"**Sample {int(r.samples[row])}** (label {int(r.labels[row])}) at **{r.elements.label(el)}**: {scores}"
+
+    # ------------------------------------------------------------------ export
+    def figures(self) -> dict[str, Any]:
+        """Figure builders by title (built when exported)."""
+        r = self.result
+        if r is None:
+            return {}
+        row, el = min(self.row, len(r.samples) - 1), min(self.element, len(r.elements) - 1)
+        classes, method, color = self.classes or None, self.method, self.color
+        figs = {"Aggregate NERO plot": lambda: views.aggregate_plot(r, classes)}
+        for name in r.models:
+            figs[f"Samples of {name}"] = lambda name=name: views.sample_scatter(r, name, method, color)
+        figs[f"Sample {int(r.samples[row])} along the orbit"] = lambda: views.individual_plot(r, row, el)
+        figs[f"Sample {int(r.samples[row])} at {r.elements.label(el)}"] = lambda: views.detail_view(
+            r, row, el
+        )
+        return figs
+
+    def tables(self) -> dict[str, Any]:
+        """Table builders by title (CSV)."""
+        r = self.result
+        if r is None:
+            return {}
+
+        def per_element() -> pd.DataFrame:
+            cols = ["model", "element", *r.elements.columns()]
+            return r.table.groupby(cols, observed=True)[["score", "correct"]].mean().reset_index()
+
+        return {"orbits": lambda: r.table, "summary": lambda: r.summary_table, "aggregate": per_element}
+
+    def export(self, what: str, path: str | Path) -> Path:
+        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
+        return export_item(self.figures(), self.tables(), what, path)

@@ -1,0 +1,100 @@
+"""The Orbits page in Python (no browser): runs, linked selection, slider, export, errors."""
+
+from __future__ import annotations
+
+import panel as pn
+import pytest
+
+from analyses.core.errors import NNVitalsError
+from dashboard.app import NNVitalsApp
+from dashboard.pages.orbits import OrbitsPage, demo_data_name
+from dashboard.settings import AppSettings
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNVITALS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def page():
+    p = OrbitsPage(model=["cnn", "mlp"], run=False)
+    p.analysis.param.update(max_samples=80, steps=24)
+    p.run()
+    return p
+
+
+def test_page_runs_two_models_and_draws_linked_views(page):
+    r = page.result
+    assert r is not None and r.models == ["cnn", "mlp"]
+    assert page.analysis.data == "digits8"  # the demo models' own image size
+    assert "rotation** orbit, 24 elements" in page._summary.object
+    assert "cnn: mean" in page._summary.object and "mlp: mean" in page._summary.object
+    for pane in (page._aggregate, page._scatter, page._individual, page._image, page._probs):
+        assert len(pane.objects) == 1
+    pn.panel(page).get_root()
+
+
+def test_tap_and_slider_update_the_selection(page):
+    page.select(row=7)
+    assert page.row == 7 and page.explorer.row == 7
+    page._slider.value = 6  # 90 degrees
+    assert page.element == 6
+    text = page._selection.object
+    r = page.result
+    assert f"Sample {int(r.samples[7])}" in text and "90°" in text
+    assert f"cnn {r.scores('cnn')[7, 6]:.3f}" in text
+    # the individual plot follows: its frame shows the chosen element
+    frame = page.explorer.panels["individual"][()]
+    assert "90°" in frame.label or "90°" in str(frame.opts.get().kwargs.get("title", ""))
+
+
+def test_class_subset_and_colour_redraw(page):
+    before = page.explorer
+    page._classes.value = ["3", "8"]
+    assert page.classes == [3, 8] and page.explorer is not before
+    page.color = "variance"
+    page.method = "pca"
+    assert page.explorer.panels["scatter"] is not None
+
+
+def test_export_figures_and_tables(page, tmp_path):
+    figs = list(page.figures())
+    assert figs[0] == "Aggregate NERO plot" and "Samples of mlp" in figs
+    svg = page.export("Aggregate NERO plot", tmp_path / "agg.svg")
+    assert "<svg" in svg.read_text()[:2000]
+    csv = page.export("aggregate", tmp_path / "agg.csv")
+    lines = csv.read_text().splitlines()
+    assert lines[0].startswith("model,element,angle") and len(lines) == 1 + 2 * 24
+    with pytest.raises(NNVitalsError, match="nothing by that name"):
+        page.export("nope", tmp_path / "x.svg")
+
+
+def test_errors_are_shown_not_raised():
+    p = OrbitsPage(model=["assets/zoo/cnn.safetensors"])
+    assert p.result is None and "holds weights only" in p.jobs.error
+    p = OrbitsPage(model=["mlp"], run=False)
+    p.analysis.data = "digits16"
+    p.run()
+    assert "failed on images of shape" in p.jobs.error
+    p = OrbitsPage(model=["cnn"], run=False)
+    p.analysis.classes = [42]
+    p.run()
+    assert "classes: [42]" in p.jobs.error
+
+
+def test_in_the_app_the_page_follows_the_picker():
+    app = NNVitalsApp(AppSettings(default_model="mlp"))
+    app.page = "orbits"
+    page = app.pages["orbits"]
+    assert app._main.objects == [page.main]
+    page.analysis.max_samples = 30
+    app.picker.model = "cnn"
+    assert page.models == ["cnn"] and page.analysis.data == "digits8"
+    assert page.result is not None and page.result.models == ["cnn"]
+    app.close()
+
+
+def test_demo_data_names():
+    assert demo_data_name("cnn") == "digits8"
+    assert demo_data_name("not-a-demo") is None
