@@ -11,6 +11,8 @@ from .core.errors import NNVitalsError  # noqa: E402
 from .core.subject import load_subject  # noqa: E402
 
 __all__ = [
+    "ConnectivityResult",
+    "ModeConnectivity",
     "NNVitalsError",
     "OrbitAnalysis",
     "OrbitResult",
@@ -24,6 +26,10 @@ __all__ = [
 def __getattr__(name):  # lazy: importing analyses stays cheap for the CLI's --help
     if name in ("SpectralAnalysis", "SpectralResult"):
         from .spectra import analysis
+
+        return getattr(analysis, name)
+    if name in ("ModeConnectivity", "ConnectivityResult"):
+        from .connectivity import analysis
 
         return getattr(analysis, name)
     if name in ("OrbitAnalysis", "OrbitResult"):

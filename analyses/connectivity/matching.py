@@ -1,0 +1,306 @@
+"""Permutation alignment: weight matching, activation matching, applying a permutation, merging.
+
+Conventions: a permutation of group ``g`` is an index tensor ``p`` of length ``size``; applied
+to a tensor it *gathers* along every axis the group acts on, ``T'[..., i, ...] = T[..., p[i], ...]``
+(block-wise when the axis holds ``size * inner`` entries). Matching B to A finds the ``p``
+for which the gathered B looks most like A; applying it to B gives a model that computes the
+same function as B (every permuted output axis is undone by the next layer's input axis).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .spec import PermutationSpec
+
+__all__ = [
+    "MatchResult",
+    "activation_matching",
+    "apply_permutation",
+    "identity_permutation",
+    "inverse_permutation",
+    "merge_many",
+    "permute_axis",
+    "random_permutation",
+    "weight_matching",
+]
+
+Perms = dict[str, torch.Tensor]
+
+
+@dataclass
+class MatchResult:
+    """Permutations found (``{group: index tensor}``) and how the search went (``history``: the
+    objective after each sweep)."""
+
+    perms: Perms
+    iterations: int = 0
+    objective: float = float("nan")
+    history: list[float] = field(default_factory=list)
+
+
+def permute_axis(t: torch.Tensor, axis: int, perm: torch.Tensor, inner: int = 1) -> torch.Tensor:
+    """Gather ``t`` along ``axis`` by ``perm``, moving blocks of ``inner`` consecutive entries."""
+    perm = perm.to(t.device)
+    if inner == 1:
+        return t.index_select(axis, perm)
+    shape = t.shape
+    blocks = t.reshape(*shape[:axis], perm.numel(), inner, *shape[axis + 1 :])
+    return blocks.index_select(axis, perm).reshape(shape)
+
+
+def apply_permutation(
+    state: dict[str, torch.Tensor], spec: PermutationSpec, perms: Perms
+) -> dict[str, torch.Tensor]:
+    """A new state dict with every permuted axis gathered (unpermuted entries are shared, not copied).
+
+    Entries of the spec that ``state`` lacks are skipped, so a partial state dict can be permuted.
+    """
+    out = dict(state)
+    for pname, axes in spec.param_axes().items():
+        if pname not in state:
+            continue
+        t = state[pname]
+        for axis, g, inner in axes:
+            t = permute_axis(t, axis, perms[g], inner)
+        out[pname] = t
+    return out
+
+
+def identity_permutation(spec: PermutationSpec) -> Perms:
+    return {g: torch.arange(grp.size) for g, grp in spec.groups.items()}
+
+
+def random_permutation(spec: PermutationSpec, seed: int = 0) -> Perms:
+    gen = torch.Generator().manual_seed(int(seed))
+    return {g: torch.randperm(grp.size, generator=gen) for g, grp in spec.groups.items()}
+
+
+def inverse_permutation(perms: Perms) -> Perms:
+    return {g: torch.argsort(p) for g, p in perms.items()}
+
+
+def _units(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
+    """``t`` as an ``(n, -1)`` matrix: one row per unit of the permuted axis (blocks included)."""
+    return t.movedim(axis, 0).reshape(n, -1)
+
+
+def _lsa(cost: torch.Tensor) -> torch.Tensor:
+    _, cols = linear_sum_assignment(cost.detach().double().cpu().numpy(), maximize=True)
+    return torch.from_numpy(cols.astype(np.int64))
+
+
+def weight_matching(
+    state_a: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
+    spec: PermutationSpec,
+    seed: int = 0,
+    max_iter: int = 100,
+    init: Perms | None = None,
+    include_buffers: bool = False,
+) -> MatchResult:
+    """Permutations of B's hidden units that maximise ``sum_W <W_A, P(W_B)>`` (Git Re-Basin, Sec. 3.2).
+
+    Ainsworth et al. (ICLR 2023), Sec. 3.2, Algorithm 1: the objective is a sum of Frobenius
+    inner products over every parameter; fixing all permutations but ``P_g``, it is the linear
+    assignment problem ``max_P <P, C_g>`` with ``C_g = sum_{(W, k) in g} W_A^(k) (W_B^(k))^T``,
+    where ``W^(k)`` is ``W`` with axis ``k`` moved to the rows and flattened, and ``W_B`` has the
+    *other* permutations applied on its other axes. It is solved exactly with
+    :func:`scipy.optimize.linear_sum_assignment`; groups are visited in a random order (seeded)
+    each sweep, and the search stops after a sweep in which no group improves the objective
+    (each accepted step strictly increases it, so this terminates). Buffers (running statistics)
+    are left out of the objective unless ``include_buffers``.
+    """
+    perms = {g: (init[g].clone() if init else torch.arange(grp.size)) for g, grp in spec.groups.items()}
+    axes_of = spec.param_axes()
+    use = {
+        g: [a for a in grp.axes if include_buffers or a.param not in spec.buffers]
+        for g, grp in spec.groups.items()
+    }
+    used = {a.param for g in spec.groups for a in use[g]}
+    a_units = {
+        (a.param, a.axis): _units(state_a[a.param].detach(), a.axis, grp.size)
+        for g, grp in spec.groups.items()
+        for a in use[g]
+    }
+    # a cost term changes only when a permutation on one of its other axes changes: cache it,
+    # and skip a group whose cost is unchanged since it was last solved (its optimum stands)
+    others = {
+        (a.param, a.axis): [(axis, h, inner) for axis, h, inner in axes_of[a.param] if axis != a.axis]
+        for g in spec.groups
+        for a in use[g]
+    }
+    version = dict.fromkeys(spec.groups, 0)
+    terms: dict[tuple[str, int], tuple[tuple, torch.Tensor]] = {}
+    solved: dict[str, tuple] = {}
+    rng = np.random.default_rng(seed)
+    names = list(spec.groups)
+    history: list[float] = []
+    for _ in range(max_iter):
+        improved = False
+        for gi in rng.permutation(len(names)):
+            g = names[gi]
+            n = spec.groups[g].size
+            key = tuple(version[h] for a in use[g] for _, h, _ in others[(a.param, a.axis)])
+            if not use[g] or solved.get(g) == key:
+                continue
+            cost = None
+            for a in use[g]:
+                deps = others[(a.param, a.axis)]
+                tkey = tuple(version[h] for _, h, _ in deps)
+                hit = terms.get((a.param, a.axis))
+                if hit is None or hit[0] != tkey:
+                    wb = state_b[a.param].detach()
+                    for axis, h, inner in deps:
+                        wb = permute_axis(wb, axis, perms[h], inner)
+                    term = (a_units[(a.param, a.axis)] @ _units(wb, a.axis, n).T).double()
+                    terms[(a.param, a.axis)] = (tkey, term)
+                else:
+                    term = hit[1]
+                cost = term if cost is None else cost + term
+            solved[g] = key
+            new = _lsa(cost)
+            rows = torch.arange(n)
+            old_val = float(cost[rows, perms[g]].sum())
+            new_val = float(cost[rows, new].sum())
+            if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
+                perms[g] = new
+                version[g] += 1
+                improved = True
+        history.append(_objective(state_a, state_b, spec, perms, used))
+        if not improved:
+            break
+    return MatchResult(
+        perms=perms, iterations=len(history), objective=history[-1] if history else 0.0, history=history
+    )
+
+
+def _objective(state_a, state_b, spec: PermutationSpec, perms: Perms, names: set[str]) -> float:
+    """``sum_W <W_A, P(W_B)>`` over the parameters ``names`` (the weight-matching objective)."""
+    pb = apply_permutation({k: state_b[k] for k in names}, spec, perms)
+    return float(sum((state_a[k].double() * pb[k].double()).sum() for k in names))
+
+
+class _Capture(torch.fx.Interpreter):
+    """Runs a graph module and keeps the values of selected nodes."""
+
+    def __init__(self, gm: torch.fx.GraphModule, names: set[str]):
+        super().__init__(gm)
+        self.names, self.values = names, {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.names:
+            self.values[n.name] = out[0] if isinstance(out, tuple | list) else out
+        return out
+
+
+class _CaptureModule(torch.nn.Module):
+    """Wraps a graph module so :func:`torch.func.functional_call` can swap in another model's state."""
+
+    def __init__(self, gm: torch.fx.GraphModule, names: set[str]):
+        super().__init__()
+        self.gm, self.names = gm, names
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cap = _Capture(self.gm, self.names)
+        cap.run(x)
+        return cap.values
+
+
+def activation_matching(
+    gm: torch.fx.GraphModule,
+    state_a: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
+    spec: PermutationSpec,
+    batches: Iterable[torch.Tensor],
+) -> MatchResult:
+    """Permutations that maximise the summed correlation of matched units' activations.
+
+    Git Re-Basin, Sec. 3.1 (after Li et al. 2016): for each group, the cross-correlation
+    ``R_ij = cov(a_i, b_j) / (std(a_i) std(b_j))`` of A's unit ``i`` and B's unit ``j`` over the
+    data (samples and spatial positions pooled) is accumulated, summed over every activation the
+    group permutes (all blocks writing into a residual stream), and ``max_P <P, R>`` is solved as
+    a linear assignment problem. Groups are independent: activations do not depend on the
+    permutations of other groups.
+    """
+    nodes = {name: (g, dim) for g, grp in spec.groups.items() for name, dim, inner in grp.nodes if inner == 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        runner = _CaptureModule(copy.deepcopy(gm), set(nodes))  # a copy: functional_call swaps its tensors
+    sa_ = {f"gm.{k}": v for k, v in state_a.items()}
+    sb_ = {f"gm.{k}": v for k, v in state_b.items()}
+    stats: dict[str, list] = {}
+    with torch.no_grad():
+        for x in batches:
+            acts_a = torch.func.functional_call(runner, sa_, (x,), strict=True)
+            acts_b = torch.func.functional_call(runner, sb_, (x,), strict=True)
+            for name, (_g, dim) in nodes.items():
+                va = acts_a[name].movedim(dim, -1)
+                n = va.shape[-1]
+                va = va.reshape(-1, n).double()
+                vb = acts_b[name].movedim(dim, -1).reshape(-1, n).double()
+                s = stats.setdefault(name, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                s[0] += va.shape[0]
+                s[1] = s[1] + va.sum(0)
+                s[2] = s[2] + vb.sum(0)
+                s[3] = s[3] + (va * va).sum(0)
+                s[4] = s[4] + (vb * vb).sum(0)
+                s[5] = s[5] + va.T @ vb
+    corr: dict[str, torch.Tensor] = {}
+    for name, (g, _dim) in nodes.items():
+        cnt, sa, sb, saa, sbb, sab = stats[name]
+        ma, mb = sa / cnt, sb / cnt
+        cov = sab / cnt - torch.outer(ma, mb)
+        sda = (saa / cnt - ma * ma).clamp_min(0).sqrt()
+        sdb = (sbb / cnt - mb * mb).clamp_min(0).sqrt()
+        r = cov / (torch.outer(sda, sdb) + 1e-12)
+        corr[g] = r if g not in corr else corr[g] + r
+    perms = identity_permutation(spec)
+    total = 0.0
+    for g, r in corr.items():
+        perms[g] = _lsa(r)
+        total += float(r[torch.arange(r.shape[0]), perms[g]].sum())
+    return MatchResult(perms=perms, iterations=1, objective=total)
+
+
+def merge_many(
+    states: list[dict[str, torch.Tensor]], spec: PermutationSpec, seed: int = 0, max_iter: int = 20
+) -> tuple[dict[str, torch.Tensor], list[Perms]]:
+    """Align N models into one basin and average them (Git Re-Basin, Appendix "MergeMany").
+
+    Repeatedly, for each model ``i`` in a random (seeded) order, weight-match it to the mean of
+    the other (already permuted) models, until a full pass changes no permutation; the merged
+    model is the mean of the aligned models. Integer entries (``num_batches_tracked``) come
+    from the first model.
+    """
+    rng = np.random.default_rng(seed)
+    perms = [identity_permutation(spec) for _ in states]
+    aligned = list(states)
+    for _ in range(max_iter):
+        changed = False
+        for i in rng.permutation(len(states)):
+            others = [aligned[j] for j in range(len(states)) if j != i]
+            target = {k: _mean([o[k] for o in others]) for k in states[0]}
+            res = weight_matching(target, states[i], spec, seed=int(rng.integers(1 << 31)), init=perms[i])
+            if any(not torch.equal(res.perms[g], perms[i][g]) for g in perms[i]):
+                changed = True
+                perms[i] = res.perms
+                aligned[i] = apply_permutation(states[i], spec, perms[i])
+        if not changed:
+            break
+    merged = {k: _mean([a[k] for a in aligned]) for k in states[0]}
+    return merged, perms
+
+
+def _mean(ts: list[torch.Tensor]) -> torch.Tensor:
+    if not ts[0].is_floating_point():
+        return ts[0]
+    return torch.stack([t.detach() for t in ts]).mean(0)

@@ -1,0 +1,277 @@
+"""Models along a path in weight space, evaluated all at once.
+
+Every point ``theta(l)`` of a path is a state dict; :func:`interpolate` stacks the float
+entries of all points along a new leading axis and :class:`PathEvaluator` runs the model on
+all of them together with :func:`torch.func.vmap` over :func:`torch.func.functional_call`
+(chunked over points and samples to bound memory), instead of a Python loop that loads each
+state dict into the module in turn.
+
+BatchNorm (Jordan et al., "REPAIR", ICLR 2023, Sec. 3; Git Re-Basin Sec. 4 / Appendix): the
+interpolated weights with interpolated running statistics describe the wrong activations
+(variance collapse), which makes the naive curve look worse than it is. With ``bn_reset`` the
+running statistics of every point are recomputed on training data: the BatchNorm layers run in
+train mode with ``momentum=None`` (a cumulative average over batches), still batched over all
+points. REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
+each hidden unit's pre-activation mean and standard deviation in the interpolated network are
+reset to the interpolation ``(1 - l) mu_A + l mu_B``, ``(1 - l) sigma_A + l sigma_B`` of the
+endpoint networks', by rescaling that unit's weights and bias.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..core.data import Dataset
+from ..core.errors import NNVitalsError
+
+__all__ = ["PathEvaluator", "batchnorm_modules", "interpolate", "linear_path", "repair_path"]
+
+State = dict[str, torch.Tensor]
+
+
+def interpolate(states: Sequence[State], coeffs: torch.Tensor) -> State:
+    """Stacked states ``sum_m coeffs[p, m] * states[m]`` for every point ``p``.
+
+    Float entries get a leading axis of length ``len(coeffs)``; integer entries (such as
+    ``num_batches_tracked``) are taken from the first state, unstacked.
+    """
+    coeffs = torch.as_tensor(coeffs, dtype=torch.float64)
+    out: State = {}
+    for k, t in states[0].items():
+        if not t.is_floating_point():
+            out[k] = t
+            continue
+        stack = torch.stack([s[k].detach().to(torch.float64) for s in states])  # (M, ...)
+        out[k] = torch.tensordot(coeffs.to(stack.device), stack, dims=([1], [0])).to(t.dtype)
+    return out
+
+
+def linear_path(state_a: State, state_b: State, lams: Sequence[float] | torch.Tensor) -> State:
+    """``theta(l) = (1 - l) theta_A + l theta_B`` stacked over ``lams``."""
+    lam = torch.as_tensor(lams, dtype=torch.float64)
+    return interpolate([state_a, state_b], torch.stack([1.0 - lam, lam], dim=1))
+
+
+def batchnorm_modules(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """BatchNorm layers that track running statistics (the ones a reset applies to)."""
+    return [
+        (n, m)
+        for n, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(module)
+
+
+class PathEvaluator:
+    """Loss and accuracy of a model at many stacked states at once (see module docstring).
+
+    ``chunk`` points and ``batch_size`` samples go through one vmapped forward pass. With
+    ``vectorize=False`` the points are run one after another through ``functional_call`` (still
+    no state-dict loading or copying): on a CPU with one thread, vmapped convolutions (grouped
+    convolutions underneath) can be slower than that.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 512,
+        chunk: int = 32,
+        vectorize: bool = True,
+    ):
+        self.vectorize = bool(vectorize)
+        self.device, self.dtype = torch.device(device), dtype
+        self.batch_size, self.chunk = int(batch_size), int(chunk)
+        self.module = _copy(module).to(self.device, self.dtype).eval()
+
+    def _split(self, stacked: State) -> tuple[State, State]:
+        floats = {k: v.to(self.device, self.dtype) for k, v in stacked.items() if v.is_floating_point()}
+        fixed = {k: v.to(self.device) for k, v in stacked.items() if not v.is_floating_point()}
+        return floats, fixed
+
+    @staticmethod
+    def points(stacked: State) -> int:
+        return next(v.shape[0] for v in stacked.values() if v.is_floating_point())
+
+    def reset_batchnorm(self, stacked: State, train: Dataset) -> State:
+        """Recompute every BatchNorm's running statistics at every point on ``train`` (batched)."""
+        bns = batchnorm_modules(self.module)
+        if not bns:
+            return stacked
+        model = _copy(self.module).train()
+        stat_keys: set[str] = set()
+        for name, bn in batchnorm_modules(model):
+            bn.momentum = None  # cumulative average over all batches
+            prefix = f"{name}." if name else ""
+            stat_keys |= {f"{prefix}running_mean", f"{prefix}running_var", f"{prefix}num_batches_tracked"}
+        floats, fixed = self._split(stacked)
+        fixed = {k: v for k, v in fixed.items() if k not in stat_keys}
+        params = {k: v for k, v in floats.items() if k not in stat_keys}
+        n_pts = self.points(stacked)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, n_pts, self.chunk):
+            sl = slice(start, start + self.chunk)
+            p = {k: v[sl] for k, v in params.items()}
+            stats = {
+                k: (torch.zeros_like if k.endswith("mean") else torch.ones_like)(floats[k][sl])
+                for k in stat_keys
+                if not k.endswith("tracked")
+            }
+            # the batch counter is shared by all points (unbatched): vmap cannot read a batched count
+            counts = {
+                k: torch.zeros((), dtype=torch.long, device=self.device)
+                for k in stat_keys
+                if k.endswith("tracked")
+            }
+
+            def run(p_, s_, x_, counts=counts):
+                return functional_call(model, (p_, s_, counts, fixed), (x_,), strict=False)
+
+            with torch.no_grad():
+                for x, _ in train.batches(self.batch_size):
+                    vmap(run, in_dims=(0, 0, None))(p, stats, x.to(self.device, self.dtype))
+            for k, v in stats.items():
+                parts.setdefault(k, []).append(v.detach().cpu())
+        out = dict(stacked)
+        for k, v in parts.items():
+            out[k] = torch.cat(v).to(stacked[k].dtype)
+        for k in stat_keys:
+            if k.endswith("tracked"):
+                out[k] = torch.tensor(len(range(0, len(train), self.batch_size)), dtype=stacked[k].dtype)
+        return out
+
+    def evaluate(self, stacked: State, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Mean cross-entropy loss and accuracy on ``data`` at every stacked point: two arrays (points,)."""
+        floats, fixed = self._split(stacked)
+        n_pts = self.points(stacked)
+        loss = torch.zeros(n_pts, dtype=torch.float64)
+        correct = torch.zeros(n_pts, dtype=torch.float64)
+        module = self.module
+
+        def run(p_, x_):
+            return functional_call(module, (p_, fixed), (x_,), strict=False)
+
+        with torch.no_grad():
+            for start in range(0, n_pts, self.chunk):
+                sl = slice(start, start + self.chunk)
+                p = {k: v[sl] for k, v in floats.items()}
+                for x, y in data.batches(self.batch_size):
+                    x, y = x.to(self.device, self.dtype), y.to(self.device)
+                    if self.vectorize:
+                        logits = vmap(run, in_dims=(0, None))(p, x)  # (points, batch, classes)
+                    else:
+                        n_here = next(iter(p.values())).shape[0]
+                        logits = torch.stack([run({k: v[i] for k, v in p.items()}, x) for i in range(n_here)])
+                    if logits.ndim != 3 or logits.shape[1] != y.shape[0]:
+                        raise NNVitalsError(
+                            f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
+                        )
+                    k = logits.shape[0]
+                    ce = nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]).double(), y.repeat(k), reduction="none"
+                    )
+                    loss[sl] += ce.reshape(k, -1).sum(1).cpu()
+                    correct[sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
+        return (loss / len(data)).numpy(), (correct / len(data)).numpy()
+
+
+def _repair_targets(module: nn.Module, hidden: set[str]) -> list[tuple[str, nn.Module, int]]:
+    out = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and f"{name}.weight" in hidden:
+            if m.bias is None:
+                raise NNVitalsError(
+                    f"repair: layer '{name}' has no bias, so its units cannot be renormalised; use repair=False"
+                )
+            out.append((name, m, -1 if isinstance(m, nn.Linear) else 1))
+    return out
+
+
+def _unit_stats(out: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    v = out.movedim(axis, -1)
+    v = v.reshape(-1, v.shape[-1]).double()
+    return v.mean(0), v.std(0, unbiased=False)
+
+
+def repair_path(
+    module: nn.Module,
+    state_a: State,
+    state_b: State,
+    stacked: State,
+    lams: Sequence[float],
+    hidden: set[str],
+    x: torch.Tensor,
+) -> State:
+    """REPAIR every point of a linear path (Jordan et al. 2023, Sec. 4; see module docstring).
+
+    ``hidden`` names the weights whose output units are permutable hidden units (the layers to
+    repair; the logits are left alone). The statistics are measured on ``x`` in one batch,
+    layer by layer in execution order (each layer sees its already-repaired inputs), and the
+    correction ``z -> (z - mu) * s_goal / s + mu_goal`` is folded into the layer's weight and bias.
+    """
+    module = _copy(module).eval()
+    targets = _repair_targets(module, hidden)
+    if not targets:
+        raise NNVitalsError(
+            "repair: the model has no hidden Linear/Conv layers with permutable units to repair"
+        )
+
+    def measure(state: State) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, o, n=n, ax=ax: stats.__setitem__(n, _unit_stats(o, ax)))
+            for n, m, ax in targets
+        ]
+        try:
+            with torch.no_grad():
+                functional_call(module, state, (x,), strict=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return stats
+
+    goal_a, goal_b = measure(state_a), measure(state_b)
+    out = {k: (v.clone() if v.is_floating_point() else v) for k, v in stacked.items()}
+    for i, lam in enumerate(lams):
+        point = {k: (v[i] if v.is_floating_point() else v) for k, v in stacked.items()}
+        fold: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+        def hook(_m, _i, o, n, ax, lam=lam, fold=fold):
+            mu, sd = _unit_stats(o, ax)
+            mg = (1 - lam) * goal_a[n][0] + lam * goal_b[n][0]
+            sg = (1 - lam) * goal_a[n][1] + lam * goal_b[n][1]
+            scale = sg / (sd + 1e-8)
+            fold[n] = (scale, mu, mg)
+            shape = [1] * o.ndim
+            shape[ax] = -1
+            return ((o.double() - mu.reshape(shape)) * scale.reshape(shape) + mg.reshape(shape)).to(o.dtype)
+
+        hooks = [
+            m.register_forward_hook(lambda m_, i_, o_, n=n, ax=ax: hook(m_, i_, o_, n, ax))
+            for n, m, ax in targets
+        ]
+        try:
+            with torch.no_grad():
+                functional_call(module, point, (x,), strict=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        for n, (scale, mu, mg) in fold.items():
+            w, b = point[f"{n}.weight"].double(), point[f"{n}.bias"].double()
+            shape = [-1] + [1] * (w.ndim - 1)
+            out[f"{n}.weight"][i] = (w * scale.reshape(shape)).to(out[f"{n}.weight"].dtype)
+            out[f"{n}.bias"][i] = ((b - mu) * scale + mg).to(out[f"{n}.bias"].dtype)
+    return out
