@@ -26,19 +26,6 @@ class Planned:
 
 PLANNED: tuple[Planned, ...] = (
     Planned(
-        "orbits",
-        "Orbits",
-        "Where along a group orbit (rotation, shift, scale, flip) does the model stop being equivariant?",
-        "NERO, “Evaluating ML Models with NERO: Non-Equivariance Revealed on Orbits” (2023)",
-        (
-            "the model's accuracy and confidence along each orbit (angle, shift, scale), per class;",
-            "a polar NERO plot per sample — tap an orbit point to see that transformed input;",
-            "where along the orbit the prediction flips, with the aggregate over a dataset.",
-        ),
-        "a model with an architecture (a module, a .pt2 export or a demo model) and image data "
-        "(the built-in digits, or your own .npz / image folder).",
-    ),
-    Planned(
         "bounds",
         "IBP tightness",
         "How loose are interval bounds through this network, layer by layer?",

@@ -242,10 +242,10 @@ def test_compare_and_farms_tabs(server, probe):
 
 def test_navigation_and_planned_pages(server, probe):
     page = open_app(probe, server.url)
-    page.get_by_role("button", name=re.compile("Orbits")).click()
+    page.get_by_role("button", name=re.compile("IBP tightness")).click()
     page.get_by_text("Not available yet", exact=False).first.wait_for()
-    assert "page=orbits" in page.url
-    assert page.get_by_text("NERO", exact=False).count() >= 1
+    assert "page=bounds" in page.url
+    assert page.get_by_text("Interval Bound Propagation", exact=False).count() >= 1
     page.goto(server.url + "?page=connectivity", wait_until="networkidle")
     page.get_by_text("low-loss linear path", exact=False).first.wait_for()
     page.get_by_role("button", name=re.compile("^Spectra")).click()

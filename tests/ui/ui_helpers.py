@@ -128,7 +128,10 @@ def write_models(directory: Path) -> dict[str, Path]:
     )
     slow = directory / "slow.safetensors"
     save_file(
-        {f"block{i:02d}.weight": torch.randn(SLOW_SIZE, SLOW_SIZE, generator=g).half() for i in range(SLOW_LAYERS)},
+        {
+            f"block{i:02d}.weight": torch.randn(SLOW_SIZE, SLOW_SIZE, generator=g).half()
+            for i in range(SLOW_LAYERS)
+        },
         slow,
     )
     return {"small": small, "slow": slow}

@@ -1,0 +1,78 @@
+"""The Orbits page in real headless Chromium: plots drawn, tap a sample, walk the orbit."""
+
+from __future__ import annotations
+
+import re
+
+from ui_helpers import open_app, wait_drawn
+
+#: screen position of scatter point ``i`` (the renderer whose source has pc1/pc2/sample columns)
+SAMPLE_JS = """
+(i) => {
+  const doc = Bokeh.documents[0];
+  const find = (view, model, seen) => {
+    if (!view || seen.has(view)) return null;
+    seen.add(view);
+    if (view.model === model) return view;
+    const kids = [];
+    if (view.child_views) kids.push(...view.child_views);
+    if (view.renderer_views) kids.push(...view.renderer_views.values());
+    for (const k of kids) { const r = find(k, model, seen); if (r) return r; }
+    return null;
+  };
+  for (const m of doc.all_models) {
+    if (m.type !== "GlyphRenderer") continue;
+    const ds = m.data_source;
+    if (!ds || !ds.get_column || !ds.get_column("sample") || !ds.get_column("pc1")) continue;
+    for (const root of Bokeh.index.roots) {
+      const view = find(root, m, new Set());
+      if (!view) continue;
+      const plot = view.parent;
+      const x = plot.frame.x_scale.compute(ds.get_column("pc1")[i]);
+      const y = plot.frame.y_scale.compute(ds.get_column("pc2")[i]);
+      const r = plot.canvas_view.el.getBoundingClientRect();
+      return [r.left + x, r.top + y, Number(ds.get_column("sample")[i])];
+    }
+  }
+  return null;
+}
+"""
+
+
+def _open_orbits(probe, url):
+    page = open_app(probe, url, "?page=orbits")
+    page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")).first.wait_for(timeout=60000)
+    return page
+
+
+def test_orbits_page_renders_its_plots(server, probe):
+    page = _open_orbits(probe, server.url)
+    assert page.get_by_text(re.compile(r"rotation\W+orbit, 72 elements")).first.is_visible()
+    for cls in ("nnv-plot-aggregate", "nnv-plot-scatter", "nnv-plot-individual", "nnv-plot-image"):
+        wait_drawn(page.locator(f".{cls}").first)
+    for name in ("rot-cnn", "rot-cnn-aug", "rot-cnn-c4"):
+        assert page.get_by_text(f"{name}: mean", exact=False).count() >= 1
+
+
+def test_tap_a_sample_and_walk_the_orbit(server, probe):
+    page = _open_orbits(probe, server.url)
+    individual = page.locator(".nnv-plot-individual").first
+    wait_drawn(individual)
+    before = individual.screenshot()
+    page.wait_for_timeout(500)
+    xy = page.evaluate(SAMPLE_JS, 25)
+    assert xy is not None, "the sample scatter was not found"
+    page.mouse.click(xy[0], xy[1])
+    sample = int(xy[2])
+    page.get_by_text(re.compile(rf"Sample {sample} \(label \d\) at 0°")).first.wait_for(timeout=15000)
+    # the individual plot is now that sample's orbit
+    page.get_by_text(re.compile(rf"sample {sample} \(label \d\)")).first.wait_for(timeout=15000)
+    page.wait_for_timeout(800)
+    assert individual.screenshot() != before
+    # walk along the orbit with the slider's keyboard handle: 90 degrees is 18 steps of 5
+    handle = page.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(18):
+        page.keyboard.press("ArrowRight")
+    page.get_by_text(re.compile(rf"Sample {sample} \(label \d\) at 90°")).first.wait_for(timeout=15000)
+    page.get_by_text(re.compile(rf"sample {sample} at 90°")).first.wait_for(timeout=15000)
