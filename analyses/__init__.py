@@ -12,6 +12,10 @@ from .core.subject import load_subject  # noqa: E402
 
 __all__ = [
     "ConnectivityResult",
+    "IBPResult",
+    "IBPTightness",
+    "LipschitzBounds",
+    "LipschitzResult",
     "ModeConnectivity",
     "NNVitalsError",
     "OrbitAnalysis",
@@ -26,6 +30,10 @@ __all__ = [
 def __getattr__(name):  # lazy: importing analyses stays cheap for the CLI's --help
     if name in ("SpectralAnalysis", "SpectralResult"):
         from .spectra import analysis
+
+        return getattr(analysis, name)
+    if name in ("IBPTightness", "IBPResult", "LipschitzBounds", "LipschitzResult"):
+        from .bounds import analysis
 
         return getattr(analysis, name)
     if name in ("ModeConnectivity", "ConnectivityResult"):

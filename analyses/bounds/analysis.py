@@ -1,0 +1,489 @@
+"""IBPTightness and LipschitzBounds: how loose are certified bounds through this network?
+
+Both analyses export the model with an input of the data's shape and walk its graph
+(:mod:`analyses.bounds.graph`), so residual additions, concatenations and reshapes written in
+``forward`` are handled. ``data`` is whatever :func:`analyses.core.data.as_dataset` accepts
+(``"digits"``, a ``.npz`` path, a :class:`Dataset`, ...); it must lie in ``data_range``.
+
+* :class:`IBPTightness` (Mao et al., ICLR 2024): per layer, the mean local tightness, the mean
+  IBP box width and the shares of stable-active / stable-inactive / unstable ReLUs; summary:
+  the output tightness, clean and IBP-certified accuracy at ``eps``; optional ``eps_sweep``.
+* :class:`LipschitzBounds` (Khromov & Singh, ICLR 2024): per layer, its own constant, the
+  certified upper bound of the network up to it, and lower bounds from input-Jacobian norms
+  (max, mean, RMS over train / test samples and convex combinations of pairs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import param
+import torch
+
+from ..core.analysis import Analysis
+from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
+from ..core.errors import NNVitalsError
+from ..core.result import Result
+from ..core.runner import Task
+from ..core.subject import Subject
+from . import ibp as I
+from . import lipschitz as L
+from .graph import Graph, trace
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) if shape else "1"
+
+
+class _BoundsAnalysis(Analysis):
+    """What IBPTightness and LipschitzBounds share: data, data range, the traced graph."""
+
+    data = param.Parameter(
+        default="digits",
+        doc="Inputs: 'digits' (built in), a .npz path with arrays x and y, a Dataset, a tuple (x, y), "
+        "or a torch Dataset of (x, y) pairs.",
+    )
+    data_range = param.Range(
+        default=(0.0, 1.0),
+        doc="Range [lo, hi] of valid inputs: data must lie in it; boxes and points are clipped to it.",
+    )
+    max_samples = param.Integer(
+        default=256, bounds=(1, None), doc="Samples used per data split (seeded subset)."
+    )
+    seed = param.Integer(default=0, doc="Seed for the sample subset and random starts.")
+
+    __abstract = True
+
+    # ------------------------------------------------------------------ data
+    def _splits(self) -> tuple[str, ...]:
+        return ("test",)
+
+    def datasets(self) -> dict[str, Dataset]:
+        """The data splits used, each subsampled to ``max_samples`` and checked against ``data_range``."""
+        key = (id(self.data), self.data if isinstance(self.data, str) else None, self.max_samples, self.seed)
+        cached = getattr(self, "_data_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        builtin = isinstance(self.data, str) and self.data in BUILTIN_DATASETS
+        if self.data is None:
+            raise NNVitalsError("data: not set; give 'digits', a .npz path or a Dataset")
+        if builtin:
+            out = {s: as_dataset(self.data, split=s) for s in self._splits()}
+        else:
+            out = {"data": as_dataset(self.data)}
+        lo, hi = self._range()
+        for name, ds in out.items():
+            xmin, xmax = float(ds.x.min()), float(ds.x.max())
+            if xmin < lo - 1e-6 or xmax > hi + 1e-6:
+                raise NNVitalsError(
+                    f"data ({ds.name}): values span [{xmin:.4g}, {xmax:.4g}], outside data_range "
+                    f"[{lo:g}, {hi:g}]; rescale the data or set data_range to the range the model expects"
+                )
+            if len(ds) > self.max_samples:
+                gen = torch.Generator().manual_seed(self.seed)
+                idx = torch.randperm(len(ds), generator=gen)[: self.max_samples].sort().values
+                out[name] = ds.subset(idx)
+        self._data_cache = (key, out)
+        return out
+
+    def _range(self) -> tuple[float, float]:
+        lo, hi = (float(v) for v in self.data_range)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise NNVitalsError(f"data_range: expected finite [lo, hi] with lo < hi, got {self.data_range!r}")
+        return lo, hi
+
+    def data_fingerprint(self) -> str | None:
+        h = hashlib.sha256()
+        for name, ds in sorted(self.datasets().items()):
+            h.update(f"{name}:{ds.fingerprint};".encode())
+        return h.hexdigest()
+
+    def key_params(self) -> dict[str, Any]:
+        params = super().key_params()
+        d = params.get("data")
+        # the data's content is in data_fingerprint(); the key keeps only a JSON-able label
+        params["data"] = d if isinstance(d, str) else type(d).__name__
+        return params
+
+    # ------------------------------------------------------------------ model
+    def module(self, subject: Subject) -> torch.nn.Module | torch.export.ExportedProgram:
+        program = getattr(subject, "program", None)
+        if callable(program):  # a .pt2 export: walk its graph as it is
+            return program()
+        mod = subject.module()
+        if mod is None and subject.source_kind == "demo":
+            from ..zoo import load_demo
+
+            mod = load_demo(subject.label)
+        if mod is None:
+            raise NNVitalsError(
+                f"model {subject.label}: this {subject.source_kind} file holds weights only; bounds need the "
+                "architecture: give a torch.nn.Module, a .pt2 torch.export program or 'package.module:factory'"
+            )
+        return mod
+
+    def graph(self, subject: Subject | None = None) -> Graph:
+        """The model's traced graph (cached per model and input shape)."""
+        subject = subject or self.subject()
+        example = next(iter(self.datasets().values())).x[:2]
+        key = (id(subject), tuple(example.shape[1:]))
+        cached = getattr(self, "_graph_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        g = trace(self.module(subject), example)
+        self._graph_cache = (key, g)
+        return g
+
+    def _validate(self) -> None:
+        self._range()
+
+    def run(self, progress=None, cancel=None) -> Result:
+        self._validate()
+        self.datasets()
+        return super().run(progress=progress, cancel=cancel)
+
+
+# ============================================================================ IBP
+
+
+class IBPResult(Result):
+    """Result of :class:`IBPTightness`: per-step table, summary, per-sample arrays."""
+
+    kind = "ibp_tightness"
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """Rows of the weighted layers, activations and pools (reshapes, adds, cats left out)."""
+        return self.table[~self.table["kind"].isin(["reshape", "shift", "scale"])]
+
+
+def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: dict[str, Any]) -> dict[str, Any]:
+    """IBP records of one chunk of samples, for ``eps`` and every sweep value."""
+    dev, dt = torch.device(s["device"]), getattr(torch, s["dtype"])
+    g = graph.to(dev, dt)
+    x, y = x.to(dev, dt), y.to(dev)
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        out["main"] = I.propagate(g, x, y, s["eps"], s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
+        out["sweep"] = [
+            I.propagate(g, x, y, e, s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
+            for e in s["eps_sweep"]
+        ]
+    return out
+
+
+def _merge_records(recs: list[I.IBPRecords]) -> dict[str, Any]:
+    steps: dict[str, I.StepRecord] = {}
+    for r in recs:
+        for k, v in r.steps.items():
+            steps.setdefault(k, I.StepRecord()).add(v)
+    cat = lambda f: torch.cat([getattr(r, f).detach().cpu().double() for r in recs]).numpy()  # noqa: E731
+    return dict(
+        steps=steps, out_tightness=cat("out_tightness"), min_margin=cat("min_margin"),
+        correct=cat("correct").astype(bool), certified=cat("certified").astype(bool), out_width=cat("out_width"),
+    )  # fmt: skip
+
+
+def _nanmean(a: np.ndarray) -> float | None:
+    a = np.asarray(a, dtype=float)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else None
+
+
+class IBPTightness(_BoundsAnalysis):
+    """How loose are interval bounds through this network, layer by layer? (Mao et al., ICLR 2024)
+
+    >>> res = IBPTightness(model="cnn", eps=0.01).run()
+    >>> res.table[["name", "kind", "tightness", "box_width", "unstable"]]
+    >>> res.summary["certified_accuracy"]
+    """
+
+    analysis_name = "ibp_tightness"
+    analysis_version = "1"
+
+    eps = param.Number(
+        default=0.01,
+        softbounds=(0.0, 0.3),
+        doc="L-inf radius of the input box (in data units; clipped to data_range).",
+    )
+    spec = param.Selector(
+        default="margin", objects=list(I.SPECS),
+        doc="Outputs whose tightness is reported: 'margin' (rows e_y - e_j folded into the last layer) or 'identity' (logits).",
+    )  # fmt: skip
+    relu = param.Selector(
+        default="local", objects=list(I.RELU_MODES),
+        doc="'local': the clean input's activation pattern (the paper's metric); 'linear': the deep-linear counterpart.",
+    )  # fmt: skip
+    eps_sweep = param.List(
+        default=[], item_type=(int, float), doc="Also measure at these eps (tightness vs eps)."
+    )
+    chunk_samples = param.Integer(
+        default=None,
+        allow_None=True,
+        bounds=(1, None),
+        doc="Samples per task (default: fit a memory budget).",
+    )
+
+    def _validate(self) -> None:
+        super()._validate()
+        for e in [self.eps, *self.eps_sweep]:
+            if e is None or not math.isfinite(float(e)) or float(e) < 0:
+                raise NNVitalsError(f"eps: must be a finite number >= 0, got {e!r}")
+
+    def _settings(self) -> dict[str, Any]:
+        lo, hi = self._range()
+        return dict(
+            eps=float(self.eps), eps_sweep=[float(e) for e in self.eps_sweep], lo=lo, hi=hi, relu=self.relu,
+            spec=self.spec, device=self.device, dtype=self.dtype,
+        )  # fmt: skip
+
+    def _tasks(self, subject: Subject) -> list[Task]:
+        self._validate()
+        g = self.graph(subject)
+        ds = next(iter(self.datasets().values()))
+        chunk = self.chunk_samples or I.samples_per_chunk(g, itemsize=4 if self.dtype == "float32" else 8)
+        s = self._settings()
+        return [
+            Task(ibp_task, (g, ds.x[i : i + chunk], ds.y[i : i + chunk], s), label=f"samples {i}-{i + chunk}")
+            for i in range(0, len(ds), chunk)
+        ]
+
+    def _merge(self, subject: Subject, outputs: list[Any]) -> IBPResult:
+        g = self.graph(subject)
+        main = _merge_records([o["main"] for o in outputs])
+        rows = []
+        for s in g.steps:
+            r = main["steps"][s.name]
+            relu_units = r.active + r.inactive + r.unstable
+            frac = (lambda n, u=relu_units: n / u) if relu_units else (lambda n: math.nan)
+            rows.append(
+                dict(
+                    position=s.position,
+                    name=s.label,
+                    node=s.name,
+                    kind=s.kind,
+                    shape=_shape_text(s.out_shape),
+                    tightness=r.tight_sum / r.tight_count if r.tight_count else math.nan,
+                    box_width=r.width_sum / r.width_count if r.width_count else math.nan,
+                    stable_active=frac(r.active),
+                    stable_inactive=frac(r.inactive),
+                    unstable=frac(r.unstable),
+                    is_output=s.name == g.output_name,
+                )  # fmt: skip
+            )
+        table = pd.DataFrame(rows)
+        relu_rows = [main["steps"][s.name] for s in g.steps if s.kind in ("relu", "leaky_relu")]
+        tot = sum(r.active + r.inactive + r.unstable for r in relu_rows)
+        summary = dict(
+            eps=float(self.eps), spec=self.spec, relu=self.relu, samples=int(len(main["correct"])),
+            tightness=_nanmean(main["out_tightness"]),
+            clean_accuracy=float(main["correct"].mean()), certified_accuracy=float(main["certified"].mean()),
+            output_width=_nanmean(main["out_width"]),
+            unstable_fraction=(sum(r.unstable for r in relu_rows) / tot) if tot else None,
+        )  # fmt: skip
+        arrays = {
+            "out_tightness": main["out_tightness"], "min_margin": main["min_margin"],
+            "correct": main["correct"], "certified": main["certified"],
+        }  # fmt: skip
+        if self.eps_sweep:
+            sw = [_merge_records([o["sweep"][i] for o in outputs]) for i in range(len(self.eps_sweep))]
+            arrays["sweep_eps"] = np.array([float(e) for e in self.eps_sweep])
+            arrays["sweep_tightness"] = np.array([_nanmean(m["out_tightness"]) or np.nan for m in sw])
+            arrays["sweep_certified"] = np.array([m["certified"].mean() for m in sw])
+            arrays["sweep_width"] = np.array([_nanmean(m["out_width"]) or np.nan for m in sw])
+        return IBPResult(table=table, summary=summary, arrays=arrays)
+
+
+def tightness_over_checkpoints(models: list[Any], labels: list[str] | None = None, **params) -> pd.DataFrame:
+    """Run :class:`IBPTightness` on each checkpoint (e.g. over training) and stack the summaries."""
+    rows = []
+    for i, m in enumerate(models):
+        res = IBPTightness(model=m, **params).run()
+        rows.append({"checkpoint": labels[i] if labels else i, **res.summary})
+    return pd.DataFrame(rows)
+
+
+# ============================================================================ Lipschitz
+
+
+class LipschitzResult(Result):
+    """Result of :class:`LipschitzBounds`: per-step table, summary, per-sample Jacobian norms."""
+
+    kind = "lipschitz"
+
+    def jacobian_norms(self, split: str) -> np.ndarray:
+        """Per-sample output Jacobian norms of ``split`` ('train', 'test', 'data', 'mix', 'sharpened')."""
+        return self.arrays.get(f"jacobian_norm/{split}", np.empty(0))
+
+
+def constant_task(graph: Graph, name: str, s: dict[str, Any]) -> tuple[str, float, str]:
+    dev = torch.device(s["device"])
+    # operator norms in float64 (not on MPS): power iteration converges from below, and float32
+    # round-off would put it visibly under the float32 Jacobian norms of the lower bound
+    g = graph.to(dev, torch.float32 if dev.type == "mps" else torch.float64)
+    with torch.no_grad():
+        const, method = L.layer_constant(g.step(name), iters=s["iters"], tol=s["tol"], seed=s["seed"])
+    return name, const, method
+
+
+def lower_task(
+    graph: Graph, split: str, x: torch.Tensor, s: dict[str, Any]
+) -> tuple[str, dict[str, np.ndarray]]:
+    """Per-sample input-Jacobian norms at the output and (optionally) at every step."""
+    dev, dt = torch.device(s["device"]), getattr(torch, s["dtype"])
+    g = graph.to(dev, dt)
+    x = x.to(dev, dt)
+    names = [st.name for st in g.steps] if s["per_layer"] else [g.output_name]
+    out = {}
+    for name in names:
+        fn = (lambda z, n=name: g.forward(z, upto=n)) if name != g.output_name else g.forward
+        norms = L.jacobian_spectral_norms(fn, x, iters=s["jacobian_iters"], seed=s["seed"])
+        out[name] = norms.detach().cpu().double().numpy()
+    return split, out
+
+
+class LipschitzBounds(_BoundsAnalysis):
+    """How smooth is the function: certified upper bound vs empirical lower bound (Khromov & Singh, ICLR 2024).
+
+    >>> res = LipschitzBounds(model="cnn").run()
+    >>> res.table[["name", "constant", "upper", "lower_max"]]
+    >>> res.summary["ratio"]
+    """
+
+    analysis_name = "lipschitz"
+    analysis_version = "1"
+
+    iters = param.Integer(
+        default=1000, bounds=(1, None), doc="Most power-iteration steps for layer operator norms."
+    )
+    tol = param.Number(
+        default=1e-7, bounds=(0, None), doc="Power iteration stops at this relative eigen-residual of A^T A."
+    )
+    jacobian_iters = param.Integer(
+        default=50,
+        bounds=(1, None),
+        doc="Power-iteration steps for Jacobian norms of outputs with > 64 units.",
+    )
+    mixes = param.Integer(
+        default=256,
+        bounds=(0, None),
+        doc="Convex combinations 0.5 x1 + 0.5 x2 of random pairs to probe between samples.",
+    )
+    per_layer = param.Boolean(default=True, doc="Lower bounds at every step, not only at the output.")
+    sharpen = param.Boolean(
+        default=False, doc="Sharpen the lower bound by gradient ascent from the worst samples."
+    )
+    sharpen_samples = param.Integer(
+        default=8, bounds=(1, None), doc="Worst samples to start the ascent from."
+    )
+    sharpen_steps = param.Integer(default=20, bounds=(1, None), doc="Gradient-ascent steps.")
+
+    def _splits(self) -> tuple[str, ...]:
+        return ("train", "test")
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(
+            iters=self.iters, tol=float(self.tol), seed=self.seed, device=self.device, dtype=self.dtype,
+            jacobian_iters=self.jacobian_iters, per_layer=self.per_layer,
+        )  # fmt: skip
+
+    def sample_sets(self) -> dict[str, torch.Tensor]:
+        """Inputs for the lower bound: each split, and ``mixes`` midpoints of random pairs."""
+        sets = {k: ds.x for k, ds in self.datasets().items()}
+        if self.mixes:
+            pool = torch.cat(list(sets.values()))
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            i = torch.randint(len(pool), (self.mixes,), generator=gen)
+            j = torch.randint(len(pool), (self.mixes,), generator=gen)
+            sets["mix"] = 0.5 * pool[i] + 0.5 * pool[j]
+        return sets
+
+    def _tasks(self, subject: Subject) -> list[Task]:
+        g = self.graph(subject)
+        s = self._settings()
+        tasks = [Task(constant_task, (g, st.name, s), label=f"constant {st.label}") for st in g.steps]
+        chunk = 128
+        for split, x in self.sample_sets().items():
+            for i in range(0, len(x), chunk):
+                tasks.append(
+                    Task(lower_task, (g, split, x[i : i + chunk], s), label=f"jacobians {split} {i}")
+                )
+        return tasks
+
+    def _merge(self, subject: Subject, outputs: list[Any]) -> LipschitzResult:
+        g = self.graph(subject)
+        consts = {o[0]: (o[1], o[2]) for o in outputs if isinstance(o[0], str) and len(o) == 3}
+        norms: dict[str, dict[str, list[np.ndarray]]] = {}
+        for o in outputs:
+            if len(o) == 2:
+                split, per = o
+                for name, arr in per.items():
+                    norms.setdefault(name, {}).setdefault(split, []).append(arr)
+        up = {g.input_name: 1.0}
+        rows = []
+        for st in g.steps:
+            const, method = consts[st.name]
+            if st.kind == "add":
+                u = up[st.inputs[0]] + abs(st.params["alpha"]) * up[st.inputs[1]]
+            elif st.kind == "cat":
+                u = math.sqrt(sum(up[i] ** 2 for i in st.inputs))
+            else:
+                u = const * up[st.inputs[0]]
+            up[st.name] = u
+            allv = np.concatenate(
+                [np.concatenate(v) for v in norms.get(st.name, {}).values()] or [np.empty(0)]
+            )
+            row = dict(
+                position=st.position, name=st.label, node=st.name, kind=st.kind, shape=_shape_text(st.out_shape),
+                constant=const, method=method, upper=u,
+                lower_max=float(allv.max()) if allv.size else math.nan,
+                lower_mean=float(allv.mean()) if allv.size else math.nan,
+                lower_rms=float(np.sqrt((allv**2).mean())) if allv.size else math.nan,
+                is_output=st.name == g.output_name,
+            )  # fmt: skip
+            row["ratio"] = row["upper"] / row["lower_max"] if row["lower_max"] > 0 else math.nan
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        out_norms = {k: np.concatenate(v) for k, v in norms.get(g.output_name, {}).items()}
+        arrays = {f"jacobian_norm/{k}": v for k, v in out_norms.items()}
+        upper = up[g.output_name]
+        lower = max(float(v.max()) for v in out_norms.values())
+        summary = dict(upper=upper, samples={k: int(v.size) for k, v in out_norms.items()})
+        for k, v in out_norms.items():
+            summary[f"lower_{k}"] = float(v.max())
+        allo = np.concatenate(list(out_norms.values()))
+        summary["lower_mean"] = float(allo.mean())
+        summary["lower_rms"] = float(np.sqrt((allo**2).mean()))
+        if self.sharpen:
+            sharp = self._sharpen(g)
+            arrays["jacobian_norm/sharpened"] = sharp
+            summary["lower_sharpened"] = float(sharp.max())
+            lower = max(lower, float(sharp.max()))
+        summary["lower"] = lower
+        summary["ratio"] = upper / lower if lower > 0 else None
+        return LipschitzResult(table=table, summary=summary, arrays=arrays)
+
+    def _sharpen(self, g: Graph) -> np.ndarray:
+        dev, dt = self.torch_device(), self.torch_dtype()
+        gd = g.to(dev, dt)
+        xs = torch.cat(list(self.sample_sets().values())).to(dev, dt)
+        with torch.no_grad():
+            norms = L.jacobian_spectral_norms(gd.forward, xs, iters=self.jacobian_iters, seed=self.seed)
+        worst = norms.argsort(descending=True)[: self.sharpen_samples]
+        lo, hi = self._range()
+        best, _ = L.sharpen(
+            gd, xs[worst], lo, hi, steps=self.sharpen_steps, seed=self.seed, iters=self.jacobian_iters
+        )
+        return best.detach().cpu().double().numpy()
+
+
+__all__ = [
+    "IBPResult",
+    "IBPTightness",
+    "LipschitzBounds",
+    "LipschitzResult",
+    "tightness_over_checkpoints",
+]

@@ -1,0 +1,388 @@
+"""Interval bound propagation (IBP) and its tightness, layer by layer.
+
+Reference: Mao, Müller, Fischer, Vechev, "Understanding Certified Training with Interval Bound
+Propagation" (ICLR 2024), section 3 (tightness), and the reference sheet, section 3.
+
+*Input box.* Centre ``x``, radius ``eps`` per feature, clipped to the data range::
+
+    r0 = (min(x + eps, hi) - max(x - eps, lo)) / 2,   c0 = (min(x + eps, hi) + max(x - eps, lo)) / 2
+
+*IBP* (Gowal et al. 2018) propagates (centre, radius): an affine step ``A x + b`` maps it to
+``(A c + b, |A| r)``; a monotone step (ReLU, LeakyReLU, max pooling) maps the ends ``c -+ r``.
+
+*Tightness* (Mao et al. 2024, Definition 3.1 and section 3.2): for a deep linear network
+``f = W_L ... W_1``, per output ``k``::
+
+    tau_k = (|W_L ... W_1| r0)_k / (|W_L| ... |W_1| r0)_k   in [0, 1]
+
+the ratio of the optimal box radius to the IBP radius. For ReLU networks the *local*
+tightness fixes the activation pattern ``D_i`` at the clean input and uses the linear network
+``W_L D_{L-1} W_{L-1} ... D_1 W_1`` in numerator and denominator (``relu="local"``); the
+*deep-linear counterpart* drops the activations (``relu="linear"``, ``D_i = I``). Max pooling
+is linearised as the selection of the clean input's maximum in both modes. The numerator is
+``|J_k| r0`` with ``J_k`` the Jacobian of step ``k`` of the linearised network, obtained by
+pushing the scaled identity basis ``diag(r0)`` through it (forward mode, batched over samples
+and basis vectors); the denominator pushes ``r0`` through ``|A|`` and ``|D_i|``.
+
+*Specification.* With ``spec="margin"`` the outputs are the margins ``z_y - z_j`` (``j != y``):
+the rows ``C = e_y - e_j`` are folded into the last linear layer, so the IBP radius is
+``|C W_L| r`` and not ``|C| |W_L| r`` (section 3 of the sheet). Certified accuracy: the share
+of samples whose IBP lower bounds of all margins are positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .graph import AFFINE_KINDS, Graph, Step, abs_part, apply, linear_part, maxpool, numel
+
+RELU_MODES = ("local", "linear")
+SPECS = ("margin", "identity")
+
+
+def input_box(
+    x: torch.Tensor, eps: float | torch.Tensor, lo: float, hi: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and radius of the L-inf ball of radius ``eps`` around ``x``, clipped to ``[lo, hi]``."""
+    upper = torch.clamp(x + eps, max=hi)
+    lower = torch.clamp(x - eps, min=lo)
+    return (upper + lower) / 2, (upper - lower).clamp_min(0) / 2
+
+
+def margin_matrix(y: torch.Tensor, classes: int, dtype=torch.float32) -> torch.Tensor:
+    """Per-sample specification rows ``e_y - e_j`` for ``j != y``: shape ``(B, K - 1, K)``."""
+    eye = torch.eye(classes, dtype=dtype, device=y.device)
+    full = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_y - e_j
+    keep = torch.arange(classes, device=y.device).unsqueeze(0) != y.unsqueeze(1)
+    return full[keep].reshape(y.shape[0], classes - 1, classes)
+
+
+def interval_bounds(
+    graph: Graph, lower: torch.Tensor, upper: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Plain IBP: ``{step name: (lower, upper)}`` for every step, from an input box."""
+    c, r = (upper + lower) / 2, (upper - lower) / 2
+    env = {graph.input_name: (c, r)}
+    out = {}
+    for s in graph.steps:
+        ins = [env[i] for i in s.inputs]
+        env[s.name] = _ibp_step(s, ins)
+        cc, rr = env[s.name]
+        out[s.name] = (cc - rr, cc + rr)
+    return out
+
+
+def _ibp_step(s: Step, ins: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if s.kind in AFFINE_KINDS:
+        return apply(s, [c for c, _ in ins]), abs_part(s, [r for _, r in ins])
+    c, r = ins[0]
+    lo, hi = apply(s, [c - r]), apply(s, [c + r])  # monotone steps
+    return (hi + lo) / 2, (hi - lo) / 2
+
+
+@dataclass
+class StepRecord:
+    """Sums over samples and units for one step (merged across sample chunks)."""
+
+    tight_sum: float = 0.0
+    tight_count: int = 0
+    width_sum: float = 0.0
+    width_count: int = 0
+    active: int = 0
+    inactive: int = 0
+    unstable: int = 0
+
+    def add(self, other: StepRecord) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+@dataclass
+class IBPRecords:
+    """What :func:`propagate` measures on one batch of samples."""
+
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    #: per sample: mean tightness over the output rows (NaN when undefined)
+    out_tightness: torch.Tensor | None = None
+    #: per sample: smallest IBP lower bound over the margins z_y - z_j
+    min_margin: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    certified: torch.Tensor | None = None
+    #: per sample: mean IBP radius of the output rows (margins or logits, as ``spec``)
+    out_width: torch.Tensor | None = None
+    #: with ``keep_tangent``: the output's scaled Jacobian ``J diag(r0)``, shape (B, d, *out)
+    tangent: torch.Tensor | None = None
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ok = den > 1e-30
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den)), ok
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, d, *s) -> (B * d, *s)."""
+    return t.reshape((-1,) + tuple(t.shape[2:]))
+
+
+def _unflat(t: torch.Tensor, b: int) -> torch.Tensor:
+    return t.reshape((b, -1) + tuple(t.shape[1:]))
+
+
+def propagate(
+    graph: Graph,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    relu: str = "local",
+    spec: str = "margin",
+    tightness: bool = True,
+    keep_tangent: bool = False,
+) -> IBPRecords:
+    """IBP bounds, local tightness and ReLU stability at every step, for one batch.
+
+    One pass carries, per step: the clean activation (for the activation pattern), the IBP
+    box (centre, radius), and, when ``tightness``, the linearised network's scaled Jacobian
+    ``T = J diag(r0)`` of shape ``(B, d, *shape)`` and the radius ``rl`` propagated through
+    ``|A|`` and the clean pattern's ``|D|``. Per-step tightness is ``sum_j |T_j| / rl``
+    averaged over samples and units where ``rl > 0`` (module docstring).
+    """
+    if relu not in RELU_MODES:
+        raise ValueError(relu)
+    if spec not in SPECS:
+        raise ValueError(spec)
+    b = x.shape[0]
+    c0, r0 = input_box(x, eps, lo, hi)
+    d = numel(tuple(x.shape[1:]))
+    env: dict[str, dict[str, Any]] = {}
+    start = dict(x=x, c=c0, r=r0)
+    if tightness:
+        basis = torch.diag_embed(r0.reshape(b, d))  # (B, d, d): row j = r0_j e_j
+        start.update(t=basis.reshape((b, d) + tuple(x.shape[1:])), rl=r0)
+    env[graph.input_name] = start
+    rec = IBPRecords()
+    last = graph.output_name
+    for s in graph.steps:
+        ins = [env[i] for i in s.inputs]
+        if s.name == last and s.kind == "linear":  # margins: always, for certified accuracy
+            env[s.name] = out = _output_linear(s, ins[0], y, tightness)
+        else:
+            env[s.name] = out = _step(s, ins, relu, tightness)
+        r = out["r"]
+        sr = StepRecord(width_sum=float(2 * r.sum()), width_count=r.numel())
+        if s.kind in ("relu", "leaky_relu"):
+            c, rr = ins[0]["c"], ins[0]["r"]
+            lower, upper = c - rr, c + rr
+            sr.active = int((lower >= 0).sum())
+            sr.inactive = int((upper <= 0).sum())
+            sr.unstable = int(((lower < 0) & (upper > 0)).sum())
+        if tightness:
+            num = out["t"].abs().sum(1)
+            ratio, ok = _ratio(num, out["rl"])
+            sr.tight_sum, sr.tight_count = float(ratio[ok].sum()), int(ok.sum())
+        rec.steps[s.name] = sr
+    _finish(rec, env[last], y, spec, tightness)
+    if keep_tangent and tightness:
+        rec.tangent = env[last]["t"]
+    return rec
+
+
+def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dict[str, Any]:
+    out = {}
+    if s.kind in AFFINE_KINDS:
+        out["x"] = apply(s, [v["x"] for v in ins])
+        out["c"] = apply(s, [v["c"] for v in ins])
+        out["r"] = abs_part(s, [v["r"] for v in ins])
+        if tightness:
+            b = ins[0]["t"].shape[0]
+            out["t"] = _unflat(linear_part(s, [_flat(v["t"]) for v in ins]), b)
+            out["rl"] = abs_part(s, [v["rl"] for v in ins])
+        return out
+    v = ins[0]
+    xp, c, r = v["x"], v["c"], v["r"]
+    out["x"] = apply(s, [xp])
+    lo, hi = apply(s, [c - r]), apply(s, [c + r])
+    out["c"], out["r"] = (hi + lo) / 2, (hi - lo) / 2
+    if not tightness:
+        return out
+    t, rl = v["t"], v["rl"]
+    if s.kind == "maxpool":
+        # linearised max pooling: the clean input's maximum is selected in both modes
+        _, idx = maxpool(s, xp, return_indices=True)
+        out["rl"] = _gather(rl, idx)
+        b, d = t.shape[:2]
+        idx_t = idx.unsqueeze(1).expand((b, d) + tuple(idx.shape[1:]))
+        out["t"] = _unflat(_gather(_flat(t), _flat(idx_t)), b)
+    elif relu == "linear":
+        out["t"], out["rl"] = t, rl
+    else:
+        if s.kind == "relu":
+            slope = (xp > 0).to(t.dtype)
+        else:
+            a = s.params["slope"]
+            slope = torch.where(xp > 0, torch.ones_like(xp), torch.full_like(xp, a))
+        out["t"] = t * slope.unsqueeze(1)
+        out["rl"] = rl * slope.abs()
+    return out
+
+
+def _gather(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Pick ``v``'s entries at max-pool ``idx`` (flat spatial indices per channel)."""
+    flat = v.flatten(2)
+    return flat.gather(2, idx.flatten(2)).reshape(idx.shape)
+
+
+def _output_linear(s: Step, v: dict[str, Any], y: torch.Tensor, tightness: bool) -> dict[str, Any]:
+    """Last linear layer, also with the margin rows folded in: ``C W`` and ``C b``."""
+    w, bias = s.params["weight"], s.params.get("bias")
+    out = _step(s, [v], "local", tightness)
+    cm = margin_matrix(y, w.shape[0], w.dtype)  # (B, K-1, K)
+    wc = cm @ w  # (B, K-1, in)
+    bc = cm @ bias if bias is not None else 0.0
+    out["mc"] = torch.einsum("bki,bi->bk", wc, v["c"]) + bc
+    out["mr"] = torch.einsum("bki,bi->bk", wc.abs(), v["r"])
+    if tightness:
+        out["mt"] = torch.einsum("bki,bdi->bdk", wc, v["t"])
+        out["mrl"] = torch.einsum("bki,bi->bk", wc.abs(), v["rl"])
+    return out
+
+
+def _finish(rec: IBPRecords, out: dict[str, Any], y: torch.Tensor, spec: str, tightness: bool) -> None:
+    logits = out["x"]
+    if logits.ndim != 2:
+        logits = logits.flatten(1)
+    k = logits.shape[1]
+    if "mc" not in out:  # output is not a linear layer: apply C after the last step, |C| r
+        cm = margin_matrix(y, k, logits.dtype)
+        out["mc"] = torch.einsum("bkj,bj->bk", cm, out["c"].flatten(1))
+        out["mr"] = torch.einsum("bkj,bj->bk", cm.abs(), out["r"].flatten(1))
+        if tightness:
+            b = logits.shape[0]
+            out["mt"] = torch.einsum("bkj,bdj->bdk", cm, out["t"].reshape(b, out["t"].shape[1], -1))
+            out["mrl"] = torch.einsum("bkj,bj->bk", cm.abs(), out["rl"].flatten(1))
+    rec.correct = logits.argmax(1) == y
+    if k > 1:
+        rec.min_margin = (out["mc"] - out["mr"]).min(1).values
+    else:
+        rec.min_margin = torch.full_like(y, float("nan"), dtype=logits.dtype)
+    rec.certified = rec.min_margin > 0
+    if spec == "margin":
+        rec.out_width = (2 * out["mr"]).mean(1)
+    else:
+        rec.out_width = (2 * out["r"]).flatten(1).mean(1)
+    if tightness:
+        if spec == "margin":
+            num, den = out["mt"].abs().sum(1), out["mrl"]
+        else:
+            b = logits.shape[0]
+            num = out["t"].abs().sum(1).reshape(b, -1)
+            den = out["rl"].reshape(b, -1)
+        ratio, ok = _ratio(num, den)
+        cnt = ok.sum(1)
+        rec.out_tightness = torch.where(
+            cnt > 0,
+            (ratio * ok).sum(1) / cnt.clamp_min(1),
+            torch.full_like(cnt, float("nan"), dtype=num.dtype),
+        )
+
+
+def samples_per_chunk(graph: Graph, budget_bytes: int = 192 * 2**20, itemsize: int = 4) -> int:
+    """How many samples fit the ``(B, d, *shape)`` tangent of the widest step into ``budget_bytes``."""
+    d = numel(graph.input_shape)
+    widest = max([numel(s.out_shape) for s in graph.steps] + [d])
+    per = d * widest * itemsize * 3  # tangent, its |.|, and the next step's
+    return max(1, int(budget_bytes // per))
+
+
+# ---------------------------------------------------------------------------- matrix chains
+
+
+def chain_tightness(
+    weights: list[torch.Tensor],
+    eps: torch.Tensor | float = 1.0,
+    x: torch.Tensor | None = None,
+    biases: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Tightness of a chain of matrices ``W_1, ..., W_L`` (applied in that order), per output.
+
+    Without ``x``: the deep linear network, ``|W_L ... W_1| eps / (|W_L| ... |W_1| eps)``,
+    shape ``(out,)``. With a batch ``x`` (``(B, d)``): the ReLU network's local tightness at
+    each sample (activation pattern ``D_i`` of the clean forward pass, with ``biases``),
+    shape ``(B, out)``. Entries with a zero denominator are NaN.
+    """
+    if x is None:
+        prod = weights[0]
+        den = weights[0].abs() @ (torch.ones(weights[0].shape[1], dtype=prod.dtype) * eps)
+        for w in weights[1:]:
+            prod = w @ prod
+            den = w.abs() @ den
+        num = prod.abs() @ (torch.ones(weights[0].shape[1], dtype=prod.dtype) * eps)
+        return torch.where(den > 0, num / den, torch.full_like(den, float("nan")))
+    b = x.shape[0]
+    h = x
+    prod = weights[0].expand(b, *weights[0].shape)  # (B, n1, d)
+    r = (torch.ones_like(x) * eps) @ weights[0].abs().T  # (B, n1)
+    e = torch.ones_like(x) * eps
+    for i, w in enumerate(weights[1:]):
+        h = h @ weights[i].T + (biases[i] if biases is not None else 0.0)
+        dmask = (h > 0).to(x.dtype)
+        h = h * dmask
+        prod = w @ (dmask.unsqueeze(2) * prod)
+        r = (r * dmask) @ w.abs().T
+    num = torch.einsum("bod,bd->bo", prod.abs(), e)
+    return torch.where(r > 0, num / r, torch.full_like(r, float("nan")))
+
+
+def gaussian_init_tightness(hidden: list[int]) -> float:
+    """Expected deep-linear tightness at Gaussian init (Mao et al. 2024, Theorem 4.1 / sheet §3)::
+
+    E tau ~ (pi / 2) ** ((L - 1) / 2) / sqrt(n_1 ... n_{L-1})
+
+    for hidden widths ``n_1 ... n_{L-1}``: tightness falls with width and depth.
+    """
+    import math
+
+    return (math.pi / 2) ** (len(hidden) / 2) / math.sqrt(math.prod(hidden))
+
+
+def tightness_at_init(
+    widths: list[int],
+    depths: list[int],
+    input_dim: int = 64,
+    outputs: int = 10,
+    samples: int = 32,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Tightness of Gaussian-initialised MLPs (He init, zero biases) vs width and depth.
+
+    For every ``(width, depth)`` (``depth`` = number of linear layers, hidden layers all of
+    ``width`` units): the deep-linear tightness, the ReLU local tightness at ``samples``
+    uniform inputs in [0, 1], and the prediction of :func:`gaussian_init_tightness`
+    (Mao et al. 2024, section 4.1: falls with width and depth; ReLU ~ sqrt(2)^(L-1) higher).
+    """
+    rows = []
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples, input_dim, generator=gen, dtype=torch.float64)
+    for depth in depths:
+        for width in widths:
+            dims = [input_dim] + [width] * (depth - 1) + [outputs]
+            ws = [
+                torch.randn(o, i, generator=gen, dtype=torch.float64) * (2.0 / i) ** 0.5
+                for i, o in zip(dims[:-1], dims[1:])
+            ]
+            lin = chain_tightness(ws)
+            loc = chain_tightness(ws, x=x)
+            rows.append(
+                dict(
+                    width=width,
+                    depth=depth,
+                    tightness_linear=float(lin.nanmean()),
+                    tightness_relu=float(loc.nanmean()),
+                    predicted_linear=gaussian_init_tightness(dims[1:-1]),
+                )  # fmt: skip
+            )
+    return rows
