@@ -6,6 +6,11 @@ that records the architecture, constructor arguments, seed, training recipe, tes
 and file hash of each. A trained model comes with an *untrained twin* (same architecture
 and seed, initialisation only), so an analysis can show what training changed.
 
+Three rotation demos, trained on the digits upsampled to 16x16, make the comparison NERO
+draws on a rotation orbit: the same small CNN plain (``rot-cnn``), trained with random
+rotations (``rot-cnn-aug``), and averaged over quarter turns so it is exactly invariant to
+them (``rot-cnn-c4``). They have no untrained twins.
+
 The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
 :mod:`analyses.zoo.recipe`).
 """
@@ -43,6 +48,9 @@ DEMO_MODELS: dict[str, str] = {
     "mlp-untrained": "the MLP's untrained twin: same architecture and seed, initialisation only",
     "cnn": "CNN conv32-conv64-pool-fc128-10 trained on 8x8 digits",
     "cnn-untrained": "the CNN's untrained twin: same architecture and seed, initialisation only",
+    "rot-cnn": "CNN conv16-pool-conv32-conv64-maxpool-fc10 trained on upright 16x16 digits",
+    "rot-cnn-aug": "the rot-cnn architecture and seed trained with random rotations (0-360 degrees)",
+    "rot-cnn-c4": "the rot-cnn averaged over quarter turns (C4): exactly rot90 invariant, trained upright",
 }
 
 

@@ -1,13 +1,21 @@
 """Seeded training recipe that reproduces the shipped demo checkpoints.
 
 Run ``python -m analyses.zoo.recipe`` to rebuild ``assets/zoo/*.safetensors`` and
-``assets/zoo/manifest.json``. Everything random is seeded (initialisation with
-``torch.manual_seed``, batch order with a dedicated ``torch.Generator``) and deterministic
-algorithms are enforced while training, so a rerun reproduces the recorded test accuracy.
+``assets/zoo/manifest.json``, or ``python -m analyses.zoo.recipe NAME ...`` to rebuild only
+some models (the manifest keeps the other entries as they are). Everything random is seeded
+(initialisation with ``torch.manual_seed``, batch order and augmentation angles with dedicated
+``torch.Generator``s) and deterministic algorithms are enforced while training, so a rerun
+reproduces the recorded test accuracy.
 Bitwise-identical weights are not promised across machines, thread counts or PyTorch
 versions (float reductions may be ordered differently); the manifest says so.
 
-The whole recipe trains on the CPU in well under a minute.
+Each model trains on the CPU (two cores) in well under a minute.
+
+The rotation demos (``rot-cnn``, ``rot-cnn-aug``, ``rot-cnn-c4``) train on the digits
+upsampled to 16x16: the same small CNN plain, with random-rotation augmentation (a uniform
+angle per sample, bilinear resampling about the image centre, see :func:`rotate`), and
+group-averaged over quarter turns (exactly invariant to them by construction, trained on
+upright digits only). Together they are the three models NERO compares on a rotation orbit.
 """
 
 from __future__ import annotations
@@ -31,17 +39,29 @@ from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, MANIFEST_NAME, ZOO_DIR
 from analyses.zoo.models import ARCHITECTURES
 
-__all__ = ["DATA", "RECIPES", "Recipe", "accuracy", "build", "main", "train", "write_zoo"]
+__all__ = ["DATA", "RECIPES", "Recipe", "accuracy", "build", "main", "rotate", "train", "write_zoo"]
 
-#: The data every demo model is trained and evaluated on (``load_digits`` arguments).
+#: The data every demo model is trained and evaluated on (``load_digits`` arguments); the
+#: image side is the recipe's ``size`` (8 unless stated).
 DATA: dict[str, Any] = {"dataset": "digits", "size": 8, "seed": 0, "test_fraction": 0.25}
+
+#: Augmentations a recipe may name, mapped to the description written to the manifest.
+AUGMENTATIONS: dict[str, str] = {
+    "rotation": (
+        "random rotation of every training sample by an angle drawn uniformly from [0, 360) degrees "
+        "(torch.rand with a torch.Generator seeded seed + 1), bilinear resampling about the image "
+        "centre with zeros outside (affine_grid/grid_sample, align_corners=False)"
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How one demo model is made: architecture, seed and optimisation hyperparameters.
 
-    ``steps == 0`` means initialisation only (an untrained twin).
+    ``steps == 0`` means initialisation only (an untrained twin). ``size`` is the side of the
+    digits images (``load_digits(size=...)``); ``augment`` names an entry of
+    :data:`AUGMENTATIONS` applied to every training batch (empty: none).
     """
 
     architecture: str
@@ -53,10 +73,13 @@ class Recipe:
     weight_decay: float = 0.0
     batch_size: int = 64
     schedule: str = "cosine"
+    size: int = 8
+    augment: str = ""
 
 
 _MLP = Recipe("DigitsMLP", {"in_features": 64, "hidden": [256, 128], "classes": 10})
 _CNN = Recipe("DigitsCNN", {"channels": [32, 64], "classes": 10})
+_ROT_CNN = {"kwargs": {"channels": [16, 32, 64], "classes": 10}, "size": 16, "lr": 3e-3}
 
 #: Recipe for every demo model; a trained model and its untrained twin share architecture and seed.
 RECIPES: dict[str, Recipe] = {
@@ -64,12 +87,32 @@ RECIPES: dict[str, Recipe] = {
     "mlp-untrained": _MLP,
     "cnn": Recipe(**{**asdict(_CNN), "steps": 400, "lr": 2e-3}),
     "cnn-untrained": _CNN,
+    "rot-cnn": Recipe("DigitsGlobalPoolCNN", **_ROT_CNN, steps=1000),
+    "rot-cnn-aug": Recipe("DigitsGlobalPoolCNN", **_ROT_CNN, steps=2000, augment="rotation"),
+    "rot-cnn-c4": Recipe(
+        "GroupAveraged", **{**_ROT_CNN, "kwargs": {**_ROT_CNN["kwargs"], "order": 4}}, steps=800
+    ),
 }
 
 
-def _digits(split: str) -> Dataset:
-    """A split of the demo models' data, exactly as recorded in :data:`DATA`."""
-    return load_digits(size=DATA["size"], split=split, seed=DATA["seed"], test_fraction=DATA["test_fraction"])
+def _digits(split: str, size: int = DATA["size"]) -> Dataset:
+    """A split of the demo models' data, exactly as recorded in :data:`DATA` (images ``size`` wide)."""
+    return load_digits(size=size, split=split, seed=DATA["seed"], test_fraction=DATA["test_fraction"])
+
+
+def rotate(x: torch.Tensor, degrees: float | torch.Tensor) -> torch.Tensor:
+    """Rotate square images ``(N, C, H, W)`` counter-clockwise by ``degrees`` about their centre.
+
+    ``degrees`` is one angle or one per sample. Bilinear resampling with zeros outside the
+    image (``affine_grid``/``grid_sample``, ``align_corners=False``); the sense of rotation is
+    that of ``torch.rot90(x, 1, dims=(2, 3))`` for 90 degrees, which it matches up to rounding.
+    """
+    rad = torch.deg2rad(torch.as_tensor(degrees, dtype=torch.float64)).expand(x.shape[0])
+    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
+    # affine_grid maps output (x, y) to the input location it samples (y points down the rows).
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _recipe(name: str) -> Recipe:
@@ -114,8 +157,9 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
 
     ``seed`` defaults to the recipe's seed (the one the shipped checkpoint used); ``steps``
     overrides the recipe's step count (``0`` gives the untrained initialisation). Minibatches
-    are drawn epoch by epoch from a seeded permutation, the learning rate follows a cosine
-    decay to zero, and the loss is cross-entropy.
+    are drawn epoch by epoch from a seeded permutation (and, for an augmented recipe, each
+    batch is transformed as :data:`AUGMENTATIONS` describes), the learning rate follows a
+    cosine decay to zero, and the loss is cross-entropy.
     """
     recipe = _recipe(name)
     seed = recipe.seed if seed is None else int(seed)
@@ -126,11 +170,16 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
         model = build(name, seed)
         if steps == 0:
             return model.eval()
-        data = _digits("train")
+        data = _digits("train", recipe.size)
         optimizer_cls = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}[recipe.optimizer]
         optimizer = optimizer_cls(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         generator = torch.Generator().manual_seed(seed)
+        if recipe.augment and recipe.augment not in AUGMENTATIONS:
+            raise NNVitalsError(
+                f"unknown augmentation {recipe.augment!r}; expected one of {list(AUGMENTATIONS)}"
+            )
+        augment_generator = torch.Generator().manual_seed(seed + 1)
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         step = 0
@@ -138,7 +187,12 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
                 idx = order[start : start + recipe.batch_size]
-                loss = loss_fn(model(data.x[idx]), data.y[idx])
+                x = data.x[idx]
+                if recipe.augment == "rotation":
+                    x = rotate(
+                        x, torch.rand(len(idx), generator=augment_generator, dtype=torch.float64) * 360
+                    )
+                loss = loss_fn(model(x), data.y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -173,19 +227,30 @@ def _sha256(path: Path) -> str:
 
 
 def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[str, Any]:
-    """Train every demo model, write ``<name>.safetensors`` and the manifest to ``out_dir``.
+    """Train the demo models ``names`` (default: all), write ``<name>.safetensors`` and the manifest.
 
-    Returns the manifest. Checkpoint metadata repeats the essentials (architecture, seed,
-    test accuracy) so a lone file still says what it is.
+    Returns the manifest. When only some models are rebuilt, the entries of the others are
+    taken over unchanged from the manifest already in ``out_dir`` (if any), so their files
+    and records stay as they were. Checkpoint metadata repeats the essentials
+    (architecture, seed, test accuracy) so a lone file still says what it is.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    test, n_train = _digits("test"), len(_digits("train"))
     models: dict[str, Any] = {}
-    for name in names or list(DEMO_MODELS):
+    build_names = list(names or DEMO_MODELS)
+    if names and (out_dir / MANIFEST_NAME).is_file():
+        try:
+            previous = json.loads((out_dir / MANIFEST_NAME).read_text()).get("models", {})
+        except json.JSONDecodeError as exc:
+            raise NNVitalsError(
+                f"{out_dir / MANIFEST_NAME}: not valid JSON ({exc}); rebuild all models to rewrite it"
+            ) from None
+        models = {n: previous[n] for n in DEMO_MODELS if n in previous}
+    for name in build_names:
         recipe = _recipe(name)
+        test, n_train = _digits("test", recipe.size), len(_digits("train", recipe.size))
         started = time.perf_counter()
         model = train(name)
         seconds = time.perf_counter() - started
@@ -219,6 +284,7 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
                 "loss": "cross-entropy",
                 "batch_order": "seeded torch.randperm per epoch, last partial batch dropped",
             }
+            | ({"augmentation": AUGMENTATIONS[recipe.augment]} if recipe.augment else {})
         )
         models[name] = {
             "file": path.name,
@@ -227,7 +293,7 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
             "kwargs": recipe.kwargs,
             "seed": recipe.seed,
             "training": training,
-            "data": {**DATA, "train_split": "train", "test_split": "test"}
+            "data": {**DATA, "size": recipe.size, "train_split": "train", "test_split": "test"}
             | {"n_train": n_train, "n_test": len(test)},
             "test_accuracy": round(acc, 6),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -245,7 +311,7 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
             "machines, CPU thread counts or PyTorch versions, so sha256 may differ after a rebuild."
         ),
         "built_with": {"torch": torch.__version__, "python": platform.python_version()},
-        "models": models,
+        "models": {n: models[n] for n in DEMO_MODELS if n in models},
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(result, indent=2) + "\n")
     return result

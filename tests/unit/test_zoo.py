@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
+from functools import cache
 
 import pytest
 import torch
@@ -12,17 +15,20 @@ from safetensors import safe_open
 from analyses.core.data import load_digits
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, ZOO_DIR, demo_data, demo_names, demo_path, load_demo, manifest
-from analyses.zoo.models import DigitsCNN, DigitsMLP
-from analyses.zoo.recipe import RECIPES, accuracy, build, train
+from analyses.zoo.models import ARCHITECTURES, DigitsCNN, DigitsGlobalPoolCNN, DigitsMLP, GroupAveraged
+from analyses.zoo.recipe import RECIPES, accuracy, build, rotate, train, write_zoo
 
 #: Accuracy the shipped trained models must reach on the digits test split.
-REQUIRED_ACCURACY = {"mlp": 0.95, "cnn": 0.97}
+REQUIRED_ACCURACY = {"mlp": 0.95, "cnn": 0.97, "rot-cnn": 0.95, "rot-cnn-aug": 0.88, "rot-cnn-c4": 0.93}
 TRAINED = ["mlp", "cnn"]
 UNTRAINED = ["mlp-untrained", "cnn-untrained"]
+#: The rotation demos (16x16 digits): plain, rotation-augmented, C4 group-averaged.
+ROTATION = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
 
 
 def test_names_manifest_and_recipes_agree():
-    assert demo_names() == list(DEMO_MODELS) == TRAINED[:1] + UNTRAINED[:1] + TRAINED[1:] + UNTRAINED[1:]
+    assert demo_names() == list(DEMO_MODELS)
+    assert demo_names() == TRAINED[:1] + UNTRAINED[:1] + TRAINED[1:] + UNTRAINED[1:] + ROTATION
     assert set(manifest()["models"]) == set(DEMO_MODELS) == set(RECIPES)
 
 
@@ -65,7 +71,9 @@ def test_demo_loads_in_eval_mode_and_recomputes_its_accuracy(name):
     model = load_demo(name)
     assert not model.training
     data = demo_data(name)
-    assert data.fingerprint == load_digits(split="test").fingerprint
+    size = 16 if name in ROTATION else 8
+    assert manifest()["models"][name]["data"]["size"] == size and data.input_shape == (1, size, size)
+    assert data.fingerprint == load_digits(size=size, split="test").fingerprint
     acc = accuracy(model, data)
     # Same weights, same data: only a reduction-order flip of a near-tie could move one sample.
     assert acc == pytest.approx(manifest()["models"][name]["test_accuracy"], abs=1.5 / len(data))
@@ -134,3 +142,106 @@ def test_unknown_demo_name_lists_the_demos(bad):
         assert all(name in str(info.value) for name in DEMO_MODELS)
     with pytest.raises(NNVitalsError):
         train(bad, 0)
+
+
+# --------------------------------------------------------------------------- rotation demos
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Counter-clockwise rotation about the image centre, written independently of the recipe's."""
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+    grid = torch.nn.functional.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+
+
+@cache
+def _true_class_score(name: str, degrees: int) -> float:
+    """Mean softmax probability of the true class on the test split rotated by ``degrees``."""
+    data = demo_data(name)
+    x = torch.rot90(data.x, degrees // 90, dims=(2, 3)) if degrees % 90 == 0 else _rotate(data.x, degrees)
+    with torch.no_grad():
+        p = load_demo(name)(x).softmax(dim=1)
+    return float(p[torch.arange(len(data)), data.y].mean())
+
+
+def test_rotation_helpers_turn_the_same_way_as_rot90():
+    x = demo_data("rot-cnn").x[:16]
+    for k in (1, 2, 3):
+        torch.testing.assert_close(_rotate(x, 90 * k), torch.rot90(x, k, dims=(2, 3)), rtol=0, atol=1e-5)
+    for degrees in (30.0, 45.0, 200.0):
+        torch.testing.assert_close(rotate(x, degrees), _rotate(x, degrees), rtol=0, atol=1e-5)
+    per_sample = rotate(x[:2], torch.tensor([0.0, 45.0]))
+    torch.testing.assert_close(per_sample[0], x[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_sample[1:], _rotate(x[1:2], 45.0), rtol=0, atol=1e-5)
+
+
+def test_rotation_demos_share_architecture_and_initialisation():
+    plain, aug, c4 = (load_demo(name) for name in ROTATION)
+    assert type(plain) is type(aug) is DigitsGlobalPoolCNN and isinstance(c4, GroupAveraged)
+    assert c4.order == 4 and c4.config == {**plain.config, "order": 4}
+    assert RECIPES["rot-cnn-aug"].augment == "rotation" and not RECIPES["rot-cnn"].augment
+    assert all(RECIPES[name].size == 16 for name in ROTATION)
+    init = build("rot-cnn").state_dict()
+    for other in (build("rot-cnn-aug").state_dict(), build("rot-cnn-c4").inner.state_dict()):
+        assert other.keys() == init.keys()
+        assert all(torch.equal(other[k], init[k]) for k in init)
+    assert [n for n, _ in c4.named_parameters()] == [f"inner.{n}" for n, _ in plain.named_parameters()]
+
+
+def test_group_averaged_model_is_exactly_rot90_invariant():
+    model, x = load_demo("rot-cnn-c4"), demo_data("rot-cnn-c4").x
+    with torch.no_grad():
+        logits = model(x)
+        for k in (1, 2, 3):
+            turned = model(torch.rot90(x, k, dims=(2, 3)))
+            assert (turned - logits).abs().max() < 1e-5
+            # The orbit's logits are sorted before they are summed: bitwise the same output.
+            assert torch.equal(turned, logits)
+    # Any weights, any square size; order 2 is invariant to half turns only.
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 12, 12)
+    for order, k in ((4, 1), (2, 2)):
+        m = GroupAveraged(channels=(4, 8, 8), order=order).eval()
+        with torch.no_grad():
+            assert (m(torch.rot90(x, k, dims=(2, 3))) - m(x)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="order"):
+        GroupAveraged(order=3)
+    assert ARCHITECTURES["GroupAveraged"](**GroupAveraged(order=2).config).config["order"] == 2
+
+
+def test_rotation_robustness_orders_plain_augmented_and_c4():
+    score = {name: {d: _true_class_score(name, d) for d in (0, 45, 90, 180, 270)} for name in ROTATION}
+    plain, aug, c4 = (score[name] for name in ROTATION)
+    # C4: exactly flat at the quarter turns (rot90 is a pixel permutation).
+    assert c4[0] == c4[90] == c4[180] == c4[270] and c4[0] > 0.9
+    # Plain CNN: good upright, collapses at a quarter turn and at 45 degrees.
+    assert plain[0] > 0.95 and plain[90] < 0.3 and plain[45] < 0.4
+    # Augmented: in between everywhere, nearly flat over the whole orbit.
+    for d in (45, 90, 180, 270):
+        assert aug[d] > plain[d] + 0.3
+    assert aug[45] > c4[45] + 0.3
+    spread = {name: max(s.values()) - min(s.values()) for name, s in score.items()}
+    assert spread["rot-cnn-aug"] < 0.1 < spread["rot-cnn"]
+    assert sum(aug.values()) > sum(plain.values())
+
+
+def test_augmented_training_is_seeded_and_differs_from_plain():
+    a = train("rot-cnn-aug", steps=2)
+    b = train("rot-cnn-aug", steps=2)
+    plain = train("rot-cnn", steps=2)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.equal(a.state_dict()["conv1.weight"], plain.state_dict()["conv1.weight"])
+
+
+def test_rebuilding_some_models_keeps_the_other_manifest_entries(tmp_path):
+    shutil.copy(ZOO_DIR / "manifest.json", tmp_path / "manifest.json")
+    before = json.loads((tmp_path / "manifest.json").read_text())["models"]
+    after = write_zoo(tmp_path, ["mlp-untrained"])["models"]
+    assert list(after) == list(DEMO_MODELS)
+    assert all(after[name] == before[name] for name in DEMO_MODELS if name != "mlp-untrained")
+    assert (tmp_path / "mlp-untrained.safetensors").is_file() and not (tmp_path / "mlp.safetensors").exists()
+    assert after["mlp-untrained"]["test_accuracy"] == before["mlp-untrained"]["test_accuracy"]
+    assert json.loads((tmp_path / "manifest.json").read_text())["models"] == after
