@@ -14,7 +14,7 @@
     nnvitals --version
 
 ``MODEL`` is a checkpoint path (.safetensors, .pt/.pth state dict, .pt2), a Hugging Face
-directory, a demo model name (``mlp``, ``cnn``, ``mlp-untrained``, ``cnn-untrained``) or
+directory, a demo model name (``mlp``, ``cnn``, ``mlp-untrained``, ``cnn-untrained``, ``rot-cnn``, ``rot-cnn-aug``, ``rot-cnn-c4``) or
 ``package.module:factory``.
 
 Errors: anything wrong with the input prints one line ``nnvitals: error: <message>`` on
