@@ -26,8 +26,10 @@ from ..core.runner import Task
 from ..core.subject import Subject, load_subject, runnable_module
 from . import kernels as K
 
-#: images per task (all elements of a chunk of samples): big batches, a few dozen tasks at most
-TASK_IMAGES = 16384
+#: bytes of transformed images per task (all elements of a chunk of samples): a few dozen tasks at most
+TASK_BYTES = 64 * 1024 * 1024
+#: bytes of transformed images made at once inside a task (resampled in one call, then fed in batches)
+GROUP_BYTES = 16 * 1024 * 1024
 #: store class probabilities and images with the result up to this many floats each
 KEEP_FLOATS = 16_000_000
 #: the orbits' own names for the built-in data (rotations need room: digits at 16 x 16)
@@ -167,15 +169,15 @@ def _orbit_task(
     dev, dt = torch.device(device), getattr(torch, dtype)
     E, B = len(els), x.shape[0]
     logits_all: list[torch.Tensor] = []
-    per_batch = max(1, batch_size // B)  # elements per forward call
+    per_group = max(1, GROUP_BYTES // max(1, x[:1].numel() * 4 * B))  # elements resampled at once
     with torch.inference_mode():
         xd = x.to(dev, dt)
-        for start in range(0, E, per_batch):
-            which = list(range(start, min(E, start + per_batch)))
+        for start in range(0, E, per_group):
+            which = list(range(start, min(E, start + per_group)))
             imgs = K.transform(xd, els, which).reshape(len(which) * B, *x.shape[1:])
-            logits = _logits_of(mod(imgs), runnable.where).float()
-            logits_all.append(logits.reshape(len(which), B, -1))
-    logits = torch.cat(logits_all)  # (E, B, K)
+            for i in range(0, len(imgs), batch_size):  # the model sees batch_size images at a time
+                logits_all.append(_logits_of(mod(imgs[i : i + batch_size]), runnable.where).float())
+    logits = torch.cat(logits_all).reshape(E, B, -1)  # (E, B, K)
     probs = torch.softmax(logits, dim=2)
     predicted = logits.argmax(dim=2)
     out: dict[str, np.ndarray] = {"predicted": predicted.to(torch.int16).cpu().numpy()}
@@ -228,7 +230,15 @@ class OrbitAnalysis(Analysis):
         default=None, allow_None=True, bounds=(1, None), doc="Analyse at most this many samples (seeded)."
     )
     seed = param.Integer(default=0, doc="Seed of the sample subset when max_samples is set.")
-    batch_size = param.Integer(default=512, bounds=(1, None), doc="Images per forward pass.")
+    batch_size = param.Integer(default=256, bounds=(1, None), doc="Images per forward pass.")
+    num_workers = param.Integer(
+        default=1,
+        allow_None=True,
+        bounds=(1, 256),
+        doc="Tasks run at once by the local runner. 1 (the default): batches run one after another and "
+        "each forward pass uses all of torch's threads, which is faster for convolutions than one "
+        "thread per task.",
+    )
 
     # ------------------------------------------------------------------ inputs
     def model_list(self) -> list[Any]:
@@ -355,7 +365,7 @@ class OrbitAnalysis(Analysis):
         ds, _ = self.dataset()
         els = self.group_elements()
         E, N = len(els), len(ds)
-        chunk = max(1, min(N, TASK_IMAGES // max(1, E)))
+        chunk = max(1, min(N, TASK_BYTES // max(1, E * ds.x[:1].numel() * 4)))
         tasks = []
         self._n_classes = []
         labels_max = int(ds.y.max()) + 1
