@@ -16,6 +16,8 @@ visitors.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import secrets
@@ -46,24 +48,53 @@ EXTENSIONS = ("tabulator", "filedropper")
 
 @dataclass(frozen=True)
 class PageSpec:
-    """One entry of the navigation: URL slug, title, and how to build the page."""
+    """One entry of the navigation: URL slug, title, and how to build the page.
+
+    ``page_of``: the slug of another entry whose page this one shows (one page object per
+    session), opened on its tab ``tab`` (the Bounds page holds IBP tightness and Lipschitz).
+    """
 
     slug: str
     title: str
     factory: Callable[..., Any]
     ready: bool = True
+    page_of: str | None = None
+    tab: str | None = None
+
+
+#: navigation entries: slug, title, "module:Class" of the page, (slug of the page it shares, tab)
+PAGES: tuple[tuple[str, str, str, tuple[str, str] | None], ...] = (
+    ("spectra", "Spectra", "spectra:SpectraPage", None),
+    ("orbits", "Orbits", "orbits:OrbitsPage", None),
+    ("bounds", "IBP tightness", "bounds:BoundsPage", ("bounds", "ibp")),
+    ("lipschitz", "Lipschitz", "bounds:BoundsPage", ("bounds", "lipschitz")),
+    ("connectivity", "Connectivity", "connectivity:ConnectivityPage", None),
+)
+
+
+def _page_class(ref: str) -> Callable[..., Any] | None:
+    """The page class ``module:Class`` of dashboard.pages, or None while that module does not exist."""
+    module, cls = ref.split(":")
+    name = f"{__package__}.pages.{module}"
+    if importlib.util.find_spec(name) is None:
+        return None
+    return getattr(importlib.import_module(name), cls)
 
 
 def page_specs() -> list[PageSpec]:
-    """The five analysis pages, in navigation order (Spectra first: the landing page)."""
-    from .pages.orbits import OrbitsPage
+    """The analysis pages, in navigation order (Spectra first: the landing page); an analysis
+    whose page has not landed yet gets its placeholder (what it will show, nothing computed)."""
     from .pages.placeholders import PLANNED, placeholder_factory
-    from .pages.spectra import SpectraPage
 
-    specs = [PageSpec("spectra", "Spectra", SpectraPage), PageSpec("orbits", "Orbits", OrbitsPage)]
-    specs += [
-        PageSpec(p.slug, p.title, placeholder_factory(p), ready=False) for p in PLANNED if p.slug != "orbits"
-    ]
+    planned = {p.slug: p for p in PLANNED}
+    specs = []
+    for slug, title, ref, shared in PAGES:
+        cls = _page_class(ref)
+        if cls is None:
+            specs.append(PageSpec(slug, title, placeholder_factory(planned[slug]), ready=False))
+        else:
+            page_of, tab = shared if shared and shared[0] != slug else (None, shared[1] if shared else None)
+            specs.append(PageSpec(slug, title, cls, page_of=page_of, tab=tab))
     return specs
 
 
@@ -113,10 +144,17 @@ class NNVitalsApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ pages
     def get_page(self, slug: str):
-        """The page ``slug`` of this session (built on first use)."""
-        if slug not in self.pages:
-            self.pages[slug] = self.specs[slug].factory(picker=self.picker, settings=self.settings)
-        return self.pages[slug]
+        """The page ``slug`` of this session (built on first use; shared pages open on their tab)."""
+        spec = self.specs[slug]
+        if spec.page_of is not None:
+            page = self.get_page(spec.page_of)
+        else:
+            if slug not in self.pages:
+                self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings)
+            page = self.pages[slug]
+        if spec.tab is not None and hasattr(page, "show_tab"):
+            page.show_tab(spec.tab)
+        return page
 
     def _show(self, *_: Any) -> None:
         page = self.get_page(self.page)
