@@ -41,6 +41,8 @@ KNOBS = ["group", "steps", "score", "split", "max_samples"]
 ADVANCED_KNOBS = ["shift_range", "shift_step", "scale_range", "scale_step", "seed", "batch_size", "device"]
 #: the demo comparison the page opens on: plain, augmented and C4-averaged CNNs
 DEMO_SET = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
+#: the page's first run: a quick look (10-degree steps, 200 samples); the settings raise both
+PAGE_DEFAULTS = {"steps": 36, "max_samples": 200}
 DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x32": "digits32"}
 
 
@@ -103,7 +105,11 @@ class OrbitsPage(pn.viewable.Viewer):
             )
         models = list(model) if isinstance(model, list | tuple) else [model]
         self.analysis = OrbitAnalysis(
-            model=models, show_progress=False, runner=self.settings.runner, data=self._data_for(models)
+            model=models,
+            show_progress=False,
+            runner=self.settings.runner,
+            data=self._data_for(models),
+            **PAGE_DEFAULTS,
         )
         self.explorer: views.OrbitExplorer | None = None
         self.jobs = JobPanel()

@@ -6,6 +6,7 @@ Starts ``nnvitals serve`` on the demo models, opens each page in headless Chromi
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_helpers import CHROMIUM_ARGS, ROOT, click_row, start_server, stop_server  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 900}
+#: text each page shows once it is drawn (a placeholder page says "Not available yet")
+READY = {"bounds": re.compile("Not available yet|tightness", re.I), "lipschitz": re.compile("Not available yet|upper", re.I),
+         "connectivity": re.compile("Not available yet|barrier", re.I)}  # fmt: skip
 TALL = {"width": 1400, "height": 1320}
 
 
@@ -55,10 +59,18 @@ def main(out: Path) -> list[Path]:
                 written.append(out / "screenshot-spectra-compare.png")
                 page.screenshot(path=written[-1])
 
-                for slug in ("orbits", "bounds", "lipschitz", "connectivity"):
+                page.set_viewport_size(TALL)
+                page.goto(f"{srv.url}?page=orbits", wait_until="networkidle")
+                page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")).first.wait_for(timeout=90000)
+                page.wait_for_timeout(2500)
+                written.append(out / "screenshot-orbits.png")
+                page.screenshot(path=written[-1])
+                page.set_viewport_size(VIEWPORT)
+
+                for slug in ("bounds", "lipschitz", "connectivity"):
                     page.goto(f"{srv.url}?page={slug}", wait_until="networkidle")
-                    page.get_by_text("Not available yet").first.wait_for(timeout=60000)
-                    page.wait_for_timeout(500)
+                    page.get_by_text(READY[slug]).first.wait_for(timeout=90000)
+                    page.wait_for_timeout(2500)
                     written.append(out / f"screenshot-{slug}.png")
                     page.screenshot(path=written[-1])
                 browser.close()

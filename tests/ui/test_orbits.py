@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 from ui_helpers import wait_drawn
 
-#: screen position of scatter point ``i`` (the renderer whose source has pc1/pc2/sample columns)
+#: screen positions of the scatter's points (the renderer whose source has pc1/pc2/sample columns)
 SAMPLE_JS = """
-(i) => {
+() => {
   const doc = Bokeh.documents[0];
   const find = (view, model, seen) => {
     if (!view || seen.has(view)) return null;
@@ -29,15 +30,26 @@ SAMPLE_JS = """
       const view = find(root, m, new Set());
       if (!view) continue;
       const plot = view.parent;
-      const x = plot.frame.x_scale.compute(ds.get_column("pc1")[i]);
-      const y = plot.frame.y_scale.compute(ds.get_column("pc2")[i]);
       const r = plot.canvas_view.el.getBoundingClientRect();
-      return [r.left + x, r.top + y, Number(ds.get_column("sample")[i])];
+      const xs = Array.from(ds.get_column("pc1"), (v) => r.left + plot.frame.x_scale.compute(v));
+      const ys = Array.from(ds.get_column("pc2"), (v) => r.top + plot.frame.y_scale.compute(v));
+      return [xs, ys, Array.from(ds.get_column("sample"), Number)];
     }
   }
   return null;
 }
 """
+
+
+def _isolated_point(xs, ys, samples):
+    """The point farthest from its nearest neighbour (a tap there hits it alone), not the first."""
+    pts = np.c_[xs, ys]
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.min(axis=1)
+    nearest[0] = -1  # the first sample is selected already
+    i = int(np.argmax(nearest))
+    return float(xs[i]), float(ys[i]), int(samples[i])
 
 
 def _wait_changed(locator, before: bytes, timeout: float = 15) -> None:
@@ -58,7 +70,7 @@ def _open_orbits(probe, url):
 
 def test_orbits_page_renders_its_plots(server, probe):
     page = _open_orbits(probe, server.url)
-    assert page.get_by_text(re.compile(r"rotation\W+orbit, 72 elements")).first.is_visible()
+    assert page.get_by_text(re.compile(r"rotation\W+orbit, 36 elements")).first.is_visible()
     for cls in ("nnv-plot-aggregate", "nnv-plot-scatter", "nnv-plot-individual", "nnv-plot-image"):
         wait_drawn(page.locator(f".{cls}").first)
     for name in ("rot-cnn", "rot-cnn-aug", "rot-cnn-c4"):
@@ -71,19 +83,19 @@ def test_tap_a_sample_and_walk_the_orbit(server, probe):
     wait_drawn(individual)
     before = individual.screenshot()
     page.wait_for_timeout(500)
-    xy = page.evaluate(SAMPLE_JS, 25)
-    assert xy is not None, "the sample scatter was not found"
-    page.mouse.click(xy[0], xy[1])
-    sample = int(xy[2])
+    found = page.evaluate(SAMPLE_JS)
+    assert found is not None, "the sample scatter was not found"
+    x, y, sample = _isolated_point(*found)
+    page.mouse.click(x, y)
     page.get_by_text(re.compile(rf"Sample {sample} \(label \d\) at 0°")).first.wait_for(timeout=15000)
     # the individual plot (its title drawn on the canvas) is now that sample's orbit
     _wait_changed(individual, before)
     image = page.locator(".nnv-plot-image").first
     before_image = image.screenshot()
-    # walk along the orbit with the slider's keyboard handle: 90 degrees is 18 steps of 5
+    # walk along the orbit with the slider's keyboard handle: 90 degrees is 9 steps of 10
     handle = page.locator(".noUi-handle").first
     handle.focus()
-    for _ in range(18):
+    for _ in range(9):
         page.keyboard.press("ArrowRight")
     page.get_by_text(re.compile(rf"Sample {sample} \(label \d\) at 90°")).first.wait_for(timeout=15000)
     _wait_changed(image, before_image)  # the sample, now rotated by a quarter turn
