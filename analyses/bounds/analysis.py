@@ -318,6 +318,19 @@ class LipschitzResult(Result):
         """Per-sample output Jacobian norms of ``split`` ('train', 'test', 'data', 'mix', 'sharpened')."""
         return self.arrays.get(f"jacobian_norm/{split}", np.empty(0))
 
+    @property
+    def splits(self) -> list[str]:
+        """The sample sets with per-sample Jacobian norms, in the order they were probed."""
+        return [k.split("/", 1)[1] for k in self.arrays if k.startswith("jacobian_norm/")]
+
+    def inputs(self, split: str) -> np.ndarray | None:
+        """The samples of ``split`` (same order as :meth:`jacobian_norms`), if the result kept them."""
+        return self.arrays.get(f"inputs/{split}")
+
+    def labels(self, split: str) -> np.ndarray | None:
+        """The labels of ``split``'s samples (none for the midpoints ``mix``)."""
+        return self.arrays.get(f"labels/{split}")
+
 
 def constant_task(graph: Graph, name: str, s: dict[str, Any]) -> tuple[str, float, str]:
     dev = torch.device(s["device"])
@@ -354,7 +367,7 @@ class LipschitzBounds(_BoundsAnalysis):
     """
 
     analysis_name = "lipschitz"
-    analysis_version = "1"
+    analysis_version = "2"
 
     iters = param.Integer(
         default=1000, bounds=(1, None), doc="Most power-iteration steps for layer operator norms."
@@ -380,6 +393,11 @@ class LipschitzBounds(_BoundsAnalysis):
         default=8, bounds=(1, None), doc="Worst samples to start the ascent from."
     )
     sharpen_steps = param.Integer(default=20, bounds=(1, None), doc="Gradient-ascent steps.")
+    keep_inputs = param.Integer(
+        default=2_000_000,
+        bounds=(0, None),
+        doc="Keep the probed samples in the result (for views) when they hold at most this many numbers.",
+    )
 
     def _splits(self) -> tuple[str, ...]:
         return ("train", "test")
@@ -449,6 +467,7 @@ class LipschitzBounds(_BoundsAnalysis):
         table = pd.DataFrame(rows)
         out_norms = {k: np.concatenate(v) for k, v in norms.get(g.output_name, {}).items()}
         arrays = {f"jacobian_norm/{k}": v for k, v in out_norms.items()}
+        arrays.update(self._kept_inputs())
         upper = up[g.output_name]
         lower = max(float(v.max()) for v in out_norms.values())
         summary = dict(upper=upper, samples={k: int(v.size) for k, v in out_norms.items()})
@@ -465,6 +484,17 @@ class LipschitzBounds(_BoundsAnalysis):
         summary["lower"] = lower
         summary["ratio"] = upper / lower if lower > 0 else None
         return LipschitzResult(table=table, summary=summary, arrays=arrays)
+
+    def _kept_inputs(self) -> dict[str, np.ndarray]:
+        """The samples behind the per-sample norms (``inputs/<split>``, ``labels/<split>``), so a
+        view can show the samples of a histogram bar; only when they are small (``keep_inputs``)."""
+        sets = self.sample_sets()
+        if sum(x.numel() for x in sets.values()) > self.keep_inputs:
+            return {}
+        out = {f"inputs/{k}": x.detach().cpu().float().numpy() for k, x in sets.items()}
+        for k, ds in self.datasets().items():
+            out[f"labels/{k}"] = ds.y.detach().cpu().numpy()
+        return out
 
     def _sharpen(self, g: Graph) -> np.ndarray:
         dev, dt = self.torch_device(), self.torch_dtype()

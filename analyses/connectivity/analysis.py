@@ -425,6 +425,35 @@ class ModeConnectivity(Analysis):
             )
         return module, states
 
+    def interpolated_state(
+        self, lam: float, path: str = "matched", result: ConnectivityResult | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The state dict of ``theta(lam)`` on the naive or matched path from model A to model B.
+
+        Loadable into A's architecture. The matched path needs ``result`` (its ``permuted_b``).
+        With BatchNorm (and ``bn_reset`` not off) the running statistics are recomputed on the
+        train data, as the path evaluation does; REPAIR's rescaling is not applied.
+        """
+        if not 0.0 <= float(lam) <= 1.0:
+            raise NNVitalsError(f"lam {lam}: expected a number in [0, 1]")
+        if path not in ("naive", "matched"):
+            raise NNVitalsError(f"path {path!r}: expected 'naive' or 'matched'")
+        module, states = self._module_and_states()
+        if path == "matched":
+            if result is None or not result.permuted_b:
+                raise NNVitalsError("path 'matched': give the result of a run with matching (its permuted_b)")
+            other = result.permuted_b
+        else:
+            other = states[1]
+        check_same_structure(states[0], other, self._labels()[0], self._labels()[1])
+        stacked = linear_path(states[0], other, [float(lam)])
+        if batchnorm_modules(module) and self.bn_reset != "off":
+            splits = self.datasets()
+            train = splits["train"] if "train" in splits else next(iter(splits.values()))
+            ev = PathEvaluator(module.eval(), self.device, getattr(torch, self.dtype), self.batch_size)
+            stacked = ev.reset_batchnorm(stacked, train)
+        return {k: (v[0] if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in stacked.items()}
+
     # ------------------------------------------------------------------ tasks
     def _context(self) -> _Context:
         labels = self._labels()

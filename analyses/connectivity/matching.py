@@ -92,8 +92,10 @@ def _units(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
     return t.movedim(axis, 0).reshape(n, -1)
 
 
-def _lsa(cost: torch.Tensor) -> torch.Tensor:
-    _, cols = linear_sum_assignment(cost.detach().double().cpu().numpy(), maximize=True)
+def _lsa(cost: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(cost, torch.Tensor):
+        cost = cost.detach().cpu().numpy()
+    _, cols = linear_sum_assignment(np.ascontiguousarray(cost, dtype=np.float64), maximize=True)
     return torch.from_numpy(cols.astype(np.int64))
 
 
@@ -125,8 +127,10 @@ def weight_matching(
         for g, grp in spec.groups.items()
     }
     used = {a.param for g in spec.groups for a in use[g]}
+    # float32 products (float64 models stay float64): the assignment only needs the ranking of
+    # the costs, and the accept test below compares two sums of the same cost matrix
     a_units = {
-        (a.param, a.axis): _units(state_a[a.param].detach(), a.axis, grp.size)
+        (a.param, a.axis): _units(_work(state_a[a.param]), a.axis, grp.size).contiguous()
         for g, grp in spec.groups.items()
         for a in use[g]
     }
@@ -157,20 +161,21 @@ def weight_matching(
                 tkey = tuple(version[h] for _, h, _ in deps)
                 hit = terms.get((a.param, a.axis))
                 if hit is None or hit[0] != tkey:
-                    wb = state_b[a.param].detach()
+                    wb = _work(state_b[a.param])
                     for axis, h, inner in deps:
                         wb = permute_axis(wb, axis, perms[h], inner)
-                    term = (a_units[(a.param, a.axis)] @ _units(wb, a.axis, n).T).double()
+                    term = a_units[(a.param, a.axis)] @ _units(wb, a.axis, n).T
                     terms[(a.param, a.axis)] = (tkey, term)
                 else:
                     term = hit[1]
-                cost = term if cost is None else cost + term
+                cost = term.clone() if cost is None else cost.add_(term)
             solved[g] = key
-            new = _lsa(cost)
-            rows = torch.arange(n)
-            old_val = float(cost[rows, perms[g]].sum())
-            new_val = float(cost[rows, new].sum())
-            if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
+            c = np.ascontiguousarray(cost.cpu().numpy(), dtype=np.float64)
+            new = _lsa(c)
+            rows = np.arange(n)
+            old_val = float(c[rows, perms[g].numpy()].sum())
+            new_val = float(c[rows, new.numpy()].sum())
+            if new_val > old_val + 1e-9 * max(1.0, abs(old_val)):
                 perms[g] = new
                 version[g] += 1
                 improved = True
@@ -182,10 +187,16 @@ def weight_matching(
     )
 
 
+def _work(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in float32 unless it is float64 already (the precision of the products)."""
+    t = t.detach()
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _objective(state_a, state_b, spec: PermutationSpec, perms: Perms, names: set[str]) -> float:
     """``sum_W <W_A, P(W_B)>`` over the parameters ``names`` (the weight-matching objective)."""
-    pb = apply_permutation({k: state_b[k] for k in names}, spec, perms)
-    return float(sum((state_a[k].double() * pb[k].double()).sum() for k in names))
+    pb = apply_permutation({k: _work(state_b[k]) for k in names}, spec, perms)
+    return float(sum((_work(state_a[k]) * pb[k]).sum(dtype=torch.float64) for k in names))
 
 
 class _Capture(torch.fx.Interpreter):

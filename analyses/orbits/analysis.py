@@ -9,6 +9,7 @@ show any sample at any element.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -133,10 +134,16 @@ class _Runnable:
     def __init__(self, subject: Subject, where: str):
         self.subject, self.where, self._mod = subject, where, None
 
-    def module(self):
-        if self._mod is None:
-            self._mod = runnable_module(self.subject)
-        return self._mod
+    def module(self, device: str = "cpu", dtype: str = "float32"):
+        """The module on ``device`` in ``dtype``; a copy when it has to move (the user's stays put)."""
+        if self._mod is None or self._mod[0] != (device, dtype):
+            mod = runnable_module(self.subject)
+            dev, dt = torch.device(device), getattr(torch, dtype)
+            p = next(iter(mod.parameters()), None) if hasattr(mod, "parameters") else None
+            if p is not None and (p.device != dev or (p.is_floating_point() and p.dtype != dt)):
+                mod = copy.deepcopy(mod).to(dev, dt)
+            self._mod = ((device, dtype), mod)
+        return self._mod[1]
 
     def __getstate__(self):
         return {"subject": self.subject, "where": self.where, "_mod": None}
@@ -165,7 +172,7 @@ def _orbit_task(
     dtype: str,
 ) -> dict[str, np.ndarray]:
     """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K])."""
-    mod = runnable.module()
+    mod = runnable.module(device, dtype)
     dev, dt = torch.device(device), getattr(torch, dtype)
     E, B = len(els), x.shape[0]
     logits_all: list[torch.Tensor] = []
@@ -337,7 +344,7 @@ class OrbitAnalysis(Analysis):
     # ------------------------------------------------------------------ tasks
     def _check_model(self, runnable: _Runnable, x: torch.Tensor, classes: int) -> int:
         """Run the model on two samples; its output must be (2, K) class scores covering the labels."""
-        mod = runnable.module()
+        mod = runnable.module(self.device, self.dtype)
         try:
             with torch.inference_mode():
                 out = mod(x[:2].to(self.torch_device(), self.torch_dtype()))

@@ -11,6 +11,12 @@ draws on a rotation orbit: the same small CNN plain (``rot-cnn``), trained with 
 rotations (``rot-cnn-aug``), and averaged over quarter turns so it is exactly invariant to
 them (``rot-cnn-c4``). They have no untrained twins.
 
+Two demos for interval bound propagation (IBP tightness): one small strided CNN and seed
+trained normally (``std-cnn``) and with IBP certified training (``ibp-cnn``); the manifest
+records their IBP-certified test accuracy at eps 0.1. Three pairs for linear mode
+connectivity, each the same recipe run from two initialisation and batch-order seeds: MLPs at
+two widths (``mlp-w64-a``/``-b``, ``mlp-w512-a``/``-b``) and a BatchNorm CNN (``bn-cnn-a``/``-b``).
+
 The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
 :mod:`analyses.zoo.recipe`).
 """
@@ -51,6 +57,14 @@ DEMO_MODELS: dict[str, str] = {
     "rot-cnn": "CNN conv16-pool-conv32-conv64-maxpool-fc10 trained on upright 16x16 digits",
     "rot-cnn-aug": "the rot-cnn architecture and seed trained with random rotations (0-360 degrees)",
     "rot-cnn-c4": "the rot-cnn averaged over quarter turns (C4): exactly rot90 invariant, trained upright",
+    "std-cnn": "CNN conv16-conv32/stride2-fc100-10 on 8x8 digits, standard training (ibp-cnn's twin)",
+    "ibp-cnn": "the std-cnn architecture and seed trained with IBP certified training (eps 0.1)",
+    "mlp-w64-a": "MLP 64-64-64-10 on 8x8 digits, seed a (pairs with mlp-w64-b for connectivity)",
+    "mlp-w64-b": "MLP 64-64-64-10 on 8x8 digits, seed b: other init and batch order than mlp-w64-a",
+    "mlp-w512-a": "MLP 64-512-512-10 on 8x8 digits, seed a (pairs with mlp-w512-b for connectivity)",
+    "mlp-w512-b": "MLP 64-512-512-10 on 8x8 digits, seed b: other init and batch order than mlp-w512-a",
+    "bn-cnn-a": "CNN (conv-BatchNorm-ReLU)x2 32-64, avgpool, fc10 on 8x8 digits, seed a (pairs with bn-cnn-b)",
+    "bn-cnn-b": "CNN (conv-BatchNorm-ReLU)x2 32-64, avgpool, fc10 on 8x8 digits, seed b: other init and batch order",
 }
 
 

@@ -3,6 +3,9 @@
 :class:`DigitsMLP` and :class:`DigitsCNN` take the 8x8 digits; :class:`DigitsGlobalPoolCNN`
 and its rotation-invariant wrapper :class:`GroupAveraged` take any image size (the rotation
 demos use the digits upsampled to 16x16, which gives rotations room to work).
+:class:`DigitsStrideCNN` (convolutions, ReLUs and linear layers only; the certified-training
+demos) and :class:`DigitsBNCNN` (conv-BatchNorm-ReLU blocks; a connectivity demo) take the
+8x8 digits.
 
 The plain models are ``nn.Sequential`` subclasses with named children, so parameter names
 are short and stable (``fc1.weight``, ``conv2.bias``) and layer-walking analyses (interval
@@ -27,7 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "DigitsCNN", "DigitsGlobalPoolCNN", "DigitsMLP", "GroupAveraged"]
+__all__ = [
+    "ARCHITECTURES",
+    "DigitsBNCNN",
+    "DigitsCNN",
+    "DigitsGlobalPoolCNN",
+    "DigitsMLP",
+    "DigitsStrideCNN",
+    "GroupAveraged",
+]
 
 
 class DigitsMLP(nn.Sequential):
@@ -77,6 +88,62 @@ class DigitsCNN(nn.Sequential):
             )
         )
         self.config: dict[str, Any] = {"channels": [c1, c2], "classes": int(classes)}
+
+
+class DigitsStrideCNN(nn.Sequential):
+    """Small convolutional classifier for ``(N, 1, 8, 8)`` digits that downsamples by striding.
+
+    ``conv1 (1->c1, 3x3, pad 1) -> relu1 -> conv2 (c1->c2, 4x4, stride 2, pad 1) -> relu2
+    -> flatten -> fc1 (c2*4*4 -> hidden) -> relu3 -> fc2 (hidden -> classes)``.
+
+    Only convolutions, ReLUs, a flatten and linear layers: no pooling, so interval bound
+    propagation through it is plain IBP layer by layer (the certified-training demos
+    ``std-cnn`` and ``ibp-cnn`` use it; REFERENCES.md section 3).
+    """
+
+    def __init__(self, channels: Sequence[int] = (16, 32), hidden: int = 100, classes: int = 10):
+        c1, c2 = (int(c) for c in channels)
+        super().__init__(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(1, c1, kernel_size=3, padding=1)),
+                    ("relu1", nn.ReLU()),
+                    ("conv2", nn.Conv2d(c1, c2, kernel_size=4, stride=2, padding=1)),
+                    ("relu2", nn.ReLU()),
+                    ("flatten", nn.Flatten()),
+                    ("fc1", nn.Linear(c2 * 4 * 4, int(hidden))),
+                    ("relu3", nn.ReLU()),
+                    ("fc2", nn.Linear(int(hidden), int(classes))),
+                ]
+            )
+        )
+        self.config: dict[str, Any] = {"channels": [c1, c2], "hidden": int(hidden), "classes": int(classes)}
+
+
+class DigitsBNCNN(nn.Sequential):
+    """Convolutional classifier with BatchNorm for ``(N, 1, 8, 8)`` digits.
+
+    One block per entry of ``channels``: ``convK (3x3, pad 1, no bias) -> bnK -> reluK``;
+    then ``pool (2x2 average) -> flatten -> fc (c_last*4*4 -> classes)``. The convolutions
+    have no bias (the BatchNorm shift plays its part). The connectivity demos (``bn-cnn-a``,
+    ``bn-cnn-b``) use it: interpolating BatchNorm networks needs the running statistics
+    reset along the path (REFERENCES.md section 5).
+    """
+
+    def __init__(self, channels: Sequence[int] = (32, 64), classes: int = 10):
+        widths = [1, *(int(c) for c in channels)]
+        layers: list[tuple[str, nn.Module]] = []
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            layers.append((f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)))
+            layers.append((f"bn{i}", nn.BatchNorm2d(c_out)))
+            layers.append((f"relu{i}", nn.ReLU()))
+        layers += [
+            ("pool", nn.AvgPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc", nn.Linear(widths[-1] * 4 * 4, int(classes))),
+        ]
+        super().__init__(OrderedDict(layers))
+        self.config: dict[str, Any] = {"channels": widths[1:], "classes": int(classes)}
 
 
 class DigitsGlobalPoolCNN(nn.Sequential):
@@ -154,4 +221,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "DigitsCNN": DigitsCNN,
     "DigitsGlobalPoolCNN": DigitsGlobalPoolCNN,
     "GroupAveraged": GroupAveraged,
+    "DigitsStrideCNN": DigitsStrideCNN,
+    "DigitsBNCNN": DigitsBNCNN,
 }

@@ -16,6 +16,18 @@ upsampled to 16x16: the same small CNN plain, with random-rotation augmentation 
 angle per sample, bilinear resampling about the image centre, see :func:`rotate`), and
 group-averaged over quarter turns (exactly invariant to them by construction, trained on
 upright digits only). Together they are the three models NERO compares on a rotation orbit.
+
+The certified-training pair (``std-cnn``, ``ibp-cnn``; REFERENCES.md section 3) is one small
+strided CNN and seed trained two ways: with cross-entropy, and with interval bound propagation
+(IBP, Gowal et al. 2018): the input radius ``eps`` ramps linearly from 0 to ``ibp_eps`` over the
+first ``ibp_ramp`` of the steps while the loss moves from clean cross-entropy to
+``kappa * CE(clean) + (1 - kappa) * CE(IBP worst-case logits)`` (``kappa`` 1 -> ``ibp_kappa``),
+see :mod:`analyses.zoo.ibp_training`. Both record their IBP-certified test accuracy at
+``certify_eps`` in the manifest.
+
+The connectivity pairs (``mlp-w64-a/b``, ``mlp-w512-a/b``, ``bn-cnn-a/b``; REFERENCES.md
+section 5) are one recipe run twice with different initialisation seeds *and* different
+batch-order seeds (``data_seed``), the setting in which linear mode connectivity is studied.
 """
 
 from __future__ import annotations
@@ -39,7 +51,18 @@ from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, MANIFEST_NAME, ZOO_DIR
 from analyses.zoo.models import ARCHITECTURES
 
-__all__ = ["DATA", "RECIPES", "Recipe", "accuracy", "build", "main", "rotate", "train", "write_zoo"]
+__all__ = [
+    "DATA",
+    "RECIPES",
+    "Recipe",
+    "accuracy",
+    "build",
+    "certified_accuracy",
+    "main",
+    "rotate",
+    "train",
+    "write_zoo",
+]
 
 #: The data every demo model is trained and evaluated on (``load_digits`` arguments); the
 #: image side is the recipe's ``size`` (8 unless stated).
@@ -61,7 +84,13 @@ class Recipe:
 
     ``steps == 0`` means initialisation only (an untrained twin). ``size`` is the side of the
     digits images (``load_digits(size=...)``); ``augment`` names an entry of
-    :data:`AUGMENTATIONS` applied to every training batch (empty: none).
+    :data:`AUGMENTATIONS` applied to every training batch (empty: none). ``data_seed`` seeds
+    the batch order (default: ``seed``, which also seeds the initialisation).
+
+    ``ibp_eps > 0`` trains with interval bound propagation: the input radius ramps linearly
+    from 0 to ``ibp_eps`` over the first ``ibp_ramp`` fraction of the steps, and the clean
+    loss weight ``kappa`` from 1 to ``ibp_kappa`` over the same steps. ``certify_eps > 0``
+    records the IBP-certified test accuracy at that radius in the manifest.
     """
 
     architecture: str
@@ -75,11 +104,28 @@ class Recipe:
     schedule: str = "cosine"
     size: int = 8
     augment: str = ""
+    data_seed: int | None = None
+    ibp_eps: float = 0.0
+    ibp_ramp: float = 0.5
+    ibp_kappa: float = 0.5
+    certify_eps: float = 0.0
 
 
 _MLP = Recipe("DigitsMLP", {"in_features": 64, "hidden": [256, 128], "classes": 10})
 _CNN = Recipe("DigitsCNN", {"channels": [32, 64], "classes": 10})
 _ROT_CNN = {"kwargs": {"channels": [16, 32, 64], "classes": 10}, "size": 16, "lr": 3e-3}
+#: The certified-training pair: same architecture, seed and optimisation; IBP or not.
+_CERT_CNN = {
+    "kwargs": {"channels": [16, 32], "hidden": 100, "classes": 10},
+    "steps": 1500,
+    "lr": 5e-3,
+    "certify_eps": 0.1,
+}
+#: Connectivity pairs: member ``a`` and ``b`` differ in initialisation and batch-order seeds only.
+_PAIR_SEEDS = {"a": {"seed": 1, "data_seed": 101}, "b": {"seed": 2, "data_seed": 102}}
+_W64 = {"kwargs": {"in_features": 64, "hidden": [64, 64], "classes": 10}, "steps": 600, "lr": 2e-3}
+_W512 = {"kwargs": {"in_features": 64, "hidden": [512, 512], "classes": 10}, "steps": 600, "lr": 2e-3}
+_BN_CNN = {"kwargs": {"channels": [32, 64], "classes": 10}, "steps": 400, "lr": 2e-3}
 
 #: Recipe for every demo model; a trained model and its untrained twin share architecture and seed.
 RECIPES: dict[str, Recipe] = {
@@ -92,6 +138,11 @@ RECIPES: dict[str, Recipe] = {
     "rot-cnn-c4": Recipe(
         "GroupAveraged", **{**_ROT_CNN, "kwargs": {**_ROT_CNN["kwargs"], "order": 4}}, steps=800
     ),
+    "std-cnn": Recipe("DigitsStrideCNN", **_CERT_CNN),
+    "ibp-cnn": Recipe("DigitsStrideCNN", **_CERT_CNN, ibp_eps=0.1, ibp_ramp=0.5, ibp_kappa=0.5),
+    **{f"mlp-w64-{m}": Recipe("DigitsMLP", **_W64, **seeds) for m, seeds in _PAIR_SEEDS.items()},
+    **{f"mlp-w512-{m}": Recipe("DigitsMLP", **_W512, **seeds) for m, seeds in _PAIR_SEEDS.items()},
+    **{f"bn-cnn-{m}": Recipe("DigitsBNCNN", **_BN_CNN, **seeds) for m, seeds in _PAIR_SEEDS.items()},
 }
 
 
@@ -152,14 +203,27 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     return correct / len(data)
 
 
+def certified_accuracy(model: nn.Module, data: Dataset, eps: float) -> float:
+    """Fraction of ``data`` certified correct by IBP in the eps-box clipped to [0, 1] (model put in eval mode).
+
+    Certified: the IBP lower bound of ``z_y - z_j`` is positive for every ``j != y``
+    (:func:`analyses.zoo.ibp_training.certified_accuracy`).
+    """
+    from analyses.zoo import ibp_training
+
+    return ibp_training.certified_accuracy(model, data.x, data.y, eps)
+
+
 def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn.Module:
     """Train demo model ``name`` from its recipe on the digits train split; returns it in eval mode.
 
     ``seed`` defaults to the recipe's seed (the one the shipped checkpoint used); ``steps``
     overrides the recipe's step count (``0`` gives the untrained initialisation). Minibatches
-    are drawn epoch by epoch from a seeded permutation (and, for an augmented recipe, each
-    batch is transformed as :data:`AUGMENTATIONS` describes), the learning rate follows a
-    cosine decay to zero, and the loss is cross-entropy.
+    are drawn epoch by epoch from a permutation seeded with the recipe's ``data_seed`` (default:
+    the seed) (and, for an augmented recipe, each batch is transformed as :data:`AUGMENTATIONS`
+    describes), the learning rate follows a cosine decay to zero, and the loss is
+    cross-entropy, mixed with the IBP robust loss for a recipe with ``ibp_eps > 0`` (see
+    :class:`Recipe`).
     """
     recipe = _recipe(name)
     seed = recipe.seed if seed is None else int(seed)
@@ -174,13 +238,16 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
         optimizer_cls = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}[recipe.optimizer]
         optimizer = optimizer_cls(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed if recipe.data_seed is None else recipe.data_seed)
         if recipe.augment and recipe.augment not in AUGMENTATIONS:
             raise NNVitalsError(
                 f"unknown augmentation {recipe.augment!r}; expected one of {list(AUGMENTATIONS)}"
             )
         augment_generator = torch.Generator().manual_seed(seed + 1)
         loss_fn = nn.CrossEntropyLoss()
+        ramp_steps = max(1, round(recipe.ibp_ramp * steps))
+        if recipe.ibp_eps > 0:
+            from analyses.zoo.ibp_training import robust_loss
         model.train()
         step = 0
         while step < steps:
@@ -193,6 +260,11 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
                         x, torch.rand(len(idx), generator=augment_generator, dtype=torch.float64) * 360
                     )
                 loss = loss_fn(model(x), data.y[idx])
+                if recipe.ibp_eps > 0:
+                    ramp = min(1.0, step / ramp_steps)
+                    kappa = 1.0 - (1.0 - recipe.ibp_kappa) * ramp
+                    robust = robust_loss(model, x, data.y[idx], recipe.ibp_eps * ramp)
+                    loss = kappa * loss + (1.0 - kappa) * robust
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -201,6 +273,38 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
                 if step == steps:
                     break
     return model.eval()
+
+
+def _ibp_training(recipe: Recipe) -> dict[str, Any]:
+    """The manifest's description of an IBP recipe's loss and schedules."""
+    return {
+        "loss": "kappa * cross-entropy(clean logits) + (1 - kappa) * cross-entropy(IBP worst-case logits)",
+        "ibp_training": {
+            "eps": recipe.ibp_eps,
+            "ramp": recipe.ibp_ramp,
+            "kappa": recipe.ibp_kappa,
+            "eps_schedule": (
+                f"linear from 0 to {recipe.ibp_eps:g} over the first {recipe.ibp_ramp:.0%} of the steps, "
+                "then constant"
+            ),
+            "kappa_schedule": f"linear from 1 to {recipe.ibp_kappa:g} over the same steps, then constant",
+            "input_box": "L-inf eps-box about each training image, clipped to [0, 1]",
+            "worst_case_logits": (
+                "minus the IBP lower bounds of z_y - z_j (0 for the true class), the margin "
+                "specification folded into the last linear layer (analyses.zoo.ibp_training)"
+            ),
+        },
+    }
+
+
+def _insert_after(entry: dict[str, Any], after: str, key: str, value: Any) -> dict[str, Any]:
+    """``entry`` with ``key: value`` placed right after ``after`` (manifest entries read top to bottom)."""
+    out: dict[str, Any] = {}
+    for k, v in entry.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    return out
 
 
 def _canonicalise_header(path: Path) -> None:
@@ -255,6 +359,7 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
         model = train(name)
         seconds = time.perf_counter() - started
         acc = accuracy(model, test)
+        certified = certified_accuracy(model, test, recipe.certify_eps) if recipe.certify_eps > 0 else None
         path = out_dir / f"{name}.safetensors"
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(
@@ -267,7 +372,12 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
                 "seed": str(recipe.seed),
                 "steps": str(recipe.steps),
                 "test_accuracy": f"{acc:.6f}",
-            },
+            }
+            | (
+                {"certify_eps": f"{recipe.certify_eps:g}", "certified_test_accuracy": f"{certified:.6f}"}
+                if certified is not None
+                else {}
+            ),
         )
         _canonicalise_header(path)
         path.chmod(0o644)  # safetensors writes 0600; these files are shared assets
@@ -285,6 +395,8 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
                 "batch_order": "seeded torch.randperm per epoch, last partial batch dropped",
             }
             | ({"augmentation": AUGMENTATIONS[recipe.augment]} if recipe.augment else {})
+            | ({"data_seed": recipe.data_seed} if recipe.data_seed is not None else {})
+            | (_ibp_training(recipe) if recipe.ibp_eps > 0 else {})
         )
         models[name] = {
             "file": path.name,
@@ -300,7 +412,25 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
             "bytes": path.stat().st_size,
             "sha256": _sha256(path),
         }
-        print(f"{name:14s} test accuracy {acc:.4f}  ({seconds:.1f} s)", flush=True)
+        if certified is not None:
+            models[name] = _insert_after(
+                models[name],
+                "test_accuracy",
+                "certification",
+                {
+                    "eps": recipe.certify_eps,
+                    "data_range": [0.0, 1.0],
+                    "method": (
+                        "interval bound propagation (analyses.zoo.ibp_training) on the L-inf eps-box "
+                        "clipped to data_range; certified = lower bound of z_y - z_j > 0 for every j != y, "
+                        "the margin specification folded into the last linear layer"
+                    ),
+                    "clean_test_accuracy": round(acc, 6),
+                    "certified_test_accuracy": round(certified, 6),
+                },
+            )
+        cert = "" if certified is None else f", certified {certified:.4f} at eps {recipe.certify_eps:g}"
+        print(f"{name:14s} test accuracy {acc:.4f}{cert}  ({seconds:.1f} s)", flush=True)
 
     result = {
         "format": 1,

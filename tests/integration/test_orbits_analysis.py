@@ -178,3 +178,11 @@ def test_bad_input_gets_one_clear_message(tmp_path):
     with pytest.raises(NNVitalsError, match=r"no sample of .* has these labels"):
         data = (torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 9]))
         _run(model="cnn", data=data, classes=[5], steps=4)
+
+
+def test_float64_runs_on_a_copy_and_agrees():
+    m = SmallCnn(4)
+    r32 = _run(model=m, steps=4, max_samples=20)
+    r64 = _run(model=m, steps=4, max_samples=20, dtype="float64")
+    assert next(m.parameters()).dtype == torch.float32  # the user's module is not converted
+    np.testing.assert_allclose(r64.scores(0), r32.scores(0), atol=1e-5)
