@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_orbits import add_orbits_parser
 
     add_orbits_parser(sub)
+    from .cli_bounds import add_bounds_parsers
+
+    add_bounds_parsers(sub)
 
     sv = sub.add_parser(
         "serve",

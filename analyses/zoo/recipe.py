@@ -123,8 +123,8 @@ _CERT_CNN = {
 }
 #: Connectivity pairs: member ``a`` and ``b`` differ in initialisation and batch-order seeds only.
 _PAIR_SEEDS = {"a": {"seed": 1, "data_seed": 101}, "b": {"seed": 2, "data_seed": 102}}
-_W64 = {"kwargs": {"in_features": 64, "hidden": [64, 64], "classes": 10}, "steps": 600, "lr": 2e-3}
-_W512 = {"kwargs": {"in_features": 64, "hidden": [512, 512], "classes": 10}, "steps": 600, "lr": 2e-3}
+_W64 = {"kwargs": {"in_features": 64, "hidden": [64, 64], "classes": 10}, "steps": 1000, "lr": 5e-3}
+_W512 = {"kwargs": {"in_features": 64, "hidden": [512, 512], "classes": 10}, "steps": 1000, "lr": 2e-3}
 _BN_CNN = {"kwargs": {"channels": [32, 64], "classes": 10}, "steps": 400, "lr": 2e-3}
 
 #: Recipe for every demo model; a trained model and its untrained twin share architecture and seed.

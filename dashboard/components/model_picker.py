@@ -111,6 +111,15 @@ def list_model_files(allow_dirs: Sequence[Path]) -> dict[str, str]:
     Walks at most :data:`LIST_MAX_DEPTH` levels and lists at most :data:`LIST_MAX_FILES`
     entries; symlinks are listed only when their target stays inside an allowed directory.
     """
+    return _list_files(allow_dirs, MODEL_SUFFIXES, model_dirs=True)
+
+
+def list_data_files(allow_dirs: Sequence[Path]) -> dict[str, str]:
+    """``.npz`` data files under ``allow_dirs`` (same walk and limits as :func:`list_model_files`)."""
+    return _list_files(allow_dirs, (".npz",), model_dirs=False)
+
+
+def _list_files(allow_dirs: Sequence[Path], suffixes: tuple[str, ...], model_dirs: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     for root in allow_dirs:
         root = Path(root).resolve()
@@ -120,12 +129,12 @@ def list_model_files(allow_dirs: Sequence[Path]) -> dict[str, str]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             if depth >= LIST_MAX_DEPTH:
                 dirnames[:] = []
-            if here != root and _is_model_dir(here):
+            if model_dirs and here != root and _is_model_dir(here):
                 out[f"{root.name}/{here.relative_to(root)}/"] = str(here)
                 dirnames[:] = []
                 continue
             for name in sorted(filenames):
-                if name.startswith(".") or not name.lower().endswith(MODEL_SUFFIXES):
+                if name.startswith(".") or not name.lower().endswith(suffixes):
                     continue
                 try:
                     real = resolve_allowed(here / name, allow_dirs)

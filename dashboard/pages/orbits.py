@@ -32,6 +32,7 @@ from analyses.zoo import DEMO_MODELS, manifest
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
+from ..components.model_picker import list_data_files
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -149,7 +150,7 @@ class OrbitsPage(pn.viewable.Viewer):
             collapsed=True,
             width=255,
         )
-        self._data = pn.widgets.Select(name="Data", options=DATA_CHOICES, width=230)
+        self._data = pn.widgets.Select(name="Data", options=self._data_options(), width=230)
         self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
         self._compare = pn.widgets.MultiChoice(name="Compare with", options={}, width=230)
         self._compare.param.watch(self._on_compare, "value")
@@ -245,6 +246,14 @@ class OrbitsPage(pn.viewable.Viewer):
         return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ models and data
+    def _data_options(self) -> dict[str, str]:
+        """The bundled digits, then the .npz files under the server's --allow-dir directories."""
+        options = dict(DATA_CHOICES)
+        dirs = getattr(self.picker, "allow_dirs", ()) if self.picker is not None else ()
+        if dirs:
+            options.update({f"server: {k}": v for k, v in list_data_files(dirs).items()})
+        return options
+
     @staticmethod
     def _data_for(models: list[Any]) -> str:
         names = {demo_data_name(m) for m in models} - {None}
@@ -255,16 +264,20 @@ class OrbitsPage(pn.viewable.Viewer):
             return dict(self.picker.sources)
         return {name: name for name in DEMO_MODELS}
 
-    def _sync_compare(self) -> None:
+    def _sync_compare(self, reset_data: bool = True) -> None:
         sources = self._sources()
         first = self.models[0] if self.models else None
         options = {k: v for k, v in sources.items() if v != first}
         self._compare.options = options
         self._compare.value = [m for m in self.models[1:] if m in options.values()]
-        self._data.value = self._data_for(self.models)
+        if reset_data:  # the data the models were trained on (their image size)
+            self._data.value = self._data_for(self.models)
 
     def _on_sources(self, *_: Any) -> None:
-        self._sync_compare()
+        current = self._data.value
+        options = self._data_options()  # the server's files may have changed (Rescan)
+        self._data.param.update(options=options, value=current if current in options.values() else None)
+        self._sync_compare(reset_data=self._data.value is None)
 
     def _on_picker(self, event) -> None:
         self.set_models([event.obj.model])

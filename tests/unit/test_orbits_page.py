@@ -98,3 +98,26 @@ def test_in_the_app_the_page_follows_the_picker():
 def test_demo_data_names():
     assert demo_data_name("cnn") == "digits8"
     assert demo_data_name("not-a-demo") is None
+
+
+def test_server_npz_data_is_offered_and_bad_data_is_reported(tmp_path):
+    import numpy as np
+
+    from dashboard.components.model_picker import ModelPicker
+
+    good, bad = tmp_path / "good.npz", tmp_path / "sub" / "flat.npz"
+    bad.parent.mkdir()
+    np.savez(good, x=np.random.rand(12, 1, 8, 8).astype("float32"), y=np.arange(12) % 10)
+    np.savez(bad, x=np.random.rand(12, 64).astype("float32"), y=np.arange(12) % 10)
+    picker = ModelPicker(allow_dirs=[tmp_path], default="cnn")
+    page = OrbitsPage(picker=picker, run=False)
+    labels = {k: v for k, v in page._data.options.items() if k.startswith("server:")}
+    assert set(labels) == {f"server: {tmp_path.name}/good.npz", f"server: {tmp_path.name}/sub/flat.npz"}
+    page.analysis.steps = 4
+    page._data.value = str(good.resolve())
+    page.run()
+    assert page.result is not None and len(page.result.samples) == 12
+    page._data.value = str(bad.resolve())
+    page.run()
+    assert "images of shape (N, C, H, W)" in page.jobs.error
+    picker.close()
