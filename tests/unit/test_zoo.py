@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+from dataclasses import replace
 from functools import cache
 
 import pytest
@@ -15,20 +16,55 @@ from safetensors import safe_open
 from analyses.core.data import load_digits
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, ZOO_DIR, demo_data, demo_names, demo_path, load_demo, manifest
-from analyses.zoo.models import ARCHITECTURES, DigitsCNN, DigitsGlobalPoolCNN, DigitsMLP, GroupAveraged
+from analyses.zoo.ibp_training import certified_accuracy, input_box, margin_lower_bounds, robust_loss
+from analyses.zoo.models import (
+    ARCHITECTURES,
+    DigitsBNCNN,
+    DigitsCNN,
+    DigitsGlobalPoolCNN,
+    DigitsMLP,
+    DigitsStrideCNN,
+    GroupAveraged,
+)
 from analyses.zoo.recipe import RECIPES, accuracy, build, rotate, train, write_zoo
 
 #: Accuracy the shipped trained models must reach on the digits test split.
-REQUIRED_ACCURACY = {"mlp": 0.95, "cnn": 0.97, "rot-cnn": 0.95, "rot-cnn-aug": 0.88, "rot-cnn-c4": 0.93}
+REQUIRED_ACCURACY = {
+    "mlp": 0.95,
+    "cnn": 0.97,
+    "rot-cnn": 0.95,
+    "rot-cnn-aug": 0.88,
+    "rot-cnn-c4": 0.93,
+    "std-cnn": 0.95,
+    "ibp-cnn": 0.95,
+    "mlp-w64-a": 0.95,
+    "mlp-w64-b": 0.95,
+    "mlp-w512-a": 0.96,
+    "mlp-w512-b": 0.96,
+    "bn-cnn-a": 0.97,
+    "bn-cnn-b": 0.97,
+}
 TRAINED = ["mlp", "cnn"]
 UNTRAINED = ["mlp-untrained", "cnn-untrained"]
 #: The rotation demos (16x16 digits): plain, rotation-augmented, C4 group-averaged.
 ROTATION = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
+#: The certified-training demos: one architecture and seed, standard and IBP training.
+CERTIFIED = ["std-cnn", "ibp-cnn"]
+#: The connectivity pairs: one recipe, two initialisation and batch-order seeds.
+PAIRS = [("mlp-w64-a", "mlp-w64-b"), ("mlp-w512-a", "mlp-w512-b"), ("bn-cnn-a", "bn-cnn-b")]
 
 
 def test_names_manifest_and_recipes_agree():
     assert demo_names() == list(DEMO_MODELS)
-    assert demo_names() == TRAINED[:1] + UNTRAINED[:1] + TRAINED[1:] + UNTRAINED[1:] + ROTATION
+    assert demo_names() == (
+        TRAINED[:1]
+        + UNTRAINED[:1]
+        + TRAINED[1:]
+        + UNTRAINED[1:]
+        + ROTATION
+        + CERTIFIED
+        + [n for p in PAIRS for n in p]
+    )
     assert set(manifest()["models"]) == set(DEMO_MODELS) == set(RECIPES)
 
 
@@ -53,8 +89,9 @@ def test_manifest_records_how_to_rebuild():
 
 
 def test_checkpoints_are_small():
-    total = sum(demo_path(name).stat().st_size for name in DEMO_MODELS)
-    assert total < 2_000_000
+    sizes = {name: demo_path(name).stat().st_size for name in DEMO_MODELS}
+    assert max(sizes.values()) < 1_500_000  # the largest: mlp-w512-a/b, 301k float32 parameters
+    assert sum(sizes.values()) < 6_000_000
 
 
 @pytest.mark.parametrize("name", list(DEMO_MODELS))
@@ -245,3 +282,128 @@ def test_rebuilding_some_models_keeps_the_other_manifest_entries(tmp_path):
     assert (tmp_path / "mlp-untrained.safetensors").is_file() and not (tmp_path / "mlp.safetensors").exists()
     assert after["mlp-untrained"]["test_accuracy"] == before["mlp-untrained"]["test_accuracy"]
     assert json.loads((tmp_path / "manifest.json").read_text())["models"] == after
+
+
+# --------------------------------------------------------------------------- certified-training demos
+
+
+def test_ibp_margins_at_zero_radius_are_the_logit_margins():
+    model, data = load_demo("ibp-cnn"), demo_data("ibp-cnn")
+    x, y = data.x[:32], data.y[:32]
+    with torch.no_grad():
+        logits = model(x)
+        lower = margin_lower_bounds(model, x, y, eps=0.0)
+        margins = logits.gather(1, y[:, None]) - logits
+        torch.testing.assert_close(lower, margins, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            robust_loss(model, x, y, 0.0), torch.nn.functional.cross_entropy(logits, y)
+        )
+    centre, radius = input_box(torch.tensor([0.05, 0.5, 0.97]), 0.1)
+    torch.testing.assert_close(centre - radius, torch.tensor([0.0, 0.4, 0.87]))
+    torch.testing.assert_close(centre + radius, torch.tensor([0.15, 0.6, 1.0]))
+
+
+@pytest.mark.parametrize("name", ["std-cnn", "ibp-cnn", "mlp-w64-a", "bn-cnn-a"])
+def test_ibp_margin_bounds_are_sound(name):
+    """Every point of the clipped box has margins at or above IBP's lower bounds (BatchNorm in eval mode)."""
+    model, data = load_demo(name), demo_data(name)
+    x, y, eps = data.x[:16], data.y[:16], 0.05
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        lower = margin_lower_bounds(model, x, y, eps)
+        low, high = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+        corners = torch.randint(0, 2, (64, *x.shape), generator=gen).float()  # vertices of the box
+        inside = torch.rand(64, *x.shape, generator=gen)
+        for u in (corners, inside):
+            points = low + u * (high - low)
+            logits = model(points.flatten(0, 1)).reshape(64, len(x), -1)
+            margins = logits.gather(2, y[None, :, None].expand(64, -1, 1)) - logits
+            assert (margins >= lower - 1e-4).all()
+
+
+def test_certified_training_pair_shares_architecture_and_initialisation():
+    std, ibp = (load_demo(name) for name in CERTIFIED)
+    assert type(std) is type(ibp) is DigitsStrideCNN and std.config == ibp.config
+    # A plain sequential of convolutions, ReLUs, a flatten and linear layers: no pooling.
+    kinds = {type(m) for m in std}
+    assert kinds == {torch.nn.Conv2d, torch.nn.ReLU, torch.nn.Flatten, torch.nn.Linear}
+    assert std.conv2.stride == (2, 2)
+    a, b = RECIPES["std-cnn"], RECIPES["ibp-cnn"]
+    assert a.ibp_eps == 0 and b.ibp_eps == b.certify_eps == a.certify_eps == 0.1
+    assert replace(b, ibp_eps=0.0) == a  # same recipe otherwise
+    init_a, init_b = build("std-cnn").state_dict(), build("ibp-cnn").state_dict()
+    assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    assert not torch.equal(std.fc1.weight, ibp.fc1.weight)
+
+
+def test_ibp_model_is_certified_far_more_often_than_the_standard_one():
+    cert = {}
+    for name in CERTIFIED:
+        entry = manifest()["models"][name]["certification"]
+        data = demo_data(name)
+        assert entry["eps"] == 0.1 and entry["data_range"] == [0.0, 1.0]
+        assert entry["clean_test_accuracy"] == manifest()["models"][name]["test_accuracy"]
+        cert[name] = certified_accuracy(load_demo(name), data.x, data.y, entry["eps"])
+        assert cert[name] == pytest.approx(entry["certified_test_accuracy"], abs=1.5 / len(data))
+        assert cert[name] <= entry["clean_test_accuracy"]
+    assert cert["ibp-cnn"] >= 0.75 and cert["std-cnn"] <= 0.05
+    assert cert["ibp-cnn"] > cert["std-cnn"] + 0.5
+    training = manifest()["models"]["ibp-cnn"]["training"]
+    assert training["ibp_training"]["eps"] == 0.1 and training["ibp_training"]["ramp"] == 0.5
+    assert "ibp_training" not in manifest()["models"]["std-cnn"]["training"]
+
+
+# --------------------------------------------------------------------------- connectivity pairs
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_connectivity_pairs_differ_in_seeds_only(a, b):
+    ra, rb = RECIPES[a], RECIPES[b]
+    assert ra.seed != rb.seed and ra.data_seed != rb.data_seed
+    assert len({ra.seed, rb.seed, ra.data_seed, rb.data_seed}) == 4
+    assert replace(rb, seed=ra.seed, data_seed=ra.data_seed) == ra
+    ea, eb = manifest()["models"][a], manifest()["models"][b]
+    assert ea["architecture"] == eb["architecture"] and ea["kwargs"] == eb["kwargs"]
+    assert (ea["seed"], ea["training"]["data_seed"]) == (ra.seed, ra.data_seed)
+    assert (eb["seed"], eb["training"]["data_seed"]) == (rb.seed, rb.data_seed)
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_connectivity_pair_members_differ_but_score_alike(a, b):
+    ma, mb = load_demo(a), load_demo(b)
+    sa, sb = ma.state_dict(), mb.state_dict()
+    assert sa.keys() == sb.keys()
+    for key, value in sa.items():
+        if value.is_floating_point():
+            assert not torch.equal(value, sb[key]), key
+        if value.dim() >= 2:  # weight matrices and kernels: independent draws, not small perturbations
+            assert (value - sb[key]).norm() > 0.5 * value.norm(), key
+    acc_a, acc_b = (manifest()["models"][n]["test_accuracy"] for n in (a, b))
+    assert abs(acc_a - acc_b) <= 0.02
+    assert accuracy(ma, demo_data(a)) == pytest.approx(acc_a, abs=1.5 / 450)
+
+
+def test_connectivity_pair_architectures():
+    for name in ("mlp-w64-a", "mlp-w512-b"):
+        model = load_demo(name)
+        width = 64 if "w64" in name else 512
+        assert isinstance(model, DigitsMLP) and model.config["hidden"] == [width, width]
+        assert [n for n, _ in model.named_parameters()] == [
+            f"fc{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")
+        ]
+    bn = load_demo("bn-cnn-a")
+    assert isinstance(bn, DigitsBNCNN) and bn.config == {"channels": [32, 64], "classes": 10}
+    assert [type(m).__name__ for m in bn] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "AvgPool2d", "Flatten", "Linear"
+    ]  # fmt: skip
+    assert bn.conv1.bias is None and bn.bn2.running_var.min() > 0
+    with torch.no_grad():
+        assert bn(demo_data("bn-cnn-a").x[:4]).shape == (4, 10)
+
+
+def test_batch_order_follows_data_seed(monkeypatch):
+    base = train("mlp-w64-a", steps=4)
+    monkeypatch.setitem(RECIPES, "mlp-w64-a", replace(RECIPES["mlp-w64-a"], data_seed=999))
+    other = train("mlp-w64-a", steps=4)
+    assert torch.equal(build("mlp-w64-a").fc1.weight, build("mlp-w64-a", seed=1).fc1.weight)
+    assert not torch.equal(base.fc1.weight, other.fc1.weight)
