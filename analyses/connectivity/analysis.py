@@ -452,7 +452,9 @@ class ModeConnectivity(Analysis):
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             ev = PathEvaluator(module.eval(), self.device, getattr(torch, self.dtype), self.batch_size)
             stacked = ev.reset_batchnorm(stacked, train)
-        return {k: (v[0] if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in stacked.items()}
+        return {
+            k: (v[0] if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in stacked.items()
+        }
 
     # ------------------------------------------------------------------ tasks
     def _context(self) -> _Context:

@@ -399,6 +399,16 @@ class ModelPicker(pn.viewable.Viewer):
             return
         self._pick_path(model)
 
+    def add_file(self, path: str | os.PathLike, label: str | None = None) -> None:
+        """Offer a model file this session made (e.g. an interpolated model saved by a page) in the
+        "Uploaded (this session)" group and pick it; keep it in :attr:`upload_dir` to have it
+        deleted with the session."""
+        path = Path(path)
+        label = f"{label or path.name} (this session)"
+        self._uploaded = {k: v for k, v in self._uploaded.items() if v != str(path)}
+        self._uploaded[label] = str(path)
+        self._refresh_options(select=str(path))
+
     def rescan(self) -> None:
         """List the server files again (after files were added under ``--allow-dir``)."""
         self._server_files = list_model_files(self.allow_dirs)

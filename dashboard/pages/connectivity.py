@@ -1,0 +1,540 @@
+"""The Connectivity page: is there a low-loss linear path between two models, before and after alignment?
+
+What the page shows, all from one :class:`~analyses.connectivity.analysis.ConnectivityResult`:
+
+- loss and accuracy along ``theta(l) = (1 - l) theta_A + l theta_B``, naive (dashed) and after
+  permutation matching (solid), on train and test data; tap a point of the path and the page
+  offers **Analyse this interpolated model**: ``theta(l)`` is saved as a safetensors file of the
+  session and becomes the sidebar's model, so Spectra, Lipschitz, ... analyse it (one model, all views);
+- the loss and error barriers, naive vs matched;
+- per layer, what the alignment changed (L2 distance, alignment of the top singular vectors);
+- with more models: the barrier of every pair and the loss over the plane through three;
+- export of every figure (SVG, PNG, PDF, offline HTML) and of the tables (CSV).
+
+Model A is the sidebar's model; model B is chosen among the sidebar's sources (by default the
+demo partner: ``mlp-w64-a`` with ``mlp-w64-b``). The page computes nothing itself:
+:class:`~analyses.connectivity.analysis.ModeConnectivity` runs in a :class:`JobPanel`, the views
+come from :mod:`analyses.connectivity.views`. In a notebook,
+``ConnectivityPage(model=["mlp-w64-a", "mlp-w64-b"])`` runs in the cell and displays the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+
+from analyses.connectivity import views
+from analyses.connectivity.analysis import ModeConnectivity
+from analyses.core.errors import NNVitalsError
+from analyses.zoo import DEMO_MODELS, manifest
+
+from .. import style
+from ..components.export import ExportPanel, export_item
+from ..components.jobs import JobPanel, in_server
+from ..settings import AppSettings
+
+log = logging.getLogger("nnvitals.app")
+
+#: the knobs shown as widgets (generated from ModeConnectivity's parameters)
+KNOBS = ["match", "points", "bn_reset", "repair"]
+ADVANCED_KNOBS = [
+    "seed",
+    "max_iter",
+    "batch_size",
+    "act_samples",
+    "vectorize",
+    "top_k",
+    "plane_points",
+    "device",
+]
+#: demo pairs (same architecture, different seeds), the first one present is the page's default
+DEMO_PAIRS = (("mlp-w64-a", "mlp-w64-b"), ("mlp-w512-a", "mlp-w512-b"), ("bn-cnn-a", "bn-cnn-b"))
+DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
+
+
+def demo_data_name(model: Any) -> str | None:
+    """The built-in data (ModeConnectivity's name) a demo model was trained on, else None."""
+    if not isinstance(model, str) or model not in DEMO_MODELS:
+        return None
+    try:
+        size = int(manifest()["models"][model]["data"]["size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {8: "digits", 16: "digits16", 32: "digits32"}.get(size)
+
+
+def partner(model: Any, candidates: list[Any]) -> Any | None:
+    """The default model B for ``model``: its demo pair partner (``x-a`` <-> ``x-b``), else its
+    trained / untrained twin, else None."""
+    if not isinstance(model, str):
+        return None
+    options = []
+    if model.endswith("-a"):
+        options.append(model[:-2] + "-b")
+    if model.endswith("-b"):
+        options.append(model[:-2] + "-a")
+    options.append(model.removesuffix("-untrained") if model.endswith("-untrained") else f"{model}-untrained")
+    return next((c for c in options if c in candidates and c != model), None)
+
+
+def _label(model: Any) -> str:
+    if isinstance(model, str | Path):
+        return model if str(model) in DEMO_MODELS else Path(str(model)).name
+    return type(model).__name__
+
+
+def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
+    kw.setdefault("sizing_mode", "fixed")
+    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
+
+
+class ConnectivityPage(pn.viewable.Viewer):
+    """Linear mode connectivity page (see the module docstring): ``ConnectivityPage(model=[a, b])``."""
+
+    slug = "connectivity"
+    title = "Connectivity"
+    question = "Is there a low-loss linear path between two models, before and after permutation alignment?"
+
+    models = param.List(default=[], doc="Model A, model B and any further models (pairwise, plane).")
+    result = param.Parameter(default=None, doc="The current ConnectivityResult.")
+    point = param.Dict(
+        default=None, allow_None=True, doc="The tapped point: path, split, lam, loss, accuracy."
+    )
+    picked = param.Parameter(default=None, doc="The last interpolated model saved (its file path).")
+
+    def __init__(
+        self,
+        model: Any = None,
+        picker: Any = None,
+        settings: AppSettings | None = None,
+        run: bool = True,
+        **params: Any,
+    ):
+        super().__init__(**params)
+        self.settings = settings or AppSettings()
+        self.picker = picker
+        self._tmp: Path | None = None
+        self._own_pick: str | None = None
+        if model is None:
+            pair = next((p for p in DEMO_PAIRS if all(m in DEMO_MODELS for m in p)), None)
+            if pair is not None:
+                model = list(pair)
+            else:
+                a = picker.model if picker is not None else self.settings.default_model
+                model = [a, partner(a, list(self._sources().values()))]
+        models = list(model) if isinstance(model, list | tuple) else [model, None]
+        if len(models) == 1:
+            models.append(partner(models[0], list(self._sources().values())))
+        self.analysis = ModeConnectivity(
+            show_progress=False, runner=self.settings.runner, data=self._data_for(models)
+        )
+        self._views: dict[str, Any] = {}
+        self.jobs = JobPanel()
+        self._build_controls()
+        self._build_main()
+        self.models = models
+        self._sync_choices()
+        if picker is not None:
+            picker.param.watch(self._on_picker, ["model"])
+            picker.param.watch(self._on_sources, ["sources"])
+            if in_server():
+                pn.state.on_session_destroyed(lambda _ctx: self.close())
+        if run:
+            self.run(wait=0.3)
+
+    # ------------------------------------------------------------------ building
+    def _build_controls(self) -> None:
+        widgets = {
+            "match": {"type": pn.widgets.RadioButtonGroup, "name": "Alignment", "button_style": "outline"},
+            "points": {"type": pn.widgets.IntInput, "name": "Points along the path"},
+            "bn_reset": {"type": pn.widgets.RadioButtonGroup, "name": "Reset BatchNorm statistics",
+                         "button_style": "outline"},
+            "repair": {"type": pn.widgets.Checkbox, "name": "REPAIR (models without BatchNorm)"},
+            "seed": {"type": pn.widgets.IntInput},
+            "max_iter": {"type": pn.widgets.IntInput, "name": "Matching: at most this many sweeps"},
+            "batch_size": {"type": pn.widgets.IntInput, "name": "Samples per forward pass"},
+            "act_samples": {"type": pn.widgets.IntInput, "name": "Samples for activation statistics"},
+            "vectorize": {"type": pn.widgets.Checkbox, "name": "Evaluate the points together (vmap)"},
+            "top_k": {"type": pn.widgets.IntInput, "name": "Top singular vectors per layer"},
+            "plane_points": {"type": pn.widgets.IntInput, "name": "Plane grid points per side"},
+            "device": {"type": pn.widgets.TextInput},
+        }  # fmt: skip
+        for name in KNOBS + ADVANCED_KNOBS:
+            widgets.setdefault(name, {}).setdefault("width", 230)
+        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
+        self._advanced = pn.Card(
+            pn.Param(self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240),
+            title="Advanced",
+            collapsed=True,
+            width=255,
+        )
+        self._model_b = pn.widgets.Select(name="Model B (same architecture)", options={}, width=230)
+        self._model_b.param.watch(self._on_model_b, "value")
+        self._more = pn.widgets.MultiChoice(
+            name="More models (pairwise, merge, plane)", options={}, width=230
+        )
+        self._more.param.watch(self._on_more, "value")
+        self._data = pn.widgets.Select(name="Data (train and test)", options=DATA_CHOICES, width=230)
+        self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
+        self._run_button = pn.widgets.Button(
+            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        )
+        self._run_button.on_click(lambda _e: self.run())
+        self.controls = pn.Column(
+            pn.pane.Markdown("#### Connectivity settings", margin=(5, 10, 0, 10)),
+            pn.pane.Markdown(
+                "Model A is the model picked above.",
+                styles=style.NOTE,
+                css_classes=["nnv-note"],
+                margin=(0, 10),
+            ),
+            self._model_b,
+            self._more,
+            self._data,
+            self._knobs,
+            self._advanced,
+            self._run_button,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-controls"],
+        )
+
+    def _build_main(self) -> None:
+        self._summary = pn.pane.Markdown(
+            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
+        )
+        self._loss = pn.Column(pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-conn-loss"])
+        self._accuracy = pn.Column(css_classes=["nnv-conn-accuracy"])
+        self._point_text = pn.pane.Markdown(
+            "Tap a point of the path to pick that interpolated model.",
+            css_classes=["nnv-conn-point"],
+            sizing_mode="stretch_width",
+        )
+        self._analyse = pn.widgets.Button(
+            name="Analyse this interpolated model",
+            button_type="primary",
+            visible=False,
+            width=280,
+            css_classes=["nnv-conn-analyse"],
+        )
+        self._analyse.on_click(lambda _e: self.analyse_point())
+        self._picked_text = pn.pane.Markdown("", css_classes=["nnv-conn-picked"], sizing_mode="stretch_width")
+        self._barriers = pn.Column(css_classes=["nnv-conn-barriers"])
+        self._barrier_table = pn.pane.DataFrame(
+            None, index=False, float_format="{:.4f}".format, sizing_mode="stretch_width"
+        )
+        self._layers = pn.Column(css_classes=["nnv-conn-layers"])
+        self._layer_table = pn.pane.DataFrame(
+            None, index=False, float_format="{:.4f}".format, sizing_mode="stretch_width"
+        )
+        self._many = pn.Row(css_classes=["nnv-conn-many"], sizing_mode="stretch_width")
+        self.export_panel = ExportPanel(self.figures, self.tables, prefix="connectivity")
+        path_tab = pn.Column(
+            pn.pane.Markdown(
+                "Each point is the model θ(λ) = (1 − λ) θ_A + λ θ_B. Dashed: B as it is (naive); solid: B with "
+                "its hidden units permuted to match A. A bump above the straight line between the ends is "
+                "a barrier. Tap a point to analyse that model in the other pages.",
+                styles=style.NOTE,
+                css_classes=["nnv-note"],
+                margin=(0, 10),
+            ),
+            pn.Row(self._loss, self._accuracy, sizing_mode="stretch_width"),
+            self._point_text,
+            self._analyse,
+            self._picked_text,
+            sizing_mode="stretch_width",
+            name="Path",
+        )
+        self.tabs = pn.Tabs(
+            path_tab,
+            pn.Column(self._barriers, self._barrier_table, name="Barriers", sizing_mode="stretch_width"),
+            pn.Column(
+                pn.pane.Markdown(
+                    "Matching barely shortens the distance between the models; it aligns the singular vectors "
+                    "with large singular values (Ito et al. 2024).",
+                    styles=style.NOTE,
+                    margin=(0, 10),
+                ),
+                self._layers,
+                self._layer_table,
+                name="Layers",
+                sizing_mode="stretch_width",
+            ),
+            pn.Column(self._many, name="Pairwise & plane", sizing_mode="stretch_width"),
+            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
+            dynamic=False,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-tabs"],
+        )
+        self.main = pn.Column(
+            pn.pane.Markdown(
+                f"## Connectivity\n{self.question} Linear mode connectivity with Git Re-Basin weight matching "
+                "(Ainsworth et al., ICLR 2023).",
+                css_classes=["nnv-page-head"],
+                sizing_mode="stretch_width",
+            ),
+            self.jobs,
+            self._summary,
+            self.tabs,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-page", "nnv-connectivity"],
+        )
+
+    def __panel__(self):
+        if self.picker is not None:
+            return self.main
+        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ models and data
+    @staticmethod
+    def _data_for(models: list[Any]) -> str:
+        names = {demo_data_name(m) for m in models if m is not None} - {None}
+        return names.pop() if len(names) == 1 else "digits"
+
+    def _sources(self) -> dict[str, Any]:
+        if self.picker is not None:
+            return dict(self.picker.sources)
+        return {name: name for name in DEMO_MODELS}
+
+    def _sync_choices(self) -> None:
+        sources = self._sources()
+        a = self.models[0] if self.models else None
+        others = {k: v for k, v in sources.items() if v != a}
+        b = self.models[1] if len(self.models) > 1 else None
+        if b is not None and b not in others.values():
+            others[_label(b)] = b
+        self._syncing = True
+        try:
+            self._model_b.options = {"(choose model B)": None, **others}
+            self._model_b.value = b
+            self._more.options = {k: v for k, v in others.items() if v != b}
+            self._more.value = [m for m in self.models[2:] if m in self._more.options.values()]
+            self._data.value = self._data_for(self.models)
+        finally:
+            self._syncing = False
+
+    def _on_sources(self, *_: Any) -> None:
+        self._sync_choices()
+
+    def _on_picker(self, event) -> None:
+        if event.new is None or (self._own_pick is not None and event.new == self._own_pick):
+            return  # the interpolated model this page just handed to the other pages
+        b = self.models[1] if len(self.models) > 1 else None
+        if b is None or b == event.new:
+            b = partner(event.new, list(self._sources().values()))
+        self.set_models([event.new, b, *self.models[2:]])
+
+    def _on_model_b(self, event) -> None:
+        if getattr(self, "_syncing", False) or len(self.models) < 2 or event.new == self.models[1]:
+            return
+        self.models = [self.models[0], event.new, *[m for m in self.models[2:] if m != event.new]]
+        self._sync_choices()
+
+    def _on_more(self, event) -> None:
+        if getattr(self, "_syncing", False) or not self.models:
+            return
+        self.models = [*self.models[:2], *event.new]
+
+    def set_models(self, models: list[Any], run: bool = True) -> None:
+        """Compare these models (A, B, then any more) and run."""
+        self.models = list(models) + [None] * (2 - len(models))
+        self._sync_choices()
+        if run:
+            self.run()
+
+    # ------------------------------------------------------------------ runs
+    def _analysis(self) -> ModeConnectivity:
+        values = {
+            k: v
+            for k, v in self.analysis.param.values().items()
+            if k not in ("name", "model", "model_b", "models")
+        }
+        a, b, *more = self.models
+        if more:
+            return ModeConnectivity(models=[a, b, *more], **values)
+        return ModeConnectivity(model_a=a, model_b=b, **values)
+
+    def run(self, wait: float = 0.0) -> None:
+        """Run the analysis with the current settings (in the background when served)."""
+        if len(self.models) < 2 or self.models[0] is None or self.models[1] is None:
+            self._summary.object = (
+                "**Choose model B** in the settings: a model of the same architecture as model A "
+                f"({_label(self.models[0]) if self.models else 'none'}), e.g. the same network trained from another seed."
+            )
+            return
+        analysis = self._analysis()
+        labels = " vs ".join(_label(m) for m in self.models)
+        self.jobs.submit(
+            f"Connectivity of {labels}",
+            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
+            self._show,
+            wait=wait,
+        )
+
+    def _show(self, result) -> None:
+        self.result = result
+        self.point = None
+        meta = result.meta
+        how = "from the result store" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.2f} s"
+        s = result.summary
+        labels = [_label(m) for m in self.models]
+        head = f"**{labels[0]}** (A) vs **{labels[1]}** (B)"
+        if len(labels) > 2:
+            head += f" and {', '.join(labels[2:])}"
+        lines = [f"{head}: {s['points']} points per path, alignment **{s['match']}** · {how}"]
+        lines += [f"- {line}" for line in views.summary_text(result).splitlines()]
+        self._summary.object = "\n".join(lines)
+        self._draw()
+        self.export_panel.refresh()
+
+    # ------------------------------------------------------------------ views
+    def _draw(self) -> None:
+        r = self.result
+        if r is None:
+            return
+        loss, acc = views.path_plot(r, "loss"), views.path_plot(r, "accuracy")
+        self._views = {"loss": loss, "accuracy": acc}
+        self._frame = views.path_frame(r)
+        self._streams = []
+        for plot in (loss, acc):
+            pts = views.path_points(plot)
+            pts.opts(tools=["tap", "hover"], active_tools=["tap"], backend="bokeh")
+            stream = hv.streams.Selection1D(source=pts, index=[])
+            stream.add_subscriber(self._on_tap)
+            self._streams.append(stream)
+        self._loss.objects = [_holoviews(loss, css_classes=["nnv-plot-path-loss"])]
+        self._accuracy.objects = [_holoviews(acc, css_classes=["nnv-plot-path-accuracy"])]
+        self._barriers.objects = [_holoviews(views.barrier_plot(r), css_classes=["nnv-plot-barriers"])]
+        self._barrier_table.object = views.barrier_table(r)
+        self._layers.objects = [_holoviews(views.layer_plot(r), css_classes=["nnv-plot-layers"])]
+        self._layer_table.object = r.layers
+        path = "matched" if r.summary.get("match") != "none" else "naive"
+        self._many.objects = [
+            _holoviews(views.pairwise_heatmap(r, "barrier", path), css_classes=["nnv-plot-pairwise"]),
+            _holoviews(views.plane_plot(r), css_classes=["nnv-plot-plane"]),
+        ]
+        self._describe()
+
+    def _on_tap(self, index) -> None:
+        if index:
+            self.select(int(index[0]))
+
+    def select(self, row: int) -> None:
+        """Pick point ``row`` of :func:`analyses.connectivity.views.path_frame` (as a tap does)."""
+        if self.result is None:
+            return
+        frame = self._frame
+        row = min(max(0, int(row)), len(frame) - 1)
+        rec = frame.iloc[row]
+        self.point = {
+            "path": str(rec["path"]), "split": str(rec["split"]), "lam": float(rec["lam"]),
+            "loss": float(rec["loss"]), "accuracy": float(rec["accuracy"]),
+        }  # fmt: skip
+        self._describe()
+
+    def _describe(self) -> None:
+        p = self.point
+        if p is None:
+            self._point_text.object = "Tap a point of the path to pick that interpolated model."
+            self._analyse.visible = False
+            return
+        self._point_text.object = (
+            f"**θ(λ = {p['lam']:.3f})** on the **{p['path']}** path: {p['split']} loss {p['loss']:.4f}, "
+            f"accuracy {p['accuracy']:.3f}"
+        )
+        self._analyse.visible = True
+
+    # ------------------------------------------------------------------ one model, all views
+    def _out_dir(self) -> Path:
+        if self.picker is not None:
+            d = Path(self.picker.upload_dir)
+        else:
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="nnvitals-interp-"))
+            d = self._tmp
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def analyse_point(self) -> Path | None:
+        """Save the tapped interpolated model (safetensors, in the session's temporary directory)
+        and make it the sidebar's model, so the other pages analyse it. Returns the file."""
+        from safetensors.torch import save_file
+
+        p, r = self.point, self.result
+        if p is None or r is None:
+            self.jobs.show_error("no point picked: tap a point of the path first")
+            return None
+        try:
+            state = self._analysis().interpolated_state(p["lam"], p["path"], r)
+            path = self._out_dir() / f"interpolated-{p['path']}-lam{p['lam']:.3f}.safetensors"
+            save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        except NNVitalsError as e:
+            self.jobs.show_error(str(e))
+            return None
+        except OSError as e:
+            self.jobs.show_error(f"could not save the interpolated model ({e.strerror or e})")
+            return None
+        self.picked = str(path)
+        label = f"θ(λ={p['lam']:.2f}) {p['path']}, {' – '.join(_label(m) for m in self.models[:2])}"
+        if self.picker is not None:
+            self._own_pick = str(path)
+            self.picker.add_file(path, label)
+            self._picked_text.object = (
+                f"Saved **{path.name}**; it is now the model picked in the sidebar: open **Spectra** or "
+                "**Lipschitz** to analyse it (this page keeps comparing A and B)."
+            )
+        else:
+            self._picked_text.object = f"Saved **{path}**."
+        log.info("interpolated model saved to %s", path)
+        return path
+
+    def close(self) -> None:
+        """Delete this page's own temporary files (with a picker they live in its upload directory)."""
+        self.jobs.close("page closed")
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ export
+    def figures(self) -> dict[str, Any]:
+        """Figure builders by title (built when exported)."""
+        r = self.result
+        if r is None:
+            return {}
+        figs = {
+            "Loss along the path": lambda: views.path_plot(r, "loss"),
+            "Accuracy along the path": lambda: views.path_plot(r, "accuracy"),
+            "Barriers": lambda: views.barrier_plot(r),
+            "Per-layer alignment": lambda: views.layer_plot(r),
+        }
+        if int(r.summary.get("models", 2)) >= 3:
+            path = "matched" if r.summary.get("match") != "none" else "naive"
+            figs["Pairwise barriers"] = lambda: views.pairwise_heatmap(r, "barrier", path)
+            figs["Loss over the plane"] = lambda: views.plane_plot(r)
+        return figs
+
+    def tables(self) -> dict[str, Any]:
+        """Table builders by title (CSV)."""
+        r = self.result
+        if r is None:
+            return {}
+        out: dict[str, Any] = {
+            "path": lambda: r.table,
+            "barriers": lambda: views.barrier_table(r),
+            "layers": lambda: r.layers,
+        }
+        if int(r.summary.get("models", 2)) >= 3:
+            out["pairwise"] = lambda: pd.DataFrame(
+                r.pairwise("barrier_matched" if r.summary.get("match") != "none" else "barrier_naive")
+            )
+        return out
+
+    def export(self, what: str, path: str | Path) -> Path:
+        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
+        return export_item(self.figures(), self.tables(), what, path)
