@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_orbits import add_orbits_parser
 
     add_orbits_parser(sub)
+    from .cli_connectivity import add_connectivity_parser
+    add_connectivity_parser(sub)
     from .cli_bounds import add_bounds_parsers
 
     add_bounds_parsers(sub)

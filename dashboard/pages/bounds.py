@@ -1,0 +1,406 @@
+"""The Bounds page: IBP tightness and Lipschitz bounds of one model, in two tabs.
+
+What the page shows, from an :class:`~analyses.bounds.analysis.IBPResult` and a
+:class:`~analyses.bounds.analysis.LipschitzResult` of the same model and data:
+
+- **IBP tightness** (Mao et al., ICLR 2024): the mean local tightness per layer (log scale, 1 =
+  interval bounds are exact), the output tightness against the input radius eps, and per ReLU
+  layer the shares of stable-active, stable-inactive and unstable units;
+- **Lipschitz** (Khromov & Singh, ICLR 2024): the certified product upper bound against the
+  empirical Jacobian-norm lower bound per layer (log scale) with the gap between them, and a
+  histogram of per-sample Jacobian norms: tap a bar to see those samples;
+- export of every figure (SVG, PNG, PDF, offline HTML) and of the tables (CSV).
+
+The navigation has two entries for this one page ("IBP tightness", slug ``bounds``, and
+"Lipschitz", slug ``lipschitz``); the app calls :meth:`BoundsPage.show_tab`. The page computes
+nothing itself: both analyses run in one :class:`JobPanel` job; the views come from
+:mod:`analyses.bounds.views`. In a notebook ``BoundsPage(model="cnn")`` runs in the cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from analyses.bounds import views
+from analyses.bounds.analysis import IBPTightness, LipschitzBounds
+from analyses.core.errors import NNVitalsError
+from analyses.zoo import DEMO_MODELS
+
+from .. import style
+from ..components.export import ExportPanel, export_item
+from ..components.jobs import JobPanel
+from ..settings import AppSettings
+from .orbits import demo_data_name
+
+log = logging.getLogger("nnvitals.app")
+
+DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
+#: demo_data_name's names -> the bounds analyses' names of the built-in digits
+_DATA_NAMES = {"digits8": "digits", "digits16": "digits16", "digits32": "digits32"}
+TABS = {"ibp": 0, "lipschitz": 1, "export": 2}
+DEFAULT_SWEEP = [0.001, 0.003, 0.01, 0.03, 0.1]
+BINS = 20
+
+
+def _label(model: Any) -> str:
+    if isinstance(model, str | Path):
+        return model if str(model) in DEMO_MODELS else Path(str(model)).name
+    return type(model).__name__
+
+
+def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
+    kw.setdefault("sizing_mode", "fixed")
+    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
+
+
+def data_for(model: Any) -> str:
+    """The built-in digits a demo model was trained on (8x8 otherwise)."""
+    return _DATA_NAMES.get(demo_data_name(model) or "", "digits")
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """'0.001, 0.01 0.1' -> [0.001, 0.01, 0.1]; a clear error otherwise."""
+    items = [t for t in text.replace(",", " ").split() if t]
+    try:
+        return [float(t) for t in items]
+    except ValueError:
+        raise NNVitalsError(
+            f"eps sweep: expected numbers separated by commas (0.001, 0.01, 0.1), got {text!r}"
+        ) from None
+
+
+class BoundsPage(pn.viewable.Viewer):
+    """IBP tightness and Lipschitz bounds (see the module docstring): ``BoundsPage(model="cnn")``."""
+
+    slug = "bounds"
+    title = "IBP tightness & Lipschitz"
+    question = "How loose are interval bounds through this network, and how smooth is the function?"
+
+    model = param.Parameter(default=None, doc="The model analysed (runnable: demo name, .pt2, module).")
+    ibp_result = param.Parameter(default=None, doc="The current IBPResult.")
+    lip_result = param.Parameter(default=None, doc="The current LipschitzResult.")
+    bar = param.Integer(default=0, doc="Selected bar of the Jacobian-norm histogram.")
+
+    def __init__(
+        self,
+        model: Any = None,
+        picker: Any = None,
+        settings: AppSettings | None = None,
+        run: bool = True,
+        **params: Any,
+    ):
+        super().__init__(**params)
+        self.settings = settings or AppSettings()
+        self.picker = picker
+        if model is None:
+            model = picker.model if picker is not None else self.settings.default_model
+        common = dict(
+            model=model,
+            data=data_for(model),
+            show_progress=False,
+            runner=self.settings.runner,
+            max_samples=128,
+        )
+        self.ibp = IBPTightness(eps=0.01, eps_sweep=list(DEFAULT_SWEEP), **common)
+        self.lip = LipschitzBounds(mixes=128, **common)
+        self.explorer: views.JacobianExplorer | None = None
+        self.jobs = JobPanel()
+        self._build_controls()
+        self._build_main()
+        self.model = model
+        if picker is not None:
+            picker.param.watch(self._on_picker, ["model"])
+        if run:
+            self.run(wait=0.3)
+
+    # ------------------------------------------------------------------ building
+    def _build_controls(self) -> None:
+        w = 230
+        self._data = pn.widgets.Select(name="Data", options=DATA_CHOICES, value=self.ibp.data, width=w)
+        self._eps = pn.widgets.FloatInput(name="eps (L-inf input radius)", value=0.01, step=0.005, width=w)
+        self._sweep = pn.widgets.TextInput(
+            name="Also at eps (tightness vs eps)", value=", ".join(f"{e:g}" for e in DEFAULT_SWEEP), width=w
+        )
+        self._lo = pn.widgets.FloatInput(name="Data range: low", value=0.0, width=110)
+        self._hi = pn.widgets.FloatInput(name="high", value=1.0, width=110)
+        ibp_knobs = pn.Param(
+            self.ibp,
+            parameters=["spec", "relu"],
+            widgets={
+                "spec": {"type": pn.widgets.RadioButtonGroup, "button_style": "outline", "width": w},
+                "relu": {"type": pn.widgets.RadioButtonGroup, "button_style": "outline", "width": w},
+            },
+            show_name=False,
+            width=250,
+        )
+        self._samples = pn.widgets.IntInput(name="Samples per split", value=128, start=1, width=w)
+        lip_knobs = pn.Param(
+            self.lip,
+            parameters=["mixes", "per_layer", "sharpen"],
+            widgets={
+                "mixes": {"type": pn.widgets.IntInput, "name": "Midpoints of random pairs", "width": w},
+                "per_layer": {"name": "Lower bound at every layer"},
+                "sharpen": {"name": "Sharpen by gradient ascent"},
+            },
+            show_name=False,
+            width=250,
+        )
+        self._run_button = pn.widgets.Button(
+            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        )
+        self._run_button.on_click(lambda _e: self.run())
+        self.controls = pn.Column(
+            pn.pane.Markdown("#### Bounds settings", margin=(5, 10, 0, 10)),
+            self._data,
+            pn.Row(self._lo, self._hi),
+            self._samples,
+            pn.pane.Markdown("**IBP tightness**", margin=(5, 10, 0, 10)),
+            self._eps,
+            self._sweep,
+            ibp_knobs,
+            pn.pane.Markdown("**Lipschitz**", margin=(5, 10, 0, 10)),
+            lip_knobs,
+            self._run_button,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-controls"],
+        )
+
+    def _build_main(self) -> None:
+        self._summary = pn.pane.Markdown(
+            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
+        )
+        running = "*The analysis is running …*"
+        self._tightness = pn.Column(pn.pane.Markdown(running), css_classes=["nnv-bounds-tightness"])
+        self._vs_eps = pn.Column(css_classes=["nnv-bounds-eps"])
+        self._stability = pn.Column(css_classes=["nnv-bounds-stability"])
+        self._bounds = pn.Column(pn.pane.Markdown(running), css_classes=["nnv-bounds-lipschitz"])
+        self._gap = pn.Column(css_classes=["nnv-bounds-gap"])
+        self._hist = pn.Column(css_classes=["nnv-bounds-histogram"])
+        self._samples_view = pn.Column(css_classes=["nnv-bounds-samples"])
+        self._selection = pn.pane.Markdown(
+            "", css_classes=["nnv-bounds-selection"], sizing_mode="stretch_width"
+        )
+        note = dict(styles=style.NOTE, css_classes=["nnv-note"], margin=(0, 10))
+        ibp_tab = pn.Column(
+            pn.pane.Markdown(
+                "Tightness = optimal box radius / IBP box radius of the network linearised at each sample "
+                "(1: interval bounds are exact). It falls with width and depth at initialisation; IBP "
+                "training raises it, standard training does not.",
+                **note,
+            ),
+            pn.Row(self._tightness, self._vs_eps, sizing_mode="stretch_width"),
+            self._stability,
+            sizing_mode="stretch_width",
+            name="IBP tightness",
+        )
+        lip_tab = pn.Column(
+            pn.pane.Markdown(
+                "Upper bound: product of the layers' own Lipschitz constants (certified). Lower bound: the "
+                "largest input-Jacobian norm over train, test and midpoints of sample pairs. Tap a bar of "
+                "the histogram to see its samples.",
+                **note,
+            ),
+            pn.Row(self._bounds, self._gap, sizing_mode="stretch_width"),
+            self._selection,
+            pn.Row(self._hist, self._samples_view, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+            name="Lipschitz",
+        )
+        self.export_panel = ExportPanel(self.figures, self.tables, prefix="bounds")
+        self.tabs = pn.Tabs(
+            ibp_tab,
+            lip_tab,
+            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
+            dynamic=False,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-tabs"],
+        )
+        self.main = pn.Column(
+            pn.pane.Markdown(
+                f"## IBP tightness & Lipschitz bounds\n{self.question} Interval bound propagation tightness "
+                "(Understanding Certified Training with IBP, ICLR 2024) and Lipschitz upper vs lower bounds "
+                "(Some Intriguing Aspects about Lipschitz Continuity of Neural Networks, ICLR 2024).",
+                css_classes=["nnv-page-head"],
+                sizing_mode="stretch_width",
+            ),
+            self.jobs,
+            self._summary,
+            self.tabs,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-page", "nnv-bounds"],
+        )
+
+    def __panel__(self):
+        if self.picker is not None:
+            return self.main
+        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
+
+    def show_tab(self, name: str) -> None:
+        """Open tab ``name``: "ibp" (IBP tightness), "lipschitz" or "export"."""
+        if name not in TABS:
+            raise NNVitalsError(f"tab {name!r}: expected one of {', '.join(TABS)}")
+        self.tabs.active = TABS[name]
+
+    # ------------------------------------------------------------------ model
+    def _on_picker(self, event) -> None:
+        self.set_model(event.obj.model)
+
+    def set_model(self, model: Any, run: bool = True) -> None:
+        """Analyse ``model`` (on the digits it was trained on, when it is a demo model) and run."""
+        self.model = model
+        self._data.value = data_for(model)
+        if run:
+            self.run()
+
+    # ------------------------------------------------------------------ runs
+    def _analyses(self) -> tuple[IBPTightness, LipschitzBounds]:
+        """Copies of the two analyses with the widgets' values (what a run computes)."""
+        lo, hi = self._lo.value, self._hi.value
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise NNVitalsError(f"data range: expected finite low < high, got [{lo}, {hi}]")
+        eps = self._eps.value
+        if eps is None:
+            raise NNVitalsError("eps: expected a number >= 0")
+        shared = dict(
+            model=self.model, data=self._data.value, data_range=(float(lo), float(hi)),
+            max_samples=max(1, int(self._samples.value or 1)),
+        )  # fmt: skip
+        ivals = {k: v for k, v in self.ibp.param.values().items() if k != "name"}
+        ivals.update(shared, eps=float(eps), eps_sweep=parse_eps_list(self._sweep.value))
+        lvals = {k: v for k, v in self.lip.param.values().items() if k != "name"}
+        lvals.update(shared)
+        return IBPTightness(**ivals), LipschitzBounds(**lvals)
+
+    def run(self, wait: float = 0.0) -> None:
+        """Run both analyses with the current settings (in the background when served)."""
+        try:
+            ibp, lip = self._analyses()
+        except NNVitalsError as e:
+            self.jobs.show_error(str(e))
+            return
+
+        def work(progress, cancel):
+            a = ibp.run(progress=progress, cancel=cancel)
+            b = lip.run(progress=progress, cancel=cancel)
+            return a, b
+
+        self.jobs.submit(f"Bounds of {_label(self.model)}", work, self._show, wait=wait)
+
+    def _show(self, results) -> None:
+        ibp, lip = results
+        self.ibp_result, self.lip_result = ibp, lip
+        how = []
+        for r in (ibp, lip):
+            meta = r.meta
+            how.append("from the result store" if meta.get("cached") else f"{meta.get('seconds', 0):.2f} s")
+        s = ibp.summary
+        lines = [
+            f"**{_label(self.model)}** on {self._data.value}, {s['samples']} samples · IBP {how[0]}, "
+            f"Lipschitz {how[1]}",
+            *[f"- {line}" for line in views.ibp_summary_text(ibp).splitlines()],
+            *[f"- {line}" for line in views.lipschitz_summary_text(lip).splitlines()],
+        ]
+        self._summary.object = "\n".join(lines)
+        self._tightness.objects = [_holoviews(views.tightness_plot(ibp), css_classes=["nnv-plot-tightness"])]
+        self._vs_eps.objects = [_holoviews(views.tightness_vs_eps(ibp), css_classes=["nnv-plot-eps"])]
+        self._stability.objects = [_holoviews(views.stability_bars(ibp), css_classes=["nnv-plot-stability"])]
+        self._bounds.objects = [_holoviews(views.lipschitz_plot(lip), css_classes=["nnv-plot-lipschitz"])]
+        self._gap.objects = [_holoviews(views.gap_plot(lip), css_classes=["nnv-plot-gap"])]
+        self._redraw_explorer()
+        self.export_panel.refresh()
+
+    # ------------------------------------------------------------------ linked views
+    def _redraw_explorer(self) -> None:
+        lip = self.lip_result
+        if lip is None:
+            return
+        ex = views.jacobian_explorer(lip, bins=BINS)
+        ex.histogram.opts(tools=["tap", "hover"], active_tools=["tap"], backend="bokeh")
+        self.explorer = ex
+        self.bar = ex.bar
+        self._hist.objects = [_holoviews(ex.panels["histogram"], css_classes=["nnv-plot-histogram"])]
+        self._samples_view.objects = [_holoviews(ex.panels["samples"], css_classes=["nnv-plot-samples"])]
+        ex.selection.add_subscriber(self._on_tap)
+        self._describe()
+
+    def _on_tap(self, index) -> None:
+        if index:
+            self.bar = int(index[0])
+            self._describe()
+
+    def select(self, bar: int) -> None:
+        """Select histogram bar ``bar``, as a tap does."""
+        if self.explorer is not None:
+            self.explorer.show(bar)
+
+    def _describe(self) -> None:
+        lip = self.lip_result
+        if lip is None:
+            return
+        edges = views.histogram_bins(lip, None, BINS)
+        bar = min(max(0, self.bar), len(edges) - 2)
+        df = views.samples_in_bin(lip, bar, None, BINS)
+        head = ", ".join(
+            f"{r.split} #{r.row}"
+            + (f" (label {r.label})" if r.label >= 0 else "")
+            + f" {r.jacobian_norm:.3g}"
+            for r in df.head(6).itertuples()
+        )
+        more = f", … {len(df) - 6} more" if len(df) > 6 else ""
+        self._selection.object = (
+            f"**Bar {bar}**: {len(df)} samples with ||J(x)|| in [{edges[bar]:.3g}, {edges[bar + 1]:.3g}]"
+            + (f": {head}{more}" if len(df) else "")
+        )
+
+    # ------------------------------------------------------------------ export
+    def figures(self) -> dict[str, Any]:
+        """Figure builders by title (built when exported)."""
+        figs: dict[str, Any] = {}
+        ibp, lip = self.ibp_result, self.lip_result
+        if ibp is not None:
+            figs["IBP tightness per layer"] = lambda: views.tightness_plot(ibp)
+            figs["Tightness vs eps"] = lambda: views.tightness_vs_eps(ibp)
+            figs["Certified accuracy vs eps"] = lambda: views.certified_vs_eps(ibp)
+            figs["ReLU stability"] = lambda: views.stability_bars(ibp)
+        if lip is not None:
+            bar = self.bar
+            figs["Lipschitz bounds per layer"] = lambda: views.lipschitz_plot(lip)
+            figs["Gap upper over lower"] = lambda: views.gap_plot(lip)
+            figs["Jacobian norms"] = lambda: views.jacobian_histogram(lip, bins=BINS)
+            figs[f"Samples of bar {bar}"] = lambda: views.bin_samples(lip, bar, bins=BINS)
+        return figs
+
+    def tables(self) -> dict[str, Any]:
+        """Table builders by title (CSV)."""
+        out: dict[str, Any] = {}
+        ibp, lip = self.ibp_result, self.lip_result
+        if ibp is not None:
+            out["ibp"] = lambda: ibp.table
+            out["ibp summary"] = lambda: pd.DataFrame([ibp.summary])
+        if lip is not None:
+            out["lipschitz"] = lambda: lip.table
+
+            def per_sample() -> pd.DataFrame:
+                return pd.DataFrame(
+                    [
+                        {"split": s, "row": i, "jacobian_norm": float(v)}
+                        for s in lip.splits
+                        for i, v in enumerate(lip.jacobian_norms(s))
+                    ]
+                )
+
+            out["jacobian norms"] = per_sample
+            bar = self.bar
+            out["selected samples"] = lambda: views.samples_in_bin(lip, bar, None, BINS)
+        return out
+
+    def export(self, what: str, path: str | Path) -> Path:
+        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
+        return export_item(self.figures(), self.tables(), what, path)
