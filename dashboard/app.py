@@ -16,8 +16,6 @@ visitors.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import logging
 import os
 import secrets
@@ -57,45 +55,24 @@ class PageSpec:
     slug: str
     title: str
     factory: Callable[..., Any]
-    ready: bool = True
     page_of: str | None = None
     tab: str | None = None
 
 
-#: navigation entries: slug, title, "module:Class" of the page, (slug of the page it shares, tab)
-PAGES: tuple[tuple[str, str, str, tuple[str, str] | None], ...] = (
-    ("spectra", "Spectra", "spectra:SpectraPage", None),
-    ("orbits", "Orbits", "orbits:OrbitsPage", None),
-    ("bounds", "IBP tightness", "bounds:BoundsPage", ("bounds", "ibp")),
-    ("lipschitz", "Lipschitz", "bounds:BoundsPage", ("bounds", "lipschitz")),
-    ("connectivity", "Connectivity", "connectivity:ConnectivityPage", None),
-)
-
-
-def _page_class(ref: str) -> Callable[..., Any] | None:
-    """The page class ``module:Class`` of dashboard.pages, or None while that module does not exist."""
-    module, cls = ref.split(":")
-    name = f"{__package__}.pages.{module}"
-    if importlib.util.find_spec(name) is None:
-        return None
-    return getattr(importlib.import_module(name), cls)
-
-
 def page_specs() -> list[PageSpec]:
-    """The analysis pages, in navigation order (Spectra first: the landing page); an analysis
-    whose page has not landed yet gets its placeholder (what it will show, nothing computed)."""
-    from .pages.placeholders import PLANNED, placeholder_factory
+    """The analysis pages, in navigation order (Spectra first: the landing page)."""
+    from .pages.bounds import BoundsPage
+    from .pages.connectivity import ConnectivityPage
+    from .pages.orbits import OrbitsPage
+    from .pages.spectra import SpectraPage
 
-    planned = {p.slug: p for p in PLANNED}
-    specs = []
-    for slug, title, ref, shared in PAGES:
-        cls = _page_class(ref)
-        if cls is None:
-            specs.append(PageSpec(slug, title, placeholder_factory(planned[slug]), ready=False))
-        else:
-            page_of, tab = shared if shared and shared[0] != slug else (None, shared[1] if shared else None)
-            specs.append(PageSpec(slug, title, cls, page_of=page_of, tab=tab))
-    return specs
+    return [
+        PageSpec("spectra", "Spectra", SpectraPage),
+        PageSpec("orbits", "Orbits", OrbitsPage),
+        PageSpec("bounds", "IBP tightness", BoundsPage, tab="ibp"),
+        PageSpec("lipschitz", "Lipschitz", BoundsPage, page_of="bounds", tab="lipschitz"),
+        PageSpec("connectivity", "Connectivity", ConnectivityPage),
+    ]
 
 
 def runner_markdown(settings: AppSettings) -> str:
@@ -128,7 +105,7 @@ class NNVitalsApp(pn.viewable.Viewer):
         )
         self.pages: dict[str, Any] = {}
         self._nav = pn.widgets.RadioButtonGroup(
-            options={(s.title if s.ready else f"{s.title} (planned)"): s.slug for s in self.specs.values()},
+            options={s.title: s.slug for s in self.specs.values()},
             value=self.page,
             orientation="vertical",
             button_type="primary",

@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_orbits_parser(sub)
     from .cli_connectivity import add_connectivity_parser
+
     add_connectivity_parser(sub)
     from .cli_bounds import add_bounds_parsers
 

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_helpers import CHROMIUM_ARGS, ROOT, click_row, start_server, stop_server  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 900}
-#: text each page shows once it is drawn (a placeholder page says "Not available yet")
-READY = {"bounds": re.compile("Not available yet|tightness", re.I), "lipschitz": re.compile("Not available yet|upper", re.I),
-         "connectivity": re.compile("Not available yet|barrier", re.I)}  # fmt: skip
+#: text each page shows once its run is done
+READY = {"bounds": re.compile("certified", re.I), "lipschitz": re.compile("certified", re.I),
+         "connectivity": re.compile("barrier", re.I)}  # fmt: skip
 TALL = {"width": 1400, "height": 1320}
 
 

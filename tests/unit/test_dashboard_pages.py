@@ -122,11 +122,13 @@ def test_app_shell_has_five_pages_built_lazily():
     app = NNVitalsApp(AppSettings(default_model="mlp"))
     assert list(app.specs) == ["spectra", "orbits", "bounds", "lipschitz", "connectivity"]
     assert list(app.pages) == ["spectra"]
-    app.page = "lipschitz"
-    page = app.pages["lipschitz"]
-    text = " ".join(str(getattr(o, "object", "")) for o in page.main.objects)
-    assert "Not available yet" in text and "Lipschitz" in text
+    app.page = "lipschitz"  # the Bounds page, opened on its Lipschitz tab
+    assert list(app.pages) == ["spectra", "bounds"]
+    page = app.pages["bounds"]
     assert app._main.objects == [page.main]
+    assert page.tabs._names[page.tabs.active] == "Lipschitz"
+    app.page = "bounds"
+    assert app.pages["bounds"] is page and page.tabs._names[page.tabs.active] == "IBP tightness"
     tpl = app.template()
     assert isinstance(tpl, pn.template.BootstrapTemplate)
     app.close()
