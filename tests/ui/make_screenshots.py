@@ -17,9 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_helpers import CHROMIUM_ARGS, ROOT, click_row, start_server, stop_server  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 900}
-#: text each page shows once its run is done
-READY = {"bounds": re.compile("certified", re.I), "lipschitz": re.compile("certified", re.I),
-         "connectivity": re.compile("barrier", re.I)}  # fmt: skip
 TALL = {"width": 1400, "height": 1320}
 
 
@@ -69,8 +66,10 @@ def main(out: Path) -> list[Path]:
 
                 for slug in ("bounds", "lipschitz", "connectivity"):
                     page.goto(f"{srv.url}?page={slug}", wait_until="networkidle")
-                    page.get_by_text(READY[slug]).first.wait_for(timeout=90000)
-                    page.wait_for_timeout(2500)
+                    # the page's summary line fills in when its run is done
+                    page.locator(".nnv-summary", has_text=re.compile(r"\w")).first.wait_for(timeout=120000)
+                    page.get_by_text("The analysis is running").first.wait_for(state="hidden", timeout=60000)
+                    page.wait_for_timeout(4000)
                     written.append(out / f"screenshot-{slug}.png")
                     page.screenshot(path=written[-1])
                 browser.close()
