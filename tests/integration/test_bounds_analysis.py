@@ -141,3 +141,24 @@ def test_pt2_export_walked_as_is(tmp_path):
     assert a.summary["tightness"] == pytest.approx(b.summary["tightness"])
     with pytest.raises(NNVitalsError, match="weights only"):
         IBPTightness(model="assets/zoo/cnn.safetensors", **FAST).run()
+
+
+def test_tightness_over_ibp_training_checkpoints():
+    """The paper's claim over training: IBP training raises tightness (init -> early -> final)."""
+    from analyses.bounds.analysis import tightness_over_checkpoints
+    from analyses.zoo import load_demo
+    from analyses.zoo.recipe import build, train
+
+    checkpoints = [build("ibp-cnn"), train("ibp-cnn", steps=120), load_demo("ibp-cnn")]
+    table = tightness_over_checkpoints(
+        checkpoints,
+        labels=["init", "120 steps", "final"],
+        data="digits",
+        eps=0.05,
+        max_samples=48,
+        cache=False,
+    )
+    assert list(table["checkpoint"]) == ["init", "120 steps", "final"]
+    t = table["tightness"].to_numpy()
+    assert t[0] < t[1] < t[2]
+    assert table["certified_accuracy"].iloc[2] > table["certified_accuracy"].iloc[0]
