@@ -269,11 +269,34 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
-def _analysis(model: str, args: argparse.Namespace):
+def execution_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The analysis parameters set by :func:`execution_options` (and --quiet)."""
+    return dict(
+        dtype=args.dtype,
+        device=args.device,
+        runner=args.dask or "threads",
+        cache=not args.no_cache,
+        show_progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def build_analysis(cls: type, **kw: Any):
+    """``cls(**kw)``; a parameter value Param refuses (and the option types did not catch) is a usage error."""
     from analyses.core.errors import NNVitalsError
+
+    try:
+        return cls(**kw)
+    except NNVitalsError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _analysis(model: str, args: argparse.Namespace):
     from analyses.spectra.analysis import SpectralAnalysis
 
-    kw = dict(
+    return build_analysis(
+        SpectralAnalysis,
         model=model,
         farms=args.farms,
         xmin_rule=args.xmin_rule,
@@ -282,18 +305,8 @@ def _analysis(model: str, args: argparse.Namespace):
         farms_rows=args.farms_rows,
         farms_q_ratio=args.farms_q_ratio,
         farms_windows=args.farms_windows,
-        dtype=args.dtype,
-        device=args.device,
-        runner=args.dask or "threads",
-        cache=not args.no_cache,
-        show_progress=not args.quiet and sys.stderr.isatty(),
+        **execution_kwargs(args),
     )
-    try:
-        return SpectralAnalysis(**kw)
-    except NNVitalsError:
-        raise
-    except ValueError as e:  # a Param bound the option types did not catch
-        raise UsageError(str(e)) from None
 
 
 def _run(model: str, args: argparse.Namespace):

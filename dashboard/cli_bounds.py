@@ -21,16 +21,16 @@ or an op the bounds do not support: one line ``nnvitals: error: ...``, exit code
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .cli import (
     OK,
-    UsageError,
     _files_line,
     _int_at_least,
     _out_dir,
     _say,
     _write_figures,
+    build_analysis,
+    execution_kwargs,
     execution_options,
     output_options,
 )
@@ -135,26 +135,15 @@ def add_bounds_parsers(sub) -> None:
 
 
 def _make(cls, args: argparse.Namespace, **kw):
-    from analyses.core.errors import NNVitalsError
-
     kw.update(
         model=args.model,
         data=args.data,
         data_range=args.data_range,
         max_samples=args.max_samples,
         seed=args.seed,
-        dtype=args.dtype,
-        device=args.device,
-        runner=args.dask or "threads",
-        cache=not args.no_cache,
-        show_progress=not args.quiet and sys.stderr.isatty(),
+        **execution_kwargs(args),
     )
-    try:
-        return cls(**kw)
-    except NNVitalsError:
-        raise
-    except ValueError as e:  # a Param bound the option types did not catch
-        raise UsageError(str(e)) from None
+    return build_analysis(cls, **kw)
 
 
 def cmd_ibp(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ weights only (``.safetensors``, ``.pt``).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .cli import (
     OK,
@@ -28,6 +27,8 @@ from .cli import (
     _out_dir,
     _say,
     _write_figures,
+    build_analysis,
+    execution_kwargs,
     execution_options,
     output_options,
 )
@@ -83,22 +84,14 @@ def _data(args: argparse.Namespace):
 
 def _analysis(args: argparse.Namespace):
     from analyses.connectivity.analysis import ModeConnectivity
-    from analyses.core.errors import NNVitalsError
 
     kw = dict(
         data=_data(args), match=args.match, points=args.points, bn_reset=args.bn_reset, repair=args.repair,
-        seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, dtype=args.dtype,
-        device=args.device, runner=args.dask or "threads", cache=not args.no_cache,
-        show_progress=not args.quiet and sys.stderr.isatty(),
+        seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, **execution_kwargs(args),
     )  # fmt: skip
-    try:
-        if args.also:
-            return ModeConnectivity(models=[args.model_a, args.model_b, *args.also], **kw)
-        return ModeConnectivity(model_a=args.model_a, model_b=args.model_b, **kw)
-    except NNVitalsError:
-        raise
-    except ValueError as e:  # a Param bound the option types did not catch
-        raise UsageError(str(e)) from None
+    if args.also:
+        return build_analysis(ModeConnectivity, models=[args.model_a, args.model_b, *args.also], **kw)
+    return build_analysis(ModeConnectivity, model_a=args.model_a, model_b=args.model_b, **kw)
 
 
 def cmd_connectivity(args: argparse.Namespace) -> int:

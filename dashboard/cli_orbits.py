@@ -16,15 +16,15 @@ Models must be runnable: a ``.pt2`` export, a demo name or ``package.module:fact
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .cli import (
     OK,
-    UsageError,
     _files_line,
     _out_dir,
     _say,
     _write_figures,
+    build_analysis,
+    execution_kwargs,
     execution_options,
     output_options,
 )
@@ -105,10 +105,10 @@ def add_orbits_parser(sub) -> None:
 
 
 def _analysis(args: argparse.Namespace):
-    from analyses.core.errors import NNVitalsError
     from analyses.orbits.analysis import OrbitAnalysis
 
-    kw = dict(
+    return build_analysis(
+        OrbitAnalysis,
         model=list(args.models),
         data=args.data,
         split=args.split,
@@ -122,18 +122,8 @@ def _analysis(args: argparse.Namespace):
         classes=args.classes,
         max_samples=args.max_samples,
         seed=args.seed,
-        dtype=args.dtype,
-        device=args.device,
-        runner=args.dask or "threads",
-        cache=not args.no_cache,
-        show_progress=not args.quiet and sys.stderr.isatty(),
+        **execution_kwargs(args),
     )
-    try:
-        return OrbitAnalysis(**kw)
-    except NNVitalsError:
-        raise
-    except ValueError as e:  # a Param bound the option types did not catch
-        raise UsageError(str(e)) from None
 
 
 def cmd_orbits(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ZOO_DIR",
     "demo_data",
+    "demo_image_size",
     "demo_names",
     "demo_path",
     "load_demo",
@@ -134,6 +135,16 @@ def load_demo(name: str) -> torch.nn.Module:
     model = arch(**entry["kwargs"])
     model.load_state_dict(load_file(path), strict=True)
     return model.eval()
+
+
+def demo_image_size(model: Any) -> int | None:
+    """Side in pixels of the digits demo model ``model`` was trained on; None for anything else."""
+    if not isinstance(model, str) or model not in DEMO_MODELS:
+        return None
+    try:
+        return int(manifest()["models"][model]["data"]["size"])
+    except (KeyError, TypeError, ValueError, NNVitalsError):
+        return None
 
 
 def demo_data(name: str) -> Dataset:

@@ -31,19 +31,19 @@ import param
 from analyses.bounds import views
 from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
-from analyses.zoo import DEMO_MODELS
+from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
+from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
-from .orbits import demo_data_name
 
 log = logging.getLogger("nnvitals.app")
 
 DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
-#: demo_data_name's names -> the bounds analyses' names of the built-in digits
-_DATA_NAMES = {"digits8": "digits", "digits16": "digits16", "digits32": "digits32"}
+#: image side -> the bounds analyses' names of the built-in digits
+_DATA_NAMES = {8: "digits", 16: "digits16", 32: "digits32"}
 TABS = {"ibp": 0, "lipschitz": 1, "export": 2}
 DEFAULT_SWEEP = [0.001, 0.003, 0.01, 0.03, 0.1]
 BINS = 20
@@ -55,14 +55,9 @@ def _label(model: Any) -> str:
     return type(model).__name__
 
 
-def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
-    kw.setdefault("sizing_mode", "fixed")
-    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
-
-
 def data_for(model: Any) -> str:
     """The built-in digits a demo model was trained on (8x8 otherwise)."""
-    return _DATA_NAMES.get(demo_data_name(model) or "", "digits")
+    return _DATA_NAMES.get(demo_image_size(model), "digits")
 
 
 def parse_eps_list(text: str) -> list[float]:
@@ -76,7 +71,7 @@ def parse_eps_list(text: str) -> list[float]:
         ) from None
 
 
-class BoundsPage(pn.viewable.Viewer):
+class BoundsPage(AnalysisPage):
     """IBP tightness and Lipschitz bounds (see the module docstring): ``BoundsPage(model="cnn")``."""
 
     slug = "bounds"
@@ -173,9 +168,7 @@ class BoundsPage(pn.viewable.Viewer):
         )
 
     def _build_main(self) -> None:
-        self._summary = pn.pane.Markdown(
-            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
-        )
+        self._summary = summary_pane()
         running = "*The analysis is running …*"
         self._tightness = pn.Column(pn.pane.Markdown(running), css_classes=["nnv-bounds-tightness"])
         self._vs_eps = pn.Column(css_classes=["nnv-bounds-eps"])
@@ -214,33 +207,21 @@ class BoundsPage(pn.viewable.Viewer):
             name="Lipschitz",
         )
         self.export_panel = ExportPanel(self.figures, self.tables, prefix="bounds")
-        self.tabs = pn.Tabs(
+        self.tabs = page_tabs(
             ibp_tab,
             lip_tab,
-            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
-            dynamic=False,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-tabs"],
+            export=self.export_panel,
         )
-        self.main = pn.Column(
-            pn.pane.Markdown(
-                f"## IBP tightness & Lipschitz bounds\n{self.question} Interval bound propagation tightness "
-                "(Understanding Certified Training with IBP, ICLR 2024) and Lipschitz upper vs lower bounds "
-                "(Some Intriguing Aspects about Lipschitz Continuity of Neural Networks, ICLR 2024).",
-                css_classes=["nnv-page-head"],
-                sizing_mode="stretch_width",
-            ),
+        self.main = page_main(
+            "bounds",
+            "IBP tightness & Lipschitz bounds",
+            f"{self.question} Interval bound propagation tightness "
+            "(Understanding Certified Training with IBP, ICLR 2024) and Lipschitz upper vs lower bounds "
+            "(Some Intriguing Aspects about Lipschitz Continuity of Neural Networks, ICLR 2024).",
             self.jobs,
             self._summary,
             self.tabs,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-page", "nnv-bounds"],
         )
-
-    def __panel__(self):
-        if self.picker is not None:
-            return self.main
-        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
 
     def show_tab(self, name: str) -> None:
         """Open tab ``name``: "ibp" (IBP tightness), "lipschitz" or "export"."""
@@ -308,11 +289,15 @@ class BoundsPage(pn.viewable.Viewer):
             *[f"- {line}" for line in views.lipschitz_summary_text(lip).splitlines()],
         ]
         self._summary.object = "\n".join(lines)
-        self._tightness.objects = [_holoviews(views.tightness_plot(ibp), css_classes=["nnv-plot-tightness"])]
-        self._vs_eps.objects = [_holoviews(views.tightness_vs_eps(ibp), css_classes=["nnv-plot-eps"])]
-        self._stability.objects = [_holoviews(views.stability_bars(ibp), css_classes=["nnv-plot-stability"])]
-        self._bounds.objects = [_holoviews(views.lipschitz_plot(lip), css_classes=["nnv-plot-lipschitz"])]
-        self._gap.objects = [_holoviews(views.gap_plot(lip), css_classes=["nnv-plot-gap"])]
+        self._tightness.objects = [
+            holoviews_pane(views.tightness_plot(ibp), css_classes=["nnv-plot-tightness"])
+        ]
+        self._vs_eps.objects = [holoviews_pane(views.tightness_vs_eps(ibp), css_classes=["nnv-plot-eps"])]
+        self._stability.objects = [
+            holoviews_pane(views.stability_bars(ibp), css_classes=["nnv-plot-stability"])
+        ]
+        self._bounds.objects = [holoviews_pane(views.lipschitz_plot(lip), css_classes=["nnv-plot-lipschitz"])]
+        self._gap.objects = [holoviews_pane(views.gap_plot(lip), css_classes=["nnv-plot-gap"])]
         self._redraw_explorer()
         self.export_panel.refresh()
 
@@ -325,8 +310,8 @@ class BoundsPage(pn.viewable.Viewer):
         ex.histogram.opts(tools=["tap", "hover"], active_tools=["tap"], backend="bokeh")
         self.explorer = ex
         self.bar = ex.bar
-        self._hist.objects = [_holoviews(ex.panels["histogram"], css_classes=["nnv-plot-histogram"])]
-        self._samples_view.objects = [_holoviews(ex.panels["samples"], css_classes=["nnv-plot-samples"])]
+        self._hist.objects = [holoviews_pane(ex.panels["histogram"], css_classes=["nnv-plot-histogram"])]
+        self._samples_view.objects = [holoviews_pane(ex.panels["samples"], css_classes=["nnv-plot-samples"])]
         ex.selection.add_subscriber(self._on_tap)
         self._describe()
 

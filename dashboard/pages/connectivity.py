@@ -34,11 +34,12 @@ import param
 from analyses.connectivity import views
 from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.errors import NNVitalsError
-from analyses.zoo import DEMO_MODELS, manifest
+from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel, in_server
+from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -62,13 +63,7 @@ DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x3
 
 def demo_data_name(model: Any) -> str | None:
     """The built-in data (ModeConnectivity's name) a demo model was trained on, else None."""
-    if not isinstance(model, str) or model not in DEMO_MODELS:
-        return None
-    try:
-        size = int(manifest()["models"][model]["data"]["size"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return {8: "digits", 16: "digits16", 32: "digits32"}.get(size)
+    return {8: "digits", 16: "digits16", 32: "digits32"}.get(demo_image_size(model))
 
 
 def partner(model: Any, candidates: list[Any]) -> Any | None:
@@ -91,12 +86,7 @@ def _label(model: Any) -> str:
     return type(model).__name__
 
 
-def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
-    kw.setdefault("sizing_mode", "fixed")
-    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
-
-
-class ConnectivityPage(pn.viewable.Viewer):
+class ConnectivityPage(AnalysisPage):
     """Linear mode connectivity page (see the module docstring): ``ConnectivityPage(model=[a, b])``."""
 
     slug = "connectivity"
@@ -207,9 +197,7 @@ class ConnectivityPage(pn.viewable.Viewer):
         )
 
     def _build_main(self) -> None:
-        self._summary = pn.pane.Markdown(
-            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
-        )
+        self._summary = summary_pane()
         self._loss = pn.Column(pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-conn-loss"])
         self._accuracy = pn.Column(css_classes=["nnv-conn-accuracy"])
         self._point_text = pn.pane.Markdown(
@@ -252,7 +240,7 @@ class ConnectivityPage(pn.viewable.Viewer):
             sizing_mode="stretch_width",
             name="Path",
         )
-        self.tabs = pn.Tabs(
+        self.tabs = page_tabs(
             path_tab,
             pn.Column(self._barriers, self._barrier_table, name="Barriers", sizing_mode="stretch_width"),
             pn.Column(
@@ -268,29 +256,17 @@ class ConnectivityPage(pn.viewable.Viewer):
                 sizing_mode="stretch_width",
             ),
             pn.Column(self._many, name="Pairwise & plane", sizing_mode="stretch_width"),
-            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
-            dynamic=False,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-tabs"],
+            export=self.export_panel,
         )
-        self.main = pn.Column(
-            pn.pane.Markdown(
-                f"## Connectivity\n{self.question} Linear mode connectivity with Git Re-Basin weight matching "
-                "(Ainsworth et al., ICLR 2023).",
-                css_classes=["nnv-page-head"],
-                sizing_mode="stretch_width",
-            ),
+        self.main = page_main(
+            "connectivity",
+            "Connectivity",
+            f"{self.question} Linear mode connectivity with Git Re-Basin weight matching "
+            "(Ainsworth et al., ICLR 2023).",
             self.jobs,
             self._summary,
             self.tabs,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-page", "nnv-connectivity"],
         )
-
-    def __panel__(self):
-        if self.picker is not None:
-            return self.main
-        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ models and data
     @staticmethod
@@ -409,16 +385,16 @@ class ConnectivityPage(pn.viewable.Viewer):
             stream = hv.streams.Selection1D(source=pts, index=[])
             stream.add_subscriber(self._on_tap)
             self._streams.append(stream)
-        self._loss.objects = [_holoviews(loss, css_classes=["nnv-plot-path-loss"])]
-        self._accuracy.objects = [_holoviews(acc, css_classes=["nnv-plot-path-accuracy"])]
-        self._barriers.objects = [_holoviews(views.barrier_plot(r), css_classes=["nnv-plot-barriers"])]
+        self._loss.objects = [holoviews_pane(loss, css_classes=["nnv-plot-path-loss"])]
+        self._accuracy.objects = [holoviews_pane(acc, css_classes=["nnv-plot-path-accuracy"])]
+        self._barriers.objects = [holoviews_pane(views.barrier_plot(r), css_classes=["nnv-plot-barriers"])]
         self._barrier_table.object = views.barrier_table(r)
-        self._layers.objects = [_holoviews(views.layer_plot(r), css_classes=["nnv-plot-layers"])]
+        self._layers.objects = [holoviews_pane(views.layer_plot(r), css_classes=["nnv-plot-layers"])]
         self._layer_table.object = r.layers
         path = "matched" if r.summary.get("match") != "none" else "naive"
         self._many.objects = [
-            _holoviews(views.pairwise_heatmap(r, "barrier", path), css_classes=["nnv-plot-pairwise"]),
-            _holoviews(views.plane_plot(r), css_classes=["nnv-plot-plane"]),
+            holoviews_pane(views.pairwise_heatmap(r, "barrier", path), css_classes=["nnv-plot-pairwise"]),
+            holoviews_pane(views.plane_plot(r), css_classes=["nnv-plot-plane"]),
         ]
         self._describe()
 

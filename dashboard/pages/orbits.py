@@ -27,12 +27,13 @@ import param
 
 from analyses.orbits import views
 from analyses.orbits.analysis import OrbitAnalysis
-from analyses.zoo import DEMO_MODELS, manifest
+from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
 from ..components.model_picker import list_data_files
+from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -49,13 +50,7 @@ DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x
 
 def demo_data_name(model: Any) -> str | None:
     """The built-in data a demo model was trained on (its image size), else None."""
-    if not isinstance(model, str) or model not in DEMO_MODELS:
-        return None
-    try:
-        size = int(manifest()["models"][model]["data"]["size"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return {8: "digits8", 16: "digits16", 32: "digits32"}.get(size)
+    return {8: "digits8", 16: "digits16", 32: "digits32"}.get(demo_image_size(model))
 
 
 def _label(model: Any) -> str:
@@ -64,12 +59,7 @@ def _label(model: Any) -> str:
     return type(model).__name__
 
 
-def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
-    kw.setdefault("sizing_mode", "fixed")
-    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
-
-
-class OrbitsPage(pn.viewable.Viewer):
+class OrbitsPage(AnalysisPage):
     """NERO orbits page (see the module docstring): ``OrbitsPage(model=["rot-cnn", "rot-cnn-c4"])``."""
 
     slug = "orbits"
@@ -175,9 +165,7 @@ class OrbitsPage(pn.viewable.Viewer):
         )
 
     def _build_main(self) -> None:
-        self._summary = pn.pane.Markdown(
-            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
-        )
+        self._summary = summary_pane()
         self._aggregate = pn.Column(
             pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-orbit-aggregate"]
         )
@@ -219,31 +207,19 @@ class OrbitsPage(pn.viewable.Viewer):
             sizing_mode="stretch_width",
             name="Orbits",
         )
-        self.tabs = pn.Tabs(
+        self.tabs = page_tabs(
             explore,
-            pn.Column(self.export_panel, name="Export", sizing_mode="stretch_width"),
-            dynamic=False,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-tabs"],
+            export=self.export_panel,
         )
-        self.main = pn.Column(
-            pn.pane.Markdown(
-                f"## Orbits\n{self.question} NERO plots (Evaluating ML Models with NERO, 2023): model scores on "
-                "every sample transformed along the orbit.",
-                css_classes=["nnv-page-head"],
-                sizing_mode="stretch_width",
-            ),
+        self.main = page_main(
+            "orbits",
+            "Orbits",
+            f"{self.question} NERO plots (Evaluating ML Models with NERO, 2023): model scores on "
+            "every sample transformed along the orbit.",
             self.jobs,
             self._summary,
             self.tabs,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-page", "nnv-orbits"],
         )
-
-    def __panel__(self):
-        if self.picker is not None:
-            return self.main
-        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ models and data
     def _data_options(self) -> dict[str, str]:
@@ -342,11 +318,11 @@ class OrbitsPage(pn.viewable.Viewer):
         row = min(self.row, len(result.samples) - 1)
         ex.show(row=row, element=min(self.element, len(result.elements) - 1))
         p = ex.panels
-        self._aggregate.objects = [_holoviews(p["aggregate"], css_classes=["nnv-plot-aggregate"])]
-        self._scatter.objects = [_holoviews(p["scatter"], css_classes=["nnv-plot-scatter"])]
-        self._individual.objects = [_holoviews(p["individual"], css_classes=["nnv-plot-individual"])]
-        self._image.objects = [_holoviews(p["image"], css_classes=["nnv-plot-image"])]
-        self._probs.objects = [_holoviews(p["probabilities"], css_classes=["nnv-plot-probs"])]
+        self._aggregate.objects = [holoviews_pane(p["aggregate"], css_classes=["nnv-plot-aggregate"])]
+        self._scatter.objects = [holoviews_pane(p["scatter"], css_classes=["nnv-plot-scatter"])]
+        self._individual.objects = [holoviews_pane(p["individual"], css_classes=["nnv-plot-individual"])]
+        self._image.objects = [holoviews_pane(p["image"], css_classes=["nnv-plot-image"])]
+        self._probs.objects = [holoviews_pane(p["probabilities"], css_classes=["nnv-plot-probs"])]
         ex.selection.add_subscriber(self._on_tap)
         self._describe()
 

@@ -10,47 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ui_helpers import UPLOAD_LIMIT_MB, click_row, open_app, wait_drawn
+from ui_helpers import UPLOAD_LIMIT_MB, click_row, glyph, open_app, wait_drawn
 
 pytestmark = pytest.mark.browser
 
 #: JavaScript: screen position of the scatter point of layer ``name`` in the metric-by-layer plot
-POINT_JS = """
-(name) => {
-  const doc = Bokeh.documents[0];
-  const find = (view, model, seen) => {
-    if (!view || seen.has(view)) return null;
-    seen.add(view);
-    if (view.model === model) return view;
-    const kids = [];
-    if (view.child_views) kids.push(...view.child_views);
-    if (view.renderer_views) kids.push(...view.renderer_views.values());
-    for (const k of kids) { const r = find(k, model, seen); if (r) return r; }
-    return null;
-  };
-  for (const m of doc.all_models) {
-    if (m.type !== "GlyphRenderer") continue;
-    const ds = m.data_source;
-    if (!ds || !ds.get_column) continue;
-    const names = ds.get_column("layer") || ds.get_column("name"), ids = ds.get_column("layer_id");
-    if (!names || !ids) continue;
-    const i = Array.from(names).indexOf(name);
-    if (i < 0) continue;
-    const ykey = ds.columns().find((k) => !["layer_id", "layer", "layer_type", "N", "M", "warning", "color", "index"].includes(k));
-    for (const root of Bokeh.index.roots) {
-      const view = find(root, m, new Set());
-      if (!view) continue;
-      const plot = view.parent;
-      const x = plot.frame.x_scale.compute(ids[i]);
-      const y = plot.frame.y_scale.compute(ds.get_column(ykey)[i]);
-      const r = plot.canvas_view.el.getBoundingClientRect();
-      return [r.left + x, r.top + y];
-    }
-    return "no view";
-  }
-  return null;
-}
-"""
 
 
 def _selected_text(page) -> str:
@@ -90,8 +54,11 @@ def test_table_selection_updates_esd(server, probe):
 def test_tapping_a_point_selects_its_layer(server, probe):
     page = open_app(probe, server.url)
     page.wait_for_timeout(500)
-    xy = page.evaluate(POINT_JS, "fc3.weight")
-    assert xy is not None, "the metric-by-layer scatter was not found"
+    found = glyph(page, ["layer_id", "layer", "alpha"])
+    assert found is not None, "the metric-by-layer scatter was not found"
+    i = found["columns"]["layer"].index("fc3.weight")
+    x_data, y_data = found["columns"]["layer_id"][i], found["columns"]["alpha"][i]
+    (xy,) = glyph(page, ["layer_id", "layer", "alpha"], [x_data], [y_data])["points"]
     page.mouse.click(xy[0], xy[1])
     page.get_by_text("Selected: fc3.weight", exact=False).first.wait_for(timeout=15000)
 

@@ -4,41 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ui_helpers import wait_drawn
-
-#: screen position of the centre of histogram bar ``i`` (the renderer whose source has n_samples)
-BAR_JS = """
-(i) => {
-  const doc = Bokeh.documents[0];
-  const find = (view, model, seen) => {
-    if (!view || seen.has(view)) return null;
-    seen.add(view);
-    if (view.model === model) return view;
-    const kids = [];
-    if (view.child_views) kids.push(...view.child_views);
-    if (view.renderer_views) kids.push(...view.renderer_views.values());
-    for (const k of kids) { const r = find(k, model, seen); if (r) return r; }
-    return null;
-  };
-  for (const m of doc.all_models) {
-    if (m.type !== "GlyphRenderer") continue;
-    const ds = m.data_source;
-    if (!ds || !ds.get_column || !ds.get_column("n_samples")) continue;
-    for (const root of Bokeh.index.roots) {
-      const view = find(root, m, new Set());
-      if (!view) continue;
-      const plot = view.parent;
-      const left = ds.get_column("left")[i], right = ds.get_column("right")[i];
-      const top = ds.get_column("top")[i];
-      const x = plot.frame.x_scale.compute((left + right) / 2);
-      const y = plot.frame.y_scale.compute(top / 2);
-      const r = plot.canvas_view.el.getBoundingClientRect();
-      return [r.left + x, r.top + y, Number(ds.get_column("n_samples")[i])];
-    }
-  }
-  return null;
-}
-"""
+from ui_helpers import glyph, wait_drawn
 
 
 def _open(probe, url, slug):
@@ -69,10 +35,13 @@ def test_tap_a_histogram_bar_shows_its_samples(server, probe):
     wait_drawn(hist)
     wait_drawn(page.locator(".nnv-plot-samples").first)
     page.wait_for_timeout(500)
-    bars = [page.evaluate(BAR_JS, i) for i in range(20)]
-    assert bars[0] is not None, "the histogram was not found"
-    i = max(range(20), key=lambda k: bars[k][2])  # the fullest bar
-    x, y, n = bars[i]
+    found = glyph(page, ["n_samples", "left", "right", "top"])
+    assert found is not None, "the histogram was not found"
+    c = found["columns"]
+    i = max(range(len(c["n_samples"])), key=lambda k: c["n_samples"][k])  # the fullest bar
+    n = c["n_samples"][i]
+    found = glyph(page, ["n_samples"], [(c["left"][i] + c["right"][i]) / 2], [c["top"][i] / 2])
+    x, y = found["points"][0]
     page.mouse.click(x, y)
     page.get_by_text(re.compile(rf"Bar {i}: {int(n)} samples")).first.wait_for(timeout=15000)
     page.get_by_text(re.compile(r"(test|train) #\d+ \(label \d\)")).first.wait_for(timeout=15000)

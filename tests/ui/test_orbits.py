@@ -6,39 +6,7 @@ import re
 import time
 
 import numpy as np
-from ui_helpers import wait_drawn
-
-#: screen positions of the scatter's points (the renderer whose source has pc1/pc2/sample columns)
-SAMPLE_JS = """
-() => {
-  const doc = Bokeh.documents[0];
-  const find = (view, model, seen) => {
-    if (!view || seen.has(view)) return null;
-    seen.add(view);
-    if (view.model === model) return view;
-    const kids = [];
-    if (view.child_views) kids.push(...view.child_views);
-    if (view.renderer_views) kids.push(...view.renderer_views.values());
-    for (const k of kids) { const r = find(k, model, seen); if (r) return r; }
-    return null;
-  };
-  for (const m of doc.all_models) {
-    if (m.type !== "GlyphRenderer") continue;
-    const ds = m.data_source;
-    if (!ds || !ds.get_column || !ds.get_column("sample") || !ds.get_column("pc1")) continue;
-    for (const root of Bokeh.index.roots) {
-      const view = find(root, m, new Set());
-      if (!view) continue;
-      const plot = view.parent;
-      const r = plot.canvas_view.el.getBoundingClientRect();
-      const xs = Array.from(ds.get_column("pc1"), (v) => r.left + plot.frame.x_scale.compute(v));
-      const ys = Array.from(ds.get_column("pc2"), (v) => r.top + plot.frame.y_scale.compute(v));
-      return [xs, ys, Array.from(ds.get_column("sample"), Number)];
-    }
-  }
-  return null;
-}
-"""
+from ui_helpers import glyph, wait_drawn
 
 
 def _isolated_point(xs, ys, samples):
@@ -83,9 +51,11 @@ def test_tap_a_sample_and_walk_the_orbit(server, probe):
     wait_drawn(individual)
     before = individual.screenshot()
     page.wait_for_timeout(500)
-    found = page.evaluate(SAMPLE_JS)
+    found = glyph(page, ["pc1", "pc2", "sample"])
     assert found is not None, "the sample scatter was not found"
-    x, y, sample = _isolated_point(*found)
+    c = found["columns"]
+    points = glyph(page, ["pc1", "pc2", "sample"], c["pc1"], c["pc2"])["points"]
+    x, y, sample = _isolated_point([p[0] for p in points], [p[1] for p in points], c["sample"])
     page.mouse.click(x, y)
     page.get_by_text(re.compile(rf"Sample {sample} \(label \d\) at 0°")).first.wait_for(timeout=15000)
     # the individual plot (its title drawn on the canvas) is now that sample's orbit

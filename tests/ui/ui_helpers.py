@@ -200,3 +200,42 @@ def wait_drawn(locator, minimum: float = 0.04, timeout: float = 20) -> float:
             return frac
         time.sleep(0.5)
     raise AssertionError(f"plot not drawn: only {frac:.1%} of its pixels are not white")
+
+
+#: the first bokeh glyph renderer whose data source has every ``required`` column: its columns,
+#: and the screen positions of the data points (xs[j], ys[j]) on its plot (null when not found)
+GLYPH_JS = """
+([required, xs, ys]) => {
+  const find = (view, model, seen) => {
+    if (!view || seen.has(view)) return null;
+    seen.add(view);
+    if (view.model === model) return view;
+    const kids = [];
+    if (view.child_views) kids.push(...view.child_views);
+    if (view.renderer_views) kids.push(...view.renderer_views.values());
+    for (const k of kids) { const r = find(k, model, seen); if (r) return r; }
+    return null;
+  };
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.type !== "GlyphRenderer") continue;
+    const ds = m.data_source;
+    if (!ds || !ds.get_column || !required.every((c) => ds.get_column(c))) continue;
+    for (const root of Bokeh.index.roots) {
+      const view = find(root, m, new Set());
+      if (!view) continue;
+      const plot = view.parent, r = plot.canvas_view.el.getBoundingClientRect();
+      const columns = {};
+      for (const k of ds.columns()) columns[k] = Array.from(ds.get_column(k), (v) => (typeof v === "number" ? v : String(v)));
+      const points = xs.map((x, j) => [r.left + plot.frame.x_scale.compute(x), r.top + plot.frame.y_scale.compute(ys[j])]);
+      return {columns, points};
+    }
+  }
+  return null;
+}
+"""
+
+
+def glyph(page, required: list[str], xs=(), ys=()) -> dict | None:
+    """Columns of the first plotted glyph whose data has ``required`` columns, and the screen
+    positions of the data points ``(xs[j], ys[j])`` on its plot (to click them); None if absent."""
+    return page.evaluate(GLYPH_JS, [list(required), [float(x) for x in xs], [float(y) for y in ys]])
