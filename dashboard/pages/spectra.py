@@ -37,6 +37,7 @@ from analyses.zoo import DEMO_MODELS
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
+from ..components.page import AnalysisPage
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -97,7 +98,7 @@ def _grid(*objects: Any, **kw: Any) -> pn.GridBox:
     return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
 
 
-class SpectraPage(pn.viewable.Viewer):
+class SpectraPage(AnalysisPage):
     """Spectral analysis page (see the module docstring): ``SpectraPage(model="mlp")``."""
 
     slug = "spectra"
@@ -329,11 +330,6 @@ class SpectraPage(pn.viewable.Viewer):
     def _open_advanced(self, event) -> None:
         if not event.new and not self._advanced.objects:
             self._advanced.objects = [self._advanced_knobs]
-
-    def __panel__(self):
-        if self.picker is not None:
-            return self.main
-        return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ model and runs
     def _set_model(self, model: Any, label: str | None = None, run: bool = True) -> None:
