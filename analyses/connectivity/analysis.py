@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -455,6 +456,38 @@ class ModeConnectivity(Analysis):
         return {
             k: (v[0] if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in stacked.items()
         }
+
+    def interpolated_module(
+        self, lam: float, path: str = "matched", result: ConnectivityResult | None = None
+    ) -> nn.Module:
+        """``theta(lam)`` as a runnable module: A's architecture with :meth:`interpolated_state`, eval mode."""
+        import copy
+
+        state = self.interpolated_state(lam, path, result)
+        module, _ = self._module_and_states()
+        module = copy.deepcopy(module)
+        module.load_state_dict(state, strict=True)
+        return module.eval()
+
+    def export_interpolated(
+        self, file: str | Path, lam: float, path: str = "matched", result: ConnectivityResult | None = None
+    ) -> Path:
+        """Save ``theta(lam)`` as a ``torch.export`` program (``.pt2``, batch size free) that every
+        analysis can run (Spectra reads its weights; Lipschitz, IBP and Orbits run it)."""
+        module = self.interpolated_module(lam, path, result)
+        splits = self.datasets()
+        example = next(iter(splits.values())).x[:2].to(getattr(torch, self.dtype))
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        try:
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        except Exception as e:  # a model torch.export cannot trace: say so in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NNVitalsError(
+                f"theta({lam:.3f}): torch.export cannot trace this model ({first[:200]})"
+            ) from None
+        file = Path(file)
+        torch.export.save(program, str(file))
+        return file
 
     # ------------------------------------------------------------------ tasks
     def _context(self) -> _Context:

@@ -439,18 +439,15 @@ class ConnectivityPage(AnalysisPage):
         return d
 
     def analyse_point(self) -> Path | None:
-        """Save the tapped interpolated model (safetensors, in the session's temporary directory)
-        and make it the sidebar's model, so the other pages analyse it. Returns the file."""
-        from safetensors.torch import save_file
-
+        """Save the tapped interpolated model (a ``.pt2`` program, in the session's temporary
+        directory) and make it the sidebar's model, so every other page analyses it. Returns the file."""
         p, r = self.point, self.result
         if p is None or r is None:
             self.jobs.show_error("no point picked: tap a point of the path first")
             return None
         try:
-            state = self._analysis().interpolated_state(p["lam"], p["path"], r)
-            path = self._out_dir() / f"interpolated-{p['path']}-lam{p['lam']:.3f}.safetensors"
-            save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+            path = self._out_dir() / f"interpolated-{p['path']}-lam{p['lam']:.3f}.pt2"
+            self._analysis().export_interpolated(path, p["lam"], p["path"], r)
         except NNVitalsError as e:
             self.jobs.show_error(str(e))
             return None
@@ -464,7 +461,7 @@ class ConnectivityPage(AnalysisPage):
             self.picker.add_file(path, label)
             self._picked_text.object = (
                 f"Saved **{path.name}**; it is now the model picked in the sidebar: open **Spectra** or "
-                "**Lipschitz** to analyse it (this page keeps comparing A and B)."
+                "**IBP tightness / Lipschitz** to analyse it (this page keeps comparing A and B)."
             )
         else:
             self._picked_text.object = f"Saved **{path}**."

@@ -5,7 +5,6 @@ from __future__ import annotations
 import panel as pn
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from analyses.core.errors import NNVitalsError
 from dashboard.app import NNVitalsApp
@@ -52,9 +51,13 @@ def test_tap_a_point_and_save_it(page, tmp_path):
     assert p is not None and p["path"] in ("naive", "matched") and page._analyse.visible
     assert f"λ = {p['lam']:.3f}" in page._point_text.object
     path = page.analyse_point()
-    assert path is not None and path.suffix == ".safetensors" and page.picked == str(path)
-    state = load_file(str(path))
-    assert set(state) == set(page.result.permuted_b)
+    assert path is not None and path.suffix == ".pt2" and page.picked == str(path)
+    program = torch.export.load(str(path))
+    assert set(program.state_dict) == set(page.result.permuted_b)
+    # it computes theta(lam): the same as A's architecture with the interpolated weights loaded
+    module = page._analysis().interpolated_module(p["lam"], p["path"], page.result)
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(program.module()(x), module(x))
 
 
 def test_export_figures_and_tables(page, tmp_path):
@@ -100,4 +103,7 @@ def test_in_the_app_the_point_becomes_the_picked_model():
     app.page = "spectra"
     spectra = app.pages["spectra"]
     assert spectra.result is not None and spectra.result.meta["subject"]["label"] == path.name
+    app.page = "lipschitz"  # a runnable program: the bounds run on it too
+    bounds = app.pages["bounds"]
+    assert bounds.jobs.error == "" and bounds.lip_result is not None, bounds.jobs.error
     app.close()
