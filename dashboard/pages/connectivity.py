@@ -4,7 +4,7 @@ What the page shows, all from one :class:`~analyses.connectivity.analysis.Connec
 
 - loss and accuracy along ``theta(l) = (1 - l) theta_A + l theta_B``, naive (dashed) and after
   permutation matching (solid), on train and test data; tap a point of the path and the page
-  offers **Analyse this interpolated model**: ``theta(l)`` is saved as a safetensors file of the
+  offers **Analyse this interpolated model**: ``theta(l)`` is saved as a torch.export program of the
   session and becomes the sidebar's model, so Spectra, Lipschitz, ... analyse it (one model, all views);
 - the loss and error barriers, naive vs matched;
 - per layer, what the alignment changed (L2 distance, alignment of the top singular vectors);
