@@ -16,6 +16,7 @@ visitors.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import secrets
@@ -59,19 +60,25 @@ class PageSpec:
     tab: str | None = None
 
 
+def _lazy(module: str, cls: str) -> Callable[..., Any]:
+    """A page constructor that imports its module on first use (a session loads only the pages it opens)."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        mod = importlib.import_module(f"{__package__}.pages.{module}")
+        return getattr(mod, cls)(*args, **kwargs)
+
+    make.__name__ = cls
+    return make
+
+
 def page_specs() -> list[PageSpec]:
     """The analysis pages, in navigation order (Spectra first: the landing page)."""
-    from .pages.bounds import BoundsPage
-    from .pages.connectivity import ConnectivityPage
-    from .pages.orbits import OrbitsPage
-    from .pages.spectra import SpectraPage
-
     return [
-        PageSpec("spectra", "Spectra", SpectraPage),
-        PageSpec("orbits", "Orbits", OrbitsPage),
-        PageSpec("bounds", "IBP tightness", BoundsPage, tab="ibp"),
-        PageSpec("lipschitz", "Lipschitz", BoundsPage, page_of="bounds", tab="lipschitz"),
-        PageSpec("connectivity", "Connectivity", ConnectivityPage),
+        PageSpec("spectra", "Spectra", _lazy("spectra", "SpectraPage")),
+        PageSpec("orbits", "Orbits", _lazy("orbits", "OrbitsPage")),
+        PageSpec("bounds", "IBP tightness", _lazy("bounds", "BoundsPage"), tab="ibp"),
+        PageSpec("lipschitz", "Lipschitz", _lazy("bounds", "BoundsPage"), page_of="bounds", tab="lipschitz"),
+        PageSpec("connectivity", "Connectivity", _lazy("connectivity", "ConnectivityPage")),
     ]
 
 
