@@ -99,6 +99,36 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def _float_above(lo: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number > {lo:g}, got {text!r}") from None
+        if not v > lo:
+            raise argparse.ArgumentTypeError(f"expected a number > {lo:g}, got {v:g}")
+        return v
+
+    return parse
+
+
+def _number_pair(example: str, positive_ordered: bool = False) -> Callable[[str], tuple[float, float]]:
+    """``LO,HI`` as two floats (with ``positive_ordered``: 0 < LO <= HI)."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            lo, hi = (float(t) for t in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected two numbers LO,HI (e.g. {example}), got {text!r}"
+            ) from None
+        if positive_ordered and not 0 < lo <= hi:
+            raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
+        return lo, hi
+
+    return parse
+
+
 def _regex(text: str) -> str:
     try:
         re.compile(text)

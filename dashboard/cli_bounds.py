@@ -26,6 +26,7 @@ from .cli import (
     OK,
     _files_line,
     _int_at_least,
+    _number_pair,
     _out_dir,
     _say,
     _write_figures,
@@ -55,14 +56,6 @@ def _numbers(text: str) -> list[float]:
     return items
 
 
-def _pair(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI (e.g. 0,1), got {text!r}") from None
-    return lo, hi
-
-
 def _common(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     p.add_argument(
         "model", metavar="MODEL", help="runnable model: .pt2 export, demo name or package.module:factory"
@@ -73,7 +66,7 @@ def _common(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "arrays x (N, ...) and y (N,) (default digits)",
     )  # fmt: skip
     a.add_argument(
-        "--data-range", type=_pair, default=(0.0, 1.0), metavar="LO,HI",
+        "--data-range", type=_number_pair("0,1"), default=(0.0, 1.0), metavar="LO,HI",
         help="range of valid inputs; the data must lie in it, boxes are clipped to it (default 0,1)",
     )  # fmt: skip
     a.add_argument(

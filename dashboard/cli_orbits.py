@@ -20,6 +20,9 @@ import argparse
 from .cli import (
     OK,
     _files_line,
+    _float_above,
+    _int_at_least,
+    _number_pair,
     _out_dir,
     _say,
     _write_figures,
@@ -40,29 +43,6 @@ def _classes(text: str) -> list[int]:
     if not items or any(i < 0 for i in items):
         raise argparse.ArgumentTypeError(f"expected class indices >= 0 separated by commas, got {text!r}")
     return items
-
-
-def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI (e.g. 0.5,1.5), got {text!r}") from None
-    if not 0 < lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
-    return lo, hi
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return v
-
-    return parse
 
 
 def add_orbits_parser(sub) -> None:
@@ -87,17 +67,25 @@ def add_orbits_parser(sub) -> None:
     )
     a.add_argument("--group", choices=list(GROUPS), default="rotation", help="the group (default rotation)")
     a.add_argument(
-        "--steps", type=_positive(int), default=72, help="rotation angles from 0 degrees (default 72)"
+        "--steps", type=_int_at_least(1), default=72, help="rotation angles from 0 degrees (default 72)"
     )
     a.add_argument(
-        "--shift-range", type=_positive(float), default=4.0, metavar="PX", help="largest |dx|, |dy|"
+        "--shift-range", type=_float_above(0), default=4.0, metavar="PX", help="largest |dx|, |dy|"
     )
-    a.add_argument("--shift-step", type=_positive(float), default=1.0, metavar="PX", help="shift grid step")
-    a.add_argument("--scale-range", type=_range, default=(0.5, 1.5), metavar="LO,HI", help="zoom range")
-    a.add_argument("--scale-step", type=_positive(float), default=0.05, help="zoom step")
+    a.add_argument("--shift-step", type=_float_above(0), default=1.0, metavar="PX", help="shift grid step")
+    a.add_argument(
+        "--scale-range",
+        type=_number_pair("0.5,1.5", positive_ordered=True),
+        default=(0.5, 1.5),
+        metavar="LO,HI",
+        help="zoom range",
+    )
+    a.add_argument("--scale-step", type=_float_above(0), default=0.05, help="zoom step")
     a.add_argument("--score", choices=list(SCORES), default="probability", help="what each point records")
     a.add_argument("--classes", type=_classes, default=[], metavar="LIST", help="only these classes (0,3,7)")
-    a.add_argument("--max-samples", type=_positive(int), default=None, metavar="N", help="at most N samples")
+    a.add_argument(
+        "--max-samples", type=_int_at_least(1), default=None, metavar="N", help="at most N samples"
+    )
     a.add_argument("--seed", type=int, default=0, help="seed of the --max-samples subset")
     execution_options(p)
     output_options(p)

@@ -119,7 +119,7 @@ def tightness_plot(results, log: bool = True) -> hv.Overlay:
         curve = hv.Curve(rows, "layer", "tightness", label=lab)
         pts = hv.Scatter(rows, "layer", vd, label=lab)
         parts.append(_line(curve, color, 2.0))
-        parts.append(_opts(pts, dict(color=color), dict(size=7, tools=["hover"]), dict(s=25)))
+        parts.append(_markers(pts, color))
     if rows0 is None or not len(rows0):
         return _message("IBP tightness per layer", "no layer has a defined tightness")
     first = next(iter(res.values()))
@@ -131,38 +131,42 @@ def tightness_plot(results, log: bool = True) -> hv.Overlay:
     )  # fmt: skip
 
 
+def _markers(scatter: hv.Scatter, color: str) -> hv.Scatter:
+    """Hoverable point markers in ``color`` (both backends)."""
+    return _opts(scatter, dict(color=color), dict(size=7, tools=["hover"]), dict(s=25))
+
+
+def _sweep_frame(r) -> pd.DataFrame | None:
+    """The result's eps sweep (eps, tightness, certified, width), sorted by eps; None without one."""
+    eps = r.arrays.get("sweep_eps")
+    if eps is None or not len(eps):
+        return None
+    return pd.DataFrame(
+        {
+            "eps": np.asarray(eps, float),
+            "tightness": np.asarray(r.arrays["sweep_tightness"], float),
+            "certified": np.asarray(r.arrays["sweep_certified"], float),
+            "width": np.asarray(r.arrays["sweep_width"], float),
+        }
+    ).sort_values("eps")
+
+
 def tightness_vs_eps(results) -> hv.Overlay:
     """Output tightness against the input radius ``eps`` (the analysis's ``eps_sweep``)."""
     res = _as_dict(results)
     parts = []
     for i, (label, r) in enumerate(res.items()):
         _check_ibp(r)
-        eps = r.arrays.get("sweep_eps")
-        if eps is None or not len(eps):
+        df = _sweep_frame(r)
+        if df is None:
             continue
-        df = pd.DataFrame(
-            {
-                "eps": np.asarray(eps, float),
-                "tightness": np.asarray(r.arrays["sweep_tightness"], float),
-                "certified": np.asarray(r.arrays["sweep_certified"], float),
-                "width": np.asarray(r.arrays["sweep_width"], float),
-            }
-        ).sort_values("eps")
         df = df[(df["eps"] > 0) & np.isfinite(df["tightness"]) & (df["tightness"] > 0)]
         if not len(df):
             continue
         color = COLORS[i % len(COLORS)]
         lab = label or "output"
-        vd = ["tightness", "certified", "width"]
         parts.append(_line(hv.Curve(df, "eps", "tightness", label=lab), color, 2.0))
-        parts.append(
-            _opts(
-                hv.Scatter(df, "eps", vd, label=lab),
-                dict(color=color),
-                dict(size=7, tools=["hover"]),
-                dict(s=25),
-            )
-        )
+        parts.append(_markers(hv.Scatter(df, "eps", ["tightness", "certified", "width"], label=lab), color))
     if not parts:
         return _message("tightness vs eps", "no eps sweep with eps > 0: run with eps_sweep=[...]")
     return _panel(
@@ -177,24 +181,13 @@ def certified_vs_eps(results) -> hv.Overlay:
     parts = []
     for i, (label, r) in enumerate(res.items()):
         _check_ibp(r)
-        eps = r.arrays.get("sweep_eps")
-        if eps is None or not len(eps):
+        df = _sweep_frame(r)
+        if df is None:
             continue
-        df = pd.DataFrame(
-            {"eps": np.asarray(eps, float), "certified": np.asarray(r.arrays["sweep_certified"], float)}
-        )
-        df = df.sort_values("eps")
         color = COLORS[i % len(COLORS)]
         lab = label or "IBP-certified"
         parts.append(_line(hv.Curve(df, "eps", "certified", label=lab), color, 2.0))
-        parts.append(
-            _opts(
-                hv.Scatter(df, "eps", "certified", label=lab),
-                dict(color=color),
-                dict(size=7, tools=["hover"]),
-                dict(s=25),
-            )
-        )
+        parts.append(_markers(hv.Scatter(df, "eps", "certified", label=lab), color))
     if not parts:
         return _message("certified accuracy vs eps", "no eps sweep: run with eps_sweep=[...]")
     return _panel(

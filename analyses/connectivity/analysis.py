@@ -28,14 +28,13 @@ import param
 import torch
 from torch import nn
 
-from .. import __version__
-from ..core.analysis import Analysis, code_fingerprint
+from ..core.analysis import Analysis
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
 from ..core.errors import NNVitalsError
 from ..core.result import Result
 from ..core.runner import Task
 from ..core.store import make_key
-from ..core.subject import Subject, load_subject
+from ..core.subject import Subject
 from .barrier import accuracy_barrier, loss_barrier, loss_barrier_mean
 from .matching import (
     MatchResult,
@@ -354,17 +353,7 @@ class ModeConnectivity(Analysis):
         return [f"models[{i}]" for i in range(n)] if self.models else ["model_a", "model_b"]
 
     def subjects(self) -> list[Subject]:
-        models = self._model_list()
-        cached = getattr(self, "_subjects_cache", None)
-        if (
-            cached is not None
-            and len(cached[0]) == len(models)
-            and all(a is b for a, b in zip(cached[0], models))
-        ):
-            return cached[1]
-        subs = [load_subject(m) for m in models]
-        self._subjects_cache = (models, subs)
-        return subs
+        return self.load_subjects(self._model_list())
 
     def subject(self) -> Subject:
         return self.subjects()[0]
@@ -398,15 +387,8 @@ class ModeConnectivity(Analysis):
     def key_params(self) -> dict[str, Any]:
         return {k: v for k, v in super().key_params().items() if k not in ("model_b", "models", "data")}
 
-    def cache_key(self) -> str:
-        return make_key(
-            analysis=self.analysis_name,
-            version=f"{__version__}/{self.analysis_version}",
-            code=code_fingerprint(type(self).__module__),
-            params=self.key_params(),
-            model=[s.fingerprint for s in self.subjects()],
-            data=self.data_fingerprint(),
-        )
+    def model_fingerprint(self) -> list[str]:
+        return [s.fingerprint for s in self.subjects()]
 
     def _module_and_states(self) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
         module, states = None, []

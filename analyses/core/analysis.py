@@ -75,14 +75,26 @@ class Analysis(param.Parameterized):
     # ------------------------------------------------------------------ helpers
     def subject(self) -> Subject:
         """The model as a :class:`Subject` (opened once per model value)."""
-        cached = getattr(self, "_subject_cache", None)
-        if cached is not None and cached[0] is self.model:
-            return cached[1]
         if self.model is None:
             raise NNVitalsError("model: not set; give a model, a checkpoint path or a demo model name")
-        subj = load_subject(self.model)
-        self._subject_cache = (self.model, subj)
-        return subj
+        return self.load_subjects([self.model])[0]
+
+    def load_subjects(self, models: list[Any]) -> list[Subject]:
+        """Subjects of several models (analyses comparing models), opened once per list of values."""
+        cached = getattr(self, "_subjects_cache", None)
+        if (
+            cached is not None
+            and len(cached[0]) == len(models)
+            and all(a is b for a, b in zip(cached[0], models))
+        ):
+            return cached[1]
+        subjects = [load_subject(m) for m in models]
+        self._subjects_cache = (list(models), subjects)
+        return subjects
+
+    def model_fingerprint(self) -> Any:
+        """What the result store keys the model(s) by (a list for analyses of several models)."""
+        return self.subject().fingerprint
 
     def torch_device(self) -> torch.device:
         try:
@@ -115,7 +127,7 @@ class Analysis(param.Parameterized):
             version=f"{__version__}/{self.analysis_version}",
             code=code_fingerprint(type(self).__module__),
             params=self.key_params(),
-            model=self.subject().fingerprint,
+            model=self.model_fingerprint(),
             data=self.data_fingerprint(),
         )
 

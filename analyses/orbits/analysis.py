@@ -24,7 +24,7 @@ from ..core.data import Dataset, as_dataset
 from ..core.errors import NNVitalsError
 from ..core.result import Result
 from ..core.runner import Task
-from ..core.subject import Subject, load_subject, runnable_module
+from ..core.subject import Subject, runnable_module
 from . import kernels as K
 
 #: bytes of transformed images per task (all elements of a chunk of samples): a few dozen tasks at most
@@ -255,24 +255,14 @@ class OrbitAnalysis(Analysis):
         return list(m) if isinstance(m, list | tuple) else [m]
 
     def subject(self) -> _Models:
-        models = self.model_list()
-        cached = getattr(self, "_subjects_cache", None)
-        if (
-            cached is not None
-            and len(cached[0]) == len(models)
-            and all(a is b for a, b in zip(cached[0], models))
-        ):
-            return cached[1]
-        subjects = [load_subject(m) for m in models]
+        subjects = self.load_subjects(self.model_list())
         seen: dict[str, int] = {}
         for s in subjects:  # distinct labels, so tables and legends can tell the models apart
             n = seen.get(s.label, 0)
             seen[s.label] = n + 1
             if n:
                 s.label = f"{s.label} ({n + 1})"
-        group = _Models(subjects)
-        self._subjects_cache = (models, group)
-        return group
+        return _Models(subjects)
 
     def dataset(self) -> tuple[Dataset, np.ndarray]:
         """The analysed samples (class subset and max_samples applied, validated as images in [0, 1])

@@ -7,19 +7,43 @@ controls, in a notebook the page shows both side by side.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import panel as pn
 
+from analyses.zoo import DEMO_MODELS
+
 from .. import style
+from ..settings import AppSettings
+
+
+def model_label(model: Any) -> str:
+    """How a model is named on a page: a demo's name, a file's name, or a module's class."""
+    if isinstance(model, str | Path):
+        return str(model) if str(model) in DEMO_MODELS else Path(str(model)).name
+    return type(model).__name__
 
 
 class AnalysisPage(pn.viewable.Viewer):
-    """Base of the analysis pages: ``controls`` and ``main`` are set by the subclass."""
+    """Base of the analysis pages: ``controls`` and ``main`` are set by the subclass.
 
-    picker: Any = None
+    ``picker``: the app's model picker (None in a notebook); ``settings``: the app's settings.
+    """
+
     controls: pn.Column
     main: pn.Column
+
+    def __init__(self, picker: Any = None, settings: AppSettings | None = None, **params: Any):
+        super().__init__(**params)
+        self.picker = picker
+        self.settings = settings or AppSettings()
+
+    def sources(self) -> dict[str, Any]:
+        """Every model on offer, label -> model: the picker's, or the demo zoo in a notebook."""
+        if self.picker is not None:
+            return dict(self.picker.sources)
+        return {name: name for name in DEMO_MODELS}
 
     def __panel__(self):
         if self.picker is not None:  # in the app: the sidebar shows the controls

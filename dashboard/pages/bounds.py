@@ -31,12 +31,12 @@ import param
 from analyses.bounds import views
 from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
-from analyses.zoo import DEMO_MODELS, demo_image_size
+from analyses.zoo import demo_image_size
 
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
-from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
+from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -47,12 +47,6 @@ _DATA_NAMES = {8: "digits", 16: "digits16", 32: "digits32"}
 TABS = {"ibp": 0, "lipschitz": 1, "export": 2}
 DEFAULT_SWEEP = [0.001, 0.003, 0.01, 0.03, 0.1]
 BINS = 20
-
-
-def _label(model: Any) -> str:
-    if isinstance(model, str | Path):
-        return model if str(model) in DEMO_MODELS else Path(str(model)).name
-    return type(model).__name__
 
 
 def data_for(model: Any) -> str:
@@ -91,9 +85,7 @@ class BoundsPage(AnalysisPage):
         run: bool = True,
         **params: Any,
     ):
-        super().__init__(**params)
-        self.settings = settings or AppSettings()
-        self.picker = picker
+        super().__init__(picker=picker, settings=settings, **params)
         if model is None:
             model = picker.model if picker is not None else self.settings.default_model
         common = dict(
@@ -272,7 +264,7 @@ class BoundsPage(AnalysisPage):
             b = lip.run(progress=progress, cancel=cancel)
             return a, b
 
-        self.jobs.submit(f"Bounds of {_label(self.model)}", work, self._show, wait=wait)
+        self.jobs.submit(f"Bounds of {model_label(self.model)}", work, self._show, wait=wait)
 
     def _show(self, results) -> None:
         ibp, lip = results
@@ -283,7 +275,7 @@ class BoundsPage(AnalysisPage):
             how.append("from the result store" if meta.get("cached") else f"{meta.get('seconds', 0):.2f} s")
         s = ibp.summary
         lines = [
-            f"**{_label(self.model)}** on {self._data.value}, {s['samples']} samples · IBP {how[0]}, "
+            f"**{model_label(self.model)}** on {self._data.value}, {s['samples']} samples · IBP {how[0]}, "
             f"Lipschitz {how[1]}",
             *[f"- {line}" for line in views.ibp_summary_text(ibp).splitlines()],
             *[f"- {line}" for line in views.lipschitz_summary_text(lip).splitlines()],

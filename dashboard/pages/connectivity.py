@@ -39,7 +39,7 @@ from analyses.zoo import DEMO_MODELS, demo_image_size
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel, in_server
-from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
+from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -80,12 +80,6 @@ def partner(model: Any, candidates: list[Any]) -> Any | None:
     return next((c for c in options if c in candidates and c != model), None)
 
 
-def _label(model: Any) -> str:
-    if isinstance(model, str | Path):
-        return model if str(model) in DEMO_MODELS else Path(str(model)).name
-    return type(model).__name__
-
-
 class ConnectivityPage(AnalysisPage):
     """Linear mode connectivity page (see the module docstring): ``ConnectivityPage(model=[a, b])``."""
 
@@ -108,9 +102,7 @@ class ConnectivityPage(AnalysisPage):
         run: bool = True,
         **params: Any,
     ):
-        super().__init__(**params)
-        self.settings = settings or AppSettings()
-        self.picker = picker
+        super().__init__(picker=picker, settings=settings, **params)
         self._tmp: Path | None = None
         self._own_pick: str | None = None
         if model is None:
@@ -119,10 +111,10 @@ class ConnectivityPage(AnalysisPage):
                 model = list(pair)
             else:
                 a = picker.model if picker is not None else self.settings.default_model
-                model = [a, partner(a, list(self._sources().values()))]
+                model = [a, partner(a, list(self.sources().values()))]
         models = list(model) if isinstance(model, list | tuple) else [model, None]
         if len(models) == 1:
-            models.append(partner(models[0], list(self._sources().values())))
+            models.append(partner(models[0], list(self.sources().values())))
         self.analysis = ModeConnectivity(
             show_progress=False, runner=self.settings.runner, data=self._data_for(models)
         )
@@ -274,18 +266,13 @@ class ConnectivityPage(AnalysisPage):
         names = {demo_data_name(m) for m in models if m is not None} - {None}
         return names.pop() if len(names) == 1 else "digits"
 
-    def _sources(self) -> dict[str, Any]:
-        if self.picker is not None:
-            return dict(self.picker.sources)
-        return {name: name for name in DEMO_MODELS}
-
     def _sync_choices(self) -> None:
-        sources = self._sources()
+        sources = self.sources()
         a = self.models[0] if self.models else None
         others = {k: v for k, v in sources.items() if v != a}
         b = self.models[1] if len(self.models) > 1 else None
         if b is not None and b not in others.values():
-            others[_label(b)] = b
+            others[model_label(b)] = b
         self._syncing = True
         try:
             self._model_b.options = {"(choose model B)": None, **others}
@@ -304,7 +291,7 @@ class ConnectivityPage(AnalysisPage):
             return  # the interpolated model this page just handed to the other pages
         b = self.models[1] if len(self.models) > 1 else None
         if b is None or b == event.new:
-            b = partner(event.new, list(self._sources().values()))
+            b = partner(event.new, list(self.sources().values()))
         self.set_models([event.new, b, *self.models[2:]])
 
     def _on_model_b(self, event) -> None:
@@ -342,11 +329,11 @@ class ConnectivityPage(AnalysisPage):
         if len(self.models) < 2 or self.models[0] is None or self.models[1] is None:
             self._summary.object = (
                 "**Choose model B** in the settings: a model of the same architecture as model A "
-                f"({_label(self.models[0]) if self.models else 'none'}), e.g. the same network trained from another seed."
+                f"({model_label(self.models[0]) if self.models else 'none'}), e.g. the same network trained from another seed."
             )
             return
         analysis = self._analysis()
-        labels = " vs ".join(_label(m) for m in self.models)
+        labels = " vs ".join(model_label(m) for m in self.models)
         self.jobs.submit(
             f"Connectivity of {labels}",
             lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
@@ -360,7 +347,7 @@ class ConnectivityPage(AnalysisPage):
         meta = result.meta
         how = "from the result store" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.2f} s"
         s = result.summary
-        labels = [_label(m) for m in self.models]
+        labels = [model_label(m) for m in self.models]
         head = f"**{labels[0]}** (A) vs **{labels[1]}** (B)"
         if len(labels) > 2:
             head += f" and {', '.join(labels[2:])}"
@@ -455,7 +442,7 @@ class ConnectivityPage(AnalysisPage):
             self.jobs.show_error(f"could not save the interpolated model ({e.strerror or e})")
             return None
         self.picked = str(path)
-        label = f"θ(λ={p['lam']:.2f}) {p['path']}, {' – '.join(_label(m) for m in self.models[:2])}"
+        label = f"θ(λ={p['lam']:.2f}) {p['path']}, {' – '.join(model_label(m) for m in self.models[:2])}"
         if self.picker is not None:
             self._own_pick = str(path)
             self.picker.add_file(path, label)

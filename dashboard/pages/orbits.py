@@ -33,7 +33,7 @@ from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
 from ..components.model_picker import list_data_files
-from ..components.page import AnalysisPage, holoviews_pane, page_main, page_tabs, summary_pane
+from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -51,12 +51,6 @@ DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x
 def demo_data_name(model: Any) -> str | None:
     """The built-in data a demo model was trained on (its image size), else None."""
     return {8: "digits8", 16: "digits16", 32: "digits32"}.get(demo_image_size(model))
-
-
-def _label(model: Any) -> str:
-    if isinstance(model, str | Path):
-        return model if str(model) in DEMO_MODELS else Path(str(model)).name
-    return type(model).__name__
 
 
 class OrbitsPage(AnalysisPage):
@@ -84,9 +78,7 @@ class OrbitsPage(AnalysisPage):
         run: bool = True,
         **params: Any,
     ):
-        super().__init__(**params)
-        self.settings = settings or AppSettings()
-        self.picker = picker
+        super().__init__(picker=picker, settings=settings, **params)
         if model is None:
             demo = [m for m in DEMO_SET if m in DEMO_MODELS]
             model = (
@@ -235,13 +227,8 @@ class OrbitsPage(AnalysisPage):
         names = {demo_data_name(m) for m in models} - {None}
         return names.pop() if len(names) == 1 else "digits16"
 
-    def _sources(self) -> dict[str, Any]:
-        if self.picker is not None:
-            return dict(self.picker.sources)
-        return {name: name for name in DEMO_MODELS}
-
     def _sync_compare(self, reset_data: bool = True) -> None:
-        sources = self._sources()
+        sources = self.sources()
         first = self.models[0] if self.models else None
         options = {k: v for k, v in sources.items() if v != first}
         self._compare.options = options
@@ -280,7 +267,7 @@ class OrbitsPage(AnalysisPage):
         values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
         values["model"] = list(self.models)
         analysis = OrbitAnalysis(**values)
-        labels = ", ".join(_label(m) for m in self.models)
+        labels = ", ".join(model_label(m) for m in self.models)
         self.jobs.submit(
             f"Orbits of {labels}",
             lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),

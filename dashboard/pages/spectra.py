@@ -37,7 +37,7 @@ from analyses.zoo import DEMO_MODELS
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
-from ..components.page import AnalysisPage
+from ..components.page import AnalysisPage, model_label
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -122,9 +122,7 @@ class SpectraPage(AnalysisPage):
         run: bool = True,
         **params: Any,
     ):
-        super().__init__(**params)
-        self.settings = settings or AppSettings()
-        self.picker = picker
+        super().__init__(picker=picker, settings=settings, **params)
         if picker is not None and model is None:
             model = picker.model
         model = self.settings.default_model if model is None else model
@@ -334,10 +332,7 @@ class SpectraPage(AnalysisPage):
     # ------------------------------------------------------------------ model and runs
     def _set_model(self, model: Any, label: str | None = None, run: bool = True) -> None:
         if label is None:
-            label = model if isinstance(model, str) and model in DEMO_MODELS else None
-            label = label or (
-                Path(str(model)).name if isinstance(model, str | Path) else type(model).__name__
-            )
+            label = model_label(model)
         self.analysis.model = model
         self.param.update(model=model, label=label)
         if self.picker is None and isinstance(model, str) and model in DEMO_MODELS:
@@ -352,10 +347,7 @@ class SpectraPage(AnalysisPage):
         self._set_model(event.obj.model, event.obj.label)
 
     def _on_sources(self, *_: Any) -> None:
-        if self.picker is not None:
-            options = dict(self.picker.sources)
-        else:
-            options = {name: name for name in DEMO_MODELS}
+        options = self.sources()
         current = self.compare_with if self.compare_with in options.values() else None
         current = current or _twin(self.model) or next(iter(options.values()), None)
         self._compare_select.param.update(options=options, value=current)
