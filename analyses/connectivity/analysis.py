@@ -44,7 +44,7 @@ from .matching import (
     merge_many,
     weight_matching,
 )
-from .path import PathEvaluator, batchnorm_modules, interpolate, linear_path, repair_path
+from .path import ENGINES, PathEvaluator, batchnorm_modules, interpolate, linear_path, repair_path
 from .spec import PermutationSpec, check_same_structure, infer_spec
 
 __all__ = ["ConnectivityResult", "ModeConnectivity"]
@@ -172,15 +172,21 @@ def _match(ctx: _Context, sa, sb, s: dict[str, Any]) -> MatchResult:
     return MatchResult(perms=identity_permutation(ctx.spec))
 
 
-def _evaluate(ctx: _Context, stacked, s: dict[str, Any], lams=None, ends=None) -> dict[str, tuple]:
+def _evaluate(ctx: _Context, states, coeffs, s: dict[str, Any], lams=None) -> dict[str, tuple]:
+    """Loss and accuracy on every split at the points ``coeffs @ states`` (BatchNorm reset or
+    REPAIR first, as the context says)."""
+    stacked = interpolate(states, coeffs)
     ev = PathEvaluator(
-        ctx.module, s["device"], getattr(torch, s["dtype"]), s["batch_size"], vectorize=s["vectorize"]
+        ctx.module, s["device"], getattr(torch, s["dtype"]), s["batch_size"], engine=s["engine"]
     )
-    if ctx.bn_reset:
-        stacked = ev.reset_batchnorm(stacked, ctx.train)
-    elif ctx.repair and lams is not None:
-        stacked = repair_path(ctx.module, *ends, stacked, lams, _hidden(ctx), ctx.act_batches[0])
-    return {name: ev.evaluate(stacked, ds) for name, ds in ctx.splits.items()}
+    endpoints = (states, coeffs)
+    if ctx.repair and lams is not None and not ctx.bn_reset:
+        stacked = repair_path(ctx.module, *states, stacked, lams, _hidden(ctx), ctx.act_batches[0])
+        endpoints = None  # REPAIR rescales each point's weights: no longer a mix of the endpoints
+    curves, _ = ev.evaluate_splits(
+        stacked, ctx.splits, reset_on=ctx.train if ctx.bn_reset else None, endpoints=endpoints
+    )
+    return curves
 
 
 def _hidden(ctx: _Context) -> set[str]:
@@ -201,7 +207,8 @@ def pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, Any
     for path, other in (("naive", sb), ("matched", sbm)):
         if path == "matched" and s["match"] == "none":
             continue
-        curves = _evaluate(ctx, linear_path(sa, other, lams), s, lams, (sa, other))
+        lam = torch.as_tensor(lams, dtype=torch.float64)
+        curves = _evaluate(ctx, [sa, other], torch.stack([1.0 - lam, lam], dim=1), s, lams)
         for split, (loss, acc) in curves.items():
             for lam, lo, ac in zip(lams, loss, acc, strict=True):
                 out["rows"].append(
@@ -226,11 +233,10 @@ def merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     """Merge all models (MergeMany) and evaluate the merged model and the plain average."""
     merged, _ = merge_many(ctx.states, ctx.spec, seed=s["seed"])
     n = len(ctx.states)
-    naive = interpolate(ctx.states, torch.full((1, n), 1.0 / n))
-    both = {
-        k: (torch.cat([naive[k], merged[k][None]]) if v.is_floating_point() else v) for k, v in naive.items()
-    }
-    curves = _evaluate(ctx, both, s)
+    coeffs = torch.zeros((2, n + 1), dtype=torch.float64)
+    coeffs[0, :n] = 1.0 / n  # the plain average of the models
+    coeffs[1, n] = 1.0  # the merged model
+    curves = _evaluate(ctx, [*ctx.states, merged], coeffs, s)
     return {"merged_state": {k: v.detach().cpu().numpy() for k, v in merged.items()}, "curves": curves}
 
 
@@ -250,7 +256,7 @@ def plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     ticks = torch.linspace(-marg, 1 + marg, g, dtype=torch.float64)
     aa, bb = torch.meshgrid(ticks, ticks, indexing="ij")
     coeffs = torch.stack([1 - aa.reshape(-1) - bb.reshape(-1), aa.reshape(-1), bb.reshape(-1)], dim=1)
-    curves = _evaluate(ctx, interpolate(ends, coeffs), s)
+    curves = _evaluate(ctx, ends, coeffs, s)
     names = [k for k in s0 if k in ctx.params and s0[k].is_floating_point()]
     u = torch.cat([(ends[1][k] - s0[k]).double().reshape(-1) for k in names])
     v = torch.cat([(ends[2][k] - s0[k]).double().reshape(-1) for k in names])
@@ -310,15 +316,22 @@ class ModeConnectivity(Analysis):
     )
     seed = param.Integer(default=0, doc="Seed of the random group order in weight matching and merging.")
     max_iter = param.Integer(default=100, bounds=(1, 10000), doc="Weight matching: at most this many sweeps.")
-    batch_size = param.Integer(default=512, bounds=(1, None), doc="Samples per vmapped forward pass.")
+    batch_size = param.Integer(
+        default=512,
+        bounds=(1, None),
+        doc="Samples per forward pass (the stacked engine resets BatchNorm on all train samples at once).",
+    )
     act_samples = param.Integer(
         default=1024, bounds=(16, None), doc="Train samples for activation matching and REPAIR statistics."
     )
-    vectorize = param.Boolean(
-        default=False,
-        doc="Evaluate the points of a path together with torch.func.vmap. Off by default: on CPU one "
-        "functional_call per point was as fast for MLPs and 4.6x faster for the BatchNorm CNN (vmapped "
-        "convolutions become grouped convolutions; tests/benchmarks/bench_connectivity.py).",
+    engine = param.Selector(
+        default="auto",
+        objects=list(ENGINES),
+        doc="How the points of a path run: 'stacked' (plain nn.Sequential chains: all points in one "
+        "pass, the first layer once per endpoint, BatchNorm reset fused with the training-split "
+        "evaluation), 'vmap' (torch.func.vmap over functional_call), 'per-point' (one functional_call "
+        "per point), 'auto' (stacked when the model is such a chain, else per-point: on CPU vmapped "
+        "convolutions ran 3.7x slower than per point; tests/benchmarks/bench_connectivity.py).",
     )
     top_k = param.Integer(default=5, bounds=(1, None), doc="Top singular vectors compared per layer.")
     merge = param.Boolean(default=True, doc="With 3+ models: merge them all into one (MergeMany).")
@@ -435,7 +448,9 @@ class ModeConnectivity(Analysis):
         if batchnorm_modules(module) and self.bn_reset != "off":
             splits = self.datasets()
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
-            ev = PathEvaluator(module.eval(), self.device, getattr(torch, self.dtype), self.batch_size)
+            ev = PathEvaluator(
+                module.eval(), self.device, getattr(torch, self.dtype), self.batch_size, engine=self.engine
+            )
             stacked = ev.reset_batchnorm(stacked, train)
         return {
             k: (v[0] if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in stacked.items()

@@ -30,10 +30,14 @@ from torch.func import functional_call, vmap
 
 from ..core.data import Dataset
 from ..core.errors import NNVitalsError
+from .chain import LayerChain
 
-__all__ = ["PathEvaluator", "batchnorm_modules", "interpolate", "linear_path", "repair_path"]
+__all__ = ["ENGINES", "PathEvaluator", "batchnorm_modules", "interpolate", "linear_path", "repair_path"]
 
 State = dict[str, torch.Tensor]
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+ENGINES = ("auto", "stacked", "vmap", "per-point")
+_BUDGET = 1 << 21  # numbers (8 MB in float32) in one activation of a pass over stacked points: cache-sized
 
 
 def interpolate(states: Sequence[State], coeffs: torch.Tensor) -> State:
@@ -77,10 +81,17 @@ def _copy(module: nn.Module) -> nn.Module:
 class PathEvaluator:
     """Loss and accuracy of a model at many stacked states at once (see module docstring).
 
-    ``chunk`` points and ``batch_size`` samples go through one vmapped forward pass. With
-    ``vectorize=False`` the points are run one after another through ``functional_call`` (still
-    no state-dict loading or copying): on a CPU with one thread, vmapped convolutions (grouped
-    convolutions underneath) can be slower than that.
+    ``engine`` picks how the points run:
+
+    - ``"stacked"``: :class:`~analyses.connectivity.chain.LayerChain` (plain ``nn.Sequential``
+      chains of supported layers): all points in one pass, the first weight layer once per
+      endpoint when the path's endpoints are given, BatchNorm reset fused with the evaluation of
+      the training split;
+    - ``"vmap"``: ``chunk`` points and ``batch_size`` samples through one vmapped
+      ``functional_call``;
+    - ``"per-point"``: one ``functional_call`` per point (still no state-dict loading or copying);
+    - ``"auto"``: ``"stacked"`` when the model is such a chain, else ``"per-point"`` (on a CPU,
+      vmapped convolutions become grouped convolutions and run slower than a loop over points).
     """
 
     def __init__(
@@ -90,12 +101,21 @@ class PathEvaluator:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 512,
         chunk: int = 32,
-        vectorize: bool = True,
+        engine: str = "auto",
     ):
-        self.vectorize = bool(vectorize)
+        if engine not in ENGINES:
+            raise NNVitalsError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.device, self.dtype = torch.device(device), dtype
         self.batch_size, self.chunk = int(batch_size), int(chunk)
         self.module = _copy(module).to(self.device, self.dtype).eval()
+        self.chain = LayerChain.of(self.module) if engine in ("auto", "stacked") else None
+        if engine == "stacked" and self.chain is None:
+            raise NNVitalsError(
+                "engine 'stacked': the model is not a plain nn.Sequential chain of Linear/Conv/BatchNorm/"
+                "activation/pooling/flatten layers; use engine 'auto', 'per-point' or 'vmap'"
+            )
+        self.engine = "stacked" if self.chain is not None else ("vmap" if engine == "vmap" else "per-point")
+        self.vectorize = self.engine == "vmap"
 
     def _split(self, stacked: State) -> tuple[State, State]:
         floats = {k: v.to(self.device, self.dtype) for k, v in stacked.items() if v.is_floating_point()}
@@ -106,11 +126,112 @@ class PathEvaluator:
     def points(stacked: State) -> int:
         return next(v.shape[0] for v in stacked.values() if v.is_floating_point())
 
+    def evaluate_splits(
+        self,
+        stacked: State,
+        splits: dict[str, Dataset],
+        reset_on: Dataset | None = None,
+        endpoints: tuple[Sequence[State], torch.Tensor] | None = None,
+    ) -> tuple[Curves, State]:
+        """Loss and accuracy on every split at every point, BatchNorm first reset on ``reset_on``.
+
+        ``endpoints=(states, coeffs)`` (the points are ``coeffs @ states``, as
+        :func:`interpolate` makes them) lets the stacked engine run the first weight layer once
+        per endpoint. Returns the curves by split name and the stacked state with the reset
+        running statistics.
+        """
+        if self.chain is None:
+            if reset_on is not None:
+                stacked = self.reset_batchnorm(stacked, reset_on)
+            return {name: self.evaluate(stacked, ds) for name, ds in splits.items()}, stacked
+        return self._chain_evaluate(stacked, splits, reset_on, endpoints)
+
+    def _chain_evaluate(self, stacked, splits, reset_on, endpoints) -> tuple[Curves, State]:
+        """The stacked engine: per batch of samples the shared start once, then the points in
+        cache-sized chunks; with ``reset_on`` first one pass over all of it that resets BatchNorm
+        and scores it (when it is one of ``splits``)."""
+        chain = self.chain
+        assert chain is not None
+        floats, _ = self._split(stacked)
+        n_pts = self.points(stacked)
+        states = coeffs = None
+        if endpoints is not None:
+            states = [
+                {k: v.to(self.device, self.dtype) for k, v in st.items() if v.is_floating_point()}
+                for st in endpoints[0]
+            ]
+            coeffs = torch.as_tensor(endpoints[1]).to(self.device, self.dtype)
+        first = reset_on if reset_on is not None else next(iter(splits.values()), None)
+        if first is None:
+            return {}, stacked
+        peak = chain.peak_features(first.x[:1].to(self.device, self.dtype), floats)
+        sums = {
+            n: (torch.zeros(n_pts, dtype=torch.float64), torch.zeros(n_pts, dtype=torch.float64))
+            for n in splits
+        }
+
+        def chunks(rows: int) -> list[slice]:  # points per pass: one activation stays cache-sized
+            step = max(1, min(n_pts, _BUDGET // max(1, rows * peak)))
+            return [slice(lo, min(n_pts, lo + step)) for lo in range(0, n_pts, step)]
+
+        def ends(sl: slice):
+            return None if coeffs is None else (states, coeffs[sl])
+
+        out = dict(stacked)
+        done: set[str] = set()
+        with torch.no_grad():
+            if reset_on is not None:
+                batches = [
+                    (x.to(self.device, self.dtype), y.to(self.device))
+                    for x, y in reset_on.batches(self.batch_size)
+                ]
+                starts = [chain.start(x, states) for x, _ in batches]
+                scored = next((n for n, ds in splits.items() if ds is reset_on), None)
+                new: dict[str, list[torch.Tensor]] = {}
+                for sl in chunks(len(batches[0][0])):
+                    stats: State = {}
+                    p = {k: v[sl] for k, v in floats.items()}
+                    logits = chain.reset([x for x, _ in batches], p, stats, endpoints=ends(sl), starts=starts)
+                    if scored is not None:
+                        for z, (_, y) in zip(logits, batches, strict=True):
+                            _add_scores(z, y, sums[scored], sl)
+                    for k, v in stats.items():
+                        if v.is_floating_point():
+                            new.setdefault(k, []).append(v)
+                done.add(str(scored))
+                for k, parts in new.items():
+                    floats[k] = torch.cat(parts)
+                    out[k] = floats[k].detach().cpu().to(stacked[k].dtype)
+                for k in chain.stat_keys():
+                    if k.endswith("num_batches_tracked"):
+                        out[k] = torch.tensor(1, dtype=stacked[k].dtype)
+            for name, ds in splits.items():
+                if name in done:
+                    continue
+                for x, y in ds.batches(self.batch_size):
+                    x, y = x.to(self.device, self.dtype), y.to(self.device)
+                    start = chain.start(x, states)
+                    for sl in chunks(len(x)):
+                        p = {k: v[sl] for k, v in floats.items()}
+                        _add_scores(chain(x, p, endpoints=ends(sl), start=start), y, sums[name], sl)
+        curves = {
+            n: ((lo / len(splits[n])).numpy(), (co / len(splits[n])).numpy()) for n, (lo, co) in sums.items()
+        }
+        return curves, out
+
     def reset_batchnorm(self, stacked: State, train: Dataset) -> State:
-        """Recompute every BatchNorm's running statistics at every point on ``train`` (batched)."""
+        """Recompute every BatchNorm's running statistics at every point on ``train``.
+
+        The stacked engine takes each layer's statistics over all of ``train`` at once (see
+        :mod:`~analyses.connectivity.chain`); the others run the BatchNorm layers in train mode
+        with ``momentum=None`` over batches of ``batch_size`` (a cumulative average), batched
+        over points with ``vmap``.
+        """
         bns = batchnorm_modules(self.module)
         if not bns:
             return stacked
+        if self.chain is not None:
+            return self._chain_evaluate(stacked, {}, train, None)[1]
         model = _copy(self.module).train()
         stat_keys: set[str] = set()
         for name, bn in batchnorm_modules(model):
@@ -155,6 +276,8 @@ class PathEvaluator:
 
     def evaluate(self, stacked: State, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Mean cross-entropy loss and accuracy on ``data`` at every stacked point: two arrays (points,)."""
+        if self.chain is not None:
+            return self._chain_evaluate(stacked, {"data": data}, None, None)[0]["data"]
         floats, fixed = self._split(stacked)
         n_pts = self.points(stacked)
         loss = torch.zeros(n_pts, dtype=torch.float64)
@@ -175,17 +298,22 @@ class PathEvaluator:
                     else:
                         n_here = next(iter(p.values())).shape[0]
                         logits = torch.stack([run({k: v[i] for k, v in p.items()}, x) for i in range(n_here)])
-                    if logits.ndim != 3 or logits.shape[1] != y.shape[0]:
-                        raise NNVitalsError(
-                            f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
-                        )
-                    k = logits.shape[0]
-                    ce = nn.functional.cross_entropy(
-                        logits.reshape(-1, logits.shape[-1]).double(), y.repeat(k), reduction="none"
-                    )
-                    loss[sl] += ce.reshape(k, -1).sum(1).cpu()
-                    correct[sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
+                    _add_scores(logits, y, (loss, correct), sl)
         return (loss / len(data)).numpy(), (correct / len(data)).numpy()
+
+
+def _add_scores(
+    logits: torch.Tensor, y: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor], sl: slice
+) -> None:
+    """Add the summed cross-entropy and the number correct of ``(points, batch, classes)`` logits."""
+    if logits.ndim != 3 or logits.shape[1] != y.shape[0]:
+        raise NNVitalsError(
+            f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
+        )
+    logits = logits.double()
+    picked = logits.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+    sums[0][sl] += (torch.logsumexp(logits, -1) - picked).sum(1).cpu()
+    sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
 
 
 def _repair_targets(module: nn.Module, hidden: set[str]) -> list[tuple[str, nn.Module, int]]:

@@ -1,0 +1,245 @@
+"""The stacked engine (LayerChain) against models loaded point by point with load_state_dict."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_connectivity_spec import BNCNN
+from torch import nn
+
+from analyses.connectivity.chain import LayerChain
+from analyses.connectivity.path import PathEvaluator, interpolate, linear_path
+from analyses.core.data import Dataset
+from analyses.core.errors import NNVitalsError
+from analyses.zoo.models import DigitsBNCNN, DigitsCNN, DigitsMLP
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh weights and non-trivial BatchNorm statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                    m.bias.copy_(torch.randn(m.num_features, generator=gen))
+            elif isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _seq1d() -> nn.Module:
+    """BatchNorm1d on vectors inside a nested Sequential, Identity and Dropout (eval: identity)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Identity(),
+        nn.Sequential(nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU()),
+        nn.Dropout(0.3),
+        nn.Linear(48, 10),
+    )
+
+
+def _conv1d() -> nn.Module:
+    """Conv1d with stride and groups, BatchNorm1d without affine, LeakyReLU, adaptive pooling."""
+    return nn.Sequential(
+        nn.Conv1d(1, 6, 5, padding=2, bias=False),
+        nn.BatchNorm1d(6, affine=False),
+        nn.LeakyReLU(0.1),
+        nn.Conv1d(6, 6, 3, stride=2, groups=2),
+        nn.AdaptiveAvgPool1d(4),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
+
+
+MODELS = {
+    "mlp": lambda: DigitsMLP(hidden=(32, 16)),
+    "cnn-maxpool": lambda: DigitsCNN(channels=(4, 6)),
+    "bn-cnn": lambda: DigitsBNCNN(channels=(5, 7)),
+    "mlp-bn1d-dropout": _seq1d,
+    "conv1d-bn-noaffine": _conv1d,
+    "conv5x5-endpoints": lambda: nn.Sequential(
+        nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 10)
+    ),  # fan-in 25: the first layer runs once per endpoint
+    "bn-first": lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10)),
+}
+
+
+def _input(name: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, 1, 64, generator=g)
+        if name.startswith("conv1d")
+        else torch.randn(n, 1, 8, 8, generator=g)
+    )
+
+
+def _per_point(model: nn.Module, stacked: dict, x: torch.Tensor) -> torch.Tensor:
+    """Reference: each point loaded into a copy of the model, eval mode."""
+    out = []
+    m = copy.deepcopy(model)
+    for i in range(next(v.shape[0] for v in stacked.values() if v.is_floating_point())):
+        m.load_state_dict({k: (v[i] if v.is_floating_point() else v) for k, v in stacked.items()})
+        with torch.no_grad():
+            out.append(m.eval()(x))
+    return torch.stack(out)
+
+
+def _sequential_reset(model: nn.Module, state: dict, x: torch.Tensor) -> nn.Module:
+    """Reference reset: each BatchNorm in turn gets the mean and unbiased variance of its input
+    over all of ``x`` in the network whose earlier BatchNorms are already reset (eval mode)."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    m.eval()
+    for bn in [b for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]:
+        seen = {}
+        hook = bn.register_forward_pre_hook(lambda _m, inp, seen=seen: seen.setdefault("x", inp[0]))
+        with torch.no_grad():
+            m(x)
+        hook.remove()
+        h = seen["x"].transpose(0, 1).reshape(bn.num_features, -1).double()
+        bn.running_mean.copy_(h.mean(1))
+        bn.running_var.copy_(h.var(1, unbiased=True))
+    return m
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("mixed", [False, True], ids=["params", "endpoints"])
+def test_stacked_outputs_equal_the_models_point_by_point(name, mixed):
+    a, b = _randomise(MODELS[name](), 1), _randomise(MODELS[name](), 2)
+    chain = LayerChain.of(a)
+    assert chain is not None
+    lams = torch.tensor([0.0, 0.3, 0.5, 1.0, 1.4], dtype=torch.float64)  # 1.4: beyond B
+    coeffs = torch.stack([1 - lams, lams], 1)
+    st = interpolate([a.state_dict(), b.state_dict()], coeffs)
+    x = _input(name, 37, 0)
+    floats = {k: v for k, v in st.items() if v.is_floating_point()}
+    with torch.no_grad():
+        out = chain(
+            x, floats, endpoints=([a.state_dict(), b.state_dict()], coeffs.float()) if mixed else None
+        )
+    torch.testing.assert_close(out, _per_point(a, st, x), atol=2e-5, rtol=1e-4)
+
+
+def test_three_endpoint_plane_coefficients():
+    models = [_randomise(DigitsMLP(hidden=(24, 24)), s) for s in (1, 2, 3)]
+    states = [m.state_dict() for m in models]
+    coeffs = torch.tensor([[1.0, 0.0, 0.0], [-0.2, 0.7, 0.5], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    st = interpolate(states, coeffs)
+    x = _input("mlp", 20, 3)
+    chain = LayerChain.of(models[0])
+    with torch.no_grad():
+        out = chain(
+            x, {k: v for k, v in st.items() if v.is_floating_point()}, endpoints=(states, coeffs.float())
+        )
+    torch.testing.assert_close(out, _per_point(models[0], st, x), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["bn-cnn", "mlp-bn1d-dropout", "conv1d-bn-noaffine", "bn-first"])
+def test_reset_equals_sequential_population_statistics(name):
+    a, b = _randomise(MODELS[name](), 1), _randomise(MODELS[name](), 2)
+    chain = LayerChain.of(a)
+    lams = [0.0, 0.5, 0.8]
+    st = linear_path(a.state_dict(), b.state_dict(), lams)
+    x = _input(name, 123, 4)
+    chunks = [x[:50], x[50:100], x[100:]]  # uneven chunks: the moments are merged exactly
+    stats: dict = {}
+    with torch.no_grad():
+        outs = chain.reset(chunks, {k: v for k, v in st.items() if v.is_floating_point()}, stats)
+    logits = torch.cat(outs, dim=1)
+    for i in range(len(lams)):
+        ref = _sequential_reset(a, {k: (v[i] if v.is_floating_point() else v) for k, v in st.items()}, x)
+        for key, value in ref.state_dict().items():
+            if key.endswith(("running_mean", "running_var")):
+                torch.testing.assert_close(stats[key][i], value, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(logits[i], ref(x), atol=5e-5, rtol=1e-4)
+
+
+def _dataset(name: str, n: int, seed: int) -> Dataset:
+    g = torch.Generator().manual_seed(seed + 100)
+    return Dataset(x=_input(name, n, seed), y=torch.randint(0, 10, (n,), generator=g), name="r", classes=10)
+
+
+def test_evaluator_reset_is_self_consistent_and_close_to_a_train_mode_reset():
+    """The stacked engine's reset state, loaded into the model, reproduces its curves exactly;
+    the usual train-mode reset (per-point engine, batches of 32) differs only slightly."""
+    a, b = _randomise(DigitsBNCNN(channels=(5, 7)), 1), _randomise(DigitsBNCNN(channels=(5, 7)), 2)
+    train, test = _dataset("bn-cnn", 150, 1), _dataset("bn-cnn", 60, 2)
+    lams = np.linspace(0, 1, 4)
+    st = linear_path(a.state_dict(), b.state_dict(), lams)
+    splits = {"train": train, "test": test}
+    lam = torch.as_tensor(lams)
+    ev = PathEvaluator(a, batch_size=32, engine="stacked")
+    curves, reset = ev.evaluate_splits(
+        st,
+        splits,
+        reset_on=train,
+        endpoints=([a.state_dict(), b.state_dict()], torch.stack([1 - lam, lam], 1)),
+    )
+    for name, ds in splits.items():
+        logits = _per_point(a, reset, ds.x)
+        ce = torch.stack([nn.functional.cross_entropy(z.double(), ds.y) for z in logits]).numpy()
+        np.testing.assert_allclose(curves[name][0], ce, rtol=1e-5)
+        np.testing.assert_allclose(curves[name][1], (logits.argmax(-1) == ds.y).double().mean(1).numpy())
+    other, _ = PathEvaluator(a, batch_size=32, engine="per-point").evaluate_splits(st, splits, reset_on=train)
+    np.testing.assert_allclose(curves["test"][0], other["test"][0], rtol=0.05)
+    assert abs(curves["test"][0][1] - other["test"][0][1]) > 0  # a different (population) estimate
+
+
+@pytest.mark.parametrize("engine", ["stacked", "vmap", "per-point"])
+def test_engines_agree_without_reset(engine):
+    a, b = _randomise(DigitsCNN(channels=(4, 6)), 1), _randomise(DigitsCNN(channels=(4, 6)), 2)
+    data = _dataset("cnn", 70, 5)
+    st = linear_path(a.state_dict(), b.state_dict(), np.linspace(0, 1, 5))
+    ev = PathEvaluator(a, batch_size=16, chunk=2, engine=engine)
+    assert ev.engine == engine
+    loss, acc = ev.evaluate(st, data)
+    logits = _per_point(a, st, data.x)
+    ce = torch.stack([nn.functional.cross_entropy(z.double(), data.y) for z in logits]).numpy()
+    np.testing.assert_allclose(loss, ce, rtol=1e-5)
+    np.testing.assert_allclose(acc, (logits.argmax(-1) == data.y).double().mean(1).numpy())
+
+
+class _Residual(nn.Sequential):
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        BNCNN(),  # its own forward
+        nn.Sequential(nn.Flatten(), _Residual(nn.Linear(64, 64)), nn.Linear(64, 10)),
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.Linear(32, 10)),
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.Flatten(), nn.Linear(256, 10)
+        ),
+        nn.Sequential(nn.Flatten(0), nn.Linear(64, 10)),
+        nn.Sequential(nn.ReLU(), nn.Flatten()),  # no weight layer
+    ],
+    ids=["custom-forward", "residual", "layernorm", "circular", "flatten-0", "no-weights"],
+)
+def test_what_is_not_a_plain_chain_falls_back(model):
+    assert LayerChain.of(model) is None
+    assert PathEvaluator(model, engine="auto").engine == "per-point"
+    with pytest.raises(NNVitalsError, match="engine 'stacked'"):
+        PathEvaluator(model, engine="stacked")
+
+
+def test_unknown_engine_is_one_clear_error():
+    with pytest.raises(NNVitalsError, match="engine 'fast'.*auto, stacked, vmap, per-point"):
+        PathEvaluator(DigitsMLP(), engine="fast")
