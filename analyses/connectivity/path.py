@@ -224,8 +224,8 @@ class PathEvaluator:
 
         The stacked engine takes each layer's statistics over all of ``train`` at once (see
         :mod:`~analyses.connectivity.chain`); the others run the BatchNorm layers in train mode
-        with ``momentum=None`` over batches of ``batch_size`` (a cumulative average), batched
-        over points with ``vmap``.
+        with ``momentum=None`` over batches of ``batch_size`` (a cumulative average), point by
+        point or (engine ``vmap``) batched over points.
         """
         bns = batchnorm_modules(self.module)
         if not bns:
@@ -242,6 +242,7 @@ class PathEvaluator:
         fixed = {k: v for k, v in fixed.items() if k not in stat_keys}
         params = {k: v for k, v in floats.items() if k not in stat_keys}
         n_pts = self.points(stacked)
+        batches = [x.to(self.device, self.dtype) for x, _ in train.batches(self.batch_size)]
         parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, n_pts, self.chunk):
             sl = slice(start, start + self.chunk)
@@ -262,8 +263,14 @@ class PathEvaluator:
                 return functional_call(model, (p_, s_, counts, fixed), (x_,), strict=False)
 
             with torch.no_grad():
-                for x, _ in train.batches(self.batch_size):
-                    vmap(run, in_dims=(0, 0, None))(p, stats, x.to(self.device, self.dtype))
+                if self.vectorize:
+                    for x in batches:
+                        vmap(run, in_dims=(0, 0, None))(p, stats, x)
+                for i in range(0 if self.vectorize else next(iter(p.values())).shape[0]):
+                    for c in counts.values():
+                        c.zero_()
+                    for x in batches:  # train-mode BatchNorm updates these views of `stats` in place
+                        run({k: v[i] for k, v in p.items()}, {k: v[i] for k, v in stats.items()}, x)
             for k, v in stats.items():
                 parts.setdefault(k, []).append(v.detach().cpu())
         out = dict(stacked)

@@ -69,13 +69,14 @@ def test_interpolate_endpoints_and_integers():
     assert torch.allclose(three["fc2.bias"][0], 0.7 * a["fc2.bias"] + 0.3 * b["fc2.bias"], atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["per-point", "vmap"])
 @pytest.mark.parametrize("reset", [False, True], ids=["eval", "bn-reset"])
-def test_batched_evaluation_matches_a_loop(reset):
+def test_batched_evaluation_matches_a_loop(reset, engine):
     torch.manual_seed(0)
     a, b = _randomise_bn(BNCNN()), _randomise_bn(BNCNN())
     data, train = _data(96, 0), _data(64, 1)
     st = linear_path(a.state_dict(), b.state_dict(), np.linspace(0, 1, 5))
-    ev = PathEvaluator(a, batch_size=32, chunk=3)  # chunks over points and samples
+    ev = PathEvaluator(a, batch_size=32, chunk=3, engine=engine)  # chunks over points and samples
     if reset:
         st = ev.reset_batchnorm(st, train)
     loss, acc = ev.evaluate(st, data)
