@@ -65,6 +65,11 @@ def add_connectivity_parser(sub) -> None:
     a.add_argument("--seed", type=int, default=0, help="seed of the matching order")
     a.add_argument("--max-iter", type=_int_at_least(1, 10000), default=100, help="weight matching sweeps")
     a.add_argument("--batch-size", type=_int_at_least(1), default=512, help="samples per forward pass")
+    a.add_argument(
+        "--engine", choices=("auto", "stacked", "vmap", "per-point"), default="auto",
+        help="path evaluation: stacked (plain layer chains, all points in one pass), vmap, per-point; "
+        "auto: stacked when the model allows it",
+    )  # fmt: skip
     execution_options(p)
     output_options(p)
     p.set_defaults(func=cmd_connectivity)
@@ -87,7 +92,8 @@ def _analysis(args: argparse.Namespace):
 
     kw = dict(
         data=_data(args), match=args.match, points=args.points, bn_reset=args.bn_reset, repair=args.repair,
-        seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, **execution_kwargs(args),
+        seed=args.seed, max_iter=args.max_iter, batch_size=args.batch_size, engine=args.engine,
+        **execution_kwargs(args),
     )  # fmt: skip
     if args.also:
         return build_analysis(ModeConnectivity, models=[args.model_a, args.model_b, *args.also], **kw)

@@ -2,16 +2,20 @@
 
 Every point ``theta(l)`` of a path is a state dict; :func:`interpolate` stacks the float
 entries of all points along a new leading axis and :class:`PathEvaluator` runs the model on
-all of them together with :func:`torch.func.vmap` over :func:`torch.func.functional_call`
-(chunked over points and samples to bound memory), instead of a Python loop that loads each
-state dict into the module in turn.
+all of them, instead of a Python loop that loads each state dict into the module in turn.
+Three engines: ``stacked`` (:mod:`~analyses.connectivity.chain`, for plain ``nn.Sequential``
+chains: the first weight layer once per endpoint, batched matrix products over points, the
+BatchNorm reset fused with the evaluation of the training split), ``vmap``
+(:func:`torch.func.vmap` over :func:`torch.func.functional_call`, chunked over points and
+samples) and ``per-point`` (one ``functional_call`` per point, for any model).
 
 BatchNorm (Jordan et al., "REPAIR", ICLR 2023, Sec. 3; Git Re-Basin Sec. 4 / Appendix): the
 interpolated weights with interpolated running statistics describe the wrong activations
 (variance collapse), which makes the naive curve look worse than it is. With ``bn_reset`` the
-running statistics of every point are recomputed on training data: the BatchNorm layers run in
-train mode with ``momentum=None`` (a cumulative average over batches), still batched over all
-points. REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
+running statistics of every point are recomputed on training data: the stacked engine takes
+each layer's population statistics over the whole training split (the network's earlier layers
+already reset); the other engines run the BatchNorm layers in train mode with ``momentum=None``
+(a cumulative average over batches, as Git Re-Basin's code does). REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
 each hidden unit's pre-activation mean and standard deviation in the interpolated network are
 reset to the interpolation ``(1 - l) mu_A + l mu_B``, ``(1 - l) sigma_A + l sigma_B`` of the
 endpoint networks', by rescaling that unit's weights and bias.

@@ -105,6 +105,7 @@ def test_bad_input_is_one_line_and_an_exit_code(runs, case, code, text):
         ),
         (["mlp", "mlp-untrained", "--points", "1"], 2, "--points"),
         (["mlp", "mlp-untrained", "--test-data", "t.npz"], 2, "--test-data"),
+        (["mlp", "mlp-untrained", "--engine", "fast"], 2, "--engine"),
     ],
 )
 def test_more_bad_input_in_process(tmp_path, capsys, monkeypatch, args, code, text):
@@ -116,3 +117,14 @@ def test_more_bad_input_in_process(tmp_path, capsys, monkeypatch, args, code, te
     assert main(["connectivity", *args, "--out", str(tmp_path / "o")]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nnvitals: error:") and text in err[0], err
+
+
+def test_engine_choices_are_the_evaluators():
+    """The CLI lists the engines literally (its parser imports no torch); they must stay in step."""
+    from analyses.connectivity.path import ENGINES
+    from dashboard.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["connectivity"]
+    engine = next(a for a in sub._actions if a.dest == "engine")
+    assert tuple(engine.choices) == ENGINES and engine.default == "auto"
