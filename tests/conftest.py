@@ -12,6 +12,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    its kernels are small, and on a shared 2-core machine two OpenMP threads spin against other
+    processes (training in the connectivity tests took 12 s instead of 0.9 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _spectra(model, **kw):
     from analyses.spectra.analysis import SpectralAnalysis
 

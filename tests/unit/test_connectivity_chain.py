@@ -14,13 +14,7 @@ from analyses.core.data import Dataset
 from analyses.core.errors import NNVitalsError
 from analyses.zoo.models import DigitsBNCNN, DigitsCNN, DigitsMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:

@@ -14,15 +14,7 @@ from analyses.core.data import Dataset
 from analyses.core.errors import NNVitalsError
 from analyses.zoo.models import DigitsMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these kernels are small, and on a shared 2-core machine two OpenMP
-    threads spin against other processes (training here took 12 s instead of 0.9 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=96, seed=0):

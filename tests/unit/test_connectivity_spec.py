@@ -9,15 +9,7 @@ from analyses.connectivity.spec import check_same_structure, infer_spec
 from analyses.core.errors import NNVitalsError
 from analyses.zoo.models import DigitsCNN, DigitsMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these kernels are small, and on a shared 2-core machine two OpenMP
-    threads spin against other processes (training here took 12 s instead of 0.9 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class BNCNN(nn.Module):

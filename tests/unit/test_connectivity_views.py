@@ -15,13 +15,7 @@ from analyses.core.errors import NNVitalsError
 from analyses.core.export import save_figure
 from analyses.zoo.models import DigitsMLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(seed: int, steps: int = 60) -> nn.Module:
