@@ -157,6 +157,7 @@ class PathEvaluator:
         chain = self.chain
         assert chain is not None
         floats, _ = self._split(stacked)
+        floats = chain.prepare(floats)
         n_pts = self.points(stacked)
         states = coeffs = None
         if endpoints is not None:
@@ -321,9 +322,9 @@ def _add_scores(
         raise NNVitalsError(
             f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
         )
-    logits = logits.double()
-    picked = logits.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-    sums[0][sl] += (torch.logsumexp(logits, -1) - picked).sum(1).cpu()
+    n_pts, n, classes = logits.shape
+    ce = nn.functional.cross_entropy(logits.reshape(-1, classes), y.repeat(n_pts), reduction="none")
+    sums[0][sl] += ce.reshape(n_pts, n).double().sum(1).cpu()
     sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
 
 
