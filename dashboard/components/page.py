@@ -57,6 +57,11 @@ def holoviews_pane(obj: Any, **kw: Any) -> pn.pane.HoloViews:
     return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
 
 
+def note_pane(text: str) -> pn.pane.Markdown:
+    """A short grey note: how to read or use the plots next to it."""
+    return pn.pane.Markdown(text, styles=style.NOTE, css_classes=["nnv-note"], margin=(0, 10))
+
+
 def summary_pane() -> pn.pane.Markdown:
     """The page's headline numbers (filled when a run is done)."""
     return pn.pane.Markdown(

@@ -33,10 +33,17 @@ from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import demo_image_size
 
-from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
-from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
+from ..components.page import (
+    AnalysisPage,
+    holoviews_pane,
+    model_label,
+    note_pane,
+    page_main,
+    page_tabs,
+    summary_pane,
+)
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -172,13 +179,11 @@ class BoundsPage(AnalysisPage):
         self._selection = pn.pane.Markdown(
             "", css_classes=["nnv-bounds-selection"], sizing_mode="stretch_width"
         )
-        note = dict(styles=style.NOTE, css_classes=["nnv-note"], margin=(0, 10))
         ibp_tab = pn.Column(
-            pn.pane.Markdown(
+            note_pane(
                 "Tightness = optimal box radius / IBP box radius of the network linearised at each sample "
                 "(1: interval bounds are exact). It falls with width and depth at initialisation; IBP "
                 "training raises it, standard training does not.",
-                **note,
             ),
             pn.Row(self._tightness, self._vs_eps, sizing_mode="stretch_width"),
             self._stability,
@@ -186,11 +191,10 @@ class BoundsPage(AnalysisPage):
             name="IBP tightness",
         )
         lip_tab = pn.Column(
-            pn.pane.Markdown(
+            note_pane(
                 "Upper bound: product of the layers' own Lipschitz constants (certified). Lower bound: the "
                 "largest input-Jacobian norm over train, test and midpoints of sample pairs. Tap a bar of "
                 "the histogram to see its samples.",
-                **note,
             ),
             pn.Row(self._bounds, self._gap, sizing_mode="stretch_width"),
             self._selection,

@@ -36,10 +36,17 @@ from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel, in_server
-from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
+from ..components.page import (
+    AnalysisPage,
+    holoviews_pane,
+    model_label,
+    note_pane,
+    page_main,
+    page_tabs,
+    summary_pane,
+)
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -172,11 +179,8 @@ class ConnectivityPage(AnalysisPage):
         self._run_button.on_click(lambda _e: self.run())
         self.controls = pn.Column(
             pn.pane.Markdown("#### Connectivity settings", margin=(5, 10, 0, 10)),
-            pn.pane.Markdown(
+            note_pane(
                 "Model A is the model picked above.",
-                styles=style.NOTE,
-                css_classes=["nnv-note"],
-                margin=(0, 10),
             ),
             self._model_b,
             self._more,
@@ -217,13 +221,10 @@ class ConnectivityPage(AnalysisPage):
         self._many = pn.Row(css_classes=["nnv-conn-many"], sizing_mode="stretch_width")
         self.export_panel = ExportPanel(self.figures, self.tables, prefix="connectivity")
         path_tab = pn.Column(
-            pn.pane.Markdown(
+            note_pane(
                 "Each point is the model θ(λ) = (1 − λ) θ_A + λ θ_B. Dashed: B as it is (naive); solid: B with "
                 "its hidden units permuted to match A. A bump above the straight line between the ends is "
                 "a barrier. Tap a point to analyse that model in the other pages.",
-                styles=style.NOTE,
-                css_classes=["nnv-note"],
-                margin=(0, 10),
             ),
             pn.Row(self._loss, self._accuracy, sizing_mode="stretch_width"),
             self._point_text,
@@ -236,11 +237,9 @@ class ConnectivityPage(AnalysisPage):
             path_tab,
             pn.Column(self._barriers, self._barrier_table, name="Barriers", sizing_mode="stretch_width"),
             pn.Column(
-                pn.pane.Markdown(
+                note_pane(
                     "Matching barely shortens the distance between the models; it aligns the singular vectors "
-                    "with large singular values (Ito et al. 2024).",
-                    styles=style.NOTE,
-                    margin=(0, 10),
+                    "with large singular values (Ito et al. 2024)."
                 ),
                 self._layers,
                 self._layer_table,

@@ -29,11 +29,18 @@ from analyses.orbits import views
 from analyses.orbits.analysis import OrbitAnalysis
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
 from ..components.model_picker import list_data_files
-from ..components.page import AnalysisPage, holoviews_pane, model_label, page_main, page_tabs, summary_pane
+from ..components.page import (
+    AnalysisPage,
+    holoviews_pane,
+    model_label,
+    note_pane,
+    page_main,
+    page_tabs,
+    summary_pane,
+)
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -183,13 +190,10 @@ class OrbitsPage(AnalysisPage):
         )
         self.export_panel = ExportPanel(self.figures, self.tables, prefix="orbits")
         explore = pn.Column(
-            pn.pane.Markdown(
+            note_pane(
                 "A circle in the polar plot means the model is equivariant (invariant, for class scores) "
                 "along the orbit; dents show where it stops being so. Tap a sample in the scatter to see its "
                 "own orbit; move the slider to walk along it.",
-                styles=style.NOTE,
-                css_classes=["nnv-note"],
-                margin=(0, 10),
             ),
             pn.Row(self._aggregate, self._scatter, sizing_mode="stretch_width"),
             view_opts,

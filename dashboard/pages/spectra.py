@@ -37,7 +37,7 @@ from analyses.zoo import DEMO_MODELS
 from .. import style
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
-from ..components.page import AnalysisPage, model_label
+from ..components.page import AnalysisPage, model_label, note_pane
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -226,12 +226,9 @@ class SpectraPage(AnalysisPage):
         self._table.param.watch(self._on_table_selection, "selection")
         layers = pn.Column(
             pn.Row(self._metric_select, self._selection_text, sizing_mode="stretch_width"),
-            pn.pane.Markdown(
+            note_pane(
                 "Tap a point to see that layer's ESD and KS scan; box-select (toolbar) or ctrl-click "
                 "table rows to compare several. Dashed guides: α < 2 over-trained, α > 6 under-trained.",
-                css_classes=["nnv-note"],
-                styles=style.NOTE,
-                margin=(0, 10),
             ),
             self._plots,
             self._grid,
