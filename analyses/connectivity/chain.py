@@ -28,7 +28,7 @@ Anything else (residual blocks, custom ``forward``, unsupported layers) makes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,28 +78,69 @@ def _plain_sequential(m: nn.Module) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def _plain_call(m: nn.Module) -> bool:
+    """Calling ``m`` runs its class's ``forward`` and nothing else: no hooks, no instance override."""
+    hooks = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_pre_hooks_with_kwargs",
+    )
+    return "forward" not in m.__dict__ and not any(getattr(m, h, None) for h in hooks)
+
+
+def _expected_state(module: nn.Module, kind: str) -> set[str]:
+    """The parameter and buffer names a layer of this kind holds when nothing reparametrises it."""
+    if kind in ("linear", "conv"):
+        return {"weight"} | ({"bias"} if module.bias is not None else set())
+    if kind == "bn":
+        return {"running_mean", "running_var", "num_batches_tracked"} | (
+            {"weight", "bias"} if module.affine else set()
+        )
+    return set()
+
+
 def _step(module: nn.Module, prefix: str) -> _Step | None:
+    step = None
     if type(module) is nn.Linear:
-        return _Step("linear", module, prefix)
-    if type(module) in _CONV and module.padding_mode == "zeros":
-        return _Step("conv", module, prefix)
-    if type(module) in _BN and module.track_running_stats:
-        return _Step("bn", module, prefix)
-    if type(module) in _ELEMENTWISE or type(module) in _POOLS:
-        return _Step("fn", module, prefix)
-    if type(module) is nn.Flatten and module.start_dim >= 1 and module.end_dim == -1:
-        return _Step("fn", module, prefix)
-    return None
+        step = _Step("linear", module, prefix)
+    elif type(module) in _CONV and module.padding_mode == "zeros":
+        step = _Step("conv", module, prefix)
+    elif type(module) in _BN and module.track_running_stats:
+        step = _Step("bn", module, prefix)
+    elif type(module) in _ELEMENTWISE or type(module) in _POOLS:
+        step = _Step("fn", module, prefix)
+    elif type(module) is nn.Flatten and module.start_dim >= 1 and module.end_dim == -1:
+        step = _Step("fn", module, prefix)
+    if step is None or module._modules or not _plain_call(module):
+        return None
+    names = {n for n, _ in module.named_parameters(recurse=False)} | {
+        n for n, _ in module.named_buffers(recurse=False)
+    }
+    # pruning and spectral norm keep the class but swap `weight` for `weight_orig` and friends
+    return step if names == _expected_state(module, step.kind) else None
 
 
 def _walk(module: nn.Module, prefix: str, out: list[_Step]) -> bool:
     if _plain_sequential(module):
-        return all(_walk(child, f"{prefix}{name}.", out) for name, child in module.named_children())
+        if not _plain_call(module):
+            return False
+        children = list(module._modules.items())  # not named_children(): a module used twice runs twice
+        return all(child is not None and _walk(child, f"{prefix}{name}.", out) for name, child in children)
     step = _step(module, prefix)
     if step is None:
         return False
     out.append(step)
     return True
+
+
+def _global_hooks() -> bool:
+    """Whether hooks run for every module (``torch.nn.modules.module.register_module_forward_hook``)."""
+    from torch.nn.modules import module as mod
+
+    return bool(
+        getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None)
+    )
 
 
 class LayerChain:
@@ -113,7 +154,7 @@ class LayerChain:
     def of(cls, module: nn.Module) -> LayerChain | None:
         """The chain of ``module``, or ``None`` when it is not a plain chain of supported layers."""
         steps: list[_Step] = []
-        if not _plain_sequential(module) or not _walk(module, "", steps) or not steps:
+        if _global_hooks() or not _plain_sequential(module) or not _walk(module, "", steps) or not steps:
             return None
         covered = {
             s.key(n) for s in steps for n, _ in [*s.module.named_parameters(), *s.module.named_buffers()]
@@ -147,9 +188,11 @@ class LayerChain:
         """The part of a pass that every point shares: the layers before the first weight layer,
         and with the path's endpoint ``states`` that layer once per endpoint. Compute it once per
         batch of samples and hand it to every call on that batch."""
-        h = x
+        h, copied = x, False
         for i, step in enumerate(self.steps):
             if step.kind == "fn":
+                if not copied and getattr(step.module, "inplace", False):
+                    h, copied = h.clone(), True  # h may be a view of the caller's data: leave them alone
                 h = step.module(h)
                 continue
             if step.kind in ("linear", "conv") and states is not None and _worth_mixing(step, len(states)):
@@ -215,14 +258,43 @@ class LayerChain:
             hs, shared = [h for h, _ in outs], outs[0][1]
             if shared:  # a BatchNorm before any weight layer: the same statistics at every point
                 hs, shared = [h.expand(n_pts, *h.shape) for h in hs], False
-            bn = self.steps[b]
-            mean, var = _pooled_moments(hs)
-            p[bn.key("running_mean")] = stats[bn.key("running_mean")] = mean.to(hs[0].dtype)
-            p[bn.key("running_var")] = stats[bn.key("running_var")] = var.to(hs[0].dtype)
-            stats[bn.key("num_batches_tracked")] = torch.tensor(1, dtype=torch.long)
+            moments = _Moments()
+            for h in hs:
+                moments.add(h)
+            self._set_stats(self.steps[b], moments, p, stats, hs[0].dtype)
             index = b
         outs = [self._forward(h, shared, index, len(self.steps), p, n_pts) for h in hs]
         return [h.expand(n_pts, *h.shape) if sh else h for h, sh in outs]
+
+    def reset_streaming(
+        self,
+        batches: Callable[[], Iterable[torch.Tensor]],
+        params: State,
+        stats: State,
+        *,
+        endpoints: tuple[Sequence[State], torch.Tensor] | None = None,
+    ) -> None:
+        """The same reset as :meth:`reset` with memory bounded by one batch: for each BatchNorm in
+        turn, every batch runs from the input to that layer (earlier ones already reset) and only
+        its moments are kept. Costs one partial pass per BatchNorm; ``batches()`` yields the data."""
+        n_pts = _points(params)
+        p = dict(params)
+        for b in [i for i, step in enumerate(self.steps) if step.kind == "bn"]:
+            moments, dtype = _Moments(), None
+            for x in batches():
+                start = self.start(x, None if endpoints is None else endpoints[0])
+                h, shared = self._begin(start, endpoints)
+                h, shared = self._forward(h, shared, start.index, b, p, n_pts)
+                moments.add(h.expand(n_pts, *h.shape) if shared else h)
+                dtype = h.dtype
+            self._set_stats(self.steps[b], moments, p, stats, dtype)
+
+    @staticmethod
+    def _set_stats(bn: _Step, moments: _Moments, p: State, stats: State, dtype) -> None:
+        mean, var = moments.result()
+        p[bn.key("running_mean")] = stats[bn.key("running_mean")] = mean.to(dtype)
+        p[bn.key("running_var")] = stats[bn.key("running_var")] = var.to(dtype)
+        stats[bn.key("num_batches_tracked")] = torch.tensor(1, dtype=torch.long)
 
     def _begin(self, start: _Start, endpoints) -> tuple[torch.Tensor, bool]:
         """The activation a pass resumes from, and whether it is still shared by all points."""
@@ -309,25 +381,32 @@ def _points(params: State) -> int:
     return next(v.shape[0] for v in params.values() if v.is_floating_point())
 
 
-def _pooled_moments(hs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+class _Moments:
     """Per point and channel: mean and unbiased variance of ``(P, n, C, ...)`` chunks over samples
-    and positions, merging the chunks' centred moments exactly (Chan et al.) in float64."""
-    count, mean, m2 = 0, None, None
-    for h in hs:
+    and positions, the chunks' centred moments merged exactly (Chan et al.) in float64."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, h: torch.Tensor) -> None:
         v = h.reshape(h.shape[0], h.shape[1], h.shape[2], -1)
         n = v.shape[1] * v.shape[3]
         cm = v.sum(3).sum(1) / n  # reducing the contiguous last axis first is the fast order
-        cm2 = (v - cm[:, None, :, None]).pow_(2).sum(3).sum(1)
-        cm, cm2 = cm.double(), cm2.double()
-        if mean is None or m2 is None:
-            count, mean, m2 = n, cm, cm2
-            continue
-        delta, total = cm - mean, count + n
-        mean = mean + delta * (n / total)
-        m2 = m2 + cm2 + delta.pow(2) * (count * n / total)
-        count = total
-    assert mean is not None and m2 is not None
-    return mean, m2 / max(count - 1, 1)
+        cm2 = (v - cm[:, None, :, None]).pow_(2).sum(3).sum(1).double()
+        cm = cm.double()
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, cm, cm2
+            return
+        delta, total = cm - self.mean, self.count + n
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + cm2 + delta.pow(2) * (self.count * n / total)
+        self.count = total
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.mean is not None and self.m2 is not None
+        return self.mean, self.m2 / max(self.count - 1, 1)
 
 
 def _batchnorm(step: _Step, h: torch.Tensor, params: State) -> torch.Tensor:

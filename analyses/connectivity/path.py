@@ -41,6 +41,9 @@ __all__ = ["ENGINES", "PathEvaluator", "batchnorm_modules", "interpolate", "line
 State = dict[str, torch.Tensor]
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 ENGINES = ("auto", "stacked", "vmap", "per-point")
+_RESET_BUDGET = (
+    1 << 30
+)  # bytes the fused BatchNorm reset may hold for the whole training split; beyond: streamed
 _BUDGET = 1 << 21  # numbers (8 MB in float32) in one activation of a pass over stacked points: cache-sized
 
 
@@ -119,7 +122,12 @@ class PathEvaluator:
                 "activation/pooling/flatten layers; use engine 'auto', 'per-point' or 'vmap'"
             )
         self.engine = "stacked" if self.chain is not None else ("vmap" if engine == "vmap" else "per-point")
+        # a model with in-place layers would change the batch every point reads again
+        self._inplace = any(getattr(m, "inplace", False) for m in self.module.modules())
         self.vectorize = self.engine == "vmap"
+
+    def _fresh(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone() if self._inplace else x
 
     def _split(self, stacked: State) -> tuple[State, State]:
         floats = {k: v.to(self.device, self.dtype) for k, v in stacked.items() if v.is_floating_point()}
@@ -175,8 +183,8 @@ class PathEvaluator:
             for n in splits
         }
 
-        def chunks(rows: int) -> list[slice]:  # points per pass: one activation stays cache-sized
-            step = max(1, min(n_pts, _BUDGET // max(1, rows * peak)))
+        def chunks(rows: int, most: int | None = None) -> list[slice]:  # points per pass: cache-sized
+            step = max(1, min(n_pts, _BUDGET // max(1, rows * peak), most or n_pts))
             return [slice(lo, min(n_pts, lo + step)) for lo in range(0, n_pts, step)]
 
         def ends(sl: slice):
@@ -186,23 +194,8 @@ class PathEvaluator:
         done: set[str] = set()
         with torch.no_grad():
             if reset_on is not None:
-                batches = [
-                    (x.to(self.device, self.dtype), y.to(self.device))
-                    for x, y in reset_on.batches(self.batch_size)
-                ]
-                starts = [chain.start(x, states) for x, _ in batches]
-                scored = next((n for n, ds in splits.items() if ds is reset_on), None)
                 new: dict[str, list[torch.Tensor]] = {}
-                for sl in chunks(len(batches[0][0])):
-                    stats: State = {}
-                    p = {k: v[sl] for k, v in floats.items()}
-                    logits = chain.reset([x for x, _ in batches], p, stats, endpoints=ends(sl), starts=starts)
-                    if scored is not None:
-                        for z, (_, y) in zip(logits, batches, strict=True):
-                            _add_scores(z, y, sums[scored], sl)
-                    for k, v in stats.items():
-                        if v.is_floating_point():
-                            new.setdefault(k, []).append(v)
+                scored = self._chain_reset(reset_on, floats, splits, sums, new, chunks, ends, states, peak)
                 done.add(str(scored))
                 for k, parts in new.items():
                     floats[k] = torch.cat(parts)
@@ -224,6 +217,54 @@ class PathEvaluator:
         }
         return curves, out
 
+    def _chain_reset(self, reset_on, floats, splits, sums, new, chunks, ends, states, peak) -> str | None:
+        """Reset BatchNorm with the stacked engine, appending each chunk's statistics to ``new``.
+
+        Fused (one pass that also scores ``reset_on`` when it is one of ``splits``; returns that
+        split's name) while the activations it holds for the whole split fit in
+        ``_RESET_BUDGET``; else streamed one BatchNorm at a time (returns ``None``: the split is
+        then scored with the others)."""
+        chain = self.chain
+        assert chain is not None
+        if len(reset_on) < 2:
+            raise NNVitalsError(
+                f"BatchNorm reset: the training split has {len(reset_on)} sample; at least 2 are needed for a "
+                "variance (give more data or bn_reset='off')"
+            )
+        itemsize = torch.finfo(self.dtype).bits // 8
+        per_point = (
+            3 * len(reset_on) * peak * itemsize
+        )  # activations at a BatchNorm input (old, new), outputs
+        shared = (len(states) if states is not None else 1) * len(reset_on) * peak * itemsize
+        most = (_RESET_BUDGET - shared) // per_point
+        if most < 1:
+            for sl in chunks(self.batch_size):
+                stats: State = {}
+                chain.reset_streaming(
+                    lambda: (x.to(self.device, self.dtype) for x, _ in reset_on.batches(self.batch_size)),
+                    {k: v[sl] for k, v in floats.items()}, stats, endpoints=ends(sl),
+                )  # fmt: skip
+                for k, v in stats.items():
+                    if v.is_floating_point():
+                        new.setdefault(k, []).append(v)
+            return None
+        batches = [
+            (x.to(self.device, self.dtype), y.to(self.device)) for x, y in reset_on.batches(self.batch_size)
+        ]
+        starts = [chain.start(x, states) for x, _ in batches]
+        scored = next((n for n, ds in splits.items() if ds is reset_on), None)
+        for sl in chunks(len(batches[0][0]), most):
+            stats = {}
+            p = {k: v[sl] for k, v in floats.items()}
+            logits = chain.reset([x for x, _ in batches], p, stats, endpoints=ends(sl), starts=starts)
+            if scored is not None:
+                for z, (_, y) in zip(logits, batches, strict=True):
+                    _add_scores(z, y, sums[scored], sl)
+            for k, v in stats.items():
+                if v.is_floating_point():
+                    new.setdefault(k, []).append(v)
+        return scored
+
     def reset_batchnorm(self, stacked: State, train: Dataset) -> State:
         """Recompute every BatchNorm's running statistics at every point on ``train``.
 
@@ -237,9 +278,15 @@ class PathEvaluator:
             return stacked
         if self.chain is not None:
             return self._chain_evaluate(stacked, {}, train, None)[1]
-        model = _copy(self.module).train()
+        if len(train) < 2:
+            raise NNVitalsError(
+                f"BatchNorm reset: the training split has {len(train)} sample; at least 2 are needed for a "
+                "variance (give more data or bn_reset='off')"
+            )
+        model = _copy(self.module).eval()  # dropout and the rest stay in eval mode
         stat_keys: set[str] = set()
         for name, bn in batchnorm_modules(model):
+            bn.train()
             bn.momentum = None  # cumulative average over all batches
             prefix = f"{name}." if name else ""
             stat_keys |= {f"{prefix}running_mean", f"{prefix}running_var", f"{prefix}num_batches_tracked"}
@@ -275,7 +322,11 @@ class PathEvaluator:
                     for c in counts.values():
                         c.zero_()
                     for x in batches:  # train-mode BatchNorm updates these views of `stats` in place
-                        run({k: v[i] for k, v in p.items()}, {k: v[i] for k, v in stats.items()}, x)
+                        run(
+                            {k: v[i] for k, v in p.items()},
+                            {k: v[i] for k, v in stats.items()},
+                            self._fresh(x),
+                        )
             for k, v in stats.items():
                 parts.setdefault(k, []).append(v.detach().cpu())
         out = dict(stacked)
@@ -309,7 +360,9 @@ class PathEvaluator:
                         logits = vmap(run, in_dims=(0, None))(p, x)  # (points, batch, classes)
                     else:
                         n_here = next(iter(p.values())).shape[0]
-                        logits = torch.stack([run({k: v[i] for k, v in p.items()}, x) for i in range(n_here)])
+                        logits = torch.stack(
+                            [run({k: v[i] for k, v in p.items()}, self._fresh(x)) for i in range(n_here)]
+                        )
                     _add_scores(logits, y, (loss, correct), sl)
         return (loss / len(data)).numpy(), (correct / len(data)).numpy()
 
@@ -323,8 +376,8 @@ def _add_scores(
             f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
         )
     n_pts, n, classes = logits.shape
-    ce = nn.functional.cross_entropy(logits.reshape(-1, classes), y.repeat(n_pts), reduction="none")
-    sums[0][sl] += ce.reshape(n_pts, n).double().sum(1).cpu()
+    ce = nn.functional.cross_entropy(logits.reshape(-1, classes).double(), y.repeat(n_pts), reduction="none")
+    sums[0][sl] += ce.reshape(n_pts, n).sum(1).cpu()
     sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
 
 

@@ -88,7 +88,7 @@ def _per_point(model: nn.Module, stacked: dict, x: torch.Tensor) -> torch.Tensor
     for i in range(next(v.shape[0] for v in stacked.values() if v.is_floating_point())):
         m.load_state_dict({k: (v[i] if v.is_floating_point() else v) for k, v in stacked.items()})
         with torch.no_grad():
-            out.append(m.eval()(x))
+            out.append(m.eval()(x.clone()))  # clone: a model may change its input in place
     return torch.stack(out)
 
 
@@ -237,3 +237,114 @@ def test_what_is_not_a_plain_chain_falls_back(model):
 def test_unknown_engine_is_one_clear_error():
     with pytest.raises(NNVitalsError, match="engine 'fast'.*auto, stacked, vmap, per-point"):
         PathEvaluator(DigitsMLP(), engine="fast")
+
+
+def test_a_module_used_twice_runs_twice():
+    act = nn.Tanh()
+    m = _randomise(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 16), act, nn.Linear(16, 16), act, nn.Linear(16, 10)), 1
+    )
+    chain = LayerChain.of(m)
+    assert [type(s.module).__name__ for s in chain.steps].count("Tanh") == 2
+    st = linear_path(m.state_dict(), _randomise(copy.deepcopy(m), 2).state_dict(), [0.0, 0.5])
+    x = _input("mlp", 9, 0)
+    with torch.no_grad():
+        out = chain(x, {k: v for k, v in st.items() if v.is_floating_point()})
+    torch.testing.assert_close(out, _per_point(m, st, x), atol=2e-5, rtol=1e-4)
+
+
+def _hooked(kind: str) -> nn.Module:
+    m = DigitsMLP(hidden=(16,))
+    if kind == "root-pre-hook":
+        m.register_forward_pre_hook(lambda _m, inp: (inp[0] * 2,))
+    elif kind == "layer-hook":
+        m.fc1.register_forward_hook(lambda _m, _i, out: out + 1)
+    elif kind == "instance-forward":
+        m.fc2.forward = lambda x: x
+    elif kind == "pruned":
+        with torch.no_grad():  # a pruned weight made with grad cannot be deep-copied
+            torch.nn.utils.prune.l1_unstructured(m.fc1, "weight", amount=0.5)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["root-pre-hook", "layer-hook", "instance-forward", "pruned"])
+def test_hooks_overrides_and_reparametrised_weights_fall_back(kind):
+    """What a chain of steps would silently skip makes the model a non-chain: the per-point
+    engine then runs the module itself and gets the reference result."""
+    import torch.nn.utils.prune  # noqa: F401
+
+    a, b = _hooked(kind), _hooked(kind)
+    assert LayerChain.of(a) is None
+    ev = PathEvaluator(a, engine="auto")
+    assert ev.engine == "per-point"
+    data = _dataset("mlp", 30, 1)
+    st = linear_path(a.state_dict(), b.state_dict(), [0.0, 1.0])
+    loss, _ = ev.evaluate(st, data)
+    ref = []
+    for m in (a, b):
+        with torch.no_grad():
+            ref.append(float(nn.functional.cross_entropy(m.eval()(data.x).double(), data.y)))
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+
+
+def test_a_global_hook_falls_back():
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda _m, _i, out: out)
+    try:
+        assert LayerChain.of(DigitsMLP()) is None
+    finally:
+        handle.remove()
+    assert LayerChain.of(DigitsMLP()) is not None
+
+
+def test_streamed_reset_equals_the_fused_one(monkeypatch):
+    """Past the memory budget the reset runs one BatchNorm at a time: the same statistics and curves."""
+    import analyses.connectivity.path as path_module
+
+    a, b = _randomise(DigitsBNCNN(channels=(5, 7)), 1), _randomise(DigitsBNCNN(channels=(5, 7)), 2)
+    train, test = _dataset("bn-cnn", 90, 1), _dataset("bn-cnn", 40, 2)
+    st = linear_path(a.state_dict(), b.state_dict(), [0.0, 0.4, 1.0])
+    splits = {"train": train, "test": test}
+    fused_curves, fused = PathEvaluator(a, batch_size=32).evaluate_splits(st, splits, reset_on=train)
+    monkeypatch.setattr(path_module, "_RESET_BUDGET", 1)
+    streamed_curves, streamed = PathEvaluator(a, batch_size=32).evaluate_splits(st, splits, reset_on=train)
+    for k, v in fused.items():
+        torch.testing.assert_close(streamed[k], v, atol=1e-5, rtol=1e-5)
+    for name in splits:
+        np.testing.assert_allclose(streamed_curves[name][0], fused_curves[name][0], rtol=1e-5)
+        np.testing.assert_allclose(streamed_curves[name][1], fused_curves[name][1])
+
+
+def test_train_mode_reset_keeps_dropout_off():
+    """The per-point (train-mode) reset switches only BatchNorm to train mode: deterministic."""
+    m = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    a, b = _randomise(m, 1), _randomise(copy.deepcopy(m), 2)
+    train = _dataset("mlp", 64, 1)
+    st = linear_path(a.state_dict(), b.state_dict(), [0.0, 0.5])
+    for engine in ("per-point", "vmap"):
+        ev = PathEvaluator(a, batch_size=16, engine=engine)
+        one, two = ev.reset_batchnorm(st, train), ev.reset_batchnorm(st, train)
+        torch.testing.assert_close(one["3.running_var"], two["3.running_var"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("engine", ["stacked", "per-point"])
+def test_an_in_place_first_layer_leaves_the_data_alone(engine):
+    m = nn.Sequential(nn.Flatten(), nn.LeakyReLU(0.1, inplace=True), nn.Linear(64, 10))
+    a, b = _randomise(m, 1), _randomise(copy.deepcopy(m), 2)
+    data = _dataset("mlp", 20, 3)
+    before = data.x.clone()
+    st = linear_path(a.state_dict(), b.state_dict(), [0.0, 0.5, 1.0])
+    loss, _ = PathEvaluator(a, engine=engine).evaluate(st, data)
+    assert torch.equal(data.x, before)
+    logits = _per_point(a, st, before.clone())
+    ce = torch.stack([nn.functional.cross_entropy(z.double(), data.y) for z in logits]).numpy()
+    np.testing.assert_allclose(loss, ce, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["stacked", "per-point"])
+def test_a_one_sample_training_split_is_one_clear_error(engine):
+    a = _randomise(DigitsBNCNN(channels=(3, 4)), 1)
+    st = linear_path(a.state_dict(), a.state_dict(), [0.0, 1.0])
+    with pytest.raises(NNVitalsError, match="training split has 1 sample; at least 2"):
+        PathEvaluator(a, engine=engine).reset_batchnorm(st, _dataset("bn-cnn", 1, 0))
