@@ -11,19 +11,24 @@ wherever it can be:
   endpoint (2 for a linear path) instead of one per point.
 - **Stacked points.** After that, activations carry a leading point axis ``(P, N, ...)``:
   linear layers are one batched matrix product (``baddbmm``) over all points, parameter-free
-  layers fold the points into the batch axis, BatchNorm is one broadcast scale and shift, and
-  convolutions run point by point (on a CPU a per-point convolution beats the grouped
-  convolution that a vmapped one becomes).
-- **BatchNorm reset in the same pass.** With ``recompute=True`` every BatchNorm layer takes the
-  mean and (unbiased) variance of its input over the whole batch as its running statistics
-  and normalises with them, layer after layer, so the statistics of each layer are those of
+  layers fold the points into the batch axis, BatchNorm on vectors is one broadcast scale and
+  shift, and convolutions and BatchNorm on feature maps run point by point (on a CPU a per-point
+  convolution beats the grouped convolution that a vmapped one becomes). Points go in
+  cache-sized chunks.
+- **BatchNorm reset in the same pass.** :meth:`LayerChain.reset` gives every BatchNorm layer the
+  mean and (unbiased) variance of its input over all the chunks it is given as its running
+  statistics and normalises with them, layer after layer, so the statistics of each layer are those of
   its input in the network whose earlier layers are already reset. Run on the whole training
   split, this is the reset, and the logits it returns are exactly what the reset network gives
   in eval mode: the training-split loss and accuracy come out of the same pass (a separate
-  train-mode reset pass followed by an evaluation pass runs the training data twice).
+  train-mode reset pass followed by an evaluation pass runs the training data twice). That pass
+  holds each BatchNorm's input for the whole split; past a memory budget
+  (:meth:`LayerChain.reset_streaming`) the same statistics are gathered one BatchNorm at a time
+  with memory bounded by one batch.
 
-Anything else (residual blocks, custom ``forward``, unsupported layers) makes
-:meth:`LayerChain.of` return ``None`` and the caller falls back to ``functional_call``.
+Anything else (residual blocks, custom ``forward``, unsupported layers, hooks, reparametrised
+weights such as pruning masks) makes :meth:`LayerChain.of` return ``None`` and the caller falls
+back to ``functional_call``.
 """
 
 from __future__ import annotations
