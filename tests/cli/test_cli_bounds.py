@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import assert_one_error_line, run_all
 from torch import nn
-
-NNVITALS = Path(sys.executable).with_name("nnvitals")
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +38,8 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
         "op": ["ibp", str(d / "tanh.pt2"), "--data", str(d / "data.npz"), "--out", str(out / "o")],
         "bad_eps_text": ["ibp", "mlp", "--eps", "small", "--out", str(out / "t")],
     }  # fmt: skip
-    env = dict(os.environ, NNVITALS_CACHE=str(d / "cache"))
-    env.pop("NNVITALS_DEBUG", None)
-    procs = {
-        k: subprocess.Popen(
-            [str(NNVITALS), *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        for k, a in cases.items()
-    }
-    done = {}
-    for k, p in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        done[k] = (subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), out)
-    return done
+    runs = run_all(cases, d / "cache")
+    return {k: (r, out) for k, r in runs.items()}
 
 
 def test_ibp_writes_table_summary_and_figures(runs):
@@ -107,6 +93,4 @@ def test_lipschitz_on_an_export_and_npz(runs):
 def test_bad_input_is_one_line_and_an_exit_code(runs, case, code, text):
     run, _ = runs[case]
     assert run.returncode == code, (run.returncode, run.stderr)
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nnvitals: error:") and text in lines[0], run.stderr
-    assert "Traceback" not in run.stderr
+    assert_one_error_line(run.stderr, text)

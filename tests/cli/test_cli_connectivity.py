@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import assert_one_error_line, run_all
 from safetensors.torch import load_file
 
 from analyses.core.data import load_digits
 from analyses.zoo import DEMO_MODELS, ZOO_DIR, load_demo
-
-NNVITALS = Path(sys.executable).with_name("nnvitals")
 
 
 def _pair() -> tuple[str, str]:
@@ -39,23 +36,8 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
         "shapes": ["mlp", "cnn", "--out", str(out / "s")],
         "no_labels": [a, b, "--data", str(d / "nolabels.npz"), "--out", str(out / "n")],
     }  # fmt: skip
-    env = dict(os.environ, NNVITALS_CACHE=str(d / "cache"), OMP_NUM_THREADS="1")
-    env.pop("NNVITALS_DEBUG", None)
-    procs = {
-        k: subprocess.Popen(
-            [str(NNVITALS), "connectivity", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        for k, args in cases.items()
-    }
-    done = {}
-    for k, p in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        done[k] = (subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), out)
-    return done
+    runs = run_all({k: ["connectivity", *a] for k, a in cases.items()}, d / "cache", OMP_NUM_THREADS="1")
+    return {k: (r, out) for k, r in runs.items()}
 
 
 def test_connectivity_writes_tables_summary_figures_and_aligned_b(runs):
@@ -90,9 +72,7 @@ def test_connectivity_writes_tables_summary_figures_and_aligned_b(runs):
 def test_bad_input_is_one_line_and_an_exit_code(runs, case, code, text):
     run, _ = runs[case]
     assert run.returncode == code, (run.returncode, run.stderr)
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nnvitals: error:") and text in lines[0], run.stderr
-    assert "Traceback" not in run.stderr
+    assert_one_error_line(run.stderr, text)
 
 
 @pytest.mark.parametrize(
@@ -115,8 +95,7 @@ def test_more_bad_input_in_process(tmp_path, capsys, monkeypatch, args, code, te
     monkeypatch.setenv("NNVITALS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NNVITALS_DEBUG", raising=False)
     assert main(["connectivity", *args, "--out", str(tmp_path / "o")]) == code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nnvitals: error:") and text in err[0], err
+    assert_one_error_line(capsys.readouterr().err, text)
 
 
 def test_engine_choices_are_the_evaluators():

@@ -8,18 +8,16 @@ The exit-code paths that need a fault injected, and the comparison, call ``main(
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import NNVITALS, run_all
 
 from dashboard import cli
 
-NNVITALS = Path(sys.executable).with_name("nnvitals")
 WW_COLUMNS = {"name", "layer_id", "N", "M", "Q", "status", "alpha", "xmin", "D", "alpha_weighted", "log_norm",
               "log_spectral_norm", "stable_rank", "entropy", "warning"}  # fmt: skip
 
@@ -72,23 +70,7 @@ def runs(files, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         "out_is_file": ["spectra", files["good"], "--out", files["afile"]],
         "no_command": [],
     }
-    env = dict(os.environ, NNVITALS_CACHE=str(tmp_path_factory.mktemp("cache")))
-    env.pop("NNVITALS_DEBUG", None)
-    procs = {
-        k: subprocess.Popen(
-            [str(NNVITALS), *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k, args in cases.items()
-    }
-    done = {}
-    for k, p in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        done[k] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
-    return done
+    return run_all(cases, tmp_path_factory.mktemp("cache"))
 
 
 def ok(run: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
