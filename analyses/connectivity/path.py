@@ -375,10 +375,27 @@ def _add_scores(
         raise NNVitalsError(
             f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
         )
-    n_pts, n, classes = logits.shape
-    ce = nn.functional.cross_entropy(logits.reshape(-1, classes).double(), y.repeat(n_pts), reduction="none")
-    sums[0][sl] += ce.reshape(n_pts, n).sum(1).cpu()
+    sums[0][sl] += _cross_entropy(logits, y).double().sum(1).cpu()
     sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per point and sample ``(points, batch)``: the cross-entropy of ``(points, batch, classes)`` logits.
+
+    With ``d = z - z_y`` it is ``m + log(exp(-m) + sum_{j != y} exp(d_j - m))``, ``m = max(0, max_j d_j)``;
+    where ``m = 0`` (the true class wins) that is ``log1p(sum_{j != y} exp(d_j))``, accurate to a few
+    parts in 1e6 even for losses far below float32's epsilon (``log_softmax`` rounds them to 0, and
+    in float64 below 1e-16). The classes go on the leading axis so each step runs over contiguous
+    rows: on a CPU 2-3x faster than ``cross_entropy`` over a short class axis.
+    """
+    n_pts = logits.shape[0]
+    idx = y.expand(n_pts, -1).unsqueeze(-1)
+    d = (logits - logits.gather(-1, idx)).permute(2, 0, 1).contiguous()  # (classes, points, batch); d_y = 0
+    m = d.amax(0).clamp_min_(0.0)
+    e = (d - m).exp_()
+    e.scatter_(0, idx.permute(2, 0, 1), 0.0)  # the true class's term, exp(-m), is added back below
+    rest = e.sum(0)
+    return torch.where(m == 0, torch.log1p(rest), m + torch.log(torch.exp(-m) + rest))
 
 
 def _repair_targets(module: nn.Module, hidden: set[str]) -> list[tuple[str, nn.Module, int]]:

@@ -119,3 +119,26 @@ def test_loss_barrier_against_hand_computed_curves():
 def test_barrier_rejects_paths_without_endpoints():
     with pytest.raises(NNVitalsError, match="from 0 to 1"):
         loss_barrier([0.1, 0.5, 1.0], [1, 2, 3])
+
+
+def test_cross_entropy_against_closed_forms_and_pytorch():
+    from analyses.connectivity.path import _cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(3, 40, 10, generator=g) * 3, torch.randint(0, 10, (40,), generator=g)
+    ref = nn.functional.cross_entropy(z.reshape(-1, 10).double(), y.repeat(3), reduction="none").reshape(
+        3, 40
+    )
+    torch.testing.assert_close(_cross_entropy(z, y).double(), ref, rtol=1e-6, atol=1e-6)
+    # true class ahead of the 9 others by a gap: loss = log1p(9 exp(-gap)), far below float32's epsilon
+    gaps = torch.tensor([1.0, 20.0, 40.0, 80.0])
+    confident = torch.zeros(1, 4, 10)
+    confident[0, torch.arange(4), 3] = gaps
+    want = torch.log1p(9 * torch.exp(-gaps.double()))
+    torch.testing.assert_close(
+        _cross_entropy(confident, torch.full((4,), 3)).double()[0], want, rtol=1e-5, atol=0
+    )
+    # confidently wrong: the true class 500 below the others, loss = 500 + log(9 + exp(-500)), no overflow
+    wrong = torch.zeros(1, 1, 10)
+    wrong[0, 0, 2] = -500.0
+    assert _cross_entropy(wrong, torch.tensor([2])).item() == pytest.approx(500 + np.log(9), rel=1e-6)
