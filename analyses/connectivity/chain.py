@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerChain"]
+__all__ = ["LayerChain", "Moments"]
 
 State = dict[str, torch.Tensor]
 
@@ -263,7 +263,7 @@ class LayerChain:
             hs, shared = [h for h, _ in outs], outs[0][1]
             if shared:  # a BatchNorm before any weight layer: the same statistics at every point
                 hs, shared = [h.expand(n_pts, *h.shape) for h in hs], False
-            moments = _Moments()
+            moments = Moments()
             for h in hs:
                 moments.add(h)
             self._set_stats(self.steps[b], moments, p, stats, hs[0].dtype)
@@ -285,7 +285,7 @@ class LayerChain:
         n_pts = _points(params)
         p = dict(params)
         for b in [i for i, step in enumerate(self.steps) if step.kind == "bn"]:
-            moments, dtype = _Moments(), None
+            moments, dtype = Moments(), None
             for x in batches():
                 start = self.start(x, None if endpoints is None else endpoints[0])
                 h, shared = self._begin(start, endpoints)
@@ -295,7 +295,7 @@ class LayerChain:
             self._set_stats(self.steps[b], moments, p, stats, dtype)
 
     @staticmethod
-    def _set_stats(bn: _Step, moments: _Moments, p: State, stats: State, dtype) -> None:
+    def _set_stats(bn: _Step, moments: Moments, p: State, stats: State, dtype) -> None:
         mean, var = moments.result()
         p[bn.key("running_mean")] = stats[bn.key("running_mean")] = mean.to(dtype)
         p[bn.key("running_var")] = stats[bn.key("running_var")] = var.to(dtype)
@@ -386,7 +386,7 @@ def _points(params: State) -> int:
     return next(v.shape[0] for v in params.values() if v.is_floating_point())
 
 
-class _Moments:
+class Moments:
     """Per point and channel: mean and unbiased variance of ``(P, n, C, ...)`` chunks over samples
     and positions, the chunks' centred moments merged exactly (Chan et al.) in float64."""
 

@@ -12,10 +12,16 @@ samples) and ``per-point`` (one ``functional_call`` per point, for any model).
 BatchNorm (Jordan et al., "REPAIR", ICLR 2023, Sec. 3; Git Re-Basin Sec. 4 / Appendix): the
 interpolated weights with interpolated running statistics describe the wrong activations
 (variance collapse), which makes the naive curve look worse than it is. With ``bn_reset`` the
-running statistics of every point are recomputed on training data: the stacked engine takes
-each layer's population statistics over the whole training split (the network's earlier layers
-already reset); the other engines run the BatchNorm layers in train mode with ``momentum=None``
-(a cumulative average over batches, as Git Re-Basin's code does). REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
+running statistics of every point are recomputed on training data, the same way by every
+engine: in execution order, each BatchNorm gets the mean and unbiased variance of its input over
+the whole training split, with the earlier BatchNorms already reset and the model in eval mode
+(population statistics; Git Re-Basin's code averages train-mode batch statistics instead, which
+differs by a little). The reset network then gives exactly the activations the statistics were
+measured on, and the training-split curve comes out of the reset pass itself: in one pass over
+all points for the stacked engine (:mod:`~analyses.connectivity.chain`), point by point with
+hooks for the others (:mod:`~analyses.connectivity.bnreset`); both stream one BatchNorm at a
+time when the whole split would hold more than ``_RESET_BUDGET`` bytes of activations.
+REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
 each hidden unit's pre-activation mean and standard deviation in the interpolated network are
 reset to the interpolation ``(1 - l) mu_A + l mu_B``, ``(1 - l) sigma_A + l sigma_B`` of the
 endpoint networks', by rescaling that unit's weights and bias.
@@ -34,6 +40,7 @@ from torch.func import functional_call, vmap
 
 from ..core.data import Dataset
 from ..core.errors import NNVitalsError
+from . import bnreset
 from .chain import LayerChain
 
 __all__ = ["ENGINES", "PathEvaluator", "batchnorm_modules", "interpolate", "linear_path", "repair_path"]
@@ -152,11 +159,23 @@ class PathEvaluator:
         per endpoint. Returns the curves by split name and the stacked state with the reset
         running statistics.
         """
-        if self.chain is None:
-            if reset_on is not None:
-                stacked = self.reset_batchnorm(stacked, reset_on)
-            return {name: self.evaluate(stacked, ds) for name, ds in splits.items()}, stacked
-        return self._chain_evaluate(stacked, splits, reset_on, endpoints)
+        if self.chain is not None:
+            return self._chain_evaluate(stacked, splits, reset_on, endpoints)
+        scored, curves = None, {}
+        if reset_on is not None and batchnorm_modules(self.module):
+            n_pts = self.points(stacked)
+            sums = {
+                n: (torch.zeros(n_pts, dtype=torch.float64), torch.zeros(n_pts, dtype=torch.float64))
+                for n in splits
+            }
+            stacked, scored = self._module_reset(stacked, reset_on, splits, sums)
+            if scored is not None:
+                lo, co = sums[scored]
+                curves[scored] = ((lo / len(reset_on)).numpy(), (co / len(reset_on)).numpy())
+        for name, ds in splits.items():
+            if name != scored:
+                curves[name] = self.evaluate(stacked, ds)
+        return {name: curves[name] for name in splits}, stacked
 
     def _chain_evaluate(self, stacked, splits, reset_on, endpoints) -> tuple[Curves, State]:
         """The stacked engine: per batch of samples the shared start once, then the points in
@@ -226,11 +245,7 @@ class PathEvaluator:
         then scored with the others)."""
         chain = self.chain
         assert chain is not None
-        if len(reset_on) < 2:
-            raise NNVitalsError(
-                f"BatchNorm reset: the training split has {len(reset_on)} sample; at least 2 are needed for a "
-                "variance (give more data or bn_reset='off')"
-            )
+        _check_reset_data(reset_on)
         itemsize = torch.finfo(self.dtype).bits // 8
         per_point = (
             3 * len(reset_on) * peak * itemsize
@@ -268,74 +283,55 @@ class PathEvaluator:
     def reset_batchnorm(self, stacked: State, train: Dataset) -> State:
         """Recompute every BatchNorm's running statistics at every point on ``train``.
 
-        The stacked engine takes each layer's statistics over all of ``train`` at once (see
-        :mod:`~analyses.connectivity.chain`); the others run the BatchNorm layers in train mode
-        with ``momentum=None`` over batches of ``batch_size`` (a cumulative average), point by
-        point or (engine ``vmap``) batched over points.
+        Population statistics (module docstring): the stacked engine resets all points in one
+        pass (:mod:`~analyses.connectivity.chain`), the others point by point with hooks
+        (:mod:`~analyses.connectivity.bnreset`).
         """
-        bns = batchnorm_modules(self.module)
-        if not bns:
+        if not batchnorm_modules(self.module):
             return stacked
         if self.chain is not None:
             return self._chain_evaluate(stacked, {}, train, None)[1]
-        if len(train) < 2:
-            raise NNVitalsError(
-                f"BatchNorm reset: the training split has {len(train)} sample; at least 2 are needed for a "
-                "variance (give more data or bn_reset='off')"
-            )
-        model = _copy(self.module).eval()  # dropout and the rest stay in eval mode
-        stat_keys: set[str] = set()
-        for name, bn in batchnorm_modules(model):
-            bn.train()
-            bn.momentum = None  # cumulative average over all batches
-            prefix = f"{name}." if name else ""
-            stat_keys |= {f"{prefix}running_mean", f"{prefix}running_var", f"{prefix}num_batches_tracked"}
+        return self._module_reset(stacked, train, {}, {})[0]
+
+    def _module_reset(self, stacked: State, train: Dataset, splits, sums) -> tuple[State, str | None]:
+        """Reset BatchNorm point by point with hooks; when the training split is one of ``splits``
+        and the fused pass fits the memory budget, score it from that pass (returns its name)."""
+        _check_reset_data(train)
+        bns = [n for n, _ in batchnorm_modules(self.module)]
         floats, fixed = self._split(stacked)
-        fixed = {k: v for k, v in fixed.items() if k not in stat_keys}
-        params = {k: v for k, v in floats.items() if k not in stat_keys}
+        keys = [f"{n}.{s}" if n else s for n in bns for s in ("running_mean", "running_var")]
+        new = {k: floats[k].clone() for k in keys}  # the hooks write each point's statistics here
         n_pts = self.points(stacked)
-        batches = [x.to(self.device, self.dtype) for x, _ in train.batches(self.batch_size)]
-        parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, n_pts, self.chunk):
-            sl = slice(start, start + self.chunk)
-            p = {k: v[sl] for k, v in params.items()}
-            stats = {
-                k: (torch.zeros_like if k.endswith("mean") else torch.ones_like)(floats[k][sl])
-                for k in stat_keys
-                if not k.endswith("tracked")
-            }
-            # the batch counter is shared by all points (unbatched): vmap cannot read a batched count
-            counts = {
-                k: torch.zeros((), dtype=torch.long, device=self.device)
-                for k in stat_keys
-                if k.endswith("tracked")
-            }
+        x = train.x.to(self.device, self.dtype)
 
-            def run(p_, s_, x_, counts=counts):
-                return functional_call(model, (p_, s_, counts, fixed), (x_,), strict=False)
+        def state(i: int) -> State:
+            return {**{k: v[i] for k, v in floats.items()}, **{k: new[k][i] for k in keys}, **fixed}
 
-            with torch.no_grad():
-                if self.vectorize:
-                    for x in batches:
-                        vmap(run, in_dims=(0, 0, None))(p, stats, x)
-                for i in range(0 if self.vectorize else next(iter(p.values())).shape[0]):
-                    for c in counts.values():
-                        c.zero_()
-                    for x in batches:  # train-mode BatchNorm updates these views of `stats` in place
-                        run(
-                            {k: v[i] for k, v in p.items()},
-                            {k: v[i] for k, v in stats.items()},
-                            self._fresh(x),
-                        )
-            for k, v in stats.items():
-                parts.setdefault(k, []).append(v.detach().cpu())
+        order = bnreset.execution_order(self.module, state(0), x[:1], bns)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        fused = 4 * len(train) * bnreset.peak_numel(self.module, state(0), x[:1]) * itemsize <= _RESET_BUDGET
+        scored = next((n for n, ds in splits.items() if ds is train), None) if fused else None
+        y = train.y.to(self.device)
+        with torch.no_grad():
+            for i in range(n_pts):
+                if fused:
+                    logits = bnreset.reset_fused(self.module, state(i), self._fresh(x), order)
+                    if scored is not None:
+                        _add_scores(logits.unsqueeze(0), y, sums[scored], slice(i, i + 1))
+                else:
+                    bnreset.reset_streamed(
+                        self.module, state(i),
+                        lambda: (self._fresh(b.to(self.device, self.dtype)) for b, _ in train.batches(self.batch_size)),
+                        order,
+                    )  # fmt: skip
         out = dict(stacked)
-        for k, v in parts.items():
-            out[k] = torch.cat(v).to(stacked[k].dtype)
-        for k in stat_keys:
-            if k.endswith("tracked"):
-                out[k] = torch.tensor(len(range(0, len(train), self.batch_size)), dtype=stacked[k].dtype)
-        return out
+        for k in keys:
+            out[k] = new[k].detach().cpu().to(stacked[k].dtype)
+        for n in bns:
+            k = f"{n}.num_batches_tracked" if n else "num_batches_tracked"
+            if k in out:
+                out[k] = torch.tensor(1, dtype=stacked[k].dtype)
+        return out, scored
 
     def evaluate(self, stacked: State, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Mean cross-entropy loss and accuracy on ``data`` at every stacked point: two arrays (points,)."""
@@ -365,6 +361,14 @@ class PathEvaluator:
                         )
                     _add_scores(logits, y, (loss, correct), sl)
         return (loss / len(data)).numpy(), (correct / len(data)).numpy()
+
+
+def _check_reset_data(train: Dataset) -> None:
+    if len(train) < 2:
+        raise NNVitalsError(
+            f"BatchNorm reset: the training split has {len(train)} sample; at least 2 are needed for a "
+            "variance (give more data or bn_reset='off')"
+        )
 
 
 def _add_scores(

@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_connectivity_chain import _sequential_reset
 from test_connectivity_spec import BNCNN, _randomise_bn
 from torch import nn
 
@@ -33,15 +34,8 @@ def _loop(model, stacked, data, reset=None):
     for i in range(next(v.shape[0] for v in stacked.values() if v.is_floating_point())):
         m = copy.deepcopy(model)
         m.load_state_dict({k: (v[i] if v.is_floating_point() else v) for k, v in stacked.items()})
-        if reset is not None:
-            for mod in m.modules():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.reset_running_stats()
-                    mod.momentum = None
-            m.train()
-            with torch.no_grad():
-                for x, _ in reset.batches(32):
-                    m(x)
+        if reset is not None:  # population statistics, layer by layer (an independent reference)
+            m = _sequential_reset(m, m.state_dict(), reset.x)
         m.eval()
         with torch.no_grad():
             out = m(data.x)

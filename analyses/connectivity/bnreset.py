@@ -1,0 +1,135 @@
+"""BatchNorm reset by population statistics, for any model, one point of a path at a time.
+
+The definition is the stacked engine's (:mod:`~analyses.connectivity.chain`): in execution
+order, every BatchNorm's running mean and (unbiased) variance become those of its input over
+the whole training split, measured in the network whose earlier BatchNorms are already reset;
+the model stays in eval mode throughout (dropout off), so the reset state, loaded into the
+model, gives exactly the activations the statistics were measured on.
+
+Forward pre-hooks on the BatchNorm layers do it during an ordinary ``functional_call``:
+
+- **fused** — the whole training split in one forward pass: each hook measures its input and
+  writes the statistics just before the layer normalises with them, and the pass's logits are
+  the reset network's outputs on the training split (no separate evaluation pass);
+- **streamed** — when that pass would hold too much memory: for each BatchNorm in turn, the
+  batches run up to it (its hook collects moments and stops the pass), so memory is one batch
+  and the cost one partial pass per BatchNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .chain import Moments
+
+__all__ = ["execution_order", "peak_numel", "reset_fused", "reset_streamed"]
+
+State = dict[str, torch.Tensor]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has been measured."""
+
+
+def _moments_of(x: torch.Tensor) -> Moments:
+    m = Moments()
+    m.add(x.unsqueeze(0))  # (1, N, C, ...): one "point"
+    return m
+
+
+def _write(bn: nn.modules.batchnorm._BatchNorm, moments: Moments) -> None:
+    mean, var = moments.result()
+    bn.running_mean.copy_(mean[0])  # the tensors functional_call swapped in: the point's state
+    bn.running_var.copy_(var[0])
+
+
+def execution_order(module: nn.Module, state: State, x: torch.Tensor, names: Iterable[str]) -> list[str]:
+    """The BatchNorm layers ``names`` in the order one forward pass calls them (``x``: one sample)."""
+    wanted, order = set(names), []
+    mods = dict(module.named_modules())
+    hooks = [
+        mods[n].register_forward_pre_hook(lambda _m, _i, n=n: order.append(n) if n not in order else None)
+        for n in wanted
+    ]
+    try:
+        with torch.no_grad():
+            functional_call(module, state, (x,), strict=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order + sorted(wanted - set(order))  # never called: order does not matter
+
+
+def peak_numel(module: nn.Module, state: State, x: torch.Tensor) -> int:
+    """The largest output of any layer for one sample ``x`` (numbers)."""
+    peak = [x.numel()]
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, _i, out: peak.append(out.numel()) if isinstance(out, torch.Tensor) else None
+        )
+        for m in module.modules()
+        if not m._modules
+    ]
+    try:
+        with torch.no_grad():
+            functional_call(module, state, (x,), strict=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(peak)
+
+
+def reset_fused(module: nn.Module, state: State, x: torch.Tensor, order: list[str]) -> torch.Tensor:
+    """Reset the BatchNorm statistics in ``state`` (in place) on all of ``x``; return the logits."""
+    mods = dict(module.named_modules())
+
+    def measure(bn, inputs):
+        _write(bn, _moments_of(inputs[0]))
+
+    hooks = [mods[n].register_forward_pre_hook(measure) for n in order]
+    try:
+        with torch.no_grad():
+            return functional_call(module, state, (x,), strict=False)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def reset_streamed(
+    module: nn.Module, state: State, batches: Callable[[], Iterable[torch.Tensor]], order: list[str]
+) -> None:
+    """Reset the BatchNorm statistics in ``state`` (in place), one layer at a time over ``batches()``."""
+    mods = dict(module.named_modules())
+    for name in order:
+        acc: list[Moments] = []
+
+        def collect(_bn, inputs, acc=acc):
+            if not acc:
+                acc.append(Moments())
+            acc[0].add(inputs[0].unsqueeze(0))
+            raise _Stop
+
+        hook = mods[name].register_forward_pre_hook(collect)
+        try:
+            with torch.no_grad():
+                for x in batches():
+                    try:
+                        functional_call(module, state, (x,), strict=False)
+                    except _Stop:
+                        pass
+        finally:
+            hook.remove()
+        if acc:
+            with torch.no_grad():
+                _write_state(state, name, acc[0])
+
+
+def _write_state(state: State, name: str, moments: Moments) -> None:
+    prefix = f"{name}." if name else ""
+    mean, var = moments.result()
+    state[f"{prefix}running_mean"].copy_(mean[0])
+    state[f"{prefix}running_var"].copy_(var[0])
