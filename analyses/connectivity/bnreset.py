@@ -48,7 +48,7 @@ def _write(bn: nn.modules.batchnorm._BatchNorm, moments: Moments) -> None:
 
 
 def execution_order(module: nn.Module, state: State, x: torch.Tensor, names: Iterable[str]) -> list[str]:
-    """The BatchNorm layers ``names`` in the order one forward pass calls them (``x``: one sample)."""
+    """The BatchNorm layers ``names`` in the order one forward pass on the batch ``x`` calls them."""
     wanted, order = set(names), []
     mods = dict(module.named_modules())
     hooks = [
@@ -65,7 +65,7 @@ def execution_order(module: nn.Module, state: State, x: torch.Tensor, names: Ite
 
 
 def peak_numel(module: nn.Module, state: State, x: torch.Tensor) -> int:
-    """The largest output of any layer for one sample ``x`` (numbers)."""
+    """The largest output of any layer per sample (numbers), measured on the batch ``x``."""
     peak = [x.numel()]
     hooks = [
         m.register_forward_hook(
@@ -80,15 +80,21 @@ def peak_numel(module: nn.Module, state: State, x: torch.Tensor) -> int:
     finally:
         for h in hooks:
             h.remove()
-    return max(peak)
+    return -(-max(peak) // len(x))
 
 
 def reset_fused(module: nn.Module, state: State, x: torch.Tensor, order: list[str]) -> torch.Tensor:
-    """Reset the BatchNorm statistics in ``state`` (in place) on all of ``x``; return the logits."""
+    """Reset the BatchNorm statistics in ``state`` (in place) on all of ``x``; return the logits.
+
+    A BatchNorm called more than once in a pass is measured at its first call (as the streamed
+    reset does), so one state describes the whole pass."""
     mods = dict(module.named_modules())
+    measured: set[int] = set()
 
     def measure(bn, inputs):
-        _write(bn, _moments_of(inputs[0]))
+        if id(bn) not in measured:
+            measured.add(id(bn))
+            _write(bn, _moments_of(inputs[0]))
 
     hooks = [mods[n].register_forward_pre_hook(measure) for n in order]
     try:

@@ -168,6 +168,9 @@ class LayerChain:
             return None
         if not any(s.kind in ("linear", "conv") for s in steps):
             return None
+        stateful = [id(s.module) for s in steps if s.kind != "fn"]
+        if len(set(stateful)) != len(stateful):  # one module under two names: its state would be two
+            return None
         return cls(steps)
 
     def prepare(self, params: State) -> State:

@@ -129,12 +129,12 @@ class PathEvaluator:
                 "activation/pooling/flatten layers; use engine 'auto', 'per-point' or 'vmap'"
             )
         self.engine = "stacked" if self.chain is not None else ("vmap" if engine == "vmap" else "per-point")
-        # a model with in-place layers would change the batch every point reads again
-        self._inplace = any(getattr(m, "inplace", False) for m in self.module.modules())
         self.vectorize = self.engine == "vmap"
 
-    def _fresh(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clone() if self._inplace else x
+    @staticmethod
+    def _fresh(x: torch.Tensor) -> torch.Tensor:
+        """A copy of the batch for each point: a forward may change its input in place."""
+        return x.clone()
 
     def _split(self, stacked: State) -> tuple[State, State]:
         floats = {k: v.to(self.device, self.dtype) for k, v in stacked.items() if v.is_floating_point()}
@@ -302,26 +302,36 @@ class PathEvaluator:
         keys = [f"{n}.{s}" if n else s for n in bns for s in ("running_mean", "running_var")]
         new = {k: floats[k].clone() for k in keys}  # the hooks write each point's statistics here
         n_pts = self.points(stacked)
-        x = train.x.to(self.device, self.dtype)
+        probe = train.x[: min(len(train), self.batch_size)].to(self.device, self.dtype)  # >= 2 samples
 
         def state(i: int) -> State:
             return {**{k: v[i] for k, v in floats.items()}, **{k: new[k][i] for k in keys}, **fixed}
 
-        order = bnreset.execution_order(self.module, state(0), x[:1], bns)
+        order = bnreset.execution_order(self.module, state(0), probe.clone(), bns)
         itemsize = torch.finfo(self.dtype).bits // 8
-        fused = 4 * len(train) * bnreset.peak_numel(self.module, state(0), x[:1]) * itemsize <= _RESET_BUDGET
-        scored = next((n for n, ds in splits.items() if ds is train), None) if fused else None
+        peak = bnreset.peak_numel(self.module, state(0), probe.clone())
+        fused = 4 * len(train) * peak * itemsize <= _RESET_BUDGET
+        # BatchNorm without running statistics normalises by the batch: the one-batch pass would
+        # score the training split differently from the batches every other evaluation uses
+        batch_stats = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+            for m in self.module.modules()
+        )
+        scored = (
+            next((n for n, ds in splits.items() if ds is train), None) if fused and not batch_stats else None
+        )
+        x = train.x.to(self.device, self.dtype) if fused else None
         y = train.y.to(self.device)
         with torch.no_grad():
             for i in range(n_pts):
-                if fused:
-                    logits = bnreset.reset_fused(self.module, state(i), self._fresh(x), order)
+                if x is not None:
+                    logits = bnreset.reset_fused(self.module, state(i), x.clone(), order)
                     if scored is not None:
-                        _add_scores(logits.unsqueeze(0), y, sums[scored], slice(i, i + 1))
+                        _add_scores(logits, y, sums[scored], slice(i, i + 1))
                 else:
                     bnreset.reset_streamed(
                         self.module, state(i),
-                        lambda: (self._fresh(b.to(self.device, self.dtype)) for b, _ in train.batches(self.batch_size)),
+                        lambda: (b.to(self.device, self.dtype).clone() for b, _ in train.batches(self.batch_size)),
                         order,
                     )  # fmt: skip
         out = dict(stacked)
@@ -375,6 +385,12 @@ def _add_scores(
     logits: torch.Tensor, y: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor], sl: slice
 ) -> None:
     """Add the summed cross-entropy and the number correct of ``(points, batch, classes)`` logits."""
+    if not isinstance(logits, torch.Tensor):
+        raise NNVitalsError(
+            f"model output is a {type(logits).__name__}; expected a (batch, classes) logits tensor"
+        )
+    if logits.ndim == 2:  # one point
+        logits = logits.unsqueeze(0)
     if logits.ndim != 3 or logits.shape[1] != y.shape[0]:
         raise NNVitalsError(
             f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
@@ -399,7 +415,14 @@ def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     e = (d - m).exp_()
     e.scatter_(0, idx.permute(2, 0, 1), 0.0)  # the true class's term, exp(-m), is added back below
     rest = e.sum(0)
-    return torch.where(m == 0, torch.log1p(rest), m + torch.log(torch.exp(-m) + rest))
+    ce = torch.where(m == 0, torch.log1p(rest), m + torch.log(torch.exp(-m) + rest))
+    bad = ~torch.isfinite(ce)
+    if bad.any():  # infinite logits, or differences past float32's range: PyTorch's own in float64
+        flat = logits.reshape(-1, logits.shape[-1]).double()
+        ce = ce.double().masked_scatter(
+            bad, nn.functional.cross_entropy(flat, y.repeat(n_pts), reduction="none").reshape(ce.shape)[bad]
+        )
+    return ce
 
 
 def _repair_targets(module: nn.Module, hidden: set[str]) -> list[tuple[str, nn.Module, int]]:

@@ -116,3 +116,22 @@ def test_errors_name_the_argument(models):
         _run(model_a=models[0], model_b=other)
     with pytest.raises(NNVitalsError, match="bn_reset"):
         _run(model_a=models[0], model_b=models[1], bn_reset="on", points=3)
+
+
+def test_batchnorm_modules_given_as_objects_run_through_the_result_cache(tmp_path, monkeypatch):
+    """The cache key fingerprints every tensor of the models, 0-dim BatchNorm counters included;
+    the second run is read back from the cache and equals the first."""
+    monkeypatch.setenv("NNVITALS_CACHE", str(tmp_path / "cache"))
+
+    def bn_mlp(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)
+        ).eval()
+
+    a, b = bn_mlp(0), bn_mlp(1)
+    first = ModeConnectivity(model_a=a, model_b=b, data="digits", points=3, match="none").run()
+    again = ModeConnectivity(model_a=a, model_b=b, data="digits", points=3, match="none").run()
+    assert first.summary["bn_reset"] is True  # BatchNorm found, statistics reset per point
+    assert any((tmp_path / "cache").rglob("*")), "the result was stored"
+    np.testing.assert_allclose(again.table["loss"], first.table["loss"])

@@ -412,3 +412,83 @@ def test_module_reset_fused_and_streamed_match_the_reference(make, engine, monke
     logits = _per_point(a, fused, test.x)
     ce = torch.stack([nn.functional.cross_entropy(z.double(), test.y) for z in logits]).numpy()
     np.testing.assert_allclose(fused_curves["test"][0], ce, rtol=1e-5)
+
+
+class _Squeezed(nn.Module):
+    """Works on batches only: ``squeeze()`` after global pooling, then BatchNorm1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn, self.fc, self.bn2 = (
+            nn.Conv2d(1, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.Linear(6, 10),
+            nn.BatchNorm1d(10),
+        )
+
+    def forward(self, x):
+        return self.bn2(
+            self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.c(x))), 1).squeeze())
+        )
+
+
+class _SharedBN(nn.Module):
+    """One BatchNorm called twice per forward: measured at its first call."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.bn, self.out = (
+            nn.Linear(64, 8),
+            nn.Linear(8, 8),
+            nn.BatchNorm1d(8),
+            nn.Linear(8, 10),
+        )
+
+    def forward(self, x):
+        h = self.bn(self.l1(x.flatten(1)))
+        return self.out(self.bn(3 * self.l2(torch.relu(h)) + 5))
+
+
+@pytest.mark.parametrize("make", [_Squeezed, _SharedBN], ids=["squeezed", "bn-called-twice"])
+def test_module_reset_reports_what_its_state_computes(make, monkeypatch):
+    import analyses.connectivity.path as path_module
+
+    a, b = _randomise(make(), 1), _randomise(make(), 2)
+    train = _dataset("resnet", 40, 1)
+    st = linear_path(a.state_dict(), b.state_dict(), [0.3])
+    ev = PathEvaluator(a, batch_size=16, engine="per-point")
+    curves, reset = ev.evaluate_splits(st, {"train": train}, reset_on=train)
+    logits = _per_point(a, reset, train.x)
+    np.testing.assert_allclose(
+        curves["train"][0], [float(nn.functional.cross_entropy(logits[0].double(), train.y))], rtol=1e-5
+    )
+    monkeypatch.setattr(path_module, "_RESET_BUDGET", 1)
+    _, streamed = PathEvaluator(a, batch_size=16, engine="per-point").evaluate_splits(
+        st, {"train": train}, reset_on=train
+    )
+    for k, v in reset.items():
+        torch.testing.assert_close(streamed[k], v, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batchnorm_registered_twice_is_not_a_chain():
+    bn = nn.BatchNorm1d(16)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), bn, nn.Linear(16, 16), bn, nn.Linear(16, 10))
+    assert LayerChain.of(m) is None
+
+
+def test_a_model_returning_a_tuple_is_one_clear_error():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(64, 10), nn.BatchNorm1d(10)
+
+        def forward(self, x):
+            return self.bn(self.fc(x.flatten(1))), x
+
+    a = Pair().eval()
+    st = linear_path(a.state_dict(), a.state_dict(), [0.0, 1.0])
+    train = _dataset("mlp", 20, 0)
+    with pytest.raises(
+        NNVitalsError, match="model output is a tuple; expected a \\(batch, classes\\) logits tensor"
+    ):
+        PathEvaluator(a, engine="per-point").evaluate_splits(st, {"train": train}, reset_on=train)

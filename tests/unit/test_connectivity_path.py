@@ -136,3 +136,14 @@ def test_cross_entropy_against_closed_forms_and_pytorch():
     wrong = torch.zeros(1, 1, 10)
     wrong[0, 0, 2] = -500.0
     assert _cross_entropy(wrong, torch.tensor([2])).item() == pytest.approx(500 + np.log(9), rel=1e-6)
+
+
+def test_cross_entropy_with_infinite_or_huge_logits():
+    from analyses.connectivity.path import _cross_entropy
+
+    z = torch.tensor([[[0.0, float("-inf"), 1.0], [3e38, -3e38, 0.0], [float("inf"), 0.0, 0.0]]])
+    y = torch.tensor([1, 1, 0])
+    got = _cross_entropy(z, y).double()
+    ref = nn.functional.cross_entropy(z[0].double(), y, reduction="none")
+    assert got[0, 0] == float("inf") and got[0, 1] == pytest.approx(float(ref[1]), rel=1e-6)
+    assert torch.isnan(got[0, 2]) == torch.isnan(ref[2])
