@@ -20,7 +20,7 @@ differs by a little). The reset network then gives exactly the activations the s
 measured on, and the training-split curve comes out of the reset pass itself: in one pass over
 all points for the stacked engine (:mod:`~analyses.connectivity.chain`), point by point with
 hooks for the others (:mod:`~analyses.connectivity.bnreset`); both stream one BatchNorm at a
-time when the whole split would hold more than ``_RESET_BUDGET`` bytes of activations.
+time when the whole split would hold more activations than a memory budget (an eighth of RAM).
 REPAIR (Jordan et al. 2023, Sec. 4) does the same for networks without BatchNorm:
 each hidden unit's pre-activation mean and standard deviation in the interpolated network are
 reset to the interpolation ``(1 - l) mu_A + l mu_B``, ``(1 - l) sigma_A + l sigma_B`` of the
@@ -30,6 +30,7 @@ endpoint networks', by rescaling that unit's weights and bias.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -48,9 +49,10 @@ __all__ = ["ENGINES", "PathEvaluator", "batchnorm_modules", "interpolate", "line
 State = dict[str, torch.Tensor]
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 ENGINES = ("auto", "stacked", "vmap", "per-point")
-_RESET_BUDGET = (
-    1 << 30
-)  # bytes the fused BatchNorm reset may hold for the whole training split; beyond: streamed
+#: bytes of activations a fused BatchNorm reset may hold for the whole training split (beyond
+#: that it streams one BatchNorm at a time); None: an eighth of the machine's memory (at least
+#: 1 GiB), a quarter of the GPU's free memory
+_RESET_BUDGET: int | None = None
 _BUDGET = 1 << 21  # numbers (8 MB in float32) in one activation of a pass over stacked points: cache-sized
 
 
@@ -251,7 +253,7 @@ class PathEvaluator:
             3 * len(reset_on) * peak * itemsize
         )  # activations at a BatchNorm input (old, new), outputs
         shared = (len(states) if states is not None else 1) * len(reset_on) * peak * itemsize
-        most = (_RESET_BUDGET - shared) // per_point
+        most = (_reset_budget(self.device) - shared) // per_point
         if most < 1:
             for sl in chunks(self.batch_size):
                 stats: State = {}
@@ -310,7 +312,7 @@ class PathEvaluator:
         order = bnreset.execution_order(self.module, state(0), probe.clone(), bns)
         itemsize = torch.finfo(self.dtype).bits // 8
         peak = bnreset.peak_numel(self.module, state(0), probe.clone())
-        fused = 4 * len(train) * peak * itemsize <= _RESET_BUDGET
+        fused = 4 * len(train) * peak * itemsize <= _reset_budget(self.device)
         # BatchNorm without running statistics normalises by the batch: the one-batch pass would
         # score the training split differently from the batches every other evaluation uses
         batch_stats = any(
@@ -371,6 +373,18 @@ class PathEvaluator:
                         )
                     _add_scores(logits, y, (loss, correct), sl)
         return (loss / len(data)).numpy(), (correct / len(data)).numpy()
+
+
+def _reset_budget(device: torch.device) -> int:
+    if _RESET_BUDGET is not None:
+        return _RESET_BUDGET
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
+        total = 8 << 30
+    return max(1 << 30, total // 8)
 
 
 def _check_reset_data(train: Dataset) -> None:
