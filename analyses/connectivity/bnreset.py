@@ -26,9 +26,20 @@ from torch.func import functional_call
 
 from .chain import Moments
 
-__all__ = ["execution_order", "peak_numel", "reset_fused", "reset_streamed"]
+__all__ = ["call_hooked", "execution_order", "peak_numel", "reset_fused", "reset_streamed"]
 
 State = dict[str, torch.Tensor]
+
+
+def call_hooked(module: nn.Module, state: State, x: torch.Tensor, handles: list) -> object:
+    """``functional_call(module, state, (x,))`` without autograd; the hooks behind ``handles``
+    (registered just before) are removed afterwards, also when the call raises."""
+    try:
+        with torch.no_grad():
+            return functional_call(module, state, (x,), strict=False)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _Stop(Exception):
@@ -55,12 +66,7 @@ def execution_order(module: nn.Module, state: State, x: torch.Tensor, names: Ite
         mods[n].register_forward_pre_hook(lambda _m, _i, n=n: order.append(n) if n not in order else None)
         for n in wanted
     ]
-    try:
-        with torch.no_grad():
-            functional_call(module, state, (x,), strict=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    call_hooked(module, state, x, hooks)
     return order + sorted(wanted - set(order))  # never called: order does not matter
 
 
@@ -74,12 +80,7 @@ def peak_numel(module: nn.Module, state: State, x: torch.Tensor) -> int:
         for m in module.modules()
         if not m._modules
     ]
-    try:
-        with torch.no_grad():
-            functional_call(module, state, (x,), strict=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    call_hooked(module, state, x, hooks)
     return -(-max(peak) // len(x))
 
 
@@ -96,13 +97,7 @@ def reset_fused(module: nn.Module, state: State, x: torch.Tensor, order: list[st
             measured.add(id(bn))
             _write(bn, _moments_of(inputs[0]))
 
-    hooks = [mods[n].register_forward_pre_hook(measure) for n in order]
-    try:
-        with torch.no_grad():
-            return functional_call(module, state, (x,), strict=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    return call_hooked(module, state, x, [mods[n].register_forward_pre_hook(measure) for n in order])
 
 
 def reset_streamed(
@@ -119,16 +114,11 @@ def reset_streamed(
             acc[0].add(inputs[0].unsqueeze(0))
             raise _Stop
 
-        hook = mods[name].register_forward_pre_hook(collect)
-        try:
-            with torch.no_grad():
-                for x in batches():
-                    try:
-                        functional_call(module, state, (x,), strict=False)
-                    except _Stop:
-                        pass
-        finally:
-            hook.remove()
+        for x in batches():
+            try:
+                call_hooked(module, state, x, [mods[name].register_forward_pre_hook(collect)])
+            except _Stop:
+                pass
         if acc:
             with torch.no_grad():
                 _write_state(state, name, acc[0])

@@ -486,12 +486,7 @@ def repair_path(
             m.register_forward_hook(lambda _m, _i, o, n=n, ax=ax: stats.__setitem__(n, _unit_stats(o, ax)))
             for n, m, ax in targets
         ]
-        try:
-            with torch.no_grad():
-                functional_call(module, state, (x,), strict=False)
-        finally:
-            for h in hooks:
-                h.remove()
+        bnreset.call_hooked(module, state, x, hooks)
         return stats
 
     goal_a, goal_b = measure(state_a), measure(state_b)
@@ -514,12 +509,7 @@ def repair_path(
             m.register_forward_hook(lambda m_, i_, o_, n=n, ax=ax: hook(m_, i_, o_, n, ax))
             for n, m, ax in targets
         ]
-        try:
-            with torch.no_grad():
-                functional_call(module, point, (x,), strict=False)
-        finally:
-            for h in hooks:
-                h.remove()
+        bnreset.call_hooked(module, point, x, hooks)
         for n, (scale, mu, mg) in fold.items():
             w, b = point[f"{n}.weight"].double(), point[f"{n}.bias"].double()
             shape = [-1] + [1] * (w.ndim - 1)

@@ -113,8 +113,8 @@ def path_plot(result, metric: str = "loss", pair: str = "0-1") -> hv.Overlay:
     s = result.summary
     what = METRIC_LABELS[metric]
     title = f"{what} along the path"
-    if metric == "loss" and s.get("barrier_naive") is not None:
-        title += f" (barrier naive {format_number(s['barrier_naive'], '.3f')}"
+    if metric == "loss" and s.get("barrier_naive") is not None:  # short enough for a half-width plot
+        title = f"loss (barrier naive {format_number(s['barrier_naive'], '.3f')}"
         if s.get("barrier_matched") is not None:
             title += f", matched {format_number(s['barrier_matched'], '.3f')}"
         title += ")"
