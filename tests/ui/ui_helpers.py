@@ -192,10 +192,18 @@ def drawn_fraction(png: bytes) -> float:
 
 def wait_drawn(locator, minimum: float = 0.04, timeout: float = 20) -> float:
     """Wait until the element's screenshot shows a drawn plot; returns the drawn share."""
+    from playwright.sync_api import Error as PlaywrightError
+
     end = time.time() + timeout
     frac = 0.0
     while time.time() < end:
-        frac = drawn_fraction(locator.screenshot())
+        try:
+            frac = drawn_fraction(locator.screenshot())
+        except PlaywrightError as e:  # the pane re-rendered under the screenshot: look again
+            if "not attached" not in str(e):
+                raise
+            time.sleep(0.5)
+            continue
         if frac >= minimum:
             return frac
         time.sleep(0.5)
