@@ -6,10 +6,14 @@ tests never read or write ``~/.cache/nnvitals``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# helpers shared by test folders (evil_pt2: hostile .pt2 archives) import from tests/ itself
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="module")

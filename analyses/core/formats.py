@@ -5,7 +5,13 @@ layout (an 8-byte little-endian header length, a JSON header, then raw bytes) an
 tensor by tensor with ``seek``/``readinto``, so a multi-GB checkpoint is streamed without
 being mapped or loaded whole; ``.pt/.pth`` go through ``torch.load(weights_only=True,
 mmap=True)``; ``.pt2`` through ``torch.export.load`` with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
-set, because its loader otherwise falls back to full unpickling.
+set, because its loader otherwise falls back to full unpickling, and only after
+:func:`~analyses.core.pt2check.check_pt2` has looked inside the archive (a ``.pt2`` can carry
+compiled libraries, Python in its shape expressions and guards, and pickled constants).
+
+Every file is opened as a regular file only (a FIFO or a device would hang or never end), zip
+archives have their declared sizes checked before anything inflates
+(:mod:`analyses.core.archives`), and messages never quote a file's bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import os
 import pickle
+import stat
 import struct
 import threading
 import zipfile
@@ -23,7 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .archives import check_zip
 from .errors import NNVitalsError
+from .pt2check import check_pt2
 
 ST_DTYPES = {
     "F64": torch.float64,
@@ -41,6 +50,30 @@ if hasattr(torch, "float8_e4m3fn"):
     ST_DTYPES.update({"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2})
 
 
+def open_regular(path: str | Path, where: str | None = None) -> int:
+    """A read-only descriptor of ``path`` once it is known to be a regular file.
+
+    Opens without blocking (a FIFO would otherwise wait forever for a writer) and checks the
+    opened file itself, so a path swapped for a FIFO or a device after a check is refused too.
+    """
+    where = where or str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise NNVitalsError(f"{where}: cannot read ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NNVitalsError(f"{where}: not a regular file (a pipe, device or socket); expected a model file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def check_regular(path: str | Path, where: str | None = None) -> None:
+    """Refuse ``path`` unless it is a regular file (see :func:`open_regular`)."""
+    os.close(open_regular(path, where))
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Metadata of one stored tensor."""
@@ -53,48 +86,75 @@ class TensorInfo:
 class SafetensorsFile:
     """Lazy reader of one ``.safetensors`` file."""
 
-    MAX_HEADER = 256 * 1024 * 1024
+    #: largest JSON header read (real checkpoints: kilobytes to a few MB; parsing costs ~20x its size)
+    MAX_HEADER = 16 * 1024 * 1024
+    #: largest single dimension and element count accepted from a header
+    MAX_DIM = 2**40
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        where = str(self.path)
+        fd = open_regular(self.path)
         try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
+            with os.fdopen(fd, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 raw = f.read(8)
                 if len(raw) < 8:
-                    raise NNVitalsError(f"{self.path}: too short to be a .safetensors file ({size} bytes)")
+                    raise NNVitalsError(f"{where}: too short to be a .safetensors file")
                 (n,) = struct.unpack("<Q", raw)
-                if n == 0 or n > min(self.MAX_HEADER, size - 8):
+                if n == 0 or n > size - 8:
                     raise NNVitalsError(
-                        f"{self.path}: not a .safetensors file (header length {n} does not fit a {size}-byte file)"
+                        f"{where}: not a .safetensors file (its header length does not fit the file)"
+                    )
+                if n > self.MAX_HEADER:
+                    raise NNVitalsError(
+                        f"{where}: refused: its header is over {self.MAX_HEADER // 2**20} MiB "
+                        "(real checkpoints have headers of a few MB at most)"
                     )
                 header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise NNVitalsError(f"{self.path}: not a .safetensors file (header is not JSON)") from None
+        except NNVitalsError:
+            raise
+        except RecursionError:
+            raise NNVitalsError(
+                f"{where}: not a .safetensors file (its header is nested too deeply)"
+            ) from None
+        except (UnicodeDecodeError, ValueError):
+            raise NNVitalsError(f"{where}: not a .safetensors file (header is not JSON)") from None
         except OSError as e:
-            raise NNVitalsError(f"{self.path}: cannot read ({e.strerror})") from None
+            raise NNVitalsError(f"{where}: cannot read ({e.strerror})") from None
         if not isinstance(header, dict):
-            raise NNVitalsError(f"{self.path}: not a .safetensors file (header is not a JSON object)")
-        self.metadata = header.pop("__metadata__", None) or {}
+            raise NNVitalsError(f"{where}: not a .safetensors file (header is not a JSON object)")
+        meta = header.pop("__metadata__", None)
+        self.metadata = meta if isinstance(meta, dict) else {}
         self.base = 8 + n
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for name, e in header.items():
+            shown = name if len(name) <= 80 else name[:77] + "..."
             try:
                 dtype = ST_DTYPES[e["dtype"]]
-                shape = tuple(int(s) for s in e["shape"])
-                start, end = (int(v) for v in e["data_offsets"])
+                shape = tuple(e["shape"])
+                start, end = e["data_offsets"]
             except (KeyError, TypeError, ValueError):
-                raise NNVitalsError(f"{self.path}: tensor {name!r} has an unreadable header entry") from None
+                raise NNVitalsError(f"{where}: tensor {shown!r} has an unreadable header entry") from None
+            numbers = (*shape, start, end)
+            if not all(type(v) is int for v in numbers) or len(shape) > 8:
+                raise NNVitalsError(
+                    f"{where}: tensor {shown!r} has an unreadable header entry "
+                    "(shape and offsets must be at most 8 non-negative integers and two offsets)"
+                )
+            if any(v < 0 or v > self.MAX_DIM for v in shape):
+                raise NNVitalsError(
+                    f"{where}: tensor {shown!r} has a negative or absurd dimension in its shape"
+                )
             if not (0 <= start <= end) or self.base + end > size:
                 raise NNVitalsError(
-                    f"{self.path}: truncated or damaged (tensor {name!r} ends at byte {self.base + end}, "
-                    f"file has {size})"
+                    f"{where}: truncated or damaged (tensor {shown!r} lies beyond the end of the file)"
                 )
             numel = 1
-            for s in shape:
-                numel *= s
+            for d in shape:
+                numel *= d
             if numel * dtype.itemsize != end - start:
-                raise NNVitalsError(f"{self.path}: tensor {name!r} size does not match its shape {shape}")
+                raise NNVitalsError(f"{where}: tensor {shown!r} size does not match its shape {shape}")
             self.entries[name] = (dtype, shape, start, end)
 
     def infos(self) -> list[TensorInfo]:
@@ -105,7 +165,7 @@ class SafetensorsFile:
         out = torch.empty(shape, dtype=dtype)
         if end == start:
             return out
-        with open(self.path, "rb", buffering=0) as f:
+        with os.fdopen(open_regular(self.path), "rb", buffering=0) as f:
             f.seek(self.base + start)
             got = f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
         if got != end - start:
@@ -113,36 +173,58 @@ class SafetensorsFile:
         return out
 
 
-def _flatten_tensors(obj, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield prefix.rstrip("."), obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten_tensors(v, f"{prefix}{k}.")
+def _flatten_tensors(obj, where: str, max_depth: int = 16) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a (nested) state dict as (dotted name, tensor), depth-first, iteratively."""
+    stack = [("", obj, 0)]
+    while stack:
+        prefix, item, depth = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.layout != torch.strided or item.is_quantized or item.is_meta:
+                kind = "quantized" if item.is_quantized else ("meta" if item.is_meta else str(item.layout))
+                raise NNVitalsError(
+                    f"{where}: tensor {prefix.rstrip('.')[:80]!r} is {kind}; nnvitals reads dense tensors "
+                    "(save it with .to_dense() or .dequantize())"
+                )
+            yield prefix.rstrip("."), item
+        elif isinstance(item, dict) and depth < max_depth:
+            for k, v in reversed(list(item.items())):
+                stack.append((f"{prefix}{k}.", v, depth + 1))
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` (never runs pickled code)."""
+    """A ``.pt/.pth/.bin`` state dict, loaded with ``weights_only=True`` (never runs pickled code).
+
+    Only the zip format of ``torch.save`` (PyTorch >= 1.6) is read, after its declared sizes are
+    checked: the legacy format allocates whatever sizes its pickle declares before reading them,
+    so its cost cannot be bounded before parsing.
+    """
+    check_regular(path)
     if not zipfile.is_zipfile(path):
-        # legacy (non-zip) torch files cannot be memory-mapped, still weights_only
-        kwargs = {}
-    else:
-        kwargs = {"mmap": True}
+        raise NNVitalsError(
+            f"{path}: not a readable PyTorch checkpoint (not a zip archive); nnvitals reads state dicts "
+            "saved by torch.save (PyTorch >= 1.6; re-save legacy checkpoints) and .safetensors"
+        )
+    check_zip(path, str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unsupported content"
         if "Unsupported global" in str(e) or "weights_only" in str(e).lower():
             raise NNVitalsError(
                 f"{path}: refused: this pickle asks to load objects other than tensors "
                 "(it may run code); nnvitals only reads plain state dicts with weights_only=True "
                 "— save model.state_dict() or use .safetensors"
             ) from None
-        raise NNVitalsError(f"{path}: not a PyTorch state dict ({msg[:120]})") from None
-    except Exception as e:  # torch raises many types (KeyError, RuntimeError, ...) on non-checkpoints
-        first = (str(e).splitlines() or [""])[0][:160]
+        raise NNVitalsError(f"{path}: not a PyTorch state dict (its pickle is damaged)") from None
+    except RecursionError:
+        raise NNVitalsError(f"{path}: not a readable PyTorch checkpoint (nested too deeply)") from None
+    except MemoryError:
         raise NNVitalsError(
-            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})"
+            f"{path}: refused: loading it would need more memory than this machine has"
+        ) from None
+    except Exception as e:  # torch raises many types (KeyError, RuntimeError, ...) on non-checkpoints
+        raise NNVitalsError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}); expected a state dict "
+            "saved with torch.save"
         ) from None
     if isinstance(obj, torch.nn.Module):  # pragma: no cover - weights_only forbids this
         obj = obj.state_dict()
@@ -151,7 +233,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    tensors = dict(_flatten_tensors(obj)) if isinstance(obj, dict) else {}
+    tensors = dict(_flatten_tensors(obj, str(path))) if isinstance(obj, dict) else {}
     if not tensors:
         raise NNVitalsError(f"{path}: holds no tensors; expected a state dict (name -> tensor)")
     return tensors
@@ -176,9 +258,11 @@ def _weights_only_loads():
 
 
 def load_exported(path: Path):
-    """A ``torch.export`` program (``.pt2``), loaded without unpickling arbitrary objects."""
+    """A ``torch.export`` program (``.pt2``), inspected first, loaded without unpickling objects."""
+    check_regular(path)
     if not zipfile.is_zipfile(path):
         raise NNVitalsError(f"{path}: not a torch.export program (.pt2 files are zip archives)")
+    check_pt2(path)
     try:
         with _weights_only_loads():
             return torch.export.load(str(path))
@@ -186,10 +270,12 @@ def load_exported(path: Path):
         raise NNVitalsError(
             f"{path}: refused: its weights ask to unpickle objects other than tensors (may run code)"
         ) from None
+    except RecursionError:
+        raise NNVitalsError(f"{path}: not a readable torch.export program (nested too deeply)") from None
     except Exception as e:  # torch raises many types for malformed archives
-        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise NNVitalsError(
-            f"{path}: not a readable torch.export program ({type(e).__name__}: {first})"
+            f"{path}: not a readable torch.export program ({type(e).__name__}); expected a file "
+            "written by torch.export.save"
         ) from None
 
 
