@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,8 +26,10 @@ from .. import __version__
 from .errors import NNVitalsError
 from .result import Result
 from .runner import CancelToken, Progress, Runner, Task, tqdm_progress
-from .store import ResultStore, make_key
+from .store import ResultStore, StoreWriteError, make_key
 from .subject import Subject, load_subject
+
+log = logging.getLogger("nnvitals.analysis")
 
 #: parameters that change how a result is computed but not what it is
 NON_KEY = {"name", "model", "cache", "cache_dir", "runner", "num_workers", "show_progress", "device"}
@@ -150,7 +154,7 @@ class Analysis(param.Parameterized):
         key = self.cache_key() if self.cache else None
         if key is not None:
             hit = self.store().get(key)
-            if hit is not None:
+            if hit is not None and hit.meta.get("analysis") == self.analysis_name:
                 hit.meta["cached"] = True
                 return hit
         t0 = time.perf_counter()
@@ -176,5 +180,10 @@ class Analysis(param.Parameterized):
             cached=False,
         )
         if key is not None:
-            self.store().put(key, result)
+            try:
+                self.store().put(key, result)
+            except StoreWriteError as e:  # the result is fine: return it, say it was not kept
+                warnings.warn(f"{e}; the result is returned but not cached", stacklevel=2)
+                log.warning("%s; the result is returned but not cached", e)
+                result.meta["store_error"] = str(e)
         return result

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from .archives import check_zip
 from .errors import NNVitalsError
 
 FORMAT = "nnvitals-result/1"
@@ -101,7 +102,16 @@ class Result:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "result") -> Result:
-        """Load a result written by :meth:`to_bytes`; raises NNVitalsError when damaged."""
+        """Load a result written by :meth:`to_bytes`; raises NNVitalsError when damaged.
+
+        The archive's declared sizes are checked before anything inflates (a crafted ``.nnv``
+        cannot expand past 2 GiB), and arrays load with ``allow_pickle=False``.
+        """
+        try:
+            check_zip(data, source, max_member=2**31, max_total=2**31, max_ratio=5000)
+        except NNVitalsError as e:
+            detail = str(e).removeprefix(f"{source}: ")
+            raise NNVitalsError(f"{source}: not a readable nnvitals result ({detail})") from None
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 head = json.loads(zf.read("meta.json"))

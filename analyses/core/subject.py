@@ -11,7 +11,14 @@
 - demo model names from :mod:`analyses.zoo`.
 
 Anything else raises :class:`~analyses.core.errors.NNVitalsError` naming the input and what
-was expected. A subject lists its weights as :class:`WeightRef` (name, shape, dtype, layer
+was expected. Only regular files are opened (a FIFO or device is refused, never waited on).
+``confine=`` (the server's ``--allow-dir`` roots) makes every file a subject opens — the picked one
+and each file of a Hugging Face directory — resolve inside those roots, symlinks followed.
+
+Fingerprints (the result store's key for the model) cover what determines the results: file
+subjects hash their files (a ``.pt2`` holds its graph), live modules hash their weights *and* their
+architecture (module types and settings, the bytecode of user-defined modules, hooks), and
+in-memory exported programs their weights and graph. A subject lists its weights as :class:`WeightRef` (name, shape, dtype, layer
 kind) without reading them; :meth:`Subject.tensor` reads one on demand. Subjects pickle
 cheaply (file subjects pickle their path), so tasks can carry them to Dask workers.
 """
@@ -21,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +39,13 @@ import torch
 from torch import nn
 
 from .errors import NNVitalsError
-from .formats import SafetensorsFile, exported_param_kinds, load_exported, load_state_dict
+from .formats import (
+    SafetensorsFile,
+    exported_param_kinds,
+    load_exported,
+    load_state_dict,
+    open_regular,
+)
 
 MATRIX_KINDS = ("linear", "conv1d", "hf_conv1d", "conv2d", "embedding", "matrix")
 MODEL_SUFFIXES = ".safetensors, .pt/.pth/.bin (state dict), .pt2 (torch.export)"
@@ -38,6 +53,8 @@ _EMBED_RE = re.compile(r"(embed|wte|wpe|(^|\.)(emb|shared|lookup)\.)", re.I)
 _HF_CONV1D_RE = re.compile(r"(c_attn|c_fc|c_proj|q_attn)\.weight$")
 _HF_CONV1D_TYPES = {"gpt2", "openai-gpt", "gpt_bigcode", "decision_transformer", "imagegpt"}
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: largest config.json read from a Hugging Face directory
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,9 +90,62 @@ def _sha256_files(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(p.name.encode())
-        with open(p, "rb") as f:
+        with os.fdopen(open_regular(p), "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
+    return h.hexdigest()
+
+
+def _code_digest(code: types.CodeType, h, depth: int = 0) -> None:
+    """Feed a code object's bytecode, names and constants (nested functions too) into ``h``."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType) and depth < 8:
+            _code_digest(c, h, depth + 1)
+        else:
+            h.update(repr(c).encode()[:256])
+
+
+def _callable_digest(fn, h) -> None:
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    h.update(f"{getattr(fn, '__module__', '?')}.{name}".encode())
+    if code is not None:
+        _code_digest(code, h)
+
+
+def architecture_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of what a module computes apart from its weights.
+
+    Every submodule's path, class and ``extra_repr`` (so ReLU and LeakyReLU(0.1) differ), the
+    bytecode of every method of classes defined outside PyTorch (custom ``forward`` code), and the
+    forward hooks and pre-hooks attached to modules, instances or globally.
+    """
+    from torch.nn.modules import module as module_mod
+
+    h = hashlib.sha256()
+    seen: set[type] = set()
+    for name, m in module.named_modules(remove_duplicate=False):
+        cls = type(m)
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{m.extra_repr()}|{m.training}".encode())
+        for klass in cls.__mro__:
+            if klass in seen or klass.__module__.split(".")[0] in ("torch", "builtins"):
+                continue
+            seen.add(klass)
+            for attr, value in sorted(vars(klass).items()):
+                if callable(value) or isinstance(value, staticmethod | classmethod | property):
+                    h.update(attr.encode())
+                    _callable_digest(getattr(value, "fget", value), h)
+        if "forward" in m.__dict__:
+            _callable_digest(m.__dict__["forward"], h)
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for fn in hooks.values():
+                _callable_digest(fn, h)
+    for hooks in (module_mod._global_forward_hooks, module_mod._global_forward_pre_hooks):
+        for fn in hooks.values():
+            _callable_digest(fn, h)
     return h.hexdigest()
 
 
@@ -175,7 +245,8 @@ class ModuleSubject(Subject):
         return self._module.state_dict(keep_vars=True)[name].detach()
 
     def _fingerprint(self) -> str:
-        return _sha256_tensors(self._module.state_dict().items())
+        weights = _sha256_tensors(self._module.state_dict().items())
+        return hashlib.sha256(f"{weights}|{architecture_fingerprint(self._module)}".encode()).hexdigest()
 
     def module(self) -> nn.Module:
         return self._module
@@ -230,6 +301,9 @@ class DemoSubject(SafetensorsSubject):
     """A demo model from the zoo: its checkpoint, plus the architecture recorded in the manifest."""
 
     source_kind = "demo"
+
+    def _fingerprint(self) -> str:  # the same weights under another demo name are another model
+        return hashlib.sha256(f"demo:{self.label}|{super()._fingerprint()}".encode()).hexdigest()
 
     def module(self) -> nn.Module:
         from ..zoo import load_demo
@@ -310,9 +384,13 @@ class ExportSubject(Subject):
         return self.program().state_dict[name].detach()
 
     def _fingerprint(self) -> str:
-        if self.path is not None:
+        if self.path is not None:  # the archive holds the graph as well as the weights
             return _sha256_files([self.path])
-        return _sha256_tensors(self.program().state_dict.items())
+        ep = self.program()
+        h = hashlib.sha256(_sha256_tensors([*ep.state_dict.items(), *ep.constants.items()]).encode())
+        h.update(ep.graph_module.code.encode())
+        h.update(str(ep.graph_signature).encode())
+        return h.hexdigest()
 
     def module(self) -> nn.Module:
         return self.program().module()
@@ -324,24 +402,61 @@ class ExportSubject(Subject):
         return state
 
 
-def _hf_directory(path: Path) -> Subject:
+def _inside(path: Path, confine: tuple[Path, ...] | None, where: str) -> Path:
+    """The real path of ``path`` (symlinks resolved), refused unless it lies inside ``confine``."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise NNVitalsError(f"{where}: cannot be opened (missing, or a symlink loop)") from None
+    if confine is not None and not any(real == r or real.is_relative_to(r) for r in confine):
+        raise NNVitalsError(f"{where}: refused: it resolves outside the directories this server allows")
+    return real
+
+
+def _read_config(config: Path) -> dict:
+    """A Hugging Face ``config.json`` as a mapping (bounded, one clear line when it is not one)."""
+    try:
+        with os.fdopen(open_regular(config), "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise NNVitalsError(f"{config}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise NNVitalsError(
+            f"{config}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; expected a Hugging Face config"
+        )
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise NNVitalsError(f"{config}: nested too deeply; expected a Hugging Face config") from None
+    except (ValueError, UnicodeDecodeError):
+        raise NNVitalsError(f"{config}: not valid JSON; expected a Hugging Face config") from None
+    if not isinstance(doc, dict):
+        raise NNVitalsError(
+            f"{config}: expected a JSON object (a Hugging Face config), got {type(doc).__name__}"
+        )
+    return doc
+
+
+def _hf_directory(path: Path, confine: tuple[Path, ...] | None = None) -> Subject:
+    def inside(p: Path) -> Path:
+        return _inside(p, confine, str(p))
+
     config, model_type = path / "config.json", None
-    if config.is_file():
-        try:
-            model_type = json.loads(config.read_text()).get("model_type")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise NNVitalsError(f"{config}: not valid JSON; expected a Hugging Face config") from None
-    hf_conv1d = model_type in _HF_CONV1D_TYPES
-    extra = [config] if config.is_file() else []
+    extra = []
+    if config.is_file() or config.is_symlink():
+        config = inside(config)
+        model_type = _read_config(config).get("model_type")
+        extra = [config]
+    hf_conv1d = isinstance(model_type, str) and model_type in _HF_CONV1D_TYPES
     st = sorted(path.glob("*.safetensors"))
     if st:
-        return SafetensorsSubject(st, path.name, hf_conv1d=hf_conv1d, extra=extra)
+        return SafetensorsSubject([inside(p) for p in st], path.name, hf_conv1d=hf_conv1d, extra=extra)
     for cand in ("pytorch_model.bin", "model.pt", "model.pth"):
-        if (path / cand).is_file():
-            return StateDictSubject(path / cand, path.name, hf_conv1d=hf_conv1d)
+        if (path / cand).exists() or (path / cand).is_symlink():
+            return StateDictSubject(inside(path / cand), path.name, hf_conv1d=hf_conv1d)
     pt2 = sorted(path.glob("*.pt2"))
     if pt2:
-        return ExportSubject(pt2[0], path.name)
+        return ExportSubject(inside(pt2[0]), path.name)
     raise NNVitalsError(
         f"{path}: directory holds no model; expected config.json with model.safetensors "
         "(or *.safetensors shards, or pytorch_model.bin)"
@@ -377,8 +492,19 @@ def runnable_module(subject: Subject, where: str = "model") -> nn.Module:
     return mod.eval()
 
 
-def load_subject(source: Any, *, allow_factory: bool = True, label: str | None = None) -> Subject:
-    """Turn a model, file, directory, ``module:factory`` or demo name into a :class:`Subject`."""
+def load_subject(
+    source: Any,
+    *,
+    allow_factory: bool = True,
+    label: str | None = None,
+    confine: Any = None,
+) -> Subject:
+    """Turn a model, file, directory, ``module:factory`` or demo name into a :class:`Subject`.
+
+    ``confine``: directories every opened file must resolve into (a server's ``--allow-dir``);
+    with it, demo names and ``module:factory`` references are not looked up.
+    """
+    roots = None if confine is None else tuple(Path(r).resolve() for r in confine)
     if isinstance(source, Subject):
         return source
     if isinstance(source, nn.Module):
@@ -391,7 +517,11 @@ def load_subject(source: Any, *, allow_factory: bool = True, label: str | None =
             "or a Hugging Face directory), 'package.module:factory' or a demo model name"
         )
     text = str(source)
+    if "\x00" in text:
+        raise NNVitalsError("model: the path holds a NUL character; give a file path")
     path = Path(text).expanduser()
+    if not path.exists() and roots is not None:
+        raise NNVitalsError(f"{text}: no such file or directory")
     if not path.exists():
         from ..zoo import DEMO_MODELS, demo_path
 
@@ -407,8 +537,10 @@ def load_subject(source: Any, *, allow_factory: bool = True, label: str | None =
             )
         raise NNVitalsError(f"{text}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})")
     label = label or path.name
+    if roots is not None:
+        path = _inside(path, roots, text)
     if path.is_dir():
-        return _hf_directory(path)
+        return _hf_directory(path, roots)
     if not path.is_file():
         raise NNVitalsError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
