@@ -10,12 +10,15 @@ itself (Panel's ``server`` resources, a template without web fonts, our own logi
 analyses run on a shared thread pool (or Dask) so the event loop stays free, sessions share
 nothing but the content-addressed result store, and a closed session cancels its work and
 deletes its uploads. With ``basic_auth`` nothing but the login page is served to anonymous
-visitors.
+visitors, and the header names the user with a "Log out" link. :mod:`dashboard.auth` hardens the
+server: the login form (CSRF token, per-client lockout, the requested page kept), logouts that
+end the login server-side, security headers on every response, Panel's file routes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import logging
 import os
@@ -178,6 +181,9 @@ class NNVitalsApp(pn.viewable.Viewer):
             sidebar_width=300,
             header_background="#1f4e79",
         )
+        account = account_pane()
+        if account is not None:
+            tpl.header.append(account)
         if in_server:
             tpl.config.css_files = ["assets/nnvitals.css"]
         else:
@@ -195,6 +201,22 @@ class NNVitalsApp(pn.viewable.Viewer):
                 if panel is not None:
                     panel.close("app closed")
         self.picker.close()
+
+
+def account_pane() -> pn.pane.HTML | None:
+    """The header's "user · Log out" (a served session with a login; None otherwise)."""
+    user = pn.state.user
+    ctx = pn.state.curdoc.session_context if pn.state.curdoc is not None else None
+    logout = getattr(ctx, "logout_url", None)
+    if not user or user == "guest" or not logout:
+        return None
+    return pn.pane.HTML(
+        f'<span class="nnv-user" title="logged in as {html.escape(user)}">{html.escape(user)}</span>'
+        f' · <a class="nnv-logout" href="{html.escape(logout)}" style="color: inherit">Log out</a>',
+        styles={"color": "white", "margin-left": "auto", "font-size": "0.95em"},
+        css_classes=["nnv-account"],
+        margin=(0, 10),
+    )
 
 
 def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTemplate:
@@ -270,6 +292,21 @@ def _watch_loop_lag(io_loop, every_ms: int = 100, report_s: float = 5.0) -> None
     io_loop.add_callback(lambda: TornadoPeriodic(tick, every_ms).start())
 
 
+def _hardening(basic_auth: str | None, server_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``pn.serve`` options of :mod:`dashboard.auth` (security headers, the ``/components/`` route,
+    the password login), merged with the caller's own ``extra_patterns``/``transforms`` (popped)."""
+    from . import auth
+
+    opts = auth.server_options(
+        basic_auth,
+        login_template=TEMPLATES / "login.html",
+        logout_template=TEMPLATES / "logout.html",
+    )
+    for key in ("extra_patterns", "transforms"):
+        opts[key] = [*opts[key], *(server_kwargs.pop(key, None) or [])]
+    return opts
+
+
 def serve(
     settings: AppSettings | None = None,
     *,
@@ -298,15 +335,13 @@ def serve(
         from analyses.core.runner import Runner
 
         settings = dataclasses.replace(settings, dask_dashboard=Runner(settings.runner).dashboard_link)
-    auth = {}
+    auth: dict[str, Any] = {}
     if basic_auth or (oauth and oauth.get("provider")):
         auth["cookie_secret"] = cookie_secret or secrets.token_hex(32)
         if not cookie_secret:
-            log.info("no --cookie-secret: a random one is used (logins end when the server restarts)")
+            log.info("no --cookie-secret: a random one is used to sign cookies")
         if basic_auth:
-            auth["basic_auth"] = basic_auth
-            auth["login_template"] = str(TEMPLATES / "login.html")
-            auth["logout_template"] = str(TEMPLATES / "logout.html")
+            log.info("logins are held in this server's memory: they end when the server restarts")
         for k, v in (oauth or {}).items():
             if v not in (None, "", {}):
                 auth[f"oauth_{k}"] = v
@@ -327,6 +362,7 @@ def serve(
     )
     if allow_websocket_origin:
         kwargs["websocket_origin"] = allow_websocket_origin
+    kwargs.update(_hardening(basic_auth, server_kwargs))
     kwargs.update(server_kwargs)
     if warm:
         threading.Thread(target=_warm, args=(settings,), name="nnvitals-warm", daemon=True).start()
