@@ -4,7 +4,7 @@
 
     nnvitals serve [--port N] [--address A] [--dask local|ADDRESS] [--num-threads N]
                    [--allow-dir DIR ...] [--max-upload-mb MB] [--basic-auth FILE]
-                   [--cookie-secret S] [--allow-websocket-origin HOST[:PORT] ...]
+                   [--cookie-secret S] [--allow-websocket-origin HOST[:PORT] ...] [--use-xheaders]
                    [--oauth-provider P --oauth-key K --oauth-secret S ...] [--show]
 
 The CLI's ``serve`` subcommand only delegates: :func:`add_serve_arguments` adds these options
@@ -104,6 +104,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--num-threads", type=_positive_int, default=None, metavar="N",
         help="threads for Panel's callbacks; also caps the analyses run at once, which is at most one "
         "per core (default: cores, 4..16)",
+    )  # fmt: skip
+    s.add_argument(
+        "--use-xheaders", action="store_true",
+        help="behind a reverse proxy: take client addresses from X-Forwarded-For / X-Real-Ip (the login "
+        "lockout counts failures per client address; without this every client shares the proxy's)",
     )  # fmt: skip
     s.add_argument("--show", action="store_true", help="open the app in a browser")
     r = parser.add_argument_group("analyses")
@@ -237,6 +242,7 @@ def run_serve(args: argparse.Namespace) -> int:
             cookie_secret=args.cookie_secret,
             oauth=oauth if args.oauth_provider else None,
             allow_websocket_origin=args.allow_websocket_origin,
+            **({"use_xheaders": True} if args.use_xheaders else {}),
         )
     except OSError as e:
         if e.errno in (98, 48):  # EADDRINUSE (Linux, macOS)

@@ -240,3 +240,19 @@ def test_file_routes_refuse_traversals_with_login(auth_server):
         assert r.status in (403, 404), (path, r.status)
         assert "root:" not in r.body and "[project]" not in r.body, path
     assert_no_traceback(auth_server.log_text())
+
+
+def test_behind_a_proxy_the_lockout_counts_forwarded_addresses(tmp_path):
+    """``--use-xheaders``: clients behind one reverse proxy (one source address) are told apart by
+    X-Forwarded-For, so one guessing client does not lock the others out."""
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({USER: PASSWORD}))
+    srv = start_server(tmp_path, "--basic-auth", str(users), "--use-xheaders")
+    try:
+        attacker = Client(srv.url, "127.0.0.1", headers={"X-Forwarded-For": "203.0.113.9"})
+        colleague = Client(srv.url, "127.0.0.1", headers={"X-Forwarded-For": "198.51.100.4"})
+        statuses = [attacker.login(USER, "wrong").status for _ in range(6)]
+        assert statuses[-1] == 429, statuses
+        assert colleague.login(USER, PASSWORD).status in REDIRECT
+    finally:
+        stop_server(srv.proc)

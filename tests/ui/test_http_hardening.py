@@ -63,14 +63,15 @@ class Client:
     """An HTTP client of one server from one source address (127.0.0.x: the server sees another
     client per address), keeping cookies, following no redirects."""
 
-    def __init__(self, url: str, source: str = "127.0.0.1"):
+    def __init__(self, url: str, source: str = "127.0.0.1", headers: dict[str, str] | None = None):
         parts = urllib.parse.urlsplit(url)
         self.host, self.port, self.source = parts.hostname, parts.port, source
         self.cookies: dict[str, str] = {}
+        self.headers = dict(headers or {})
 
     def request(self, method: str, path: str, form: dict | None = None, cookies: bool = True) -> Response:
         conn = http.client.HTTPConnection(self.host, self.port, source_address=(self.source, 0), timeout=30)
-        headers = {}
+        headers = dict(self.headers)
         if cookies and self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         body = None
