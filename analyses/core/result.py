@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from .archives import check_zip
 from .errors import NNVitalsError
 
 FORMAT = "nnvitals-result/1"
+#: largest .nnv file read
+MAX_RESULT_BYTES = 1 << 30
 
 
 def _jsonable(obj: Any) -> Any:
@@ -67,6 +70,18 @@ def arrays_to_table(arrays: dict[str, np.ndarray], schema: list[list[str]]) -> p
         arr = arrays[f"col{i}"]
         cols[name] = arr.astype(object) if dtype == "object" else arr
     return pd.DataFrame(cols, columns=[n for n, _ in schema])
+
+
+def _schema_ok(schema: Any, tab: dict[str, np.ndarray]) -> bool:
+    """The table schema is ``[[name, dtype], ...]`` naming exactly the stored columns, of one length."""
+    if not isinstance(schema, list) or len(schema) != len(tab):
+        return False
+    if not all(isinstance(e, list) and len(e) == 2 and all(isinstance(v, str) for v in e) for e in schema):
+        return False
+    if set(tab) != {f"col{i}" for i in range(len(schema))}:
+        return False
+    lengths = {a.shape[0] if a.ndim == 1 else -1 for a in tab.values()}
+    return len(lengths) <= 1 and -1 not in lengths
 
 
 @dataclass
@@ -120,16 +135,28 @@ class Result:
                     tab = {k: z[k] for k in z.files}
                 with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+        except RecursionError:
+            raise NNVitalsError(f"{source}: not a readable nnvitals result (nested too deeply)") from None
+        except MemoryError:
             raise NNVitalsError(
-                f"{source}: not a readable nnvitals result ({type(e).__name__}: {e})"
+                f"{source}: not a readable nnvitals result (declares absurd array sizes)"
             ) from None
-        if head.get("format") != FORMAT:
-            raise NNVitalsError(f"{source}: unknown result format {head.get('format')!r}, expected {FORMAT}")
-        klass = Result._registry.get(head.get("kind"), cls)
-        return klass(
-            table=arrays_to_table(tab, head["schema"]), summary=summary, arrays=arrays, meta=head["meta"]
-        )
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, TypeError) as e:
+            raise NNVitalsError(f"{source}: not a readable nnvitals result ({type(e).__name__})") from None
+        if not isinstance(head, dict) or head.get("format") != FORMAT:
+            shown = head.get("format") if isinstance(head, dict) else type(head).__name__
+            raise NNVitalsError(f"{source}: unknown result format {str(shown)[:40]!r}, expected {FORMAT}")
+        meta, schema, kind = head.get("meta"), head.get("schema"), head.get("kind")
+        if not isinstance(meta, dict) or not isinstance(summary, dict) or not _schema_ok(schema, tab):
+            raise NNVitalsError(f"{source}: not a readable nnvitals result (damaged metadata)")
+        klass = Result._registry.get(kind, cls) if isinstance(kind, str) else cls
+        try:
+            table = arrays_to_table(tab, schema)
+        except (ValueError, TypeError, KeyError) as e:
+            raise NNVitalsError(
+                f"{source}: not a readable nnvitals result (table: {type(e).__name__})"
+            ) from None
+        return klass(table=table, summary=summary, arrays=arrays, meta=meta)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -138,10 +165,18 @@ class Result:
 
     @classmethod
     def load(cls, path: str | Path) -> Result:
+        from .formats import open_regular
+
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise NNVitalsError(f"{path}: no such result file")
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        with os.fdopen(open_regular(path), "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_RESULT_BYTES:
+                raise NNVitalsError(
+                    f"{path}: larger than {MAX_RESULT_BYTES >> 30} GiB; not an nnvitals result"
+                )
+            data = f.read()
+        return cls.from_bytes(data, source=str(path))
 
     def __repr__(self) -> str:
         name = self.meta.get("subject", {}).get("label", "?")

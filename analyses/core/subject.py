@@ -149,9 +149,25 @@ def architecture_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _plain(t: Any) -> bool:
+    """A dense tensor with values to read (not meta, sparse, quantized or uninitialised)."""
+    return (
+        isinstance(t, torch.Tensor)
+        and not isinstance(t, nn.parameter.UninitializedTensorMixin)
+        and t.layout == torch.strided
+        and not t.is_meta
+        and not t.is_quantized
+    )
+
+
 def _sha256_tensors(items) -> str:
     h = hashlib.sha256()
     for name, t in sorted(items, key=lambda kv: kv[0]):
+        if not _plain(t):  # no values to hash: its description only (such a tensor is refused when read)
+            h.update(
+                f"{name}|{type(t).__name__}|{getattr(t, 'layout', '')}|{getattr(t, 'dtype', '')}".encode()
+            )
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         # reshape first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
@@ -235,18 +251,39 @@ class ModuleSubject(Subject):
             if kind:
                 kinds[f"{prefix}weight"] = kind
         out = []
-        for name, p in self._module.state_dict(keep_vars=True).items():
+        for name, p in self._state().items():
+            if not isinstance(p, torch.Tensor) or isinstance(p, nn.parameter.UninitializedTensorMixin):
+                continue  # packed parameters, lazy modules not yet run: nothing to analyse
             shape = tuple(p.shape)
             kind = kinds.get(name) or ("matrix" if len(shape) == 2 else infer_kind(name, shape))
             out.append(WeightRef(name, shape, str(p.dtype).removeprefix("torch."), kind))
         return out
 
-    def tensor(self, name: str) -> torch.Tensor:
-        return self._module.state_dict(keep_vars=True)[name].detach()
+    def _state(self, fresh: bool = True) -> dict[str, Any]:
+        """name -> the module's own tensor objects (in-place updates show; rebuilt on demand)."""
+        if fresh or "_sd" not in self.__dict__:
+            self.__dict__["_sd"] = self._module.state_dict(keep_vars=True)
+        return self.__dict__["_sd"]
 
-    def _fingerprint(self) -> str:
+    def tensor(self, name: str) -> torch.Tensor:
+        state = self._state(fresh=False)
+        if name not in state:
+            state = self._state()
+        t = state[name]
+        if not _plain(t):
+            kind = "on the meta device" if getattr(t, "is_meta", False) else "not a dense tensor with values"
+            raise NNVitalsError(f"{self.label}: parameter {name!r} is {kind}; nothing to analyse")
+        return t.detach()
+
+    @property
+    def fingerprint(self) -> str:  # never cached: a live module may be trained between runs
         weights = _sha256_tensors(self._module.state_dict().items())
         return hashlib.sha256(f"{weights}|{architecture_fingerprint(self._module)}".encode()).hexdigest()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_sd", None)
+        return state
 
     def module(self) -> nn.Module:
         return self._module
@@ -402,6 +439,14 @@ class ExportSubject(Subject):
         return state
 
 
+def _shown(text: str, limit: int = 300) -> str:
+    """``text`` as it may appear in a one-line message: escaped when it holds anything unprintable
+    (newlines, zero-width or direction-changing characters, surrogates), and cut to ``limit``."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _inside(path: Path, confine: tuple[Path, ...] | None, where: str) -> Path:
     """The real path of ``path`` (symlinks resolved), refused unless it lies inside ``confine``."""
     try:
@@ -472,7 +517,12 @@ def _factory(ref: str) -> Subject:
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise NNVitalsError(f"{ref}: {mod_name} has no callable {fn_name!r}")
-    obj = fn()
+    try:
+        obj = fn()
+    except Exception as e:  # the user's own code: report it in one line
+        raise NNVitalsError(
+            f"{ref}: calling {fn_name}() failed ({type(e).__name__}: {_shown(str(e), 120)})"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise NNVitalsError(f"{ref}: returned {type(obj).__name__}, expected a torch.nn.Module")
     return ModuleSubject(obj.eval(), label=ref)
@@ -517,12 +567,18 @@ def load_subject(
             "or a Hugging Face directory), 'package.module:factory' or a demo model name"
         )
     text = str(source)
+    shown = _shown(text)
     if "\x00" in text:
-        raise NNVitalsError("model: the path holds a NUL character; give a file path")
-    path = Path(text).expanduser()
-    if not path.exists() and roots is not None:
-        raise NNVitalsError(f"{text}: no such file or directory")
-    if not path.exists():
+        raise NNVitalsError(f"model {shown}: the path holds a NUL character; give a file path")
+    try:
+        path = Path(text).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError, ValueError) as e:
+        why = getattr(e, "strerror", None) or "not a usable path"
+        raise NNVitalsError(f"{shown}: cannot be used as a model path ({why})") from None
+    if not exists and roots is not None:
+        raise NNVitalsError(f"{shown}: no such file or directory")
+    if not exists:
         from ..zoo import DEMO_MODELS, demo_path
 
         if text in DEMO_MODELS:
@@ -535,10 +591,10 @@ def load_subject(
             raise NNVitalsError(
                 "model: empty; expected a path, 'package.module:factory' or a demo model name"
             )
-        raise NNVitalsError(f"{text}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})")
+        raise NNVitalsError(f"{shown}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})")
     label = label or path.name
     if roots is not None:
-        path = _inside(path, roots, text)
+        path = _inside(path, roots, shown)
     if path.is_dir():
         return _hf_directory(path, roots)
     if not path.is_file():
