@@ -86,8 +86,10 @@ class TensorInfo:
 class SafetensorsFile:
     """Lazy reader of one ``.safetensors`` file."""
 
-    #: largest JSON header read (real checkpoints: kilobytes to a few MB; parsing costs ~20x its size)
-    MAX_HEADER = 16 * 1024 * 1024
+    #: largest JSON header read: about 45,000 tensors (real checkpoints hold hundreds to a few thousand
+    #: per file). Parsing holds the GIL (~0.1 s per 4 MiB on a calm 2-core machine), so the bound also
+    #: bounds how long a hostile header can stall a server's other sessions.
+    MAX_HEADER = 4 * 1024 * 1024
     #: largest single dimension and element count accepted from a header
     MAX_DIM = 2**40
 

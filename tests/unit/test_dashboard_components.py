@@ -135,6 +135,22 @@ def test_upload_sink_refuses_past_the_limit(tmp_path):
     assert not (tmp_path / "huge.pt").exists()
 
 
+def test_upload_sink_shows_a_file_only_once_complete(tmp_path):
+    """Chunks go to a hidden part file; the name appears (replacing an older upload) when complete."""
+    (tmp_path / "m.pt").write_bytes(b"older upload")
+    sink = UploadSink(tmp_path, max_bytes=100, chunk_bytes=10)
+    assert sink.receive("m.pt", 1, 2, b"a" * 10) is None
+    assert (tmp_path / "m.pt").read_bytes() == b"older upload"
+    assert [
+        p.name.startswith(".m.pt.") and p.name.endswith(".part")
+        for p in tmp_path.iterdir()
+        if p.name != "m.pt"
+    ] == [True]
+    assert sink.receive("m.pt", 2, 2, b"b" * 3) == tmp_path / "m.pt"
+    assert (tmp_path / "m.pt").read_bytes() == b"a" * 10 + b"b" * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
 def test_upload_sink_refuses_other_file_types(tmp_path):
     sink = UploadSink(tmp_path, max_bytes=100, chunk_bytes=10)
     with pytest.raises(NNVitalsError, match="not a model file"):
