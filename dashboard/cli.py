@@ -17,6 +17,13 @@
 directory, a demo model name (``mlp``, ``cnn``, ``mlp-untrained``, ``cnn-untrained``, ``rot-cnn``, ``rot-cnn-aug``, ``rot-cnn-c4``) or
 ``package.module:factory``.
 
+Outputs: every analysis command writes its files into a hidden folder inside ``--out`` (so
+on the same filesystem) and moves them into place only once the whole set is written, the
+summary files last: an interrupted run (Ctrl-C) or a failed write (a full disk) leaves the
+previous complete set, or nothing, and no partial folder. A file that cannot be written is
+one line naming it and the reason (``nnvitals: error: out/esd_grid.png: cannot write (No
+space left on device)``), exit code 1.
+
 Errors: anything wrong with the input prints one line ``nnvitals: error: <message>`` on
 stderr, never a traceback. Exit codes: 0 success, 1 bad input (a missing or unreadable
 model, an output path that is a file, ...), 2 bad usage (unknown option, bad option value),
@@ -29,12 +36,17 @@ Heavy imports (torch, HoloViews, Panel) happen inside the commands, so ``--help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -130,10 +142,13 @@ def _number_pair(example: str, positive_ordered: bool = False) -> Callable[[str]
 
 
 def _regex(text: str) -> str:
+    """A layer-name pattern, checked by the linear-time matcher the analysis uses (never ``re``)."""
+    from analyses.core.pattern import PatternError, compile_pattern, shown
+
     try:
-        re.compile(text)
-    except re.error as e:
-        raise argparse.ArgumentTypeError(f"not a valid regular expression: {e}") from None
+        compile_pattern(text, "--layers")
+    except PatternError as e:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {e.reason}") from None
     return text
 
 
@@ -299,6 +314,146 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
+#: name prefix of the folder a command's files are written into before they move into place
+STAGE_PREFIX = ".nnvitals-partial-"
+
+
+def _is_marker(name: str) -> bool:
+    """Summary files say a set is complete: they are removed first and moved in last."""
+    return name.startswith("summary") and name.endswith(".json")
+
+
+@contextlib.contextmanager
+def _sigint_deferred(reraise: bool = True) -> Iterator[None]:
+    """Hold Ctrl-C for the few renames that swap a set of files (main thread only); raise it after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    except (ValueError, OSError):  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if seen and reraise:
+        raise KeyboardInterrupt
+
+
+class OutputSet:
+    """The files of one command, written together or not at all.
+
+    ``with OutputSet(args.out) as out:`` checks ``--out`` at once (a file, or a place that cannot
+    be written, fails before the model is read); ``out.dir`` is a hidden folder inside it (same
+    filesystem) that the command writes into. Leaving the block normally moves every file into
+    place (the summary files last, with Ctrl-C held for those renames); leaving it by an
+    exception (Ctrl-C included) removes the folder, and ``--out`` itself if this run created it
+    and it is empty, so an interrupted or failed run leaves the previous complete set or
+    nothing. A file that could not be written is reported by the name it was to have in
+    ``--out``.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._created = not os.path.lexists(self.path)
+        _out_dir(self.path)
+        self._stage: Path | None = None
+        self._probe()
+
+    def _probe(self) -> None:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.path))
+        except OSError as e:
+            self._remove_if_created()
+            raise InputError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+
+    @property
+    def dir(self) -> Path:
+        """The folder to write this command's files into (created on first use)."""
+        if self._stage is None:
+            try:
+                self._stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.path))
+            except OSError as e:
+                raise InputError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+        return self._stage
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if kind is None:
+            self._commit()
+            return False
+        mapped = self._final_error(error)
+        with _sigint_deferred(reraise=False):
+            self._discard()
+        if mapped is not None:
+            raise mapped from None
+        return False
+
+    def _final(self, staged: Path) -> Path | None:
+        if self._stage is None:
+            return None
+        try:
+            return self.path / Path(staged).relative_to(self._stage)
+        except ValueError:
+            return None
+
+    def _final_error(self, error: BaseException) -> Exception | None:
+        """A write error under the staging folder, renamed to the file's place in ``--out``."""
+        from analyses.core.export import OutputWriteError
+
+        if isinstance(error, OutputWriteError):
+            final = self._final(error.path)
+            return OutputWriteError(final, error.reason) if final is not None else None
+        if isinstance(error, OSError) and getattr(error, "filename", None):
+            final = self._final(Path(os.fsdecode(error.filename)))
+            if final is not None:
+                return OutputWriteError(final, " ".join(str(error.strerror or error).split()))
+        return None
+
+    def _commit(self) -> None:
+        stage = self._stage
+        if stage is None:
+            return
+        names = sorted(p.name for p in stage.iterdir())
+        for n in names:
+            target = self.path / n
+            if target.is_dir() and not target.is_symlink():
+                self._discard()
+                raise InputError(f"{target}: is a directory; cannot replace it with an output file")
+        order = [n for n in names if not _is_marker(n)] + [n for n in names if _is_marker(n)]
+        try:
+            with _sigint_deferred():
+                for n in names:
+                    if _is_marker(n):  # the old set stops claiming to be complete first
+                        (self.path / n).unlink(missing_ok=True)
+                for n in order:
+                    os.replace(stage / n, self.path / n)
+                stage.rmdir()
+                self._stage = None
+        except OSError as e:
+            self._discard()
+            where = self._final(Path(os.fsdecode(e.filename))) if e.filename else None
+            raise InputError(
+                f"{where or self.path}: cannot move into place ({' '.join(str(e.strerror or e).split())})"
+            ) from None
+
+    def _discard(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+        self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only if empty
+
+
 def execution_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The analysis parameters set by :func:`execution_options` (and --quiet)."""
     return dict(
@@ -348,6 +503,13 @@ def _run(model: str, args: argparse.Namespace):
 def _say(args: argparse.Namespace, text: str = "") -> None:
     if not getattr(args, "quiet", False):
         print(text, flush=True)
+
+
+def write_result(result: Any, path: Path) -> Path:
+    """The result's ``.nnv`` file (a write error names the file)."""
+    from analyses.core.export import save_result
+
+    return save_result(result, path)
 
 
 def _write_figures(figures: dict[str, Any], out: Path, formats: Sequence[str]) -> list[Path]:
@@ -408,24 +570,42 @@ def spectra_report(result, max_notable: int = 8) -> list[str]:
 # --------------------------------------------------------------------------- commands
 def cmd_spectra(args: argparse.Namespace) -> int:
     """``nnvitals spectra``: run SpectralAnalysis, write table, summary, result and figures."""
-    out = _out_dir(args.out)
-    result = _run(args.model, args)
-    # plotting libraries load only once there is something to plot
-    from analyses.core.export import save_table, write_summary
-    from analyses.spectra.views import main_figures
+    with OutputSet(args.out) as output:
+        result = _run(args.model, args)
+        # plotting libraries load only once there is something to plot
+        from analyses.core.export import save_table, write_summary
+        from analyses.spectra.views import main_figures
 
-    files = [save_table(result.table, out / "spectra.csv"), write_summary(result, out / "summary.json")]
-    files.append(result.save(out / "spectra.nnv"))
-    files += _write_figures(main_figures(result), out, args.formats)
+        out = output.dir
+        files = [save_table(result.table, out / "spectra.csv"), write_summary(result, out / "summary.json")]
+        files.append(write_result(result, out / "spectra.nnv"))
+        files += _write_figures(main_figures(result), out, args.formats)
     for line in spectra_report(result):
         _say(args, line)
-    _say(args, _files_line(out, files))
+    _say(args, _files_line(args.out, files))
     return OK
 
 
 def cmd_spectra_compare(args: argparse.Namespace) -> int:
     """``nnvitals spectra-compare``: both analyses, a per-layer delta table and the comparison figure."""
-    out = _out_dir(args.out)
+    with OutputSet(args.out) as output:
+        res_a, res_b, table, labels, files = _compare(args, output)
+    delta = table[f"{args.metric}_delta"]
+    matched = int(delta.notna().sum())
+    _say(args, f"compared {labels[0]} (A) with {labels[1]} (B): {matched} layers matched by name, "
+               f"{len(table) - matched} in only one")  # fmt: skip
+    if matched:
+        _say(args, f"mean {args.metric}: A {_fmt(table[f'{args.metric}_a'].mean())}, "
+                   f"B {_fmt(table[f'{args.metric}_b'].mean())}, mean delta (B - A) {_fmt(delta.mean())}")  # fmt: skip
+        top = table.loc[delta.abs().sort_values(ascending=False).index[: min(5, matched)]]
+        _say(args, f"largest changes in {args.metric}:")
+        for _, r in top.iterrows():
+            _say(args, f"  {r['name']}  {_fmt(r[f'{args.metric}_a'])} -> {_fmt(r[f'{args.metric}_b'])}")
+    _say(args, _files_line(args.out, files))
+    return OK
+
+
+def _compare(args: argparse.Namespace, output: OutputSet):
     res_a = _run(args.model_a, args)
     res_b = _run(args.model_b, args)
     from analyses.core.errors import NNVitalsError
@@ -446,24 +626,13 @@ def cmd_spectra_compare(args: argparse.Namespace) -> int:
         labels = (f"{labels[0]} (A)", f"{labels[1]} (B)")
     metrics = tuple(dict.fromkeys((args.metric, *COMPARE_METRICS)))
     table = compare_table(res_a, res_b, metrics)
+    out = output.dir
     files = [save_table(table, out / "compare.csv")]
     files.append(write_summary(res_a, out / "summary_a.json"))
     files.append(write_summary(res_b, out / "summary_b.json"))
     fig = compare_models(res_a, res_b, metric=args.metric, labels=labels)
     files += _write_figures({f"compare_{args.metric}": fig}, out, args.formats)
-    delta = table[f"{args.metric}_delta"]
-    matched = int(delta.notna().sum())
-    _say(args, f"compared {labels[0]} (A) with {labels[1]} (B): {matched} layers matched by name, "
-               f"{len(table) - matched} in only one")  # fmt: skip
-    if matched:
-        _say(args, f"mean {args.metric}: A {_fmt(table[f'{args.metric}_a'].mean())}, "
-                   f"B {_fmt(table[f'{args.metric}_b'].mean())}, mean delta (B - A) {_fmt(delta.mean())}")  # fmt: skip
-        top = table.loc[delta.abs().sort_values(ascending=False).index[: min(5, matched)]]
-        _say(args, f"largest changes in {args.metric}:")
-        for _, r in top.iterrows():
-            _say(args, f"  {r['name']}  {_fmt(r[f'{args.metric}_a'])} -> {_fmt(r[f'{args.metric}_b'])}")
-    _say(args, _files_line(out, files))
-    return OK
+    return res_a, res_b, table, labels, files
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -24,16 +24,17 @@ import argparse
 
 from .cli import (
     OK,
+    OutputSet,
     _files_line,
     _int_at_least,
     _number_pair,
-    _out_dir,
     _say,
     _write_figures,
     build_analysis,
     execution_kwargs,
     execution_options,
     output_options,
+    write_result,
 )
 
 
@@ -143,22 +144,23 @@ def cmd_ibp(args: argparse.Namespace) -> int:
     """Run IBPTightness; write the table, summary, result and figures."""
     from analyses.bounds.analysis import IBPTightness
 
-    out = _out_dir(args.out)
-    analysis = _make(
-        IBPTightness, args, eps=args.eps, eps_sweep=list(args.eps_sweep), spec=args.spec, relu=args.relu
-    )
-    analysis.torch_device()
-    result = analysis.run()
-    from analyses.bounds.views import ibp_figures, ibp_summary_text
-    from analyses.core.export import save_table, write_summary
+    with OutputSet(args.out) as output:
+        analysis = _make(
+            IBPTightness, args, eps=args.eps, eps_sweep=list(args.eps_sweep), spec=args.spec, relu=args.relu
+        )
+        analysis.torch_device()
+        result = analysis.run()
+        from analyses.bounds.views import ibp_figures, ibp_summary_text
+        from analyses.core.export import save_table, write_summary
 
-    files = [save_table(result.table, out / "ibp.csv"), write_summary(result, out / "summary.json")]
-    files.append(result.save(out / "ibp.nnv"))
-    files += _write_figures(ibp_figures(result), out, args.formats)
+        out = output.dir
+        files = [save_table(result.table, out / "ibp.csv"), write_summary(result, out / "summary.json")]
+        files.append(write_result(result, out / "ibp.nnv"))
+        files += _write_figures(ibp_figures(result), out, args.formats)
     _say(args, f"IBP tightness of {args.model} on {args.data}:")
     for line in ibp_summary_text(result).splitlines():
         _say(args, "  " + line)
-    _say(args, _files_line(out, files))
+    _say(args, _files_line(args.out, files))
     return OK
 
 
@@ -168,32 +170,33 @@ def cmd_lipschitz(args: argparse.Namespace) -> int:
 
     from analyses.bounds.analysis import LipschitzBounds
 
-    out = _out_dir(args.out)
-    analysis = _make(
-        LipschitzBounds, args, mixes=args.mixes, per_layer=not args.no_per_layer, sharpen=args.sharpen,
-        iters=args.iters,
-    )  # fmt: skip
-    analysis.torch_device()
-    result = analysis.run()
-    from analyses.bounds.views import lipschitz_figures, lipschitz_summary_text
-    from analyses.core.export import save_table, write_summary
+    with OutputSet(args.out) as output:
+        analysis = _make(
+            LipschitzBounds, args, mixes=args.mixes, per_layer=not args.no_per_layer, sharpen=args.sharpen,
+            iters=args.iters,
+        )  # fmt: skip
+        analysis.torch_device()
+        result = analysis.run()
+        from analyses.bounds.views import lipschitz_figures, lipschitz_summary_text
+        from analyses.core.export import save_table, write_summary
 
-    per_sample = pd.DataFrame(
-        [
-            {"split": s, "row": i, "jacobian_norm": float(v)}
-            for s in result.splits
-            for i, v in enumerate(result.jacobian_norms(s))
+        per_sample = pd.DataFrame(
+            [
+                {"split": s, "row": i, "jacobian_norm": float(v)}
+                for s in result.splits
+                for i, v in enumerate(result.jacobian_norms(s))
+            ]
+        )
+        out = output.dir
+        files = [
+            save_table(result.table, out / "lipschitz.csv"),
+            save_table(per_sample, out / "jacobian_norms.csv"),
         ]
-    )
-    files = [
-        save_table(result.table, out / "lipschitz.csv"),
-        save_table(per_sample, out / "jacobian_norms.csv"),
-    ]
-    files.append(write_summary(result, out / "summary.json"))
-    files.append(result.save(out / "lipschitz.nnv"))
-    files += _write_figures(lipschitz_figures(result), out, args.formats)
+        files.append(write_summary(result, out / "summary.json"))
+        files.append(write_result(result, out / "lipschitz.nnv"))
+        files += _write_figures(lipschitz_figures(result), out, args.formats)
     _say(args, f"Lipschitz bounds of {args.model} on {args.data}:")
     for line in lipschitz_summary_text(result).splitlines():
         _say(args, "  " + line)
-    _say(args, _files_line(out, files))
+    _say(args, _files_line(args.out, files))
     return OK

@@ -21,16 +21,17 @@ import argparse
 
 from .cli import (
     OK,
+    OutputSet,
     UsageError,
     _files_line,
     _int_at_least,
-    _out_dir,
     _say,
     _write_figures,
     build_analysis,
     execution_kwargs,
     execution_options,
     output_options,
+    write_result,
 )
 
 
@@ -102,28 +103,28 @@ def _analysis(args: argparse.Namespace):
 
 def cmd_connectivity(args: argparse.Namespace) -> int:
     """Run ModeConnectivity; write the tables, summary, result, aligned B and figures."""
-    out = _out_dir(args.out)
-    analysis = _analysis(args)
-    analysis.torch_device()
-    result = analysis.run()
-    from safetensors.torch import save_file
+    with OutputSet(args.out) as output:
+        analysis = _analysis(args)
+        analysis.torch_device()
+        result = analysis.run()
+        from safetensors.torch import save
 
-    from analyses.connectivity.views import main_figures, summary_text
-    from analyses.core.export import save_table, write_summary
+        from analyses.connectivity.views import main_figures, summary_text
+        from analyses.core.export import save_bytes, save_table, write_summary
 
-    files = [
-        save_table(result.table, out / "connectivity.csv"),
-        save_table(result.layers, out / "layers.csv"),
-    ]
-    files.append(write_summary(result, out / "summary.json"))
-    files.append(result.save(out / "connectivity.nnv"))
-    aligned = out / "model_b_aligned.safetensors"
-    save_file({k: v.contiguous() for k, v in result.permuted_b.items()}, str(aligned))
-    files.append(aligned)
-    files += _write_figures(main_figures(result), out, args.formats)
+        out = output.dir
+        files = [
+            save_table(result.table, out / "connectivity.csv"),
+            save_table(result.layers, out / "layers.csv"),
+        ]
+        files.append(write_summary(result, out / "summary.json"))
+        files.append(write_result(result, out / "connectivity.nnv"))
+        aligned = save({k: v.contiguous() for k, v in result.permuted_b.items()})
+        files.append(save_bytes(aligned, out / "model_b_aligned.safetensors"))
+        files += _write_figures(main_figures(result), out, args.formats)
     s = result.summary
     _say(args, f"connectivity of {args.model_a} (A) and {args.model_b} (B), {s['points']} points per path:")
     for line in summary_text(result).splitlines():
         _say(args, "  " + line)
-    _say(args, _files_line(out, files))
+    _say(args, _files_line(args.out, files))
     return OK

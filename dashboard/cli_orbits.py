@@ -19,17 +19,18 @@ import argparse
 
 from .cli import (
     OK,
+    OutputSet,
     _files_line,
     _float_above,
     _int_at_least,
     _number_pair,
-    _out_dir,
     _say,
     _write_figures,
     build_analysis,
     execution_kwargs,
     execution_options,
     output_options,
+    write_result,
 )
 
 
@@ -116,19 +117,20 @@ def _analysis(args: argparse.Namespace):
 
 def cmd_orbits(args: argparse.Namespace) -> int:
     """Run OrbitAnalysis; write the table, summary, result and figures."""
-    out = _out_dir(args.out)
-    analysis = _analysis(args)
-    analysis.torch_device()
-    result = analysis.run()
-    from analyses.core.export import save_table, write_summary
-    from analyses.orbits.views import main_figures, summary_text
+    with OutputSet(args.out) as output:
+        analysis = _analysis(args)
+        analysis.torch_device()
+        result = analysis.run()
+        from analyses.core.export import save_table, write_summary
+        from analyses.orbits.views import main_figures, summary_text
 
-    files = [save_table(result.table, out / "orbits.csv"), write_summary(result, out / "summary.json")]
-    files.append(result.save(out / "orbits.nnv"))
-    files += _write_figures(main_figures(result), out, args.formats)
+        out = output.dir
+        files = [save_table(result.table, out / "orbits.csv"), write_summary(result, out / "summary.json")]
+        files.append(write_result(result, out / "orbits.nnv"))
+        files += _write_figures(main_figures(result), out, args.formats)
     s = result.summary
     _say(args, f"{s['group']} orbit, {s['elements']} elements x {s['samples']} samples of {s['data']}:")
     for line in summary_text(result).splitlines():
         _say(args, "  " + line)
-    _say(args, _files_line(out, files))
+    _say(args, _files_line(args.out, files))
     return OK

@@ -7,9 +7,12 @@
 - :func:`save_table`: a DataFrame to CSV.
 - :func:`write_summary`: a result's ``summary`` and ``meta`` as JSON (numpy types converted,
   NaN written as ``null`` so any JSON reader accepts the file).
+- :func:`save_result` / :func:`save_bytes`: a result's ``.nnv`` file, or any bytes.
 
 Every file is written to a temporary name in the same directory and renamed into place, so
-an interrupted export never leaves a truncated file under the final name. Nothing here
+an interrupted export never leaves a truncated file under the final name. A file that cannot
+be written (no space left, a read-only or missing place, ...) raises :class:`OutputWriteError`:
+one line naming the file and the reason. Nothing here
 imports Panel, and the session's current HoloViews backend is left as it was (a notebook
 user on bokeh can export an SVG and keep working in bokeh).
 """
@@ -56,6 +59,28 @@ def ensure_backends() -> None:
         store.set_current_backend(target)
 
 
+class OutputWriteError(NNVitalsError):
+    """A file that could not be written: ``path`` and the operating system's ``reason``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: cannot write ({reason})")
+
+
+def _reason(e: OSError) -> str:
+    return " ".join(str(e.strerror or e).split())
+
+
+def write_into(f: io.BufferedIOBase, write: Callable[[io.BufferedIOBase], None], path: Path) -> None:
+    """``write(f)`` then flush; an OS error on the way (ENOSPC, EIO, EFBIG, ...) becomes an
+    :class:`OutputWriteError` naming ``path`` (the file the user asked for, not a temporary name)."""
+    try:
+        write(f)
+        f.flush()
+    except OSError as e:
+        raise OutputWriteError(path, _reason(e)) from None
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Create ``path``'s directory, write through ``write(fileobj)`` to a temp file, rename into place."""
     parent = path.parent
@@ -69,11 +94,19 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Pat
         # O_EXCL: never follow or clobber an existing file; mode 0o666 minus the umask, as open()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
-        raise NNVitalsError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise OutputWriteError(path, _reason(e)) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            write_into(f, write, path)
         os.replace(tmp, path)
+    except OSError as e:  # closing (a last flush) or renaming
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputWriteError(path, _reason(e)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -162,6 +195,19 @@ def save_figure(obj: Any, path: str | os.PathLike) -> Path:
     else:
         _save_matplotlib(obj, path, MPL_FORMATS[suffix])
     return path
+
+
+def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` (atomically, see the module docstring). Returns the path."""
+    path = Path(path)
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def save_result(result: Any, path: str | os.PathLike) -> Path:
+    """Write a result's ``.nnv`` file (:meth:`~analyses.core.result.Result.to_bytes`) to ``path``."""
+    if not hasattr(result, "to_bytes"):
+        raise NNVitalsError(f"{path}: expected an nnvitals result, got {type(result).__name__}")
+    return save_bytes(result.to_bytes(), path)
 
 
 def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:

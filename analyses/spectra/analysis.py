@@ -4,13 +4,16 @@ One row per weight matrix (Linear, Conv1d, HF Conv1D, Conv2d, Embedding): the po
 tail exponent ``alpha`` and WeightWatcher's other metrics, the Marchenko-Pastur bulk edge
 and the spikes beyond it, optionally the ESD of the element-wise shuffled matrix, and with
 ``farms=True`` the aspect-ratio-free FARMS alpha. Matrices that cannot be analysed stay in
-the table with ``status="skipped"`` and a ``skip_reason``.
+the table with ``status="skipped"`` and a ``skip_reason``: too small or too large, NaN/Inf
+entries, eigenvalues beyond float64, or any numerical failure of that one matrix (a LAPACK
+error, an overflow): one layer's values never end the run. Matrices with extreme but finite
+entries (a bit-flipped 3e38, denormals) are scaled by a power of two before their Gram matrix
+is formed (:func:`~analyses.spectra.kernels.safe_exponent`), which leaves the spectrum exact.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 
 from ..core.analysis import Analysis
 from ..core.errors import NNVitalsError
+from ..core.pattern import PatternParameter, compile_pattern
 from ..core.result import Result
 from ..core.runner import Task
 from ..core.subject import MATRIX_KINDS, Subject, WeightRef
@@ -95,8 +99,18 @@ def _skip_reason(ref: WeightRef, s: dict[str, Any]) -> str:
     return ""
 
 
-def _fit_row(ev: torch.Tensor, rule: str, n: int) -> tuple[dict[str, Any], K.PowerLawFit]:
-    fit = K.fit_power_law(ev, rule)
+def _fit(ev: torch.Tensor, s: dict[str, Any]) -> K.PowerLawFit:
+    """Power-law fit of an ESD above ``s["fit_thresh"]``. For an extreme matrix (``s["extreme"]``,
+    see :func:`_analyse_values`) fewer than ``min_evals`` eigenvalues above its rounding floor are
+    no spectrum to fit (two copies of one bit-flipped entry's eigenvalue differ only by rounding)."""
+    thresh = s.get("fit_thresh", K.EVALS_THRESH)
+    if s.get("extreme") and int((ev > thresh).sum()) < s["min_evals"]:
+        return K.PowerLawFit.empty()
+    return K.fit_power_law(ev, s["xmin_rule"], thresh=thresh)
+
+
+def _fit_row(ev: torch.Tensor, s: dict[str, Any], n: int) -> tuple[dict[str, Any], K.PowerLawFit]:
+    fit = _fit(ev, s)
     row = dict(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, num_pl_spikes=fit.num_pl_spikes)
     row.update(K.spectral_metrics(ev, fit.alpha, n))
     return row, fit
@@ -106,6 +120,25 @@ def spectra_task(subject: Subject, refs: list[WeightRef], s: dict[str, Any]) -> 
     """Analyse a chunk of weights: one (row, arrays) pair per weight. Runs in a thread or a Dask worker."""
     with torch.no_grad():
         return [_analyse_one(subject, ref, s) for ref in refs]
+
+
+#: numerical failures of one matrix: that layer is skipped with the reason, the run goes on
+NUMERICAL_ERRORS = (np.linalg.LinAlgError, torch.linalg.LinAlgError, ArithmeticError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__.lstrip('_')}: {e}".split())
+
+
+def _skip(row: dict, arrays: dict, reason: str, warning: str = "") -> tuple[dict, dict]:
+    """``row`` as a skipped layer (metrics of a half-done analysis dropped)."""
+    keep = ("name", "layer_id", "layer_type", "shape", "N", "M", "Q", "num_slices", "num_evals", "status")
+    keep += ("skip_reason", "warning")
+    for k in [k for k in row if k not in keep]:
+        del row[k]
+    row.update(status="skipped", skip_reason=reason, warning=warning, num_evals=0)
+    arrays.clear()
+    return row, arrays
 
 
 def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[dict, dict]:
@@ -122,21 +155,51 @@ def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[d
     if reason:
         row.update(status="skipped", skip_reason=reason, num_evals=0)
         return row, arrays
-    w = subject.tensor(ref.name).to(dev, dtype)
+    stored = subject.tensor(ref.name)
+    w = stored.to(dev, dtype)
     total = w.sum()  # one pass: NaN/Inf propagate into it, and it gives the entry mean
     if not bool(torch.isfinite(total)):
         bad = int((~torch.isfinite(w)).sum())
         if bad:
-            row.update(
-                status="skipped",
-                skip_reason=f"non-finite values: {bad} NaN/Inf entries",
-                warning="non-finite",
+            cast = (
+                stored.is_floating_point()
+                and stored.dtype != w.dtype
+                # float64 first: isfinite is not implemented for every stored type (float8)
+                and bool(torch.isfinite(stored.to(torch.float64)).all())
             )
-            row["num_evals"] = 0
-            return row, arrays
-    sl = to_slices(w, ref.kind, s["conv2d_norm"])
-    ev = torch.sort(K.batched_eigenvalues(sl, dtype).reshape(-1)).values.double().cpu()
-    metrics, fit = _fit_row(ev, s["xmin_rule"], n)
+            what = (
+                f"{bad} entries beyond the {s['dtype']} range (use dtype float64)"
+                if cast
+                else f"{bad} NaN/Inf entries"
+            )
+            return _skip(row, arrays, f"non-finite values: {what}", "non-finite")
+    try:
+        _analyse_values(w, total, ref, row, arrays, s, dtype)
+    except NUMERICAL_ERRORS as e:  # one matrix's values: skip it, the run goes on
+        return _skip(row, arrays, f"numerical failure: {_one_line(e)}", "numerical")
+    return row, arrays
+
+
+def _analyse_values(w, total, ref: WeightRef, row: dict, arrays: dict, s: dict, dtype) -> None:
+    n, m = row["N"], row["M"]
+    lo, hi = torch.aminmax(w)
+    max_abs = max(-float(lo), float(hi))
+    e = K.safe_exponent(max_abs, dtype)  # extreme but finite weights: a power-of-two scale first
+    sl = K.scale_by_power_of_two(to_slices(w, ref.kind, s["conv2d_norm"]), e)
+    ev = K.unscale_eigenvalues(torch.sort(K.batched_eigenvalues(sl, dtype).reshape(-1)).values, e)
+    if not bool(torch.isfinite(ev).all()):
+        if bool(torch.isnan(ev).any()):  # an eigensolver that returns NaN instead of raising (GPU)
+            reason = "numerical failure: the eigensolver returned NaN"
+        else:
+            reason = f"eigenvalues beyond the float64 range (largest |w| {max_abs:.3g})"
+        _skip(row, arrays, reason, "numerical")
+        return
+    # a matrix that needed the scale has entries beyond 2^32 (often a bit flip among ordinary
+    # weights) or only below 2^-32: its eigenvalues under lambda_max * N * eps(dtype) are rounding
+    # noise of the dtype, not spectrum, and stay out of the power-law fits (ordinary matrices: as before)
+    thresh = K.EVALS_THRESH if e == 0 else max(K.EVALS_THRESH, float(ev[-1]) * n * torch.finfo(dtype).eps)
+    s = dict(s, fit_thresh=thresh, extreme=e != 0)
+    metrics, fit = _fit_row(ev, s, n)
     row.update(metrics)
     arrays["esd"] = ev.numpy()
     arrays["ksx"], arrays["ksd"] = fit.ks_xmins, fit.ks_D
@@ -144,7 +207,10 @@ def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[d
     # sum of squares = sum of eigenvalues, so no extra pass over the weights is needed
     numel = sl.numel()
     scale = 0.5 if (ref.kind == "conv2d" and s["conv2d_norm"]) else 1.0
-    mean = float(total) * math.sqrt(scale) / numel
+    if e == 0 and math.isfinite(float(total)):
+        mean = float(total) * math.sqrt(scale) / numel
+    else:  # the sum overflowed (or would lose the small entries): from the scaled slices
+        mean = math.ldexp(float(sl.sum()) / numel, e)
     sigma2 = max(float(ev.sum()) / numel - mean * mean, 0.0)
     bulk_max = K.mp_bulk_edge(n, m, sigma2)
     q = n / m
@@ -155,7 +221,7 @@ def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[d
     if s["randomize"]:
         seed = s["seed"] + row["layer_id"]
         rsl = torch.stack([K.shuffled(x, seed + i) for i, x in enumerate(sl)])
-        rev = torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values.double().cpu()
+        rev = K.unscale_eigenvalues(torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values, e)
         arrays["rand"] = rev.numpy()
         row.update(
             max_rand_eval=float(rev[-1]),
@@ -164,29 +230,27 @@ def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[d
         )
     if s["farms"]:
         row["alpha_plain"] = row["alpha"]
-        row.update(_farms(w, sl, row, arrays, s, dtype))
+        row.update(_farms(sl, e, row, arrays, s, dtype))
     row["warning"] = K.warning_label(row["alpha"])
-    return row, arrays
 
 
-def _farms(w, sl, row, arrays, s, dtype) -> dict[str, Any]:
+def _farms(sl, e: int, row, arrays, s, dtype) -> dict[str, Any]:
+    """FARMS alpha of the (power-of-two scaled, see :func:`_analyse_values`) slices ``sl``."""
     if row["layer_type"] in ("conv2d", "conv1d"):
-        esds = farms_conv2d_blocks(sl, dtype)
-        alphas = [K.fit_power_law(e, s["xmin_rule"]).alpha for e in esds]
+        esds = [K.unscale_eigenvalues(x, e) for x in farms_conv2d_blocks(sl, dtype)]
+        alphas = [_fit(x, s).alpha for x in esds]
         pooled = torch.sort(torch.cat(esds)).values.double().cpu()
-        alpha = float(np.nanmean(alphas)) if alphas else math.nan
+        alpha = float(np.nanmean(alphas)) if np.isfinite(alphas).any() else math.nan
         arrays["farms"] = pooled.numpy()
-        fit = K.fit_power_law(pooled, s["xmin_rule"])
+        fit = _fit(pooled, s)
         nwin = len(esds)
     else:
         mat = sl[0]
-        ev = (
-            farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype)
-            .double()
-            .cpu()
+        ev = K.unscale_eigenvalues(
+            farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype), e
         )
         arrays["farms"] = ev.numpy()
-        fit = K.fit_power_law(ev, s["xmin_rule"])
+        fit = _fit(ev, s)
         alpha = fit.alpha
         nwin = ev.numel()
     lmax = row["lambda_max"]
@@ -243,7 +307,11 @@ class SpectralAnalysis(Analysis):
     farms_windows = param.Integer(
         default=10, bounds=(1, 100), doc="FARMS windows per dimension (code default 10)."
     )
-    layers = param.String(default="", doc="Regular expression: analyse only weights whose name matches.")
+    layers = PatternParameter(
+        default="",
+        doc="Regular expression: analyse only weights whose name matches (re.search semantics, matched in "
+        "linear time; backreferences and lookarounds are refused).",
+    )
     layer_types = param.ListSelector(
         default=list(MATRIX_KINDS), objects=list(MATRIX_KINDS), doc="Layer kinds to analyse."
     )
@@ -263,10 +331,7 @@ class SpectralAnalysis(Analysis):
     seed = param.Integer(default=0, doc="Seed for the shuffled matrices.")
 
     def selected(self, subject: Subject) -> list[WeightRef]:
-        try:
-            pattern = re.compile(self.layers) if self.layers else None
-        except re.error as e:
-            raise NNVitalsError(f"layers {self.layers!r}: not a valid regular expression ({e})") from None
+        pattern = compile_pattern(self.layers, "layers") if self.layers else None
         refs = [
             r for r in subject.weights()
             if (pattern is None or pattern.search(r.name)) and (r.kind in self.layer_types or r.kind == "other")

@@ -15,6 +15,7 @@ Pure functions on tensors (no Param, no I/O). References:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,63 @@ SMALL_N_MIN_TAIL = 8
 
 
 # --------------------------------------------------------------------------- eigenvalues
+#: largest |entry| of an ordinary weight matrix: past it (or with every entry below its inverse)
+#: the matrix is extreme (a bit flip, a mis-scaled checkpoint) and is first scaled by a power of
+#: two (see :func:`safe_exponent`)
+SAFE_ABS = 2.0**32
+
+
+def safe_exponent(max_abs: float, dtype: torch.dtype = torch.float32) -> int:
+    """Exponent e of the power-of-two scale that makes the Gram matrix of W safe to form.
+
+    ``max_abs`` = max |W_ij|. A finite float32 weight as large as 3e38 overflows W^T W (and
+    LAPACK ``?syevr`` then fails on the infinities); weights near 1e-20 underflow it to
+    denormals or zero. When max_abs lies outside [1 / SAFE_ABS, SAFE_ABS] (in any ``dtype``:
+    no ordinary weight is that far from 1), e is chosen so that W * 2^-e has its largest entry
+    in [0.5, 1); the eigenvalues of that matrix times 4^e are those of W: a power-of-two scale
+    rounds no normal number, so the spectrum is the same (only entries 2^-126 below the
+    largest, which add nothing to a float32 Gram matrix, can become denormal). Otherwise
+    e = 0 and the matrix is used as it is.
+    """
+    if not math.isfinite(max_abs) or max_abs == 0 or 1 / SAFE_ABS <= max_abs <= SAFE_ABS:
+        return 0
+    return math.frexp(max_abs)[1]
+
+
+def scale_by_power_of_two(mats: torch.Tensor, e: int) -> torch.Tensor:
+    """``mats * 2^-e`` in two exact steps (each factor a normal number of the dtype)."""
+    if e == 0:
+        return mats
+    half = -e // 2
+    return mats * (2.0**half) * (2.0 ** (-e - half))
+
+
+def unscale_eigenvalues(ev: torch.Tensor, e: int) -> torch.Tensor:
+    """Eigenvalues of W^T W from those of the scaled matrix: ``ev * 4^e`` in float64 (CPU), exactly;
+    past the float64 range the result is inf (the caller reports it)."""
+    ev = ev.detach().double().cpu()
+    if e == 0:
+        return ev
+    with np.errstate(over="ignore"):
+        return torch.from_numpy(np.ldexp(ev.numpy(), 2 * e))
+
+
+_LINALG_LOCK = threading.Lock()
+_LINALG_READY: set[str] = set()
+
+
+def _linalg_ready(device: torch.device) -> None:
+    """First ``torch.linalg`` call on an accelerator, made once under a lock: torch initialises its
+    GPU solver library lazily, and several runner threads starting at once failed with
+    ``RuntimeError: lazy wrapper should be called at most once`` (seen on CUDA, torch 2.11)."""
+    if device.type in _LINALG_READY:
+        return
+    with _LINALG_LOCK:
+        if device.type not in _LINALG_READY:
+            torch.linalg.eigvalsh(torch.eye(2, device=device))
+            _LINALG_READY.add(device.type)
+
+
 def eigvalsh_batch(grams: torch.Tensor) -> torch.Tensor:
     """Eigenvalues (ascending) of a batch of symmetric matrices ``(B, n, n)``.
 
@@ -39,6 +97,7 @@ def eigvalsh_batch(grams: torch.Tensor) -> torch.Tensor:
     MKL's threads and was measured 30x slower on two cores.
     """
     if grams.device.type != "cpu":
+        _linalg_ready(grams.device)
         return torch.linalg.eigvalsh(grams)
     if grams.dtype in (torch.float32, torch.float64):
         from .lapack import symmetric_eigenvalues
@@ -125,7 +184,8 @@ def _ks_rows(
         r = rows[s : s + block]
         cols = np.arange(r[0], n, j_stride)
         k = cols[None, :] - r[:, None]
-        fit = -np.expm1(-(alpha[r, None] - 1) * (logs[cols][None, :] - logs[r, None]))
+        with np.errstate(over="ignore", invalid="ignore"):  # alpha <= 1 rows overflow; D = 1 below
+            fit = -np.expm1(-(alpha[r, None] - 1) * (logs[cols][None, :] - logs[r, None]))
         diff = np.abs(fit - k / m[r, None])
         diff[k < 0] = 0.0
         out[s : s + block] = diff.max(axis=1)

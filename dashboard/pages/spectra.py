@@ -30,6 +30,7 @@ import panel as pn
 import param
 
 from analyses.core.errors import NNVitalsError
+from analyses.core.pattern import compile_pattern
 from analyses.spectra import views
 from analyses.spectra.analysis import SpectralAnalysis
 from analyses.zoo import DEMO_MODELS
@@ -42,10 +43,10 @@ from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
 
-#: the knobs shown as widgets (generated from SpectralAnalysis's parameters)
+#: the knobs shown as widgets (generated from SpectralAnalysis's parameters); the layer-name
+#: pattern has a widget of its own, first in the Advanced card (see ``_build_layers_input``)
 KNOBS = ["xmin_rule", "farms", "farms_rows", "farms_q_ratio", "farms_windows", "randomize", "seed"]
 ADVANCED_KNOBS = [
-    "layers",
     "layer_types",
     "min_evals",
     "max_evals",
@@ -163,11 +164,6 @@ class SpectraPage(AnalysisPage):
             "conv2d_norm": {"name": "Halve Conv2d eigenvalues (WW conv2d_norm)"},
             "min_evals": {"name": "min eigenvalues"},
             "max_evals": {"name": "max eigenvalues"},
-            "layers": {
-                "type": pn.widgets.TextInput,
-                "name": "Layer names (regex)",
-                "placeholder": "e.g. ^fc",
-            },
             "layer_types": {"type": pn.widgets.MultiChoice, "name": "Layer kinds"},
             "max_N": {"name": "max N (longer side)"},
             "device": {"type": pn.widgets.TextInput},
@@ -179,6 +175,7 @@ class SpectraPage(AnalysisPage):
         self._advanced_knobs = pn.Param(
             self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240
         )
+        self._build_layers_input()
         self._advanced = pn.Card(title="Advanced", collapsed=True, width=255)
         self._advanced.param.watch(self._open_advanced, "collapsed")
         parts: list[Any] = []
@@ -195,6 +192,42 @@ class SpectraPage(AnalysisPage):
             sizing_mode="stretch_width",
             css_classes=["nnv-controls"],
         )
+
+    def _build_layers_input(self) -> None:
+        """The layer-name pattern: checked as it is typed (linear-time matcher, analyses.core.pattern);
+        a pattern that is refused is shown in the page's alert and blocks Run until it is fixed, rather
+        than the last accepted pattern being run silently."""
+        p = self.analysis.param.layers
+        self._layers_error = ""
+        self._layers_input = pn.widgets.TextInput(
+            name="Layer names (regex)", placeholder="e.g. ^fc", value=self.analysis.layers, width=230,
+            description=p.doc, css_classes=["nnv-layers"],
+        )  # fmt: skip
+        self._layers_input.param.watch(self._on_layers_input, "value")
+        self.analysis.param.watch(self._on_layers_param, "layers")
+
+    def _on_layers_input(self, event) -> None:
+        try:
+            compile_pattern(event.new, "layers")
+        except NNVitalsError as e:
+            self._layers_error = str(e)
+            self._layers_input.css_classes = ["nnv-layers", "nnv-invalid"]
+            self.jobs.show_error(self._layers_error)
+            return
+        self._layers_error = ""
+        self._layers_input.css_classes = ["nnv-layers"]
+        self.analysis.layers = event.new
+
+    def _on_layers_param(self, event) -> None:
+        if self._layers_input.value != event.new:
+            self._layers_input.value = event.new
+
+    def _pattern_refused(self, jobs: JobPanel) -> bool:
+        """Show the refused layer pattern (if any) instead of running."""
+        if self._layers_error:
+            jobs.show_error(self._layers_error)
+            return True
+        return False
 
     def _build_main(self) -> None:
         self._summary = pn.pane.Markdown(
@@ -324,7 +357,7 @@ class SpectraPage(AnalysisPage):
 
     def _open_advanced(self, event) -> None:
         if not event.new and not self._advanced.objects:
-            self._advanced.objects = [self._advanced_knobs]
+            self._advanced.objects = [self._layers_input, self._advanced_knobs]
 
     # ------------------------------------------------------------------ model and runs
     def _set_model(self, model: Any, label: str | None = None, run: bool = True) -> None:
@@ -363,6 +396,8 @@ class SpectraPage(AnalysisPage):
         """
         if farms is not None:
             self.analysis.farms = farms
+        if self._pattern_refused(self.jobs):
+            return
         analysis = self._snapshot()
         self.jobs.submit(
             f"Spectra of {self.label}",
@@ -379,6 +414,8 @@ class SpectraPage(AnalysisPage):
             return
         if self.result is None:
             self.compare_jobs.show_error("run the analysis on the first model before comparing")
+            return
+        if self._pattern_refused(self.compare_jobs):
             return
         label_b = next((k for k, v in self._compare_select.options.items() if v == other), str(other))
         label_a = self.label if self.label != label_b else f"{self.label} (A)"
