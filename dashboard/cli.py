@@ -649,9 +649,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _terminated(signum, frame) -> NoReturn:
+    """SIGTERM (``kill``, a job scheduler's time limit) ends a run like Ctrl-C: outputs cleaned up."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nnvitals`` console script; returns the exit code."""
     debug = os.environ.get("NNVITALS_DEBUG", "") not in ("", "0")
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except (ValueError, OSError):  # not the main thread (called from Python): leave it alone
+        pass
     if not debug:
         # numeric warnings (log of 0 in a histogram, ...) are not the user's business
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -166,7 +166,9 @@ def _assert_complete(d: Path, formats: list[str], layers: str = "") -> None:
     assert json.loads((d / "summary.json").read_text())["meta"]["params"]["layers"] == layers
 
 
-def _interrupt_while_writing_figures(args: list, out: Path, cache: Path) -> subprocess.CompletedProcess:
+def _interrupt_while_writing_figures(
+    args: list, out: Path, cache: Path, sig: int = signal.SIGINT
+) -> subprocess.CompletedProcess:
     """Start ``nnvitals``, wait until a new figure file shows up anywhere under ``--out`` (in its
     staging folder, or under a temporary name), send SIGINT; fails if the run ended before that."""
     old = set(out.rglob("*")) if out.is_dir() else set()
@@ -182,7 +184,7 @@ def _interrupt_while_writing_figures(args: list, out: Path, cache: Path) -> subp
     while proc.poll() is None and time.monotonic() < deadline:
         new = [p.name for p in out.rglob("*") if p not in old] if out.is_dir() else []
         if any(ext in n for n in new for ext in (".svg", ".html", ".png", ".pdf")):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             sent = True
             break
         time.sleep(0.005)
@@ -335,3 +337,20 @@ def test_enospc_from_dev_full_names_the_file():
         write_into(f, lambda fh: fh.write(b"x" * 100_000), Path("out/esd_grid.png"))
     assert str(info.value) == "out/esd_grid.png: cannot write (No space left on device)"
     assert info.value.path == Path("out/esd_grid.png")
+
+
+def test_sigterm_while_writing_figures_leaves_no_partial_set(tmp_path):
+    """``kill`` (SIGTERM, a scheduler's time limit) cleans up like Ctrl-C."""
+    fresh = tmp_path / "fresh"
+    run = _interrupt_while_writing_figures(
+        ["spectra", "mlp", "--formats", "svg,png,pdf,html", "--out", fresh],
+        fresh,
+        tmp_path / "cache",
+        signal.SIGTERM,
+    )
+    if run.returncode == 130:
+        assert_one_error_line(run.stderr, "interrupted")
+        assert not fresh.exists(), sorted(p.name for p in fresh.rglob("*"))
+    else:
+        assert run.returncode == 0, run.stderr
+        _assert_complete(fresh, ["svg", "png", "pdf", "html"])
