@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,16 @@ from ..core.runner import Task
 from ..core.subject import Subject
 from . import ibp as I
 from . import lipschitz as L
-from .graph import Graph, trace
+from .graph import Graph, set_mode, trace
+
+
+def _graph_dtype(g: Graph) -> torch.dtype:
+    """The floating type of the graph's weights (float32 when it has none)."""
+    for st in g.steps:
+        for v in st.params.values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                return v.dtype
+    return torch.float32
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -134,9 +144,77 @@ class _BoundsAnalysis(Analysis):
         cached = getattr(self, "_graph_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        g = trace(self.module(subject), example)
+        module = self.module(subject)
+        if isinstance(module, torch.nn.Module):
+            self._try_forward(module, subject, example)
+        try:
+            g = trace(module, example)
+        except NNVitalsError as e:  # name the model: trace's messages say "model: ..." / "model graph: ..."
+            msg = str(e)
+            for head in ("model graph:", "model:"):
+                if msg.startswith(head):
+                    msg = f"{head[:-1]} {subject.label}:{msg[len(head) :]}"
+                    break
+            raise NNVitalsError(msg) from None
+        self._check_outputs(g, subject, example)
         self._graph_cache = (key, g)
         return g
+
+    def _data_where(self, ds: Dataset) -> str:
+        d = self.data
+        return str(d) if isinstance(d, str | Path) and d not in BUILTIN_DATASETS else ds.name
+
+    def _try_forward(self, module: torch.nn.Module, subject: Subject, example: torch.Tensor) -> None:
+        """Run a live module once on the example (in eval mode, as it will be traced), so a model that
+        does not take the data's shape fails in one line here, before torch.export (which logs
+        tracebacks when the model fails inside it)."""
+        was_training = module.training
+        p = next((t for t in module.parameters() if t.is_floating_point()), None)
+        try:
+            set_mode(module, False)
+            with torch.no_grad():
+                module(example.to(p.dtype if p is not None else torch.float32))
+        except NNVitalsError:
+            raise
+        except Exception as e:  # the user's model failed on this data: say so in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            where = self._data_where(next(iter(self.datasets().values())))
+            raise NNVitalsError(
+                f"model {subject.label}: failed on inputs of shape {tuple(example.shape)} from data {where} "
+                f"({first[:200]})"
+            ) from None
+        finally:
+            set_mode(module, was_training)
+
+    def _check_outputs(self, g: Graph, subject: Subject, example: torch.Tensor) -> None:
+        """The first forward pass: the model's output must be finite (batch, classes) scores with a
+        class for every label of the data."""
+        where = self._data_where(next(iter(self.datasets().values())))
+        try:
+            with torch.no_grad():
+                out = g.forward(example.to(_graph_dtype(g)))
+        except Exception as e:  # the user's model failed on this data: say so in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NNVitalsError(
+                f"model {subject.label}: failed on inputs of shape {tuple(example.shape)} from data {where} "
+                f"({first[:200]})"
+            ) from None
+        if out.ndim != 2 or out.shape[0] != example.shape[0]:
+            raise NNVitalsError(
+                f"model {subject.label}: its output must be class scores of shape (batch, classes), got "
+                f"{tuple(out.shape)} for inputs of shape {tuple(example.shape)}"
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise NNVitalsError(
+                f"model {subject.label}: gives non-finite outputs (NaN or inf) on the first samples of data {where}"
+            )
+        k = int(out.shape[1])
+        for ds in self.datasets().values():
+            top = int(ds.y.max())
+            if top >= k:
+                raise NNVitalsError(
+                    f"data {self._data_where(ds)}: labels go up to {top} but model {subject.label} has {k} outputs"
+                )
 
     def _validate(self) -> None:
         self._range()

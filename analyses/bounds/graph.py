@@ -13,7 +13,7 @@ position and the module it came from):
 ========================  ==========================================================
 kind                      ATen ops
 ========================  ==========================================================
-``linear``                ``linear``
+``linear``                ``linear``; ``addmm`` / ``mm`` with a constant weight (decomposed)
 ``conv``                  ``conv1d``, ``conv2d``, ``convolution`` (not transposed), any
                           stride / padding / dilation / groups; a preceding ``pad``
                           (circular, reflect, replicate, zero) used only by the conv is
@@ -309,9 +309,18 @@ def _ints(v: Any, n: int) -> tuple[int, ...]:
     return v * n if len(v) == 1 and n > 1 else v
 
 
+def set_mode(module: nn.Module, training: bool) -> None:
+    """``module.train(training)``; a no-op for what ``ExportedProgram.module()`` returns, whose
+    ``train``/``eval`` raise: its training flags are baked into its graph."""
+    try:
+        module.train(training)
+    except NotImplementedError:
+        pass
+
+
 def _export(module: nn.Module, example: torch.Tensor):
     was_training = module.training
-    module.eval()
+    set_mode(module, False)
     try:
         return torch.export.export(module, (example,), strict=False)
     except NNVitalsError:
@@ -324,7 +333,7 @@ def _export(module: nn.Module, example: torch.Tensor):
             hint="bounds need a model torch.export can trace, with the data's input shape",
         ) from None
     finally:
-        module.train(was_training)
+        set_mode(module, was_training)
 
 
 def trace(
@@ -396,10 +405,14 @@ def trace(
             continue
         if tgt is operator.getitem:
             parent, idx = args
+            if idx != 0 and not node.users:  # e.g. a decomposed batch norm's unused saved statistics
+                continue
             if idx != 0 or src(parent) not in by_name:
                 raise NNVitalsError(f"model graph: unsupported use of output {idx} of {where(node, pos)}")
             alias[node.name] = src(parent)
             continue
+        if tgt is _aten.sym_size.int:  # the (dynamic) batch size a decomposed view takes: shapes
+            continue  # come from the traced metadata, per sample
         if tgt in _IDENTITY:
             a = _schema_args(node)
             if tgt is _aten.dropout.default and a.get("train"):
@@ -440,6 +453,21 @@ def _make_step(node, tgt, mk: dict, src, const: dict, where: str) -> Step:
 
     if tgt is _aten.linear.default:
         return Step(kind="linear", inputs=(src(a["input"]),), params=dict(weight=c(a["weight"]), bias=c(a["bias"])), **mk)  # fmt: skip
+    if tgt in (_aten.addmm.default, _aten.mm.default):  # a linear layer in a decomposed graph
+        w = c(a["mat2"])
+        bias = c(a["self"]) if tgt is _aten.addmm.default else None
+        if (
+            not isinstance(w, torch.Tensor)
+            or src(a["mat1"]) in const
+            or (bias is not None and not isinstance(bias, torch.Tensor))
+            or float(a.get("beta", 1)) != 1.0
+            or float(a.get("alpha", 1)) != 1.0
+        ):
+            raise NNVitalsError(
+                f"model graph: unsupported op {tgt} (only x @ W + b with constant W, b) at {where}"
+            )
+        params = dict(weight=w.t().contiguous(), bias=bias)
+        return Step(kind="linear", inputs=(src(a["mat1"]),), params=params, **mk)
     if tgt in (_aten.conv1d.default, _aten.conv2d.default, _aten.conv1d.padding, _aten.conv2d.padding,
                _aten.convolution.default):  # fmt: skip
         w = c(a["weight"])

@@ -12,6 +12,12 @@ aligned state dict, loadable into B's architecture and computing the same functi
 
 With more than two models (``models=[...]``): the barrier of every pair (a heatmap), all
 models merged into one (MergeMany) and the loss over the plane through the first three.
+
+``torch.export`` programs (``.pt2``) run like modules: their graphs are rebuilt with real layers
+(:mod:`analyses.connectivity.exported`), so the BatchNorm reset and REPAIR reach them; one exported
+in training mode or with a fixed batch size is refused in one line. Before any work every model
+runs once on two samples: its output must be finite ``(batch, classes)`` scores with a class for
+every label of the data.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pandas as pd
 import param
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ..core.analysis import Analysis
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
@@ -36,6 +43,7 @@ from ..core.runner import Task
 from ..core.store import make_key
 from ..core.subject import Subject
 from .barrier import accuracy_barrier, loss_barrier, loss_barrier_mean
+from .exported import as_layers, check_exported, fixed_batch_size, is_exported
 from .matching import (
     MatchResult,
     activation_matching,
@@ -279,6 +287,23 @@ def plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _runnable(module: nn.Module, subject: Subject, label: str) -> nn.Module:
+    """The model as connectivity runs it: an exported graph (``.pt2``) with its layers rebuilt
+    (:mod:`analyses.connectivity.exported`), refused in one line when it cannot be run as one
+    fixed function on batches of any size."""
+    if not is_exported(module):
+        return module
+    check_exported(module, label)
+    program = getattr(subject, "program", None)
+    fixed = fixed_batch_size(program() if callable(program) else module)
+    if fixed is not None:
+        raise NNVitalsError(
+            f"{label}: was exported with a fixed batch size of {fixed}; connectivity runs batches of other "
+            "sizes: export it with a dynamic batch axis (dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
+        )
+    return as_layers(module)
+
+
 class ModeConnectivity(Analysis):
     """Linear mode connectivity of two (or more) models, before and after permutation alignment.
 
@@ -405,13 +430,14 @@ class ModeConnectivity(Analysis):
 
     def _module_and_states(self) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
         module, states = None, []
-        for sub in self.subjects():
+        for lab, sub in zip(self._labels(), self.subjects(), strict=True):
             mod = sub.module()
             if mod is None and sub.source_kind == "demo":
                 from ..zoo import load_demo
 
                 mod = load_demo(sub.label)
             if mod is not None:
+                mod = _runnable(mod, sub, f"{lab} {sub.label}")
                 module = module or mod
                 states.append({k: v.detach().clone() for k, v in mod.state_dict().items()})
             else:  # weights only: loaded into the architecture of a model that has one
@@ -488,6 +514,51 @@ class ModeConnectivity(Analysis):
         torch.export.save(program, str(file))
         return file
 
+    def _data_where(self, split: str, ds: Dataset) -> str:
+        """How the user named the data of ``split`` (a file path when it came from one)."""
+        d = self.data.get(split) if isinstance(self.data, dict) else self.data
+        return str(d) if isinstance(d, str | Path) and d not in BUILTIN_DATASETS else ds.name
+
+    def _check_outputs(self, module: nn.Module, states, splits: dict[str, Dataset]) -> None:
+        """Run every model once on two samples: its output must be finite (batch, classes) scores
+        with a class for every label of the data (the first forward pass, where the model's output
+        width becomes known)."""
+        labels = [f"{lab} {sub.label}" for lab, sub in zip(self._labels(), self.subjects(), strict=True)]
+        name, ds = next(iter(splits.items()))
+        p = next((t for t in module.parameters() if t.is_floating_point()), None)
+        x = ds.x[:2].to(p.dtype if p is not None else torch.float32)
+        where = self._data_where(name, ds)
+        width = None
+        for lab, st in zip(labels, states, strict=True):
+            try:
+                with torch.no_grad():
+                    out = functional_call(module, st, (x.clone(),), strict=False)
+            except NNVitalsError:
+                raise
+            except Exception as e:  # the user's model failed on this data: say so in one line
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise NNVitalsError(
+                    f"{lab}: failed on inputs of shape {tuple(x.shape)} from data {where} ({first[:200]})"
+                ) from None
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise NNVitalsError(
+                    f"{lab}: its output must be class scores of shape (batch, classes), got {shape} for "
+                    f"inputs of shape {tuple(x.shape)}"
+                )
+            if not bool(torch.isfinite(out).all()):
+                raise NNVitalsError(
+                    f"{lab}: gives non-finite outputs (NaN or inf) on the first samples of data {where}"
+                )
+            width = width or (lab, int(out.shape[1]))
+        lab, k = width
+        for split, ds in splits.items():
+            top = int(ds.y.max())
+            if top >= k:
+                raise NNVitalsError(
+                    f"data {self._data_where(split, ds)}: labels go up to {top} but {lab} has {k} outputs"
+                )
+
     # ------------------------------------------------------------------ tasks
     def _context(self) -> _Context:
         labels = self._labels()
@@ -496,12 +567,14 @@ class ModeConnectivity(Analysis):
         check_same_structure(ref, states[0], "the architecture", labels[0])
         for lab, st in zip(labels[1:], states[1:], strict=True):
             check_same_structure(states[0], st, labels[0], lab)
+        states = [{k: st[k] for k in states[0]} for st in states]  # one order: model A's
         splits = self.datasets()
         train = splits["train"] if "train" in splits else next(iter(splits.values()))
+        module = module.eval()
+        self._check_outputs(module, states, splits)
         n_act = min(len(train), self.act_samples)
         chunk = min(n_act, self.batch_size)
         example = train.x[:chunk]
-        module = module.eval()
         try:
             spec, gm = infer_spec(module, example, labels[0])
         except NNVitalsError:

@@ -43,6 +43,7 @@ from ..core.data import Dataset
 from ..core.errors import NNVitalsError
 from . import bnreset
 from .chain import LayerChain
+from .exported import as_layers
 
 __all__ = ["ENGINES", "PathEvaluator", "batchnorm_modules", "interpolate", "linear_path", "repair_path"]
 
@@ -123,7 +124,7 @@ class PathEvaluator:
             raise NNVitalsError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.device, self.dtype = torch.device(device), dtype
         self.batch_size, self.chunk = int(batch_size), int(chunk)
-        self.module = _copy(module).to(self.device, self.dtype).eval()
+        self.module = _copy(as_layers(module)).to(self.device, self.dtype).eval()
         self.chain = LayerChain.of(self.module) if engine in ("auto", "stacked") else None
         if engine == "stacked" and self.chain is None:
             raise NNVitalsError(
@@ -473,7 +474,7 @@ def repair_path(
     layer by layer in execution order (each layer sees its already-repaired inputs), and the
     correction ``z -> (z - mu) * s_goal / s + mu_goal`` is folded into the layer's weight and bias.
     """
-    module = _copy(module).eval()
+    module = _copy(as_layers(module)).eval()
     targets = _repair_targets(module, hidden)
     if not targets:
         raise NNVitalsError(

@@ -18,8 +18,12 @@ Nothing is ever downloaded: the digits ship inside scikit-learn.
 from __future__ import annotations
 
 import hashlib
+import io
+import math
+import os
+import re
+import warnings
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.lib.format as npformat
 import torch
 
 from analyses.core.errors import NNVitalsError
@@ -322,12 +327,154 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
     return Dataset(x=xt, y=yt, name=name, classes=y_max + 1)
 
 
+#: most bytes one array of a ``.npz`` may hold, as stored and as float32 (None: an eighth of the
+#: machine's memory, at least 512 MiB): checked against the sizes the archive declares, before reading
+MAX_NPZ_ARRAY_BYTES: int | None = None
+#: most members a ``.npz`` archive may list (``numpy.savez`` writes one per array)
+MAX_NPZ_MEMBERS = 10_000
+#: numpy's own limit on the length of a ``.npy`` header (``max_header_size``)
+_NPY_MAX_HEADER = 10_000
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "c": "complex numbers"}
+_READ_CHUNK = 1 << 24
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+
+
+def _array_budget() -> int:
+    if MAX_NPZ_ARRAY_BYTES is not None:
+        return int(MAX_NPZ_ARRAY_BYTES)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows)
+        total = 8 << 30
+    return max(512 << 20, total // 8)
+
+
+def _bytes_text(n: int) -> str:
+    for unit, scale in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def _npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and length of the ``.npy`` prelude at the start of stream ``f``.
+
+    The header length is checked before the header is read (a version 2 header may declare 4 GB);
+    the header itself is parsed by numpy's safe reader (``ast.literal_eval``, no pickle).
+    """
+    magic = f.read(8)
+    if len(magic) < 8 or magic[:6] != _NPY_MAGIC:
+        raise NNVitalsError(f"{where} is not a .npy array (no NUMPY header)")
+    major = magic[6]
+    if major not in (1, 2, 3) or magic[7] != 0:
+        raise NNVitalsError(f"{where} has an unknown .npy format version")
+    size_bytes = f.read(2 if major == 1 else 4)
+    if len(size_bytes) < (2 if major == 1 else 4):
+        raise NNVitalsError(f"{where} is truncated inside its .npy header")
+    length = int.from_bytes(size_bytes, "little")
+    if length > _NPY_MAX_HEADER:
+        raise NNVitalsError(
+            f"{where} declares a {length:,}-byte .npy header (numpy reads at most {_NPY_MAX_HEADER:,})"
+        )
+    header = f.read(length)
+    if len(header) < length:
+        raise NNVitalsError(f"{where} is truncated inside its .npy header")
+    # version 3 differs from 2 only in allowing UTF-8 field names (structured dtypes, refused below)
+    reader = npformat.read_array_header_1_0 if major == 1 else npformat.read_array_header_2_0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns about headers written by Python 2
+            shape, fortran, dtype = reader(io.BytesIO(size_bytes + header), max_header_size=_NPY_MAX_HEADER)
+    except Exception:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TypeError... on bad headers
+        raise NNVitalsError(
+            f"{where} has a malformed .npy header (shape, dtype and order unreadable)"
+        ) from None
+    return tuple(shape), bool(fortran), dtype, 8 + len(size_bytes) + length
+
+
+def _read_npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, where: str) -> np.ndarray:
+    """Array ``key`` of an open ``.npz``, refused in one line unless its sizes are sane.
+
+    Before anything is inflated: the member's declared uncompressed size (``ZipInfo.file_size``,
+    which also bounds what ``zipfile`` will inflate) must fit :data:`MAX_NPZ_ARRAY_BYTES`. Before
+    the array is allocated: the shape and dtype its ``.npy`` header declares must be plain numbers
+    whose size fits that budget (also as float32) and matches the bytes the member holds.
+    """
+    budget = _array_budget()
+    what = f"{where}: array {key!r}"
+    if info.flag_bits & 0x1:
+        raise NNVitalsError(f"{what} is encrypted; save the arrays with numpy.savez (no password)")
+    if info.compress_type not in (
+        zipfile.ZIP_STORED,
+        zipfile.ZIP_DEFLATED,
+        zipfile.ZIP_BZIP2,
+        zipfile.ZIP_LZMA,
+    ):
+        raise NNVitalsError(f"{what} uses an unknown compression method; save it with numpy.savez")
+    if info.file_size > budget + _NPY_MAX_HEADER + 64:
+        packed = (
+            "" if info.compress_type == zipfile.ZIP_STORED else f" from {_bytes_text(info.compress_size)}"
+        )
+        raise NNVitalsError(
+            f"{what} would inflate to {_bytes_text(info.file_size)}{packed}; at most "
+            f"{_bytes_text(budget)} per array are read (a zip bomb, or data too large for this machine)"
+        )
+    try:
+        with zf.open(info) as f:
+            shape, fortran, dtype, offset = _npy_header(f, what)
+            if dtype.hasobject:
+                raise NNVitalsError(
+                    f"{what} holds Python objects (object arrays need pickle and are refused); "
+                    "store numeric arrays"
+                )
+            if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+                raise NNVitalsError(
+                    f"{what} holds values of dtype kind {dtype.kind!r}; expected numbers "
+                    "(floats for x, integers for y)"
+                )
+            if any(d < 0 for d in shape):
+                raise NNVitalsError(f"{what} declares a negative dimension in its shape")
+            count = math.prod(shape)
+            nbytes = count * dtype.itemsize
+            if max(nbytes, 4 * count) > budget:
+                raise NNVitalsError(
+                    f"{what} declares shape {shape} of {dtype.name} ({_bytes_text(max(nbytes, 4 * count))} "
+                    f"as float32); at most {_bytes_text(budget)} per array are read"
+                )
+            if nbytes != info.file_size - offset:
+                raise NNVitalsError(
+                    f"{what} declares shape {shape} of {dtype.name} ({nbytes:,} bytes) but holds "
+                    f"{max(0, info.file_size - offset):,} bytes of data (truncated or damaged)"
+                )
+            flat = np.empty(count, dtype=dtype)
+            raw = flat.view(np.uint8).reshape(-1)
+            pos = 0
+            while pos < nbytes:
+                got = f.readinto(raw[pos : pos + _READ_CHUNK])
+                if not got:
+                    raise NNVitalsError(f"{what} ends early: the archive is truncated or damaged")
+                pos += got
+            if f.read(1):  # reaching the end checks the zip CRC
+                raise NNVitalsError(f"{what} holds more bytes than its header declares (damaged)")
+    except NNVitalsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/zlib/bz2/lzma raise many types on damaged data
+        raise NNVitalsError(
+            f"{what} could not be read ({type(exc).__name__}): the file is damaged or truncated"
+        ) from None
+    if fortran:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
 def load_npz(path: str | Path) -> Dataset:
     """Load a user dataset from a ``.npz`` file with arrays ``x`` and ``y``.
 
     ``x`` is floating point with shape ``(N, C, H, W)`` or ``(N, D)``; ``y`` holds integer
-    class labels of shape ``(N,)``. The file is read with ``allow_pickle=False``, so it can
-    never execute code. ``classes`` is ``max(y) + 1``. Every problem is reported as a
+    class labels of shape ``(N,)``. ``classes`` is ``max(y) + 1``. The archive is read member by
+    member with the sizes it declares checked first (:func:`_read_npz_member`): no pickle, no
+    allocation or inflation past :data:`MAX_NPZ_ARRAY_BYTES`. Every problem is reported as a
     one-line :class:`NNVitalsError` naming the file.
     """
     p = Path(path)
@@ -337,38 +484,47 @@ def load_npz(path: str | Path) -> Dataset:
     if not p.is_file():
         raise NNVitalsError(f"{where}: not a file (expected a .npz with arrays 'x' and 'y')")
     how = "save one with numpy.savez(path, x=x, y=y)"
-    if not zipfile.is_zipfile(p):
-        with p.open("rb") as f:
-            magic = f.read(6)
-        if magic == b"\x93NUMPY":
+    try:
+        is_zip = zipfile.is_zipfile(p)
+        if not is_zip:
+            with p.open("rb") as f:
+                magic = f.read(6)
+    except OSError as exc:
+        raise NNVitalsError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if not is_zip:
+        if magic == _NPY_MAGIC:
             raise NNVitalsError(f"{where}: holds a single .npy array, not a .npz archive; {how}")
         raise NNVitalsError(
             f"{where}: not a .npz archive (no zip directory found: another format, or truncated); {how}"
         )
     try:
-        archive = np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
-        detail = " ".join(str(exc).split())[:120]
+        zf = zipfile.ZipFile(p)
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, LargeZipFile, OSError, ValueError, ...
         raise NNVitalsError(
-            f"{where}: not a readable .npz archive ({type(exc).__name__}: {detail}); {how}"
+            f"{where}: not a readable .npz archive (damaged zip directory: {type(exc).__name__}); {how}"
         ) from None
-    with archive:
-        keys = sorted(archive.files)
-        missing = [k for k in ("x", "y") if k not in keys]
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_NPZ_MEMBERS:
+            raise NNVitalsError(
+                f"{where}: lists {len(infos):,} archive members (at most {MAX_NPZ_MEMBERS:,} are read); {how}"
+            )
+        by_key: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:  # numpy's keys: the member name without ".npy"
+            by_key.setdefault(info.filename.removesuffix(".npy"), info)
+        missing = [k for k in ("x", "y") if k not in by_key]
         if missing:
-            found = ", ".join(repr(k) for k in keys) or "none"
+            names = sorted(k for k in by_key if _NAME_RE.match(k))
+            others = len(by_key) - len(names)
+            found = ", ".join(repr(k) for k in names[:8]) or "none"
+            if others or len(names) > 8:
+                found += f" and {others + max(0, len(names) - 8)} more"
             raise NNVitalsError(
                 f"{where}: missing array {' and '.join(map(repr, missing))} (found {found}); "
                 "expected arrays 'x' (inputs) and 'y' (labels)"
             )
-        try:
-            x, y = archive["x"], archive["y"]
-        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
-            detail = " ".join(str(exc).split())[:120]
-            raise NNVitalsError(
-                f"{where}: could not read arrays 'x'/'y' ({type(exc).__name__}: {detail}); the file is "
-                "damaged, or holds object arrays (refused: they need pickle), store numeric arrays"
-            ) from None
+        x = _read_npz_member(zf, by_key["x"], "x", where)
+        y = _read_npz_member(zf, by_key["y"], "y", where)
     return _from_arrays(x, y, where=where, name=p.stem)
 
 

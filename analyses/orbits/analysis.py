@@ -5,6 +5,13 @@ the score of its output is recorded (true-class probability by default). The res
 long table (one row per model, sample and element), the score cubes for the views, and, when
 small enough, the class probabilities and the images themselves so a static result can still
 show any sample at any element.
+
+The knobs are bounded by what they cost, counted before anything is made: at most
+:data:`MAX_ELEMENTS` group elements, :data:`MAX_POINTS` orbit points (models x samples x
+elements, the rows of the result) and :data:`MAX_PIXELS` pixels to resample and run; past them
+the run is refused in one line that says which knob to lower. Within them tasks and element groups
+keep the working memory near :data:`TASK_BYTES` and :data:`GROUP_BYTES`. A ``.pt2`` program
+exported with a fixed batch size is run on batches padded to that size.
 """
 
 from __future__ import annotations
@@ -33,8 +40,32 @@ TASK_BYTES = 64 * 1024 * 1024
 GROUP_BYTES = 16 * 1024 * 1024
 #: store class probabilities and images with the result up to this many floats each
 KEEP_FLOATS = 16_000_000
+#: most group elements one orbit samples (their parameters, labels and sampling grids are held at once)
+MAX_ELEMENTS = 1_000_000
+#: most orbit points (models x samples x elements) in one result: each is a row of its table
+MAX_POINTS = 10_000_000
+#: bytes of result per orbit point (table row, scores, predictions; measured ~60-100 with probabilities)
+POINT_BYTES = 80
+#: most pixels one run resamples and feeds to the models (orbit points x image size)
+MAX_PIXELS = 20_000_000_000
+#: how each group's element count is set, and what to turn to lower it
+_KNOBS = {
+    "rotation": ("steps", "lower steps"),
+    "rotation-flip": ("steps", "lower steps"),
+    "shift": ("shift_range/shift_step", "lower shift_range or raise shift_step"),
+    "scale": ("scale_range/scale_step", "narrow scale_range or raise scale_step"),
+    "flip": ("group 'flip'", ""),
+}
 #: the orbits' own names for the built-in data (rotations need room: digits at 16 x 16)
 BUILTIN = {"digits": "digits16", "digits8": "digits", "digits16": "digits16", "digits32": "digits32"}
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (``74.5 GiB``)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 class OrbitResult(Result):
@@ -128,6 +159,51 @@ class _Models:
         return "+".join(s.fingerprint for s in self.members)
 
 
+class _FixedBatch:
+    """An exported program specialised to one batch size, run on batches of any size: it sees
+    batches of exactly ``size`` images, the last one padded by repeating its final image, and the
+    padding's output rows are dropped (in eval mode every image's output is its own)."""
+
+    def __init__(self, module: Any, size: int, where: str):
+        self.module, self.size, self.where = module, int(size), where
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, len(x), self.size):
+            part = x[start : start + self.size]
+            n = len(part)
+            if n < self.size:
+                part = torch.cat([part, part[-1:].expand(self.size - n, *part.shape[1:])])
+            out = _logits_of(self.module(part), self.where)
+            if out.shape[0] != self.size:
+                raise NNVitalsError(
+                    f"model {self.where}: returned {out.shape[0]} rows for {self.size} images; "
+                    "expected one row of class scores per image"
+                )
+            outs.append(out[:n])
+        return torch.cat(outs)
+
+
+def _fixed_batch(subject: Subject, module: Any) -> int | None:
+    """The batch size a ``torch.export`` program (a ``.pt2`` file, or ``ExportedProgram.module()``
+    given as a module) was specialised to, when it is fixed (None when its batch axis is free)."""
+    program = getattr(subject, "program", None)
+    ep = program() if callable(program) else None
+    if isinstance(ep, torch.export.ExportedProgram):
+        graph, user = ep.graph, set(ep.graph_signature.user_inputs)
+    elif isinstance(module, torch.fx.GraphModule):
+        graph, user = module.graph, None
+    else:
+        return None
+    for node in graph.nodes:
+        if node.op == "placeholder" and (user is None or node.name in user):
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            break
+    return None
+
+
 class _Runnable:
     """A subject's module, built once per process (pickles as the subject for Dask workers)."""
 
@@ -135,13 +211,20 @@ class _Runnable:
         self.subject, self.where, self._mod = subject, where, None
 
     def module(self, device: str = "cpu", dtype: str = "float32"):
-        """The module on ``device`` in ``dtype``; a copy when it has to move (the user's stays put)."""
+        """The module on ``device`` in ``dtype``; a copy when it has to move (the user's stays put).
+        A program exported with a fixed batch size comes wrapped in :class:`_FixedBatch`."""
         if self._mod is None or self._mod[0] != (device, dtype):
-            mod = runnable_module(self.subject)
+            try:
+                mod = runnable_module(self.subject)
+            except NotImplementedError:  # ExportedProgram.module() given as a module: eval() is baked in
+                mod = self.subject.module()
             dev, dt = torch.device(device), getattr(torch, dtype)
             p = next(iter(mod.parameters()), None) if hasattr(mod, "parameters") else None
             if p is not None and (p.device != dev or (p.is_floating_point() and p.dtype != dt)):
                 mod = copy.deepcopy(mod).to(dev, dt)
+            fixed = _fixed_batch(self.subject, mod)
+            if fixed is not None:
+                mod = _FixedBatch(mod, fixed, self.where)
             self._mod = ((device, dtype), mod)
         return self._mod[1]
 
@@ -170,33 +253,58 @@ def _orbit_task(
     keep_probs: bool,
     device: str,
     dtype: str,
+    classes: int,
 ) -> dict[str, np.ndarray]:
-    """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K])."""
+    """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K]).
+
+    The elements go through in groups whose images and class scores fit :data:`GROUP_BYTES`; each
+    group is scored at once, so a task holds its transformed images and logits for one group only
+    (plus the per-element probabilities when they are kept, or consensus scoring needs them)."""
     mod = runnable.module(device, dtype)
     dev, dt = torch.device(device), getattr(torch, dtype)
     E, B = len(els), x.shape[0]
-    logits_all: list[torch.Tensor] = []
-    per_group = max(1, GROUP_BYTES // max(1, x[:1].numel() * 4 * B))  # elements resampled at once
+    per_group = max(1, GROUP_BYTES // max(1, B * (x[:1].numel() + 3 * classes) * 4))  # elements at once
+    scores = np.empty((E, B), dtype=np.float32)
+    predicted = np.empty((E, B), dtype=np.int16)
+    probs = np.empty((E, B, classes), dtype=np.float32) if keep_probs or score == "consensus" else None
     with torch.inference_mode():
         xd = x.to(dev, dt)
+        labels = y.to(dev)
         for start in range(0, E, per_group):
-            which = list(range(start, min(E, start + per_group)))
-            imgs = K.transform(xd, els, which).reshape(len(which) * B, *x.shape[1:])
-            for i in range(0, len(imgs), batch_size):  # the model sees batch_size images at a time
-                logits_all.append(_logits_of(mod(imgs[i : i + batch_size]), runnable.where).float())
-    logits = torch.cat(logits_all).reshape(E, B, -1)  # (E, B, K)
-    probs = torch.softmax(logits, dim=2)
-    predicted = logits.argmax(dim=2)
-    out: dict[str, np.ndarray] = {"predicted": predicted.to(torch.int16).cpu().numpy()}
+            stop = min(E, start + per_group)
+            imgs = K.transform(xd, els, range(start, stop)).reshape((stop - start) * B, *x.shape[1:])
+            logits = torch.cat(
+                [  # the model sees batch_size images at a time
+                    _logits_of(mod(imgs[i : i + batch_size]), runnable.where).float()
+                    for i in range(0, len(imgs), batch_size)
+                ]
+            )
+            if logits.shape != (len(imgs), classes):
+                raise NNVitalsError(
+                    f"model {runnable.where}: gave class scores of shape {tuple(logits.shape)} for "
+                    f"{len(imgs)} images; expected ({len(imgs)}, {classes})"
+                )
+            finite = torch.isfinite(logits).all(dim=1)
+            if not bool(finite.all()):
+                first = start + int((~finite).nonzero()[0, 0]) // B
+                raise NNVitalsError(
+                    f"model {runnable.where}: gave non-finite class scores (NaN or inf) at element "
+                    f"{els.label(first)} of the orbit"
+                )
+            predicted[start:stop] = logits.argmax(dim=1).reshape(-1, B).to(torch.int16).cpu().numpy()
+            if probs is not None:
+                probs[start:stop] = torch.softmax(logits, dim=1).reshape(-1, B, classes).cpu().numpy()
+            if score != "consensus":
+                s = K.label_scores(logits, labels.repeat(stop - start), score)
+                scores[start:stop] = s.reshape(-1, B).cpu().numpy()
+    out: dict[str, np.ndarray] = {"predicted": predicted}
     if score == "consensus":
-        s, consensus = K.consensus_scores(probs)
-        out["consensus"] = consensus.cpu().numpy()
-    else:
-        labels = y.to(logits.device).repeat(E)
-        s = K.label_scores(logits.reshape(E * B, -1), labels, score).reshape(E, B)
-    out["scores"] = s.cpu().numpy().astype(np.float32)
+        s, consensus = K.consensus_scores(torch.from_numpy(probs))
+        scores[:] = s.numpy()
+        out["consensus"] = consensus.numpy()
+    out["scores"] = scores
     if keep_probs:
-        out["probs"] = probs.cpu().numpy().astype(np.float32)
+        out["probs"] = probs
     return out
 
 
@@ -308,10 +416,59 @@ class OrbitAnalysis(Analysis):
         self._data_cache = (key, (sub, idx))
         return sub, idx
 
-    def group_elements(self) -> K.Elements:
+    def element_count(self) -> int:
+        """How many group elements the knobs ask for, refused in one line past :data:`MAX_ELEMENTS`
+        (counted before anything is made)."""
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise NNVitalsError(f"scale_range: expected 0 < smallest <= largest, got {self.scale_range}")
+        if not 0 < lo <= hi or not math.isfinite(hi):
+            raise NNVitalsError(
+                f"scale_range: expected 0 < smallest <= largest (finite), got {self.scale_range}"
+            )
+        for name in ("shift_range", "shift_step", "scale_step"):
+            if not math.isfinite(getattr(self, name)):
+                raise NNVitalsError(f"{name}: expected a finite number, got {getattr(self, name)}")
+        n = K.count_elements(
+            self.group, steps=self.steps, shift_range=self.shift_range, shift_step=self.shift_step,
+            scale_range=(lo, hi), scale_step=self.scale_step,
+        )  # fmt: skip
+        if n > MAX_ELEMENTS:
+            knobs, advice = _KNOBS[self.group]
+            raise NNVitalsError(
+                f"{knobs}: {n:,} group elements; at most {MAX_ELEMENTS:,} are sampled (their parameters and "
+                f"sampling grids are held at once): {advice}"
+            )
+        return n
+
+    def check_budget(self, samples: int, image_shape: tuple[int, ...], models: int = 1) -> None:
+        """Refuse, in one line saying what to lower, an orbit whose result (models x samples x
+        elements points) or work (points x image size) is past :data:`MAX_POINTS` / :data:`MAX_PIXELS`."""
+        n = self.element_count()
+        points = models * samples * n
+        pixels = points * math.prod(image_shape)
+        knobs, advice = _KNOBS[self.group]
+        who = f"{samples:,} samples" + (f" x {models} models" if models > 1 else "")
+
+        def fix(budget: int, per_point: int) -> str:
+            most_e = budget // max(1, models * samples * per_point)
+            most_s = budget // max(1, models * n * per_point)
+            lower = f"{advice} (at most {most_e:,} elements for {who}) or " if advice else ""
+            return f"{lower}set max_samples (at most {most_s:,} samples)"
+
+        if points > MAX_POINTS:
+            raise NNVitalsError(
+                f"{knobs}: {n:,} group elements (x {who}) need ~{_size(points * POINT_BYTES)} of results; "
+                f"at most {MAX_POINTS:,} orbit points: {fix(MAX_POINTS, 1)}"
+            )
+        if pixels > MAX_PIXELS:
+            img = "x".join(map(str, image_shape))
+            raise NNVitalsError(
+                f"{knobs}: {n:,} group elements (x {who}) of {img} images are {pixels:,} pixels to resample "
+                f"and run; at most {MAX_PIXELS:,}: {fix(MAX_PIXELS, math.prod(image_shape))}"
+            )
+
+    def group_elements(self) -> K.Elements:
+        self.element_count()
+        lo, hi = self.scale_range
         return K.elements(
             self.group,
             steps=self.steps,
@@ -333,7 +490,7 @@ class OrbitAnalysis(Analysis):
 
     # ------------------------------------------------------------------ tasks
     def _check_model(self, runnable: _Runnable, x: torch.Tensor, classes: int) -> int:
-        """Run the model on two samples; its output must be (2, K) class scores covering the labels."""
+        """Run the model on two samples; its output must be finite (2, K) class scores covering the labels."""
         mod = runnable.module(self.device, self.dtype)
         try:
             with torch.inference_mode():
@@ -351,18 +508,27 @@ class OrbitAnalysis(Analysis):
                 f"model {runnable.where}: returned {logits.shape[0]} rows for {min(2, len(x))} images; "
                 "expected one row of class scores per image"
             )
+        if not bool(torch.isfinite(logits).all()):
+            raise NNVitalsError(
+                f"model {runnable.where}: gives non-finite class scores (NaN or inf) on the first images of "
+                f"data {self._data_where()}"
+            )
         if self.score != "consensus" and logits.shape[1] < classes:
             raise NNVitalsError(
-                f"model {runnable.where}: gives {logits.shape[1]} class scores but the data has labels up "
-                f"to {classes - 1}; expected at least {classes}"
+                f"data {self._data_where()}: labels go up to {classes - 1} but model {runnable.where} has "
+                f"{logits.shape[1]} outputs"
             )
         return int(logits.shape[1])
 
+    def _data_where(self) -> str:
+        d = self.data
+        return str(d) if isinstance(d, str | Path) and d not in BUILTIN else self.dataset()[0].name
+
     def _tasks(self, subject: _Models) -> list[Task]:
         ds, _ = self.dataset()
+        self.check_budget(len(ds), tuple(ds.x.shape[1:]), len(subject.members))
         els = self.group_elements()
         E, N = len(els), len(ds)
-        chunk = max(1, min(N, TASK_BYTES // max(1, E * ds.x[:1].numel() * 4)))
         tasks = []
         self._n_classes = []
         labels_max = int(ds.y.max()) + 1
@@ -371,6 +537,15 @@ class OrbitAnalysis(Analysis):
             k = self._check_model(runnable, ds.x, labels_max)
             self._n_classes.append(k)
             keep = N * E * k <= KEEP_FLOATS
+            per_sample = E * (6 + (4 * k if keep or self.score == "consensus" else 0))  # bytes a task keeps
+            if self.score == "consensus" and E * k * 4 > TASK_BYTES:
+                knobs, advice = _KNOBS[self.group]
+                raise NNVitalsError(
+                    f"score 'consensus': keeps every element's class probabilities of a sample, {E:,} elements "
+                    f"x {k:,} classes (~{_size(E * k * 4)}); at most {_size(TASK_BYTES)}: "
+                    f"{advice + ' or ' if advice else ''}use another score"
+                )
+            chunk = max(1, min(N, TASK_BYTES // max(1, per_sample)))
             for start in range(0, N, chunk):
                 sl = slice(start, min(N, start + chunk))
                 tasks.append(
@@ -386,6 +561,7 @@ class OrbitAnalysis(Analysis):
                             keep,
                             self.device,
                             self.dtype,
+                            k,
                         ),  # fmt: skip
                         label=f"{s.label}: samples {sl.start}-{sl.stop - 1}",
                     )
@@ -405,6 +581,7 @@ class OrbitAnalysis(Analysis):
         if ds.x.numel() <= KEEP_FLOATS:
             arrays["images"] = ds.x.numpy()
         tables, summaries = [], {}
+        model_dtype = pd.CategoricalDtype([s.label for s in subject.members])
         for mi, s in enumerate(subject.members):
             outs = outputs[mi * per_model : (mi + 1) * per_model]
             scores = np.concatenate([o["scores"] for o in outs], axis=1).T  # (N, E)
@@ -415,8 +592,10 @@ class OrbitAnalysis(Analysis):
                 arrays[f"probs/{mi}"] = np.ascontiguousarray(
                     np.concatenate([o["probs"] for o in outs], axis=1).transpose(1, 0, 2)
                 )
+            # one row per (sample, element): columns built once each and handed over without copies
+            # (the table dominates the result's memory: MAX_POINTS bounds it)
             cols: dict[str, Any] = {
-                "model": np.full(N * E, s.label, dtype=object),
+                "model": pd.Categorical.from_codes(np.full(N * E, mi, dtype=np.int16), dtype=model_dtype),
                 "sample": np.repeat(idx, E),
                 "label": np.repeat(labels, E),
                 "element": np.tile(np.arange(E), N),
@@ -424,17 +603,19 @@ class OrbitAnalysis(Analysis):
             for c in els.columns():
                 v = np.tile(els.params[c], N)
                 cols[c] = v.astype(np.int64) if c == "flip" else v
-            cols["score"] = scores.ravel()
+            cols["score"] = arrays[f"scores/{mi}"].ravel()
             cols["predicted"] = pred.ravel()
-            cols["correct"] = pred.ravel() == cols["label"]
+            cols["correct"] = cols["predicted"] == cols["label"]
             if self.score == "consensus":
                 consensus = np.concatenate([o["consensus"] for o in outs])
                 arrays[f"consensus/{mi}"] = consensus
                 cols["consensus"] = np.repeat(consensus, E)
-            tables.append(pd.DataFrame(cols))
+            tables.append(pd.DataFrame(cols, copy=False))
+            del cols
             summaries[s.label] = self._model_summary(scores, pred, labels, els)
-        table = pd.concat(tables, ignore_index=True)
-        table["model"] = table["model"].astype(pd.CategoricalDtype([s.label for s in subject.members]))
+            del scores, pred
+        table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+        del tables
         summary = {
             "group": self.group,
             "score": self.score,

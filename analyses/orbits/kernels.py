@@ -34,6 +34,7 @@ __all__ = [
     "SCORES",
     "Elements",
     "consensus_scores",
+    "count_elements",
     "elements",
     "label_scores",
     "transform",
@@ -89,6 +90,39 @@ class Elements:
 def _grid_values(lo: float, hi: float, step: float) -> np.ndarray:
     n = int(math.floor((hi - lo) / step + 1e-9)) + 1
     return np.round(lo + step * np.arange(n), 10)
+
+
+def count_elements(
+    group: str,
+    *,
+    steps: int = 72,
+    shift_range: float = 4.0,
+    shift_step: float = 1.0,
+    scale_range: tuple[float, float] = (0.5, 1.5),
+    scale_step: float = 0.05,
+) -> int:
+    """How many elements :func:`elements` samples, counted without making them (exact integers,
+    so absurd settings give absurd counts instead of overflowing). Ranges and steps must be finite
+    and steps positive (``ValueError`` otherwise)."""
+    if group in ("rotation", "rotation-flip"):
+        return int(steps) * (2 if group == "rotation-flip" else 1)
+    if group == "flip":
+        return 2
+    if group == "shift":
+        lo, hi, step = -float(shift_range), float(shift_range), float(shift_step)
+    elif group == "scale":
+        lo, hi, step = float(scale_range[0]), float(scale_range[1]), float(scale_step)
+    else:
+        raise ValueError(f"unknown group {group!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or step <= 0 or hi < lo:
+        raise ValueError(
+            f"expected a finite range lo <= hi and a finite step > 0, got [{lo}, {hi}] by {step}"
+        )
+    n = math.floor((hi - lo) / step + 1e-9) + 1
+    if group == "shift":
+        return n * n
+    v = _grid_values(lo, hi, step) if n <= 10_000_000 else None  # is 1 on the grid? (only when affordable)
+    return n + int(lo <= 1.0 <= hi and (v is None or not np.any(np.isclose(v, 1.0))))
 
 
 def elements(
@@ -183,30 +217,64 @@ def _apply_exact(x: torch.Tensor, p: dict[str, float]) -> torch.Tensor:
     return x.contiguous()
 
 
-def _inverse_map(p: dict[str, float], H: int, W: int, dtype, device) -> torch.Tensor:
-    """For each output pixel, the input location it samples, as grid_sample coordinates.
+def _exact_mask(params: dict[str, np.ndarray], square: bool) -> np.ndarray:
+    """:func:`_exact` for many elements at once: ``params`` maps each column to an array (R,)."""
+    n = len(next(iter(params.values())))
+    ok = np.ones(n, dtype=bool)
+    if "angle" in params:
+        k = np.asarray(params["angle"], dtype=np.float64) / 90.0
+        r = np.round(k)
+        ok &= np.abs(k - r) < 1e-9
+        if not square:
+            ok &= np.mod(r, 2) == 0
+    if "scale" in params:
+        ok &= np.abs(np.asarray(params["scale"], dtype=np.float64) - 1.0) <= 1e-12
+    for col in ("dx", "dy"):
+        if col in params:
+            v = np.asarray(params[col], dtype=np.float64)
+            ok &= np.abs(v - np.round(v)) < 1e-9
+    return ok
+
+
+def _inverse_maps(params: dict[str, np.ndarray], H: int, W: int, dtype, device) -> torch.Tensor:
+    """For each of R elements and each output pixel, the input location it samples: ``(R, H, W, 2)``
+    grid_sample coordinates (``params`` maps each group column to an array (R,)).
 
     Works in pixel units about the image centre (so non-square images rotate without shear),
     then converts to ``align_corners=False`` normalised coordinates, where pixel j sits at
-    ``(2 j + 1) / W - 1``.
+    ``(2 j + 1) / W - 1``. All elements in a few tensor operations, not a loop.
     """
+
+    def col(name: str) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(params[name], dtype=np.float64), device=device).to(dtype)[
+            :, None, None
+        ]
+
     ys = torch.arange(H, dtype=dtype, device=device) - (H - 1) / 2
     xs = torch.arange(W, dtype=dtype, device=device) - (W - 1) / 2
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    u, v = xx, yy  # output location; undo the operations in reverse order
-    if "dx" in p:
-        u, v = u - p["dx"], v - p["dy"]
-    if "scale" in p:
-        u, v = u / p["scale"], v / p["scale"]
-    if "angle" in p:
+    u, v = xx[None], yy[None]  # output location; undo the operations in reverse order
+    if "dx" in params:
+        u, v = u - col("dx"), v - col("dy")
+    if "scale" in params:
+        u, v = u / col("scale"), v / col("scale")
+    if "angle" in params:
         # screen-CCW rotation by t maps (u, v) -> (u cos t + v sin t, -u sin t + v cos t) (v down);
         # its inverse is the rotation by -t
-        t = math.radians(p["angle"])
-        c, s = math.cos(t), math.sin(t)
+        t = np.radians(np.asarray(params["angle"], dtype=np.float64))
+        c = torch.as_tensor(np.cos(t), device=device).to(dtype)[:, None, None]
+        s = torch.as_tensor(np.sin(t), device=device).to(dtype)[:, None, None]
         u, v = u * c - v * s, u * s + v * c
-    if p.get("flip"):
-        u = -u
+    if "flip" in params:
+        u = torch.where(col("flip") != 0, -u, u)
+    n = len(next(iter(params.values())))
+    u, v = u.expand(n, H, W), v.expand(n, H, W)
     return torch.stack(((2 * (u + (W - 1) / 2) + 1) / W - 1, (2 * (v + (H - 1) / 2) + 1) / H - 1), dim=-1)
+
+
+def _inverse_map(p: dict[str, float], H: int, W: int, dtype, device) -> torch.Tensor:
+    """:func:`_inverse_maps` of one element ``p``: ``(H, W, 2)``."""
+    return _inverse_maps({k: np.array([v]) for k, v in p.items()}, H, W, dtype, device)[0]
 
 
 def transform(x: torch.Tensor, els: Elements, which: list[int] | None = None) -> torch.Tensor:
@@ -214,27 +282,25 @@ def transform(x: torch.Tensor, els: Elements, which: list[int] | None = None) ->
 
     Exact elements are permutations of pixels; the others are resampled bilinearly in one
     ``grid_sample`` call whose batch axis runs over elements and whose channel axis holds every
-    sample's channels.
+    sample's channels (their sampling grids made together, :func:`_inverse_maps`).
     """
     if x.ndim != 4:
         raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
-    which = list(range(len(els))) if which is None else list(which)
+    which = np.arange(len(els)) if which is None else np.asarray(list(which), dtype=np.int64)
     out = x.new_empty((len(which), B, C, H, W))
-    resample: list[int] = []
-    grids: list[torch.Tensor] = []
-    for slot, i in enumerate(which):
-        p = {k: float(v[i]) for k, v in els.params.items()}
-        if _exact(els.group, p, H == W):
-            out[slot] = _apply_exact(x, p)
-        else:
-            resample.append(slot)
-            grids.append(_inverse_map(p, H, W, x.dtype, x.device))
-    if resample:
-        grid = torch.stack(grids)  # (R, H, W, 2)
+    params = {k: np.asarray(v)[which] for k, v in els.params.items()}
+    exact = _exact_mask(params, H == W) if len(which) else np.zeros(0, dtype=bool)
+    slots = np.flatnonzero(exact)
+    cols = {k: v[slots].astype(np.float64).tolist() for k, v in params.items()}
+    for j, slot in enumerate(slots.tolist()):
+        out[slot] = _apply_exact(x, {k: v[j] for k, v in cols.items()})
+    resample = np.flatnonzero(~exact)
+    if len(resample):
+        grid = _inverse_maps({k: v[resample] for k, v in params.items()}, H, W, x.dtype, x.device)
         src = x.reshape(1, B * C, H, W).expand(len(resample), B * C, H, W)
         moved = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[resample] = moved.reshape(len(resample), B, C, H, W)
+        out[torch.as_tensor(resample, device=x.device)] = moved.reshape(len(resample), B, C, H, W)
     return out
 
 

@@ -162,3 +162,44 @@ def test_tightness_over_ibp_training_checkpoints():
     t = table["tightness"].to_numpy()
     assert t[0] < t[1] < t[2]
     assert table["certified_accuracy"].iloc[2] > table["certified_accuracy"].iloc[0]
+
+
+def _ten() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+
+
+@pytest.mark.parametrize("cls", [IBPTightness, LipschitzBounds])
+def test_labels_beyond_the_model_outputs_are_one_line(cls, tmp_path):
+    """Labels up to 12 for a 10-output model: IBP's margin rows crashed with an IndexError."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.npz"
+    np.savez(path, x=rng.random((20, 1, 8, 8)).astype(np.float32), y=np.r_[np.arange(19) % 10, 12])
+    with pytest.raises(NNVitalsError) as info:
+        cls(model=_ten(), data=str(path), **FAST).run()
+    assert str(info.value) == f"data {path}: labels go up to 12 but model Sequential has 10 outputs"
+
+
+class _Odd(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.fc = kind, nn.Linear(64, 10)
+
+    def forward(self, x):
+        z = self.fc(x.flatten(1))
+        return z.reshape(len(x), 2, 5) if self.kind == "shape" else z * torch.inf
+
+
+@pytest.mark.parametrize("cls", [IBPTightness, LipschitzBounds])
+def test_odd_outputs_and_shapes_are_one_line(cls, caplog):
+    cases = [
+        (_Odd("shape"), r"model _Odd: its output must be class scores of shape \(batch, classes\), got \(2, 2, 5\)"),
+        (_Odd("inf"), r"model _Odd: gives non-finite outputs \(NaN or inf\) on the first samples of data digits-"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(256, 10)), r"model Sequential: failed on inputs of shape \(2, 1, 8, 8\)"),
+    ]  # fmt: skip
+    for model, pattern in cases:
+        with pytest.raises(NNVitalsError, match=pattern) as info:
+            cls(model=model, **FAST).run()
+        assert "\n" not in str(info.value)
+    # the shape failure is found before torch.export, which would log its own traceback
+    assert not [r for r in caplog.records if "Traceback" in r.getMessage()]

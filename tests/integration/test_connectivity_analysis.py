@@ -135,3 +135,42 @@ def test_batchnorm_modules_given_as_objects_run_through_the_result_cache(tmp_pat
     assert first.summary["bn_reset"] is True  # BatchNorm found, statistics reset per point
     assert any((tmp_path / "cache").rglob("*")), "the result was stored"
     np.testing.assert_allclose(again.table["loss"], first.table["loss"])
+
+
+def test_labels_beyond_the_model_outputs_are_one_line(models, tmp_path):
+    """Labels up to 12 for 10-output models: the cross-entropy's gather raised a RuntimeError."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.npz"
+    np.savez(path, x=rng.random((30, 1, 8, 8)).astype(np.float32), y=np.r_[np.arange(29) % 10, 12])
+    with pytest.raises(NNVitalsError) as info:
+        _run(model_a=models[0], model_b=models[1], data=str(path), points=3)
+    assert str(info.value) == f"data {path}: labels go up to 12 but model_a DigitsMLP has 10 outputs"
+    split = {"train": "digits", "test": str(path)}
+    with pytest.raises(NNVitalsError, match=rf"^data {path}: labels go up to 12 but model_a"):
+        _run(model_a=models[0], model_b=models[1], data=split, points=3)
+
+
+def test_odd_models_are_one_line(models):
+    """NaN weights in B, outputs that are not (batch, classes), a model that cannot take the data."""
+    nan_b = DigitsMLP(64, HIDDEN, 10)
+    nan_b.load_state_dict(models[1].state_dict())
+    with torch.no_grad():
+        nan_b.fc3.bias[2] = float("nan")
+    with pytest.raises(NNVitalsError, match=r"^model_b DigitsMLP: gives non-finite outputs \(NaN or inf\)"):
+        _run(model_a=models[0], model_b=nan_b, points=3)
+
+    class Pairs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)).reshape(len(x), 2, 5)
+
+    with pytest.raises(
+        NNVitalsError, match=r"^model_a Pairs: its output must be class scores .* got \(2, 2, 5\)"
+    ):
+        _run(model_a=Pairs(), model_b=Pairs(), points=3, match="none")
+    wide = DigitsMLP(256, (16,), 10)
+    with pytest.raises(NNVitalsError, match=r"^model_a DigitsMLP: failed on inputs of shape \(2, 1, 8, 8\)"):
+        _run(model_a=wide, model_b=DigitsMLP(256, (16,), 10), points=3)

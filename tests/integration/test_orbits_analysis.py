@@ -168,7 +168,10 @@ def test_bad_input_gets_one_clear_message(tmp_path):
             ),
             r"class scores of shape \(batch, classes\)",
         ),  # fmt: skip
-        (dict(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3))), "gives 3 class scores"),
+        (
+            dict(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3))),
+            r"data digits-test: labels go up to 9 but model Sequential has 3 outputs",
+        ),
         (dict(model=[]), "model: not set"),
     ]
     for kw, pattern in cases:
@@ -186,3 +189,107 @@ def test_float64_runs_on_a_copy_and_agrees():
     r64 = _run(model=m, steps=4, max_samples=20, dtype="float64")
     assert next(m.parameters()).dtype == torch.float32  # the user's module is not converted
     np.testing.assert_allclose(r64.scores(0), r32.scores(0), atol=1e-5)
+
+
+class _NaNAt(nn.Module):
+    """Finite class scores, except NaN for images whose top-left pixel is lit (rotations light it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        z = self.fc(x.flatten(1))
+        return torch.where(x[:, :, 0, 0].amax(1, keepdim=True) > 0.05, torch.nan, z)
+
+
+def test_labels_outputs_and_nan_get_one_line_naming_data_and_model(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 8, 8)).astype(np.float32)
+    x[:, :, 0, 0] = 0
+    path = tmp_path / "x.npz"
+    np.savez(path, x=x, y=np.r_[np.arange(11) % 10, 12])
+    ten = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(NNVitalsError) as info:
+        _run(model=ten, data=str(path), steps=4)
+    assert str(info.value) == f"data {path}: labels go up to 12 but model Sequential has 10 outputs"
+    nan = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.0), nn.Threshold(1e9, torch.nan))
+    with pytest.raises(
+        NNVitalsError, match=r"model Sequential: gives non-finite class scores .* data digits-test"
+    ):
+        _run(model=nan, data="digits8", steps=4)
+    # finite on the upright images, NaN once a rotation moves ink into the corner: caught in the run
+    with pytest.raises(
+        NNVitalsError,
+        match=r"model _NaNAt: gave non-finite class scores \(NaN or inf\) at element \d+° of the orbit",
+    ):
+        _run(model=_NaNAt(), data=(torch.from_numpy(x), torch.arange(12) % 10), steps=8)
+
+
+def test_unbounded_knobs_are_refused_before_allocating():
+    """shift_range=500, shift_step=0.1 asked for 100 million elements (74.5 GiB: MemoryError)."""
+    cases = [
+        (dict(group="shift", shift_range=500.0, shift_step=0.1), r"shift_range/shift_step: 100,020,001 group elements"),
+        (dict(group="shift", shift_range=500.0, shift_step=0.01), r"lower shift_range or raise shift_step"),
+        (dict(group="scale", scale_range=(0.001, 1000.0), scale_step=0.001), r"scale_range/scale_step: 1,000,000 group"),
+        (dict(group="scale", scale_range=(0.5, 1e12)), r"narrow scale_range or raise scale_step"),
+        (dict(group="shift", shift_range=float("inf")), r"shift_range: expected a finite number"),
+        (dict(group="scale", scale_range=(0.5, float("inf"))), r"scale_range: expected 0 < smallest <= largest"),
+    ]  # fmt: skip
+    for kw, pattern in cases:
+        with pytest.raises(NNVitalsError, match=pattern):
+            _run(model="cnn", data="digits8", **kw)
+
+
+def test_orbit_points_and_pixels_are_budgeted(monkeypatch):
+    import analyses.orbits.analysis as A
+
+    # 641,601 shift elements x 120 samples: 77 million points; the message says what to lower
+    with pytest.raises(NNVitalsError) as info:
+        _run(model="cnn", data="digits8", group="shift", shift_range=40.0, shift_step=0.1)
+    msg = str(info.value)
+    assert msg.startswith("shift_range/shift_step: 641,601 group elements (x 120 samples) need ~")
+    assert "GiB of results" in msg and "(at most 83,333 elements for 120 samples)" in msg
+    assert "max_samples" in msg and "\n" not in msg
+    monkeypatch.setattr(A, "MAX_POINTS", 1000)
+    with pytest.raises(
+        NNVitalsError, match=r"^steps: 72 group elements \(x 120 samples x 2 models\).*lower steps"
+    ):
+        _run(model=["cnn", "cnn"], data="digits8")
+    monkeypatch.setattr(A, "MAX_POINTS", 100)
+    with pytest.raises(
+        NNVitalsError, match=r"^group 'flip': 2 group elements .*: set max_samples \(at most 50 samples\)$"
+    ):
+        _run(model="cnn", data="digits8", group="flip")
+    monkeypatch.setattr(A, "MAX_POINTS", 10**9)
+    monkeypatch.setattr(A, "MAX_PIXELS", 10**5)
+    with pytest.raises(NNVitalsError, match=r"of 1x8x8 images are 552,960 pixels"):
+        _run(model="cnn", data="digits8")
+
+
+def test_big_but_allowed_orbit_runs_in_bounded_batches():
+    # 625 shift elements (sub-pixel steps: resampled) x 6 samples, in tasks and resampling groups
+    res = _run(model="cnn", data="digits8", group="shift", shift_range=3.0, shift_step=0.25, max_samples=6)
+    assert res.scores(0).shape == (6, 625) and np.isfinite(res.scores(0)).all()
+    assert res.summary["elements"] == 625
+
+
+@pytest.mark.parametrize("score", ["probability", "consensus"])
+def test_results_do_not_depend_on_how_the_work_is_grouped(monkeypatch, score):
+    """Tasks of one sample and groups of one element give the same result as the default batching."""
+    import analyses.orbits.analysis as A
+
+    kw = dict(model="cnn", data="digits8", steps=6, max_samples=5, score=score, batch_size=4)
+    ref = _run(**kw)
+    monkeypatch.setattr(A, "TASK_BYTES", 6 * 10 * 4)  # one sample per task; consensus: just enough
+    monkeypatch.setattr(A, "GROUP_BYTES", 1)
+    got = _run(**kw)
+    np.testing.assert_allclose(got.scores(0), ref.scores(0), atol=1e-6)
+    np.testing.assert_array_equal(got.predicted(0), ref.predicted(0))
+    np.testing.assert_allclose(got.probs(0), ref.probs(0), atol=1e-6)
+    if score == "consensus":  # TASK_BYTES also bounds the probabilities consensus holds per sample
+        monkeypatch.setattr(A, "TASK_BYTES", 6 * 10 * 4 - 1)
+        with pytest.raises(
+            NNVitalsError, match=r"^score 'consensus': keeps every element's class .* lower steps"
+        ):
+            _run(**kw, group="rotation")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from analyses.core import data as data_module
 from analyses.core.data import Dataset, as_dataset, load_digits, load_npz, stratified_split
 from analyses.core.errors import NNVitalsError
 
@@ -310,3 +315,200 @@ def test_as_dataset_rejects_other_forms(obj):
 def test_as_dataset_rejects_bad_split():
     with pytest.raises(NNVitalsError, match="split"):
         as_dataset("digits", split="validation")
+
+
+# --------------------------------------------------------------------------- malformed npz
+
+
+def _npy(
+    descr: str = "'<f4'",
+    shape: str = "(4, 1, 2, 2)",
+    fortran: str = "False",
+    data: bytes = b"",
+    version: int = 1,
+) -> bytes:
+    """A ``.npy`` file with the header written by hand (the data is whatever is given)."""
+    header = f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}".encode()
+    size = 8 + (2 if version == 1 else 4) + len(header) + 1
+    header += b" " * (-size % 64) + b"\n"
+    length = len(header).to_bytes(2 if version == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([version, 0]) + length + header + data
+
+
+def _zip(path: Path, members: dict[str, bytes], compress: int = zipfile.ZIP_STORED) -> Path:
+    """An archive with valid CRCs holding ``members`` (a crafted file, not a damaged one)."""
+    with zipfile.ZipFile(path, "w", compress) as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    return path
+
+
+_Y = _npy("'<i8'", "(4,)", data=np.array([0, 1, 0, 1], np.int64).tobytes())
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(NNVitalsError) as info:
+        load_npz(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_huge_declared_shapes_are_refused_before_allocating(tmp_path, monkeypatch):
+    """A header declaring 1e18 floats made numpy allocate them: MemoryError."""
+    monkeypatch.setattr(data_module, "MAX_NPZ_ARRAY_BYTES", 1 << 30)  # as on a machine with 8 GiB
+    cases = {
+        "e18": ("(1000000000000000000,)", "'<f4'"),
+        "two_e9": ("(2, 1000000000)", "'<f8'"),  # 16 GB
+        "wrap": ("(18446744073709551616,)", "'<f4'"),  # numpy's int64 product overflowed
+        "wrap2": ("(4294967296, 4294967296)", "'|u1'"),
+    }
+    for name, (shape, descr) in cases.items():
+        path = _zip(tmp_path / f"{name}.npz", {"x.npy": _npy(descr, shape, data=b"\0" * 64), "y.npy": _Y})
+        t0 = time.perf_counter()
+        message = _message(path)
+        assert "array 'x' declares shape" in message and "per array are read" in message, (name, message)
+        assert time.perf_counter() - t0 < 1.0
+    short = _zip(tmp_path / "short.npz", {"x.npy": _npy(data=b"\0" * 60), "y.npy": _Y})
+    assert "(64 bytes) but holds 60 bytes of data" in _message(short)
+
+
+def test_zip_bombs_are_refused_before_inflating(tmp_path, monkeypatch):
+    """A deflated member whose declared size is past the budget is refused from the directory alone."""
+    monkeypatch.setattr(data_module, "MAX_NPZ_ARRAY_BYTES", 1 << 20)
+    zeros = np.zeros((2048, 1, 32, 32), np.float32)  # 8 MiB that deflate to ~8 KiB
+    path = _zip(tmp_path / "bomb.npz", {"x.npy": _npy(shape="(2048, 1, 32, 32)", data=zeros.tobytes()),
+                                        "y.npy": _Y}, zipfile.ZIP_DEFLATED)  # fmt: skip
+    assert path.stat().st_size < 100_000
+    message = _message(path)
+    assert "array 'x' would inflate to 8.0 MiB from" in message and "zip bomb" in message
+    # a directory entry that lies about the size (4 GiB for 100 bytes) is refused the same way
+    raw = bytearray(_zip(tmp_path / "lie.npz", {"x.npy": _npy(data=b"\0" * 64), "y.npy": _Y}).read_bytes())
+    cd = raw.find(b"PK\x01\x02")
+    raw[cd + 24 : cd + 28] = (0xFFFFFFF0).to_bytes(4, "little")  # x.npy's uncompressed size
+    (tmp_path / "lie.npz").write_bytes(bytes(raw))
+    assert "would inflate to 4.0 GiB" in _message(tmp_path / "lie.npz")
+
+
+def test_malformed_headers_and_members_are_one_line(tmp_path):
+    """What numpy raised on these escaped as NotImplementedError, TokenError, OverflowError, ..."""
+    x_ok = np.zeros((4, 1, 2, 2), np.float32).tobytes()
+    cases = {
+        "python2_tokens": (_npy(shape="(4, 1, 2, 2", data=x_ok), "malformed .npy header"),
+        "not_a_dict": (b"\x93NUMPY\x01\x00\x10\x00" + b"[1, 2, 3]      \n" + x_ok, "malformed .npy header"),
+        "v2_4gb_header": (b"\x93NUMPY\x02\x00\xff\xff\xff\xff" + x_ok, "4,294,967,295-byte .npy header"),
+        "version_9": (b"\x93NUMPY\x09\x00" + x_ok, "unknown .npy format version"),
+        "no_magic": (b"PLAIN" + x_ok, "not a .npy array"),
+        "void0": (_npy("'V0'", data=x_ok), "dtype kind 'V'"),
+        "structured": (_npy("[('a', '<f4')]", data=x_ok), "dtype kind 'V'"),
+        "subarray": (_npy("('<f4', (99999999,))", data=x_ok), "dtype kind 'V'"),
+        "strings": (_npy("'<U8'", data=x_ok), "dtype kind 'U'"),
+        "datetime": (_npy("'<M8[s]'", data=x_ok), "dtype kind 'M'"),
+        "object": (_npy("'|O'", data=x_ok), "object arrays need pickle"),
+        "negative": (_npy(shape="(-4, 4)", data=x_ok), "negative dimension"),
+        "header_cut": (_npy()[:20], "truncated inside its .npy header"),
+        "version2": (_npy(version=2, data=x_ok), None),  # fine: loads
+        "fortran": (_npy(fortran="True", data=x_ok), None),
+    }
+    for name, (raw, expect) in cases.items():
+        path = _zip(tmp_path / f"{name}.npz", {"x.npy": raw, "y.npy": _Y})
+        if expect is None:
+            assert load_npz(path).x.shape == (4, 1, 2, 2)
+            continue
+        message = _message(path)
+        assert expect in message and "array 'x'" in message, (name, message)
+    # an unknown compression method (zipfile: NotImplementedError), in both directory and local header
+    raw = bytearray(_zip(tmp_path / "method.npz", {"x.npy": _npy(data=x_ok), "y.npy": _Y}).read_bytes())
+    for sig, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        i = raw.find(sig)
+        raw[i + at : i + at + 2] = (99).to_bytes(2, "little")
+    (tmp_path / "method.npz").write_bytes(bytes(raw))
+    assert "unknown compression method" in _message(tmp_path / "method.npz")
+
+
+def test_member_names_are_not_quoted_raw(tmp_path):
+    path = _zip(tmp_path / "names.npz", {"\u202ex\u0000evil.npy": _Y, "inputs.npy": _Y, "y.npy": _Y})
+    message = _message(path)
+    assert "'inputs'" in message and "1 more" in message and "evil" not in message
+
+
+def _mutants(seed: int, n: int) -> list[bytes]:
+    """Seeded mutants of valid .npz files: byte flips, truncations, rewritten .npy headers (with
+    valid CRCs), lying directory sizes and methods, header-length fields."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((20, 1, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    bases = []
+    for save in (np.savez, np.savez_compressed):
+        buf = io.BytesIO()
+        save(buf, x=x, y=y)
+        bases.append(buf.getvalue())
+    shapes = ["(1000000000000000000,)", "(-5,)", "(4294967296, 4294967296)", "(20, 1, 4, 4, 99999999)",
+              "(20, 1, 4, 4)", "(20,)", "(2**64,)", "(0, 10**9)", "(3000000000,)", "(20, 16)"]  # fmt: skip
+    descrs = ["'V0'", "'|O'", "'S0'", "'<U99999999999'", "[('a','<f4')]", "('<f4',(99999999,))", "'<f4'",
+              "'<i8'", "'>f8'", "'<f2'", "'|b1'", "'<M8[s]'"]  # fmt: skip
+    out = []
+    for i in range(n):
+        data = bytearray(bases[i % 2])
+        kind = i % 5
+        if kind == 0:
+            for _ in range(int(rng.integers(1, 8))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        elif kind == 1:
+            data = data[: int(rng.integers(1, len(data)))]
+        elif kind == 2:
+            members = {n: bytearray(v) for n, v in _read_all(bytes(data)).items()}
+            key = sorted(members)[int(rng.integers(0, len(members)))]
+            m = members[key]
+            hl = int.from_bytes(m[8:10], "little")
+            descr, order, shape = rng.choice(descrs), rng.choice(["False", "True", "1"]), rng.choice(shapes)
+            header = f"{{'descr': {descr}, 'fortran_order': {order}, 'shape': {shape}, }}"
+            if len(header) < hl:
+                m[10 : 10 + hl] = header.encode() + b" " * (hl - len(header) - 1) + b"\n"
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED][i % 2]) as zf:
+                for name, raw in members.items():
+                    zf.writestr(name, bytes(raw))
+            data = bytearray(buf.getvalue())
+        elif kind == 3:
+            at = data.find(b"PK\x01\x02")
+            while at >= 0:
+                field = [(24, 4), (20, 4), (10, 2)][int(rng.integers(0, 3))]
+                value = int(rng.choice([0xFFFFFFFF, 0, 10**9, 12, 14, 99]))
+                data[at + field[0] : at + sum(field)] = (value % 256 ** field[1]).to_bytes(field[1], "little")
+                at = data.find(b"PK\x01\x02", at + 4)
+        else:
+            at = data.find(b"\x93NUMPY")
+            data[at + 6] = int(rng.choice([1, 2, 3, 9]))
+            data[at + 8 : at + 10] = int(rng.integers(0, 65536)).to_bytes(2, "little")
+        out.append(bytes(data))
+    return out
+
+
+def _read_all(raw: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def test_fuzzed_npz_files_load_or_fail_in_one_line_quickly(tmp_path):
+    """400 mutants: each loads or raises one NNVitalsError line naming the file; none hangs."""
+    t0 = time.perf_counter()
+    outcomes = {"loaded": 0, "refused": 0}
+    for i, raw in enumerate(_mutants(seed=0, n=400)):
+        path = tmp_path / f"m{i}.npz"
+        path.write_bytes(raw)
+        try:
+            load_npz(path)
+            outcomes["loaded"] += 1
+        except NNVitalsError as e:
+            assert "\n" not in str(e) and str(path) in str(e), (i, str(e))
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 300
+    assert time.perf_counter() - t0 < 60
+
+
+def test_default_array_budget_is_a_share_of_memory():
+    budget = data_module._array_budget()
+    assert budget >= 512 << 20
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert budget == max(512 << 20, pages // 8)

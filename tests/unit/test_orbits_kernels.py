@@ -132,3 +132,30 @@ def test_consensus_scores_against_the_orbit_average():
     scores, consensus = K.consensus_scores(probs)
     assert consensus.tolist() == [0, 1]  # means (0.567, 0.433) and (0.3, 0.7)
     torch.testing.assert_close(scores, torch.tensor([[0.7, 0.8], [0.4, 0.9], [0.6, 0.4]]))
+
+
+@pytest.mark.parametrize(
+    "group, kw",
+    [
+        ("rotation", dict(steps=7)),
+        ("rotation-flip", dict(steps=5)),
+        ("flip", {}),
+        ("shift", dict(shift_range=4.0, shift_step=1.0)),
+        ("shift", dict(shift_range=3.0, shift_step=0.7)),
+        ("shift", dict(shift_range=0.0, shift_step=0.5)),
+        ("scale", dict(scale_range=(0.5, 1.5), scale_step=0.05)),
+        ("scale", dict(scale_range=(0.55, 1.52), scale_step=0.1)),  # 1 not on the grid: added
+        ("scale", dict(scale_range=(1.2, 2.0), scale_step=0.3)),  # 1 outside the range
+    ],
+)
+def test_count_elements_counts_without_making_them(group, kw):
+    assert K.count_elements(group, **kw) == len(K.elements(group, **kw))
+
+
+def test_count_elements_of_absurd_settings_is_exact_and_cheap():
+    assert K.count_elements("shift", shift_range=500.0, shift_step=0.1) == 10_001**2
+    assert K.count_elements("shift", shift_range=1e300, shift_step=0.01) > 10**600
+    assert K.count_elements("scale", scale_range=(1e-9, 1e12), scale_step=0.001) > 10**14
+    for bad in (dict(shift_range=float("inf")), dict(shift_step=float("nan")), dict(shift_step=0.0)):
+        with pytest.raises(ValueError):
+            K.count_elements("shift", **bad)
