@@ -522,16 +522,16 @@ def check_pt2(path: str | Path) -> None:
     roots = {m.name.split("/", 1)[0] for m in members if "/" in m.name}
     if len(roots) != 1 or any("/" not in m.name for m in members):
         raise NNVitalsError(f"{where}: not a torch.export program (its members are not under one folder)")
-    try:
+    root = roots.pop()
+    sizes = {m.name[len(root) + 1 :]: m.size for m in members if not m.name.endswith("/")}
+    try:  # the member list as PyTorch's own zip reader sees it (the one torch.export.load uses)
         reader = torch._C.PyTorchFileReader(str(path))
-        names = reader.get_all_records()
-        records = {n: int(reader.get_record_size(n)) for n in names}
+        names = set(reader.get_all_records())
     except Exception:  # torch raises RuntimeError and others for archives it cannot read
         raise NNVitalsError(f"{where}: damaged or not a torch.export program") from None
-    root = roots.pop()
-    python_view = {m.name[len(root) + 1 :] for m in members if not m.name.endswith("/")}
-    if python_view != set(records):
+    if names != set(sizes):
         raise _refuse(where, "its zip directory reads differently in different readers")
+    records = sizes
     kinds: dict[str, str] = {}
     for name in records:
         kind = next((k for k, rule in MEMBER_RULES.items() if rule.fullmatch(name)), None)

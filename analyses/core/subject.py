@@ -539,7 +539,10 @@ def runnable_module(subject: Subject, where: str = "model") -> nn.Module:
         )
     if isinstance(subject, ExportSubject):
         return mod  # an exported program is already in inference form (and refuses .eval())
-    return mod.eval()
+    try:
+        return mod.eval()
+    except NotImplementedError:  # ExportedProgram.module() passed as a module: no train/eval mode
+        return mod
 
 
 def load_subject(

@@ -158,3 +158,14 @@ def test_bad_inputs_give_one_clear_line(tmp_path):
         assert Path(path).name in msg, msg
     with pytest.raises(NNVitalsError, match="expected a torch.nn.Module"):
         load_subject(42)
+
+
+def test_an_exported_programs_module_passed_as_a_module_runs():
+    """``ExportedProgram.module()`` refuses ``.eval()``; given as an ``nn.Module`` it still runs."""
+    from analyses.core.subject import runnable_module
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 4)
+    gm = torch.export.export(model, (x,)).module()
+    mod = runnable_module(load_subject(gm))
+    assert torch.allclose(mod(x), model(x))
