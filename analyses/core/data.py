@@ -275,6 +275,10 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
     """
     # dtype checks first, in the array's own type system (numpy has no bfloat16, torch
     # has no uint16 arithmetic everywhere), then convert.
+    for tag, t in (("x", x), ("y", y)):
+        if isinstance(t, torch.Tensor) and (t.is_meta or t.layout != torch.strided or t.is_quantized):
+            kind = "on the meta device (no values)" if t.is_meta else f"not a dense tensor ({t.layout})"
+            raise NNVitalsError(f"{where}: {tag} is {kind}; give dense tensors with values")
     if isinstance(x, torch.Tensor):
         x_ok, x_dtype = x.is_floating_point(), str(x.dtype)
     else:
@@ -545,8 +549,14 @@ def _from_torch_dataset(ds: torch.utils.data.Dataset) -> Dataset:
         if not isinstance(item, tuple | list) or len(item) != 2:
             raise NNVitalsError(f"{where}: item {i} must be an (x, y) pair, got {type(item).__name__}")
         xi, yi = item
-        xs.append(torch.as_tensor(xi))
-        ys.append(torch.as_tensor(yi))
+        try:
+            xs.append(torch.as_tensor(xi))
+            ys.append(torch.as_tensor(yi))
+        except (TypeError, ValueError, RuntimeError):
+            raise NNVitalsError(
+                f"{where}: item {i} is not an (x, y) pair of numbers (got {type(xi).__name__}, "
+                f"{type(yi).__name__}); x must be numeric and y an integer label"
+            ) from None
     shapes = {tuple(t.shape) for t in xs}
     if len(shapes) != 1:
         raise NNVitalsError(f"{where}: every x must have the same shape, found {sorted(shapes)[:3]}")
