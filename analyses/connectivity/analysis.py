@@ -53,7 +53,7 @@ from .matching import (
     weight_matching,
 )
 from .path import ENGINES, PathEvaluator, batchnorm_modules, interpolate, linear_path, repair_path
-from .spec import PermutationSpec, check_same_structure, infer_spec
+from .spec import PermutationSpec, check_same_structure, export_graph, infer_spec
 
 __all__ = ["ConnectivityResult", "ModeConnectivity"]
 
@@ -131,6 +131,19 @@ class _Context:
     repair: bool
     params: frozenset[str]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Dask ships the context to worker processes; the exported graph does not pickle, so it is
+        left behind and exported again there when activation matching needs it (:meth:`graph`)."""
+        state = dict(self.__dict__)
+        state["gm"] = None
+        return state
+
+    def graph(self) -> Any:
+        """The exported graph module (activation matching), exported again after unpickling."""
+        if self.gm is None and self.act_batches:
+            self.gm = export_graph(self.module, self.act_batches[0])
+        return self.gm
+
 
 def _singular_alignment(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     """Mean over the top ``k`` singular triplets of ``|<u_i^A, u_i^B>| |<v_i^A, v_i^B>|``.
@@ -176,7 +189,7 @@ def _match(ctx: _Context, sa, sb, s: dict[str, Any]) -> MatchResult:
     if s["match"] == "weights":
         return weight_matching(sa, sb, ctx.spec, seed=s["seed"], max_iter=s["max_iter"])
     if s["match"] == "activations":
-        return activation_matching(ctx.gm, sa, sb, ctx.spec, ctx.act_batches)
+        return activation_matching(ctx.graph(), sa, sb, ctx.spec, ctx.act_batches)
     return MatchResult(perms=identity_permutation(ctx.spec))
 
 

@@ -174,3 +174,17 @@ def test_odd_models_are_one_line(models):
     wide = DigitsMLP(256, (16,), 10)
     with pytest.raises(NNVitalsError, match=r"^model_a DigitsMLP: failed on inputs of shape \(2, 1, 8, 8\)"):
         _run(model_a=wide, model_b=DigitsMLP(256, (16,), 10), points=3)
+
+
+def test_dask_workers_give_the_same_barriers_as_threads():
+    """The task context pickles for Dask worker processes (the exported graph is exported again
+    there for activation matching); results equal the thread runner's."""
+    from analyses import ModeConnectivity
+
+    for match in ("weights", "activations"):
+        kw = dict(
+            model_a="mlp-w64-a", model_b="mlp-w64-b", cache=False, show_progress=False, match=match, points=5
+        )
+        dask = ModeConnectivity(runner="local", num_workers=1, **kw).run().summary["barriers"]
+        threads = ModeConnectivity(**kw).run().summary["barriers"]
+        assert dask == threads, match
