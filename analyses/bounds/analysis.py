@@ -27,6 +27,7 @@ import torch
 
 from ..core.analysis import Analysis
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
+from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
 from ..core.result import Result
 from ..core.runner import Task
@@ -241,11 +242,11 @@ class IBPResult(Result):
 
 def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: dict[str, Any]) -> dict[str, Any]:
     """IBP records of one chunk of samples, for ``eps`` and every sweep value."""
-    dev, dt = torch.device(s["device"]), getattr(torch, s["dtype"])
+    dev, dt = ensure_ready(s["device"], s.get("allow_tf32")), getattr(torch, s["dtype"])
     g = graph.to(dev, dt)
-    x, y = x.to(dev, dt), y.to(dev)
     out: dict[str, Any] = {}
-    with torch.no_grad():
+    with torch.no_grad(), thread_stream(dev):
+        x, y = x.to(dev, dt), y.to(dev)
         out["main"] = I.propagate(g, x, y, s["eps"], s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
         out["sweep"] = [
             I.propagate(g, x, y, e, s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
@@ -315,7 +316,7 @@ class IBPTightness(_BoundsAnalysis):
         lo, hi = self._range()
         return dict(
             eps=float(self.eps), eps_sweep=[float(e) for e in self.eps_sweep], lo=lo, hi=hi, relu=self.relu,
-            spec=self.spec, device=self.device, dtype=self.dtype,
+            spec=self.spec, device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
         )  # fmt: skip
 
     def _tasks(self, subject: Subject) -> list[Task]:
@@ -411,11 +412,11 @@ class LipschitzResult(Result):
 
 
 def constant_task(graph: Graph, name: str, s: dict[str, Any]) -> tuple[str, float, str]:
-    dev = torch.device(s["device"])
+    dev = ensure_ready(s["device"], s.get("allow_tf32"))
     # operator norms in float64 (not on MPS): power iteration converges from below, and float32
     # round-off would put it visibly under the float32 Jacobian norms of the lower bound
     g = graph.to(dev, torch.float32 if dev.type == "mps" else torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), thread_stream(dev):
         const, method = L.layer_constant(g.step(name), iters=s["iters"], tol=s["tol"], seed=s["seed"])
     return name, const, method
 
@@ -424,15 +425,21 @@ def lower_task(
     graph: Graph, split: str, x: torch.Tensor, s: dict[str, Any]
 ) -> tuple[str, dict[str, np.ndarray]]:
     """Per-sample input-Jacobian norms at the output and (optionally) at every step."""
-    dev, dt = torch.device(s["device"]), getattr(torch, s["dtype"])
+    dev, dt = ensure_ready(s["device"], s.get("allow_tf32")), getattr(torch, s["dtype"])
     g = graph.to(dev, dt)
-    x = x.to(dev, dt)
     names = [st.name for st in g.steps] if s["per_layer"] else [g.output_name]
-    out = {}
-    for name in names:
-        fn = (lambda z, n=name: g.forward(z, upto=n)) if name != g.output_name else g.forward
-        norms = L.jacobian_spectral_norms(fn, x, iters=s["jacobian_iters"], seed=s["seed"])
-        out[name] = norms.detach().cpu().double().numpy()
+    norms = {}
+    with thread_stream(dev):
+        x = x.to(dev, dt)
+        for name in names:
+            fn = (lambda z, n=name: g.forward(z, upto=n)) if name != g.output_name else g.forward
+            norms[name] = L.jacobian_spectral_norms(fn, x, iters=s["jacobian_iters"], seed=s["seed"]).detach()
+        # every step's norms reach the host in one copy, after the last step
+        flat = torch.cat([v.double().reshape(-1) for v in norms.values()]).cpu().numpy()
+    out, i = {}, 0
+    for name, v in norms.items():
+        out[name] = flat[i : i + v.numel()]
+        i += v.numel()
     return split, out
 
 
@@ -483,7 +490,7 @@ class LipschitzBounds(_BoundsAnalysis):
     def _settings(self) -> dict[str, Any]:
         return dict(
             iters=self.iters, tol=float(self.tol), seed=self.seed, device=self.device, dtype=self.dtype,
-            jacobian_iters=self.jacobian_iters, per_layer=self.per_layer,
+            jacobian_iters=self.jacobian_iters, per_layer=self.per_layer, allow_tf32=self.tf32(),
         )  # fmt: skip
 
     def sample_sets(self) -> dict[str, torch.Tensor]:

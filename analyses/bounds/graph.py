@@ -116,8 +116,26 @@ class Graph:
                 return s
         raise KeyError(name)
 
+    #: copies made by :meth:`to`, by (device, dtype): every task of a run asks for the same one
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self):  # Dask ships graphs to workers: without the device copies
+        state = dict(self.__dict__)
+        state["_copies"] = {}
+        return state
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Graph:
-        """A copy with every parameter tensor on ``device`` with floating type ``dtype``."""
+        """A copy with every parameter tensor on ``device`` with floating type ``dtype`` (made once
+        per device and type, then shared: the weights go to a GPU once per run, not once per task)."""
+        key = (str(torch.device(device)), dtype)
+        hit = self._copies.get(key)
+        if hit is not None:
+            return hit
+        g = self._copy_to(device, dtype)
+        self._copies[key] = g
+        return g
+
+    def _copy_to(self, device: torch.device | str, dtype: torch.dtype) -> Graph:
         steps = []
         for s in self.steps:
             p = {

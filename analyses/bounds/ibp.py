@@ -166,6 +166,10 @@ def propagate(
     env[graph.input_name] = start
     rec = IBPRecords()
     last = graph.output_name
+    # per-step sums stay on the device as 0-d tensors; one copy to the host at the end (a GPU
+    # never waits for the host between steps)
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    widths: dict[str, int] = {}
     for s in graph.steps:
         ins = [env[i] for i in s.inputs]
         if s.name == last and s.kind == "linear":  # margins: always, for certified accuracy
@@ -173,22 +177,46 @@ def propagate(
         else:
             env[s.name] = out = _step(s, ins, relu, tightness)
         r = out["r"]
-        sr = StepRecord(width_sum=float(2 * r.sum()), width_count=r.numel())
+        d = sums[s.name] = {"width_sum": 2 * r.sum()}
+        widths[s.name] = r.numel()
         if s.kind in ("relu", "leaky_relu"):
             c, rr = ins[0]["c"], ins[0]["r"]
             lower, upper = c - rr, c + rr
-            sr.active = int((lower >= 0).sum())
-            sr.inactive = int((upper <= 0).sum())
-            sr.unstable = int(((lower < 0) & (upper > 0)).sum())
+            d["active"] = (lower >= 0).sum()
+            d["inactive"] = (upper <= 0).sum()
+            d["unstable"] = ((lower < 0) & (upper > 0)).sum()
         if tightness:
             num = out["t"].abs().sum(1)
             ratio, ok = _ratio(num, out["rl"])
-            sr.tight_sum, sr.tight_count = float(ratio[ok].sum()), int(ok.sum())
-        rec.steps[s.name] = sr
+            d["tight_sum"], d["tight_count"] = ratio[ok].sum(), ok.sum()
+    _to_records(rec, sums, widths)
     _finish(rec, env[last], y, spec, tightness)
     if keep_tangent and tightness:
         rec.tangent = env[last]["t"]
     return rec
+
+
+_INT_FIELDS = ("active", "inactive", "unstable", "tight_count")
+
+
+def _to_records(rec: IBPRecords, sums: dict[str, dict[str, torch.Tensor]], widths: dict[str, int]) -> None:
+    """The device sums as :class:`StepRecord` numbers, in one device-to-host copy. Each float sum is
+    rounded to its tensor's dtype first, as ``float(t)`` of that tensor would give."""
+    flat = [(name, k, t) for name, d in sums.items() for k, t in d.items()]
+    if flat:
+        floats = [t for _, k, t in flat if k not in _INT_FIELDS]
+        ints = [t for _, k, t in flat if k in _INT_FIELDS]
+        fvals = torch.stack([t.double() for t in floats]).cpu().tolist() if floats else []
+        ivals = torch.stack(ints).cpu().tolist() if ints else []
+        fi, ii = iter(fvals), iter(ivals)
+        values = {(name, k): (next(ii) if k in _INT_FIELDS else next(fi)) for name, k, _ in flat}
+    else:
+        values = {}
+    for name, d in sums.items():
+        sr = StepRecord(width_count=widths[name])
+        for k in d:
+            setattr(sr, k, values[(name, k)])
+        rec.steps[name] = sr
 
 
 def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dict[str, Any]:

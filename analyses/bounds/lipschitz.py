@@ -85,7 +85,7 @@ def power_iteration(
             u = forward(v.reshape(p, *in_shape))  # (p, *out)
             uf = u.reshape(p, -1)
             w = adjoint(u).reshape(p, -1)  # rows of A^T A V
-            pl, sv, _ = torch.linalg.svd(uf @ uf.T)  # Ritz pairs: (A V)(A V)^T = P diag(s^2) P^T
+            pl, sv = _ritz(uf @ uf.T)  # Ritz pairs: (A V)(A V)^T = P diag(s^2) P^T
             s2 = float(sv[0])
             best = max(best, math.sqrt(max(s2, 0.0)))
             if s2 <= 0.0:
@@ -96,6 +96,17 @@ def power_iteration(
                 break
             v = torch.linalg.qr(w.T.double()).Q.T.to(dtype)
     return best
+
+
+def _ritz(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SVD of the small ``p x p`` Ritz matrix: ``(P, s^2)``. On an accelerator it goes to the host
+    (its top value is needed there anyway): a device SVD of a 6 x 6 matrix per iteration is a
+    solver launch and a synchronisation for nothing."""
+    if gram.device.type == "cpu":
+        pl, sv, _ = torch.linalg.svd(gram)
+        return pl, sv
+    pl, sv, _ = torch.linalg.svd(gram.cpu())
+    return pl.to(gram.device), sv
 
 
 def autograd_operator_norm(
@@ -276,7 +287,7 @@ def jacobian_spectral_norms(
         basis = eye.unsqueeze(1).expand(k, b, k).reshape((k, b, *y.shape[1:]))
         (rows,) = torch.func.vmap(vjp_fn)(basis)  # (K, B, *in)
         jac = rows.reshape(k, b, -1).transpose(0, 1)  # (B, K, d)
-        return torch.linalg.matrix_norm(jac, ord=2)
+        return _matrix_2norms(jac)
     # J v as the vjp of the (linear) map u -> J^T u: built once, no forward pass per iteration
     _, jvp_fn = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(y))
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -295,6 +306,26 @@ def jacobian_spectral_norms(
             break
     (u,) = jvp_fn(v)
     return torch.maximum(_norms(u), sigma)
+
+
+def _matrix_2norms(jac: torch.Tensor) -> torch.Tensor:
+    """Spectral norms of a batch of small-by-wide Jacobians ``(B, K, d)``, K <= d.
+
+    Off CUDA ``matrix_norm(ord=2)`` (an SVD per sample). On CUDA that SVD runs one
+    sample at a time (cuSOLVER batches only matrices of side <= 32), so the norm comes from the
+    ``K x K`` Gram matrix instead: ``||J||_2 = sqrt(lambda_max(J J^T))``, formed and solved in
+    float64 (the float32 Jacobian's norm to about 1e-15 relative, well inside float32), one
+    batched ``eigvalsh`` (cuSOLVER's batched Jacobi for K <= 32).
+    """
+    if jac.device.type != "cuda" or jac.shape[-2] > jac.shape[-1]:
+        return torch.linalg.matrix_norm(jac, ord=2)
+    j = jac.double()
+    g = j @ j.mT
+    if g.shape[-1] > 32:  # beyond cuSOLVER's batched Jacobi: the host's LAPACK, one small copy
+        lam = torch.linalg.eigvalsh(g.cpu()).to(g.device)
+    else:
+        lam = torch.linalg.eigvalsh(g)
+    return lam[..., -1].clamp_min(0).sqrt().to(jac.dtype)
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from torch.func import functional_call
 
 from ..core.analysis import Analysis
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
+from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
 from ..core.result import Result
 from ..core.runner import Task
@@ -218,7 +219,22 @@ def _l2(sa, sb, names) -> float:
     return float(math.sqrt(sum(float((sa[k].double() - sb[k].double()).pow(2).sum()) for k in names)))
 
 
-def pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, Any]:
+def _on_device(fn):
+    """A task run on the run's device: prepared in this process (a Dask worker too), on this
+    thread's own CUDA stream."""
+
+    def task(ctx: _Context, *args):
+        s = args[-1]
+        dev = ensure_ready(s["device"], s.get("allow_tf32"))
+        with thread_stream(dev):
+            return fn(ctx, *args)
+
+    task.__name__ = task.__qualname__ = fn.__name__.lstrip("_")
+    task.__doc__ = fn.__doc__
+    return task
+
+
+def _pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, Any]:
     """Match model j to model i and evaluate the naive and matched linear paths."""
     sa, sb = ctx.states[i], ctx.states[j]
     match = _match(ctx, sa, sb, s)
@@ -250,7 +266,7 @@ def pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
+def _merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     """Merge all models (MergeMany) and evaluate the merged model and the plain average."""
     merged, _ = merge_many(ctx.states, ctx.spec, seed=s["seed"])
     n = len(ctx.states)
@@ -261,7 +277,7 @@ def merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     return {"merged_state": {k: v.detach().cpu().numpy() for k, v in merged.items()}, "curves": curves}
 
 
-def plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
+def _plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     """Loss over the plane through models 0, 1, 2 (1 and 2 aligned to 0 unless match='none').
 
     Points ``theta = theta_0 + a (theta_1 - theta_0) + b (theta_2 - theta_0)`` on a grid of
@@ -298,6 +314,11 @@ def plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
         out[f"loss_{split}"] = loss.reshape(g, g)
         out[f"accuracy_{split}"] = acc.reshape(g, g)
     return out
+
+
+pair_task = _on_device(_pair_task)
+merge_task = _on_device(_merge_task)
+plane_task = _on_device(_plane_task)
 
 
 def _runnable(module: nn.Module, subject: Subject, label: str) -> nn.Module:

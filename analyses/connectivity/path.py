@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -144,6 +146,18 @@ class PathEvaluator:
         fixed = {k: v.to(self.device) for k, v in stacked.items() if not v.is_floating_point()}
         return floats, fixed
 
+    def _zeros(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and correct-count sums per point, kept where the logits are (CUDA: on the device, so
+        no batch waits for a copy to the host; float64, which MPS lacks, stays on the host there)."""
+        dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+        return torch.zeros(n, dtype=torch.float64, device=dev), torch.zeros(
+            n, dtype=torch.float64, device=dev
+        )
+
+    def _batches(self, data: Dataset):
+        """``data``'s batches on the device (on a GPU copied once per dataset and reused)."""
+        return device_batches(data, self.batch_size, self.device, self.dtype)
+
     @staticmethod
     def points(stacked: State) -> int:
         return next(v.shape[0] for v in stacked.values() if v.is_floating_point())
@@ -167,14 +181,11 @@ class PathEvaluator:
         scored, curves = None, {}
         if reset_on is not None and batchnorm_modules(self.module):
             n_pts = self.points(stacked)
-            sums = {
-                n: (torch.zeros(n_pts, dtype=torch.float64), torch.zeros(n_pts, dtype=torch.float64))
-                for n in splits
-            }
+            sums = {n: self._zeros(n_pts) for n in splits}
             stacked, scored = self._module_reset(stacked, reset_on, splits, sums)
             if scored is not None:
                 lo, co = sums[scored]
-                curves[scored] = ((lo / len(reset_on)).numpy(), (co / len(reset_on)).numpy())
+                curves[scored] = (_host(lo / len(reset_on)), _host(co / len(reset_on)))
         for name, ds in splits.items():
             if name != scored:
                 curves[name] = self.evaluate(stacked, ds)
@@ -200,10 +211,7 @@ class PathEvaluator:
         if first is None:
             return {}, stacked
         peak = chain.peak_features(first.x[:1].to(self.device, self.dtype), floats)
-        sums = {
-            n: (torch.zeros(n_pts, dtype=torch.float64), torch.zeros(n_pts, dtype=torch.float64))
-            for n in splits
-        }
+        sums = {n: self._zeros(n_pts) for n in splits}
 
         def chunks(rows: int, most: int | None = None) -> list[slice]:  # points per pass: cache-sized
             step = max(1, min(n_pts, _BUDGET // max(1, rows * peak), most or n_pts))
@@ -228,15 +236,12 @@ class PathEvaluator:
             for name, ds in splits.items():
                 if name in done:
                     continue
-                for x, y in ds.batches(self.batch_size):
-                    x, y = x.to(self.device, self.dtype), y.to(self.device)
+                for x, y in self._batches(ds):
                     start = chain.start(x, states)
                     for sl in chunks(len(x)):
                         p = {k: v[sl] for k, v in floats.items()}
                         _add_scores(chain(x, p, endpoints=ends(sl), start=start), y, sums[name], sl)
-        curves = {
-            n: ((lo / len(splits[n])).numpy(), (co / len(splits[n])).numpy()) for n, (lo, co) in sums.items()
-        }
+        curves = {n: (_host(lo / len(splits[n])), _host(co / len(splits[n]))) for n, (lo, co) in sums.items()}
         return curves, out
 
     def _chain_reset(self, reset_on, floats, splits, sums, new, chunks, ends, states, peak) -> str | None:
@@ -266,9 +271,7 @@ class PathEvaluator:
                     if v.is_floating_point():
                         new.setdefault(k, []).append(v)
             return None
-        batches = [
-            (x.to(self.device, self.dtype), y.to(self.device)) for x, y in reset_on.batches(self.batch_size)
-        ]
+        batches = list(self._batches(reset_on))
         starts = [chain.start(x, states) for x, _ in batches]
         scored = next((n for n, ds in splits.items() if ds is reset_on), None)
         for sl in chunks(len(batches[0][0]), most):
@@ -352,8 +355,7 @@ class PathEvaluator:
             return self._chain_evaluate(stacked, {"data": data}, None, None)[0]["data"]
         floats, fixed = self._split(stacked)
         n_pts = self.points(stacked)
-        loss = torch.zeros(n_pts, dtype=torch.float64)
-        correct = torch.zeros(n_pts, dtype=torch.float64)
+        loss, correct = self._zeros(n_pts)
         module = self.module
 
         def run(p_, x_):
@@ -363,17 +365,43 @@ class PathEvaluator:
             for start in range(0, n_pts, self.chunk):
                 sl = slice(start, start + self.chunk)
                 p = {k: v[sl] for k, v in floats.items()}
-                for x, y in data.batches(self.batch_size):
-                    x, y = x.to(self.device, self.dtype), y.to(self.device)
+                for x, y in self._batches(data):
                     if self.vectorize:
-                        logits = vmap(run, in_dims=(0, None))(p, x)  # (points, batch, classes)
+                        xb = self._fresh(x) if self.device.type == "cuda" else x  # cached batches stay intact
+                        logits = vmap(run, in_dims=(0, None))(p, xb)  # (points, batch, classes)
                     else:
                         n_here = next(iter(p.values())).shape[0]
                         logits = torch.stack(
                             [run({k: v[i] for k, v in p.items()}, self._fresh(x)) for i in range(n_here)]
                         )
                     _add_scores(logits, y, (loss, correct), sl)
-        return (loss / len(data)).numpy(), (correct / len(data)).numpy()
+        return _host(loss / len(data)), _host(correct / len(data))
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
+
+
+#: bytes of a dataset kept on a GPU for reuse by later paths (beyond that: copied per batch)
+DEVICE_DATA_BYTES = 1 << 30
+_device_data: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+_device_data_lock = threading.Lock()
+
+
+def device_batches(data: Dataset, batch_size: int, device: torch.device, dtype: torch.dtype):
+    """``data``'s ``(x, y)`` batches on ``device`` in ``dtype``. On CUDA the batches are copied
+    once and kept while the dataset lives (every path and pair of a run evaluates the same
+    splits: the copies, each a synchronisation from pageable memory, are made once)."""
+    if device.type != "cuda" or data.x.numel() * data.x.element_size() > DEVICE_DATA_BYTES:
+        return ((x.to(device, dtype), y.to(device)) for x, y in data.batches(batch_size))
+    key = (id(data), str(device), dtype, int(batch_size))
+    with _device_data_lock:
+        hit = _device_data.get(key)
+        if hit is None:
+            hit = [(x.to(device, dtype), y.to(device)) for x, y in data.batches(batch_size)]
+            _device_data[key] = hit
+            weakref.finalize(data, _device_data.pop, key, None)
+    return iter(hit)
 
 
 def _reset_budget(device: torch.device) -> int:
@@ -410,8 +438,8 @@ def _add_scores(
         raise NNVitalsError(
             f"model output has shape {tuple(logits.shape[1:])}; expected (batch, classes) logits"
         )
-    sums[0][sl] += _cross_entropy(logits, y).double().sum(1).cpu()
-    sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().cpu()
+    sums[0][sl] += _cross_entropy(logits, y).double().sum(1).to(sums[0].device)
+    sums[1][sl] += (logits.argmax(-1) == y).sum(1).double().to(sums[1].device)
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import param
 import torch
 
 from .. import __version__
+from . import device as D
 from .errors import NNVitalsError
 from .result import Result
 from .runner import CancelToken, Progress, Runner, Task, tqdm_progress
@@ -60,6 +61,12 @@ class Analysis(param.Parameterized):
         ".pt2 export), a Hugging Face directory, 'package.module:factory', or a demo name.",
     )
     device = param.String(default="cpu", doc="Torch device for the kernels ('cpu', 'cuda', 'cuda:1', 'mps').")
+    allow_tf32 = param.Boolean(
+        default=False,
+        doc="On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (faster; about 1e-3 "
+        "relative error). Off by default: float32 means float32. NNVITALS_ALLOW_TF32=1 turns it on for "
+        "every analysis. A TF32 result is cached under its own key.",
+    )
     dtype = param.Selector(
         default="float32", objects=["float32", "float64"], doc="Floating type of the kernels."
     )
@@ -101,23 +108,23 @@ class Analysis(param.Parameterized):
         return self.subject().fingerprint
 
     def torch_device(self) -> torch.device:
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise NNVitalsError(
-                f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            ) from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise NNVitalsError(f"device {self.device!r}: CUDA is not available on this machine; use 'cpu'")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise NNVitalsError(f"device {self.device!r}: MPS is not available on this machine; use 'cpu'")
-        return dev
+        """The validated ``device`` (one clear line when it is malformed or not on this machine)."""
+        return D.parse_device(self.device)
+
+    def tf32(self) -> bool:
+        """Whether this run lets CUDA use TF32 (``allow_tf32`` or ``NNVITALS_ALLOW_TF32``; never off CUDA)."""
+        return D.tf32_allowed(self.allow_tf32) and self.torch_device().type == "cuda"
 
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
     def key_params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.param.values().items() if k not in NON_KEY}
+        params = {k: v for k, v in self.param.values().items() if k not in NON_KEY}
+        # TF32 changes results only on CUDA: the key carries it only then (default keys leave it out)
+        params.pop("allow_tf32", None)
+        if self.tf32():
+            params["allow_tf32"] = True
+        return params
 
     def data_fingerprint(self) -> str | None:
         return None
@@ -150,7 +157,7 @@ class Analysis(param.Parameterized):
         between tasks and raises :class:`~analyses.core.errors.Cancelled` when set.
         """
         subject = self.subject()
-        self.torch_device()
+        self.torch_device()  # a bad device fails before the store is consulted
         key = self.cache_key() if self.cache else None
         if key is not None:
             hit = self.store().get(key)
@@ -158,16 +165,19 @@ class Analysis(param.Parameterized):
                 hit.meta["cached"] = True
                 return hit
         t0 = time.perf_counter()
-        tasks = self._tasks(subject)
-        close = None
-        if progress is None and self.show_progress and len(tasks) > 1:
-            progress, close = tqdm_progress(f"{self.analysis_name} {subject.label}", len(tasks))
-        try:
-            outputs = Runner(self.runner, self.num_workers).map(tasks, progress=progress, cancel=cancel)
-        finally:
-            if close:
-                close()
-        result = self._merge(subject, outputs)
+        # CUDA initialised (handles created once, under a lock) before any pool thread touches it,
+        # and TF32 off for the run unless opted in (analyses.core.device)
+        with D.device_session(self.device, self.tf32()):
+            tasks = self._tasks(subject)
+            close = None
+            if progress is None and self.show_progress and len(tasks) > 1:
+                progress, close = tqdm_progress(f"{self.analysis_name} {subject.label}", len(tasks))
+            try:
+                outputs = Runner(self.runner, self.num_workers).map(tasks, progress=progress, cancel=cancel)
+            finally:
+                if close:
+                    close()
+            result = self._merge(subject, outputs)
         result.meta.update(
             analysis=self.analysis_name,
             params=self.key_params(),
@@ -176,6 +186,7 @@ class Analysis(param.Parameterized):
             data_fingerprint=self.data_fingerprint(),
             version=__version__,
             runner=self.runner,
+            device=str(self.torch_device()),
             seconds=round(time.perf_counter() - t0, 4),
             cached=False,
         )

@@ -162,9 +162,14 @@ class SafetensorsFile:
     def infos(self) -> list[TensorInfo]:
         return [TensorInfo(k, v[1], str(v[0]).removeprefix("torch.")) for k, v in self.entries.items()]
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``name``, read into a new tensor or into ``out`` (same shape and dtype, contiguous,
+        on the CPU: e.g. page-locked memory for fast copies to a GPU)."""
         dtype, shape, start, end = self.entries[name]
-        out = torch.empty(shape, dtype=dtype)
+        if out is None:
+            out = torch.empty(shape, dtype=dtype)
+        elif out.dtype != dtype or tuple(out.shape) != shape or not out.is_contiguous() or out.is_cuda:
+            raise ValueError(f"read {name!r}: out must be a contiguous CPU {dtype} tensor of shape {shape}")
         if end == start:
             return out
         with os.fdopen(open_regular(self.path), "rb", buffering=0) as f:
@@ -173,6 +178,25 @@ class SafetensorsFile:
         if got != end - start:
             raise NNVitalsError(f"{self.path}: truncated while reading tensor {name!r}")
         return out
+
+    def readahead(self, name: str) -> None:
+        """Ask the kernel to start reading tensor ``name``'s bytes now (``posix_fadvise``
+        WILLNEED; best effort, a no-op where unsupported): a prefetching reader calls it for the
+        tensor after the one it reads, so a cold disk streams while it works."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        _, _, start, end = self.entries[name]
+        try:
+            fd = open_regular(self.path)
+        except NNVitalsError:
+            return
+        try:
+            advise(fd, self.base + start, end - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _flatten_tensors(obj, where: str, max_depth: int = 16) -> Iterator[tuple[str, torch.Tensor]]:

@@ -290,24 +290,49 @@ class ModuleSubject(Subject):
 
 
 class SafetensorsSubject(Subject):
-    """One or more ``.safetensors`` files (a single checkpoint or the shards of an HF directory)."""
+    """One or more ``.safetensors`` files (a single checkpoint or the shards of an HF directory).
+
+    ``weight_map`` (from a sharded checkpoint's ``model.safetensors.index.json``, named by
+    ``index``): which shard holds each tensor; every listed tensor must be in its shard, and a
+    tensor held by several shards is read from the one the index names.
+    """
 
     source_kind = "safetensors"
 
-    def __init__(self, files: list[Path], label: str, hf_conv1d: bool = False, extra: list[Path] = ()):
+    def __init__(
+        self,
+        files: list[Path],
+        label: str,
+        hf_conv1d: bool = False,
+        extra: list[Path] = (),
+        weight_map: dict[str, str] | None = None,
+        index: Path | None = None,
+    ):
         super().__init__(label)
         self.files = [Path(f) for f in files]
         self.hf_conv1d = hf_conv1d
         self.extra = [Path(p) for p in extra]  # config files that go into the fingerprint
+        self.weight_map = dict(weight_map) if weight_map else None
+        self.index = Path(index) if index is not None else None
         self._readers()  # validate now: a broken file fails at load time, not mid-run
 
     def _readers(self) -> dict[str, SafetensorsFile]:
         if "_where" not in self.__dict__:
-            where = {}
+            where: dict[str, SafetensorsFile] = {}
+            by_name: dict[str, SafetensorsFile] = {}
             for f in self.files:
                 r = SafetensorsFile(f)
+                by_name[f.name] = r
                 for k in r.entries:
                     where[k] = r
+            for k, shard in (self.weight_map or {}).items():
+                r = by_name.get(shard)
+                if r is None or k not in r.entries:
+                    raise NNVitalsError(
+                        f"{self.index}: tensor {_shown(k, 80)!r} is mapped to shard {_shown(shard, 80)!r}, "
+                        "which does not hold it; expected the index of these shards"
+                    )
+                where[k] = r
             self.__dict__["_where"] = where
         return self.__dict__["_where"]
 
@@ -324,6 +349,22 @@ class SafetensorsSubject(Subject):
 
     def tensor(self, name: str) -> torch.Tensor:
         return self._readers()[name].read(name)
+
+    def tensor_pinned(self, name: str) -> torch.Tensor:
+        """The tensor read straight into page-locked memory (fast, asynchronous copies to a GPU)."""
+        r = self._readers()[name]
+        dtype, shape, _, _ = r.entries[name]
+        return r.read(name, out=torch.empty(shape, dtype=dtype, pin_memory=True))
+
+    def storage_order(self) -> dict[str, tuple[int, int]]:
+        """(file number, byte offset) of every tensor: reading in this order streams each shard
+        from start to end."""
+        rank = {id(r): i for i, r in enumerate({id(r): r for r in self._readers().values()}.values())}
+        return {k: (rank[id(r)], r.entries[k][2]) for k, r in self._readers().items()}
+
+    def readahead(self, name: str) -> None:
+        """Hint the kernel to start reading this tensor's bytes (best effort)."""
+        self._readers()[name].readahead(name)
 
     def _fingerprint(self) -> str:
         return _sha256_files(self.files + self.extra)
@@ -482,6 +523,55 @@ def _read_config(config: Path) -> dict:
     return doc
 
 
+#: the index ``save_pretrained`` writes next to a sharded checkpoint
+HF_INDEX = "model.safetensors.index.json"
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A small JSON file (bounded, one clear line when it is not JSON)."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise NNVitalsError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise NNVitalsError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; expected {what}")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise NNVitalsError(f"{path}: nested too deeply; expected {what}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise NNVitalsError(f"{path}: not valid JSON; expected {what}") from None
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a sharded checkpoint's index."""
+    what = "a Hugging Face safetensors index with a weight_map"
+    doc = _read_json(index, what)
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise NNVitalsError(f"{index}: no weight_map object; expected {what}")
+    for k, v in wmap.items():
+        if not isinstance(v, str):
+            raise NNVitalsError(
+                f"{index}: tensor {_shown(k, 80)!r} is mapped to a {type(v).__name__}; expected {what}"
+            )
+        bad = (
+            not v.endswith(".safetensors")
+            or v != Path(v).name
+            or v in (".", "..")
+            or "/" in v
+            or "\\" in v
+            or not v.isprintable()
+            or len(v) > 255
+        )
+        if bad:
+            raise NNVitalsError(
+                f"{index}: shard {_shown(v, 80)!r} is not a .safetensors file name in this directory"
+            )
+    return wmap
+
+
 def _hf_directory(path: Path, confine: tuple[Path, ...] | None = None) -> Subject:
     def inside(p: Path) -> Path:
         return _inside(p, confine, str(p))
@@ -493,6 +583,19 @@ def _hf_directory(path: Path, confine: tuple[Path, ...] | None = None) -> Subjec
         model_type = _read_config(config).get("model_type")
         extra = [config]
     hf_conv1d = isinstance(model_type, str) and model_type in _HF_CONV1D_TYPES
+    index = path / HF_INDEX
+    if index.is_file() or index.is_symlink():  # sharded: exactly the shards the index names
+        index = inside(index)
+        wmap = _read_index(index)
+        shards = []
+        for name in sorted(set(wmap.values())):
+            p = path / name
+            if not (p.exists() or p.is_symlink()):
+                raise NNVitalsError(f"{index}: names shard {_shown(name, 80)!r}, which is not in {path}")
+            shards.append(inside(p))
+        return SafetensorsSubject(
+            shards, path.name, hf_conv1d=hf_conv1d, extra=[*extra, index], weight_map=wmap, index=index
+        )
     st = sorted(path.glob("*.safetensors"))
     if st:
         return SafetensorsSubject([inside(p) for p in st], path.name, hf_conv1d=hf_conv1d, extra=extra)

@@ -22,6 +22,7 @@ import param
 import torch
 
 from ..core.analysis import Analysis
+from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
 from ..core.pattern import PatternParameter, compile_pattern
 from ..core.result import Result
@@ -30,6 +31,7 @@ from ..core.subject import MATRIX_KINDS, Subject, WeightRef
 from . import kernels as K
 from .farms import farms_conv2d_blocks, farms_eigenvalues
 from .matrices import slice_shape, to_slices
+from .stream import CPU_BUDGET, GPU_BUDGET, Prefetcher
 
 #: weights per task: bounded bytes, so a large checkpoint is streamed a few matrices at a time
 TASK_BYTES = 48 * 1024 * 1024
@@ -84,6 +86,27 @@ def _chunks(refs: list[WeightRef], budget: int) -> list[list[WeightRef]]:
     return out
 
 
+def _groups(refs: list[WeightRef], s: dict[str, Any], budget: int) -> list[list[WeightRef]]:
+    """Tasks for the thread runner: matrices with the same slice shape in groups of at most
+    ``budget`` fp32 bytes (the rest one per task), in the order of their first member."""
+    out: list[list[WeightRef]] = []
+    open_: dict[tuple, tuple[int, int]] = {}  # slice shape -> (index in out, bytes)
+    for r in refs:
+        size = math.prod(r.shape) * 4
+        if r.kind not in MATRIX_KINDS or _skip_reason(r, s) or size > budget // 2:
+            out.append([r])
+            continue
+        key = slice_shape(r.shape, r.kind)
+        hit = open_.get(key)
+        if hit is not None and hit[1] + size <= budget:
+            out[hit[0]].append(r)
+            open_[key] = (hit[0], hit[1] + size)
+        else:
+            open_[key] = (len(out), size)
+            out.append([r])
+    return out
+
+
 def _skip_reason(ref: WeightRef, s: dict[str, Any]) -> str:
     if ref.kind not in MATRIX_KINDS:
         return f"not a matrix layer ({len(ref.shape)}-d tensor)"
@@ -116,14 +139,41 @@ def _fit_row(ev: torch.Tensor, s: dict[str, Any], n: int) -> tuple[dict[str, Any
     return row, fit
 
 
-def spectra_task(subject: Subject, refs: list[WeightRef], s: dict[str, Any]) -> list[tuple[dict, dict]]:
-    """Analyse a chunk of weights: one (row, arrays) pair per weight. Runs in a thread or a Dask worker."""
-    with torch.no_grad():
-        return [_analyse_one(subject, ref, s) for ref in refs]
+def spectra_task(
+    subject: Subject, refs: list[WeightRef], s: dict[str, Any], source: Prefetcher | None = None
+) -> list[tuple[dict, dict]]:
+    """Analyse a chunk of weights: one (row, arrays) pair per weight, in ``refs`` order.
+
+    Runs in a pool thread (on that thread's own CUDA stream) or a Dask worker (which reads its own
+    weights, ahead of the analysis when the chunk holds several). Weights come from ``source``
+    (the run's :class:`~analyses.spectra.stream.Prefetcher`) when given. Same-shaped matrices of
+    the chunk have their eigenvalues computed in one batched call (:func:`_analyse_chunk`).
+    """
+    dev = ensure_ready(s["device"], s.get("allow_tf32"))
+    own = None
+    if source is None and len(refs) > 1:  # read the chunk's next weights while this one is analysed
+        todo = [r for r in refs if not _skip_reason(r, s)]
+        if len(todo) > 1:
+            own = source = Prefetcher(subject, todo, _read_budget(dev), pin=dev.type == "cuda")
+    try:
+        with torch.no_grad(), thread_stream(dev):
+            return _analyse_chunk(subject, refs, s, source)
+    finally:
+        if own is not None:
+            own.close()
 
 
 #: numerical failures of one matrix: that layer is skipped with the reason, the run goes on
 NUMERICAL_ERRORS = (np.linalg.LinAlgError, torch.linalg.LinAlgError, ArithmeticError)
+
+#: fp32 bytes of same-shaped matrices whose eigenvalues are computed in one batched call (and
+#: held on the device together): on CUDA, and on the CPU (where LAPACK solves one matrix at a time
+#: anyway, so only small matrices are grouped, to save per-task overhead)
+GROUP_BYTES = {"cuda": 256 * 2**20, "other": 4 * 2**20}
+
+
+def _read_budget(dev: torch.device) -> int:
+    return GPU_BUDGET if dev.type == "cuda" else CPU_BUDGET
 
 
 def _one_line(e: BaseException) -> str:
@@ -141,22 +191,30 @@ def _skip(row: dict, arrays: dict, reason: str, warning: str = "") -> tuple[dict
     return row, arrays
 
 
-def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[dict, dict]:
-    dev, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+def _new_row(ref: WeightRef, s: dict[str, Any]) -> dict[str, Any]:
     nslices, rows, cols = slice_shape(ref.shape, ref.kind) if ref.kind in MATRIX_KINDS else (0, 0, 0)
     n, m = max(rows, cols), min(rows, cols)
-    row = dict(
+    return dict(
         name=ref.name, layer_id=s["ids"][ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
         N=n, M=m, Q=(n / m) if m else math.nan, num_slices=nslices, num_evals=nslices * m,
         status="ok", skip_reason="", warning="",
     )  # fmt: skip
-    arrays: dict[str, np.ndarray] = {}
-    reason = _skip_reason(ref, s)
-    if reason:
-        row.update(status="skipped", skip_reason=reason, num_evals=0)
-        return row, arrays
-    stored = subject.tensor(ref.name)
-    w = stored.to(dev, dtype)
+
+
+def _on_device(stored: torch.Tensor, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The stored tensor on ``dev`` in ``dtype``. To a GPU the stored (often fp16) bytes travel and
+    are converted there (page-locked ones asynchronously): half the bytes, no host conversion."""
+    if dev.type == "cuda" and stored.device.type == "cpu":
+        stored = stored.to(dev, non_blocking=stored.is_pinned())
+    return stored.to(dev, dtype)
+
+
+def _load(
+    subject: Subject, source: Prefetcher | None, ref: WeightRef, row: dict, arrays: dict, s, dev, dtype
+):
+    """The weight on the device, or the skipped row when it holds NaN/Inf (or values past ``dtype``)."""
+    stored = source.get(ref.name) if source is not None else subject.tensor(ref.name)
+    w = _on_device(stored, dev, dtype)
     total = w.sum()  # one pass: NaN/Inf propagate into it, and it gives the entry mean
     if not bool(torch.isfinite(total)):
         bad = int((~torch.isfinite(w)).sum())
@@ -172,21 +230,92 @@ def _analyse_one(subject: Subject, ref: WeightRef, s: dict[str, Any]) -> tuple[d
                 if cast
                 else f"{bad} NaN/Inf entries"
             )
-            return _skip(row, arrays, f"non-finite values: {what}", "non-finite")
-    try:
-        _analyse_values(w, total, ref, row, arrays, s, dtype)
-    except NUMERICAL_ERRORS as e:  # one matrix's values: skip it, the run goes on
-        return _skip(row, arrays, f"numerical failure: {_one_line(e)}", "numerical")
-    return row, arrays
+            return None, _skip(row, arrays, f"non-finite values: {what}", "non-finite")
+    return (w, total), None
 
 
-def _analyse_values(w, total, ref: WeightRef, row: dict, arrays: dict, s: dict, dtype) -> None:
-    n, m = row["N"], row["M"]
+def _prepare(w: torch.Tensor, ref: WeightRef, s: dict[str, Any], dtype) -> tuple[torch.Tensor, int, float]:
+    """The matrix's slices, scaled by a power of two when its entries are extreme (see
+    :func:`~analyses.spectra.kernels.safe_exponent`), with that exponent and max |w|."""
     lo, hi = torch.aminmax(w)
     max_abs = max(-float(lo), float(hi))
     e = K.safe_exponent(max_abs, dtype)  # extreme but finite weights: a power-of-two scale first
-    sl = K.scale_by_power_of_two(to_slices(w, ref.kind, s["conv2d_norm"]), e)
-    ev = K.unscale_eigenvalues(torch.sort(K.batched_eigenvalues(sl, dtype).reshape(-1)).values, e)
+    return K.scale_by_power_of_two(to_slices(w, ref.kind, s["conv2d_norm"]), e), e, max_abs
+
+
+def _analyse_chunk(
+    subject: Subject, refs: list[WeightRef], s: dict[str, Any], source
+) -> list[tuple[dict, dict]]:
+    """Every weight of ``refs``; the eigenvalues of same-shaped matrices in one batched call of at
+    most :data:`GROUP_BYTES` (the numbers of each matrix are those of the per-matrix call: on the
+    CPU LAPACK solves each slice on its own either way)."""
+    dev, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+    budget = GROUP_BYTES["cuda" if dev.type == "cuda" else "other"]
+    out: list[tuple[dict, dict] | None] = [None] * len(refs)
+    batch: list[tuple[int, WeightRef, dict, dict, tuple]] = []
+
+    def flush() -> None:
+        if batch:
+            _solve_batch(batch, out, s, dtype)
+            batch.clear()
+
+    for i, ref in enumerate(refs):
+        row, arrays = _new_row(ref, s), {}
+        reason = _skip_reason(ref, s)
+        if reason:
+            row.update(status="skipped", skip_reason=reason, num_evals=0)
+            out[i] = (row, arrays)
+            continue
+        loaded, skipped = _load(subject, source, ref, row, arrays, s, dev, dtype)
+        if skipped is not None:
+            out[i] = skipped
+            continue
+        w, total = loaded
+        try:
+            sl, e, max_abs = _prepare(w, ref, s, dtype)
+        except NUMERICAL_ERRORS as err:
+            out[i] = _skip(row, arrays, f"numerical failure: {_one_line(err)}", "numerical")
+            continue
+        item = (i, ref, row, arrays, (sl, e, max_abs, total))
+        size = sl.numel() * 4
+        same = batch and tuple(batch[0][4][0].shape) == tuple(sl.shape)
+        if batch and (not same or size * (len(batch) + 1) > budget):
+            flush()
+        batch.append(item)
+    flush()
+    return out  # type: ignore[return-value]
+
+
+def _solve_batch(batch, out, s, dtype) -> None:
+    """Eigenvalues of every matrix of ``batch`` (same slice shape) in one call, then the rest of
+    each matrix's analysis. When the batched call fails numerically, each matrix is solved on its
+    own, so only the failing one is skipped."""
+    raws: list[torch.Tensor | None] = [None] * len(batch)
+    if len(batch) > 1:
+        stacked = torch.cat([it[4][0] for it in batch])
+        try:
+            ev = K.batched_eigenvalues(stacked, dtype)
+            per = batch[0][4][0].shape[0]
+            raws = list(ev.split(per))
+        except NUMERICAL_ERRORS:
+            raws = [None] * len(batch)
+        del stacked
+    for k, (i, ref, row, arrays, (sl, e, max_abs, total)) in enumerate(batch):
+        try:
+            raw = raws[k] if raws[k] is not None else K.batched_eigenvalues(sl, dtype)
+            _analyse_values(raw, sl, e, max_abs, total, ref, row, arrays, s, dtype)
+        except NUMERICAL_ERRORS as err:  # one matrix's values: skip it, the run goes on
+            out[i] = _skip(row, arrays, f"numerical failure: {_one_line(err)}", "numerical")
+            continue
+        out[i] = (row, arrays)
+
+
+def _analyse_values(
+    raw, sl, e: int, max_abs: float, total, ref: WeightRef, row: dict, arrays: dict, s, dtype
+) -> None:
+    """Everything after the eigensolve: ``raw`` = the (scaled) slices' eigenvalues."""
+    n, m = row["N"], row["M"]
+    ev = K.unscale_eigenvalues(torch.sort(raw.reshape(-1)).values, e)
     if not bool(torch.isfinite(ev).all()):
         if bool(torch.isnan(ev).any()):  # an eigensolver that returns NaN instead of raising (GPU)
             reason = "numerical failure: the eigensolver returned NaN"
@@ -349,10 +478,38 @@ class SpectralAnalysis(Analysis):
     def _tasks(self, subject: Subject) -> list[Task]:
         s = self._settings(subject)
         refs = self.selected(subject)
-        # threads share memory: one layer per task balances best. Dask ships the subject with
-        # every task: chunks of up to TASK_BYTES of weights amortise that.
-        chunks = [[r] for r in refs] if self.runner == "threads" else _chunks(refs, TASK_BYTES)
-        return [Task(spectra_task, (subject, chunk, s), label=chunk[-1].name) for chunk in chunks]
+        order = getattr(subject, "storage_order", None)
+        if callable(order):  # a checkpoint is read shard by shard, each from start to end
+            pos = order()
+            refs = sorted(refs, key=lambda r: pos.get(r.name, (1 << 62, 0)))
+        if self.runner != "threads":
+            # Dask ships the subject with every task: chunks of up to TASK_BYTES of weights amortise
+            # that; each worker reads its own weights (ahead of its analysis) from the shared path
+            return [Task(spectra_task, (subject, c, s), label=c[-1].name) for c in _chunks(refs, TASK_BYTES)]
+        # threads share memory: one task per matrix, or per batch of small same-shaped ones, all fed
+        # by one prefetching reader
+        dev = self.torch_device()
+        groups = _groups(refs, s, GROUP_BYTES["cuda" if dev.type == "cuda" else "other"])
+        todo = [r for g in groups for r in g if not _skip_reason(r, s)]
+        self._close_source()
+        source = Prefetcher(subject, todo, _read_budget(dev), pin=dev.type == "cuda") if todo else None
+        self._source = source
+        return [Task(spectra_task, (subject, g, s, source), label=g[-1].name) for g in groups]
+
+    def _close_source(self) -> None:
+        source = self.__dict__.pop("_source", None)
+        if source is not None:
+            source.close()
+
+    def run(self, progress=None, cancel=None) -> SpectralResult:
+        try:
+            res = super().run(progress=progress, cancel=cancel)
+            source = self.__dict__.get("_source")
+            if source is not None and not res.meta.get("cached"):
+                res.meta["reader"] = dict(source.stats)  # how the reads went (not stored)
+            return res
+        finally:  # done, failed or cancelled: the reader stops and drops what it holds
+            self._close_source()
 
     def _merge(self, subject: Subject, outputs: list[Any]) -> SpectralResult:
         rows, arrays = [], {}

@@ -46,10 +46,16 @@ def window_grid(
 def farms_eigenvalues(
     w: torch.Tensor, r: int = 100, q_ratio: float = 2.0, ops: int = 10, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Pooled eigenvalues (squared singular values) of every FARMS window of ``w`` (out x in), sorted."""
+    """Pooled eigenvalues (squared singular values) of every FARMS window of ``w`` (out x in), sorted.
+
+    On the CPU one column range at a time (below); on an accelerator every window of the matrix
+    at once (:func:`_windows_batched`). The same windows, the same Gram blocks.
+    """
     rows, cols = w.shape
     r, c, rs, cs = window_grid(rows, cols, r, q_ratio, ops)
     w = w.to(dtype)
+    if w.device.type != "cpu":
+        return _windows_batched(w, r, c, rs, cs)
     pooled = []
     if r <= c:  # blocks of the row-side Gram, shared per column range
         for c0 in cs:
@@ -60,6 +66,34 @@ def farms_eigenvalues(
             strip = w[r0 : r0 + r, :].mT
             pooled.append(_blocks_eigs(strip, cs, c, dtype))
     return torch.sort(torch.cat(pooled)).values
+
+
+def _windows_batched(w: torch.Tensor, r: int, c: int, rs: list[int], cs: list[int]) -> torch.Tensor:
+    """Every window's eigenvalues in one batched Gram product and one batched eigensolve.
+
+    Windows share column ranges (``r <= c``; otherwise row ranges, by transposing): with
+    ``strips`` the column ranges and ``starts`` the block offsets along the other side, either
+    one Gram matrix per strip over the span the blocks cover, whose diagonal blocks are the
+    windows' Gram matrices (when blocks overlap enough to make that cheaper, as
+    :func:`_blocks_eigs`), or the Gram matrix of every window directly. All blocks of all strips
+    then go through one :func:`~analyses.spectra.kernels.eigvalsh_batch`.
+    """
+    if r > c:  # the column-side Gram: windows of w^T with the roles of rows and columns swapped
+        w, r, c, rs, cs = w.mT, c, r, cs, rs
+    dev = w.device
+    lo, hi = min(rs), max(rs) + r
+    cols = torch.tensor(cs, device=dev)[:, None] + torch.arange(c, device=dev)  # (C, c)
+    if (hi - lo) ** 2 < len(rs) * r * r:  # one Gram per strip over the covered span
+        span = w[lo:hi][:, cols].permute(1, 0, 2)  # (C, L, c)
+        g = span @ span.mT  # (C, L, L)
+        idx = torch.tensor(rs, device=dev)[:, None] - lo + torch.arange(r, device=dev)  # (R, r)
+        blocks = g[:, idx[:, :, None], idx[:, None, :]]  # (C, R, r, r)
+    else:  # one Gram per window
+        rows = torch.tensor(rs, device=dev)[:, None] + torch.arange(r, device=dev)  # (R, r)
+        wins = w[rows[:, None, :, None], cols[None, :, None, :]]  # (R, C, r, c)
+        blocks = wins @ wins.mT  # (R, C, r, r): r <= c, the smaller Gram
+    ev = eigvalsh_batch(blocks.reshape(-1, r, r)).clamp_min_(0)
+    return torch.sort(ev.reshape(-1)).values
 
 
 def _blocks_eigs(strip: torch.Tensor, starts: list[int], size: int, dtype: torch.dtype) -> torch.Tensor:

@@ -15,16 +15,21 @@ Pure functions on tensors (no Param, no I/O). References:
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..core.device import prepare_device
+
 #: eigenvalues at or below this are treated as zero (as WeightWatcher's EVALS_THRESH)
 EVALS_THRESH = 1e-5
 #: above this many eigenvalues the KS scan goes coarse-to-fine (see :func:`ks_scan`)
 KS_EXACT_LIMIT = 4096
+#: tail points per candidate in the coarse stage of :func:`ks_scan` (its lower bounds): measured on
+#: FARMS pools of 10,000 eigenvalues (100 windows) 10-30x faster than 4,096 points (one fit 0.2 s ->
+#: 15 ms), with the same xmin, alpha and D (the exact stage guarantees them whatever the bound)
+KS_COARSE_POINTS = 256
 #: below this many eigenvalues the "ks" rule uses the small-sample fit (see :func:`_small_n_fit`)
 SMALL_N = 20
 #: smallest tail the small-sample fit accepts
@@ -73,36 +78,47 @@ def unscale_eigenvalues(ev: torch.Tensor, e: int) -> torch.Tensor:
         return torch.from_numpy(np.ldexp(ev.numpy(), 2 * e))
 
 
-_LINALG_LOCK = threading.Lock()
-_LINALG_READY: set[str] = set()
-
-
-def _linalg_ready(device: torch.device) -> None:
-    """First ``torch.linalg`` call on an accelerator, made once under a lock: torch initialises its
-    GPU solver library lazily, and several runner threads starting at once failed with
-    ``RuntimeError: lazy wrapper should be called at most once`` (seen on CUDA, torch 2.11)."""
-    if device.type in _LINALG_READY:
-        return
-    with _LINALG_LOCK:
-        if device.type not in _LINALG_READY:
-            torch.linalg.eigvalsh(torch.eye(2, device=device))
-            _LINALG_READY.add(device.type)
+#: on CUDA, batches of symmetric matrices of side in (32, HOST_EIGH_MAX] are solved by the host's
+#: LAPACK (:mod:`.lapack`, GIL released) instead of the GPU: torch's CUDA ``eigvalsh`` solves such a
+#: batch one matrix at a time with Jacobi sweeps (only sides <= 32 get cuSOLVER's batched Jacobi),
+#: which made the ~100 FARMS windows of 100 x 100 per matrix cost more than the matrix's own ESD.
+#: tests/benchmarks/bench_gpu_spectra.py measures both ways (set False to keep them on the GPU).
+SMALL_EIGH_ON_HOST = True
+HOST_EIGH_MAX = 512
 
 
 def eigvalsh_batch(grams: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues (ascending) of a batch of symmetric matrices ``(B, n, n)``.
+    """Eigenvalues (ascending) of a batch of symmetric matrices ``(B, n, n)``, on ``grams``'s device.
 
-    One batched ``torch.linalg.eigvalsh`` on accelerators. On the CPU one LAPACK ``?syevr``
-    call per matrix (:mod:`.lapack`): torch's batched CPU path nests its batch loop inside
-    MKL's threads and was measured 30x slower on two cores.
+    One batched ``torch.linalg.eigvalsh`` on accelerators (CUDA prepared once, under a lock, by
+    :func:`analyses.core.device.prepare_device`: several threads making their first linalg call at
+    once failed with ``RuntimeError: lazy wrapper should be called at most once``), except the
+    mid-sized batches of :data:`SMALL_EIGH_ON_HOST`. On the CPU one LAPACK ``?syevr`` call per
+    matrix (:mod:`.lapack`): torch's batched CPU path nests its batch loop inside MKL's threads and
+    was measured 30x slower on two cores.
     """
     if grams.device.type != "cpu":
-        _linalg_ready(grams.device)
+        prepare_device(grams.device)
+        n, batch = grams.shape[-1], math.prod(grams.shape[:-2])
+        if (
+            SMALL_EIGH_ON_HOST
+            and grams.device.type == "cuda"
+            and batch > 1
+            and 32 < n <= HOST_EIGH_MAX
+            and grams.dtype in (torch.float32, torch.float64)
+        ):
+            return eigvalsh_batch(grams.detach().cpu()).to(grams.device)
         return torch.linalg.eigvalsh(grams)
     if grams.dtype in (torch.float32, torch.float64):
         from .lapack import symmetric_eigenvalues
 
-        return torch.from_numpy(np.stack([symmetric_eigenvalues(g) for g in grams.detach().numpy()]))
+        flat = grams.detach().reshape(-1, *grams.shape[-2:]).numpy()
+        out = (
+            np.stack([symmetric_eigenvalues(g) for g in flat])
+            if len(flat)
+            else np.empty((0, grams.shape[-1]))
+        )
+        return torch.from_numpy(out.astype(flat.dtype, copy=False)).reshape(grams.shape[:-1])
     return torch.stack([torch.linalg.eigvalsh(g) for g in grams])
 
 
@@ -207,7 +223,7 @@ def ks_scan(logs: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.nd
     n = logs.size
     if n <= KS_EXACT_LIMIT or candidates.size <= 512:
         return candidates, _ks_rows(logs, alpha, m, candidates), alpha[candidates]
-    bound = _ks_rows(logs, alpha, m, candidates, j_stride=max(1, n // 4096))
+    bound = _ks_rows(logs, alpha, m, candidates, j_stride=max(1, n // KS_COARSE_POINTS))
     curve = bound.copy()
     order = np.argsort(bound, kind="stable")
     best_d, best_pos = np.inf, -1
