@@ -17,7 +17,9 @@ end the login server-side, security headers on every response, Panel's file rout
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import html
 import importlib
 import logging
@@ -25,13 +27,18 @@ import os
 import secrets
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import panel as pn
 import param
+from panel.io.state import set_curdoc
+from tornado.ioloop import IOLoop
 
 from .components import jobs
 from .components.model_picker import ModelPicker
@@ -86,8 +93,8 @@ def page_specs() -> list[PageSpec]:
 
 
 def runner_markdown(settings: AppSettings) -> str:
-    """The sidebar's line saying which runner executes the analyses (with the Dask dashboard link)."""
-    text = f"**Runner**: {settings.runner_text}"
+    """The sidebar's plain line saying where the analyses run (with the Dask dashboard link)."""
+    text = settings.runner_plain
     if settings.dask_dashboard:
         text += f" · [Dask dashboard]({settings.dask_dashboard})"
     return text
@@ -99,11 +106,16 @@ def extension() -> None:
 
 
 class NNVitalsApp(pn.viewable.Viewer):
-    """One session's app: navigation, model picker, the current page."""
+    """One session's app: navigation, model picker, the current page.
+
+    ``defer``: start with the frame only (navigation, picker, an "opening" note) and build the
+    current page later with :meth:`load` (what a served session does: the page is built off the
+    server's event loop); otherwise the page is built now.
+    """
 
     page = param.Selector(default="spectra", objects=["spectra"], doc="Slug of the page shown.")
 
-    def __init__(self, settings: AppSettings | None = None, **params: Any):
+    def __init__(self, settings: AppSettings | None = None, defer: bool = False, **params: Any):
         self.specs = {s.slug: s for s in page_specs()}
         self.param.page.objects = list(self.specs)
         super().__init__(**params)
@@ -114,6 +126,8 @@ class NNVitalsApp(pn.viewable.Viewer):
             default=self.settings.default_model,
         )
         self.pages: dict[str, Any] = {}
+        self._pages_lock = threading.RLock()
+        self._closed = False
         self._nav = pn.widgets.RadioButtonGroup(
             options={s.title: s.slug for s in self.specs.values()},
             value=self.page,
@@ -126,27 +140,119 @@ class NNVitalsApp(pn.viewable.Viewer):
         self._nav.link(self, value="page", bidirectional=True)
         self._controls = pn.Column(sizing_mode="stretch_width")
         self._main = pn.Column(sizing_mode="stretch_width", css_classes=["nnv-main"])
-        self._show()
+        if defer:
+            title = self.specs[self.page].title
+            self._main.objects = [
+                pn.pane.Markdown(f"*Opening {title} …*", css_classes=["nnv-opening"], margin=(10, 10))
+            ]
+        else:
+            self._show()
         self.param.watch(self._show, "page")
 
     # ------------------------------------------------------------------ pages
     def get_page(self, slug: str):
         """The page ``slug`` of this session (built on first use; shared pages open on their tab)."""
         spec = self.specs[slug]
-        if spec.page_of is not None:
-            page = self.get_page(spec.page_of)
-        else:
-            if slug not in self.pages:
-                self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings)
-            page = self.pages[slug]
+        with self._pages_lock:  # the page builder thread and a click may ask at the same time
+            if spec.page_of is not None:
+                page = self.get_page(spec.page_of)
+            else:
+                if slug not in self.pages:
+                    self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings)
+                page = self.pages[slug]
         if spec.tab is not None and hasattr(page, "show_tab"):
             page.show_tab(spec.tab)
         return page
 
     def _show(self, *_: Any) -> None:
-        page = self.get_page(self.page)
+        self._attach(self.get_page(self.page))
+
+    def _attach(self, page: Any) -> None:
+        """Show ``page``: its settings in the sidebar, its main column in the main area."""
+        from .components.page import wire_stale
+
+        jobs_panel = getattr(page, "jobs", None)
+        if jobs_panel is not None:
+            wire_stale(page.main, jobs_panel)  # pages whose main column is not page_main's
         self._controls.objects = [page.controls]
         self._main.objects = [page.main]
+
+    def load(self, doc: Any) -> Future:
+        """Build the current page of this (served) session on the page builder thread, then show it
+        from the event loop once the browser has loaded the frame (see :func:`page_builder`);
+        returns the builder's future. Call it on the event loop thread, while the session is built.
+
+        The page is shown only after the browser loaded: changes made between the browser's
+        fetch of the document and its "ready" message are dropped by Panel (it serializes the
+        whole document on connection), and the page would never arrive.
+        """
+        slug = self.page
+        loop = IOLoop.current()
+        lock = threading.Lock()
+        state: dict[str, Any] = {"built": False, "loaded": False}
+
+        def show_and_wait(page: Any, problem: str | None, built: float) -> None:
+            shown = threading.Event()
+
+            def attach() -> None:  # a tick of the session, holding its document's lock
+                try:
+                    if self._closed or self.page != slug:
+                        return  # gone, or another page was picked meanwhile (and shown)
+                    if page is not None:
+                        self._attach(page)
+                    else:
+                        self._main.objects = [pn.pane.Alert(problem, alert_type="danger")]
+                finally:
+                    doc.add_next_tick_callback(shown.set)  # after the ticks it queued
+
+            def schedule() -> None:  # on the event loop (Bokeh's session callbacks are its own)
+                if self._closed:
+                    shown.set()
+                    return
+                try:
+                    with set_curdoc(doc):
+                        pn.state.execute(attach, schedule=True)
+                except Exception:  # the session has just gone
+                    shown.set()
+
+            loop.add_callback(schedule)
+            # one page at a time on the event loop: others' clicks wait for one page at most
+            end = time.monotonic() + ATTACH_WAIT_S
+            while not shown.wait(0.25) and not self._closed and time.monotonic() < end:
+                pass
+            log.debug("%s page shown %.0f ms after it was built", slug, 1000 * (time.perf_counter() - built))
+
+        def build() -> None:
+            if self._closed:
+                return
+            t0 = time.perf_counter()
+            page, problem = None, None
+            try:
+                with set_curdoc(doc):
+                    page = self.get_page(slug)
+            except Exception as e:  # a bug: the session says so, the log has the traceback
+                log.error("building the %s page failed", slug, exc_info=e)
+                problem = f"internal error, a bug in nnvitals ({type(e).__name__}: {e})"
+            built = time.perf_counter()
+            log.debug("%s page built in %.0f ms", slug, 1000 * (built - t0))
+            if self._closed:  # the session ended while its page was built
+                self.close()
+                return
+            with lock:
+                state.update(built=True, page=page, problem=problem, at=built)
+                ready = state["loaded"]
+            if ready:
+                show_and_wait(page, problem, built)
+
+        def loaded() -> None:
+            with lock:
+                state["loaded"] = True
+                ready = state["built"]
+            if ready:
+                page_builder().submit(show_and_wait, state["page"], state["problem"], state["at"])
+
+        pn.state.onload(loaded)
+        return page_builder().submit(build)
 
     # ------------------------------------------------------------------ layout
     def runner_pane(self) -> pn.pane.Markdown:
@@ -194,8 +300,11 @@ class NNVitalsApp(pn.viewable.Viewer):
         return pn.Row(pn.Column(*self.sidebar(), width=300), self._main, sizing_mode="stretch_width")
 
     def close(self) -> None:
-        """Cancel every running job and delete the uploads (a served session does this itself)."""
-        for page in self.pages.values():
+        """Cancel every running job and delete the uploads (a served session does this when it ends)."""
+        self._closed = True
+        with self._pages_lock:
+            pages = list(self.pages.values())
+        for page in pages:
             for name in ("jobs", "compare_jobs"):
                 panel = getattr(page, name, None)
                 if panel is not None:
@@ -219,16 +328,172 @@ def account_pane() -> pn.pane.HTML | None:
     )
 
 
+def requested_page(app_specs: dict[str, PageSpec]) -> str | None:
+    """The page named by ``?page=<slug>`` in this session's URL (None when absent or unknown)."""
+    values = pn.state.session_args.get("page") if pn.state.curdoc is not None else None
+    if not values:
+        return None
+    slug = values[0].decode("utf-8", "replace") if isinstance(values[0], bytes) else str(values[0])
+    return slug if slug in app_specs else None
+
+
 def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTemplate:
-    """One session's app (what :func:`serve` serves at ``/``)."""
+    """One session's app (what :func:`serve` serves at ``/``).
+
+    In a served session this builds the frame only (navigation, model picker): the page itself
+    is built on the page builder thread and shown when ready (:meth:`NNVitalsApp.load`), so a
+    new session costs the event loop little and the sessions already open stay responsive.
+    """
     extension()
     _canvas_plots()
-    app = NNVitalsApp(settings)  # its job panels and picker clean up when the session closes
-    if jobs.in_server():
+    served = jobs.in_server()
+    params = {}
+    if served:
+        slug = requested_page({s.slug: s for s in page_specs()})
+        if slug is not None:
+            params["page"] = slug
+    app = NNVitalsApp(settings, defer=served, **params)
+    if served:
+        doc = pn.state.curdoc
+        serve_locally(doc)
+        keep_until_connected(doc)
         loc = pn.state.location
         if loc is not None:
             loc.sync(app, {"page": "page"})
+        app.load(doc)
+        _SESSIONS.opened(app, doc)
     return app.template()
+
+
+# --------------------------------------------------------------------------- sessions under load
+#: seconds a session built for a page request is kept for its browser's websocket: a busy server
+#: sends the page's scripts late, and the unused-session reaper (4 s) would otherwise drop the
+#: session before the browser connects (Bokeh then builds another one for the websocket)
+CONNECT_GRACE_S = 30.0
+#: longest wait of the page builder for the event loop to show a page it built
+ATTACH_WAIT_S = 30.0
+#: seconds after the last session closed before unreachable objects are collected and freed
+#: memory handed back to the system
+RELEASE_AFTER_S = 5.0
+
+_builder: ThreadPoolExecutor | None = None
+_builder_lock = threading.Lock()
+
+
+def page_builder() -> ThreadPoolExecutor:
+    """The thread that builds the sessions' pages (their Param objects, results and HoloViews
+    objects), one session after another, off the server's event loop. One thread: building is
+    Python work that holds the interpreter lock; more threads would only take turns with the event
+    loop and the sessions' clicks."""
+    global _builder
+    with _builder_lock:
+        if _builder is None:
+            _builder = ThreadPoolExecutor(1, thread_name_prefix="nnvitals-page")
+        return _builder
+
+
+def serve_locally(doc: Any) -> None:
+    """Have every stylesheet of this session's document served by this server.
+
+    Panel writes its stylesheet URLs for the CDN and rewrites them to this server's ``static/``
+    folder with the ``dist_url`` of the session's document; that value is set only when the
+    session's HTML page is rendered. A document built any other way (Bokeh builds a new session
+    when a websocket arrives for one it no longer has) has none, and Panel then points every
+    stylesheet at ``cdn.holoviz.org``, unreachable offline. Set here, before anything is built,
+    it holds for every document whatever other sessions or threads do meanwhile.
+    """
+    from panel.io.resources import LOCAL_DIST
+
+    rel = pn.state.rel_path
+    doc._template_variables["dist_url"] = f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST
+
+
+def keep_until_connected(doc: Any) -> None:
+    """Keep this new session until its browser connects (or :data:`CONNECT_GRACE_S` passed).
+
+    Bokeh drops a session nobody is connected to after ``unused_session_lifetime`` (4 s here, so
+    closed tabs free their work quickly); a session whose browser is still loading the page's
+    scripts from a busy server would be dropped too, then built a second time for its websocket.
+    """
+    ctx = doc.session_context
+    state: dict[str, Any] = {}
+
+    def release() -> None:
+        session = state.pop("session", None)
+        state["done"] = True
+        if session is not None and session.expiration_blocked:
+            session.unblock_expiration()
+
+    def block() -> None:  # the next tick: the session exists now
+        session = getattr(ctx, "_session", None)
+        if session is None or state.get("done") or session.connection_count > 0:
+            return
+        session.block_expiration()
+        state["session"] = session
+        IOLoop.current().call_later(CONNECT_GRACE_S, release)
+
+    loop = IOLoop.current()
+    doc.add_next_tick_callback(block)
+    pn.state.onload(lambda: loop.add_callback(release))  # on the event loop, as block() ran
+
+
+class _Sessions:
+    """The open sessions' apps (weakly), and handing memory back once sessions close."""
+
+    def __init__(self) -> None:
+        self.apps: weakref.WeakSet = weakref.WeakSet()
+        self.open = 0
+        self._release: Any = None
+
+    def opened(self, app: NNVitalsApp, doc: Any) -> None:
+        self.apps.add(app)
+        self.open += 1
+        loop = IOLoop.current()
+        log.info("session opened (%d open)", self.open)
+
+        def closed(_ctx: Any) -> None:
+            app.close()
+            self.open -= 1
+            log.info("session closed (%d open)", self.open)
+            loop.add_callback(self._release_later, loop)
+
+        doc.on_session_destroyed(closed)
+
+    def _release_later(self, loop: Any) -> None:
+        if self._release is not None:
+            loop.remove_timeout(self._release)
+        self._release = loop.call_later(RELEASE_AFTER_S, self.release)
+
+    def release(self) -> None:
+        """Collect what closed sessions left (their documents, plots and pages form reference
+        cycles that the collector's rare full passes would keep for long) and hand freed memory
+        back to the system."""
+        self._release = None
+        gc.collect()
+        _malloc_trim()
+        log.info(
+            "memory after sessions closed: %d open, %d apps alive, %.0f MB resident",
+            self.open, len(self.apps), _rss_mb(),
+        )  # fmt: skip
+
+
+_SESSIONS = _Sessions()
+
+
+def _malloc_trim() -> None:
+    """Return the C heap's free pages to the system (glibc; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def _canvas_plots() -> None:
@@ -244,14 +509,52 @@ def _canvas_plots() -> None:
 
 # --------------------------------------------------------------------------- serving
 def _configure_logging() -> None:
-    """nnvitals' log lines on stderr: INFO, or the level in ``$NNVITALS_LOG_LEVEL`` (e.g. DEBUG)."""
+    """nnvitals' log lines on stderr, each once: INFO, or the level in ``$NNVITALS_LOG_LEVEL``.
+
+    The "nnvitals" logger writes with its own handler and does not pass its lines on to the root
+    logger: a library that logs through the root logger's module functions (Bokeh's
+    ``logging.debug(...)`` when a browser's patch names a model already gone) would otherwise have
+    ``logging.basicConfig`` give the root a handler, and every line would then be printed twice.
+    The root gets a handler of its own first (warnings and errors of other libraries, once, in the
+    same format), so that implicit ``basicConfig`` never adds another.
+    """
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
     logger = logging.getLogger("nnvitals")
-    if not logger.handlers:
+    if not any(getattr(h, "_nnvitals", False) for h in logger.handlers):
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        h.setFormatter(fmt)
+        h._nnvitals = True
         logger.addHandler(h)
+    logger.propagate = False
     level = os.environ.get("NNVITALS_LOG_LEVEL", "INFO").upper()
     logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        h.setLevel(logging.WARNING)
+        root.addHandler(h)
+
+
+def limit_blas_threads() -> None:
+    """One thread for NumPy's and SciPy's OpenBLAS in the server process.
+
+    The server calls BLAS from many threads at once (analysis tasks, the page builder, Panel's
+    callbacks) while PyTorch's OpenMP threads run the kernels. OpenBLAS's own thread pool (its
+    pthreads build, as NumPy and SciPy ship it) is then used from OpenMP-busy threads, which it
+    reports with "OpenBLAS Warning : Detect OpenMP Loop and this application may hang", and it
+    oversubscribes the cores. With one thread each call runs in its caller's thread: no pool, no
+    warning, no hang; the server's parallelism comes from the sessions and the runner's tasks.
+    ``nnvitals serve`` also sets ``OPENBLAS_NUM_THREADS=1`` before NumPy loads (no pool is started
+    at all), unless it is set already.
+    """
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS so the limit covers it)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - dependencies of the package
+        pass
 
 
 def _warm(settings: AppSettings) -> None:
@@ -329,6 +632,7 @@ def serve(
     """
     settings = settings or AppSettings()
     _configure_logging()
+    limit_blas_threads()
     pn.config.nthreads = settings.num_threads
     jobs.configure(settings.runs_at_once)
     if settings.runner != "threads" and not settings.dask_dashboard:

@@ -212,6 +212,9 @@ def settings_from_args(args: argparse.Namespace):
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start the server with the parsed options; returns the exit code when it stops."""
+    # before NumPy loads: its OpenBLAS starts no thread pool of its own in the server (see
+    # dashboard.app.limit_blas_threads); an explicit setting is kept
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from analyses.core.errors import NNVitalsError
 
     settings = settings_from_args(args)

@@ -47,8 +47,18 @@ class AppSettings:
         return max(1, min(self.num_threads, os.cpu_count() or 1))
 
     @property
+    def runner_plain(self) -> str:
+        """Where the analyses run, in plain words (the app's sidebar)."""
+        if self.runner == "threads":
+            n = self.runs_at_once
+            return f"Analyses run on this server, {n} at a time (more wait their turn)."
+        if self.runner == "local":
+            return "Analyses run on a Dask cluster on this machine."
+        return f"Analyses run on the Dask scheduler {self.runner}."
+
+    @property
     def runner_text(self) -> str:
-        """One line saying which runner executes the analyses."""
+        """One line saying which runner executes the analyses (the server's log)."""
         if self.runner == "threads":
             return f"threads (up to {self.runs_at_once} runs at once, one kernel thread per layer task)"
         if self.runner == "local":

@@ -3,10 +3,12 @@
 An analysis splits its work into :class:`Task` objects (a module-level function plus
 picklable arguments, so the same task runs in a thread or in a Dask worker process) and
 hands them to :meth:`Runner.map`, which returns their results in task order. Progress is
-reported through a callback ``progress(done, total, label)`` after each task; the CLI and
-notebooks wrap it in tqdm, the app in its progress bar. A :class:`CancelToken` is checked
-between tasks (and may be checked by a task between its batches): pending tasks are dropped
-and :class:`~analyses.core.errors.Cancelled` is raised.
+reported through a callback ``progress(done, total, label)`` after each task; a terminal or a
+notebook shows it as a tqdm bar, a log (stderr not a terminal) as a few plain lines
+(:func:`tqdm_progress`), the app as its progress bar. A :class:`CancelToken` is checked between
+tasks, and a task that runs in this process can check it between its own batches with
+:func:`check_cancelled` (or take the token as an argument): on Cancel, pending tasks are dropped,
+the run stops waiting for the running ones and :class:`~analyses.core.errors.Cancelled` is raised.
 
 Runner specs: ``"threads"`` (default), ``"local"`` (a Dask LocalCluster of worker processes,
 started once per process and reused), or a scheduler address ``"tcp://HOST:PORT"``.
@@ -15,7 +17,9 @@ started once per process and reused), or a scheduler address ``"tcp://HOST:PORT"
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -53,6 +57,30 @@ class CancelToken:
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled()
+
+
+_current = threading.local()
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if the run this task belongs to was cancelled.
+
+    For tasks that loop over batches: call it between batches. It knows the run's token when
+    the task runs in this process (the thread runner); elsewhere (a Dask worker) it does nothing
+    and the runner stops the run between tasks."""
+    token = getattr(_current, "token", None)
+    if token is not None:
+        token.check()
+
+
+def _run_task(token: CancelToken | None, task: Task) -> Any:
+    """``task`` with ``token`` as the current run's (see :func:`check_cancelled`)."""
+    previous = getattr(_current, "token", None)
+    _current.token = token
+    try:
+        return task.fn(*task.args, **task.kwargs)
+    finally:
+        _current.token = previous
 
 
 _clients: dict[str, Any] = {}
@@ -144,29 +172,31 @@ class Runner:
         for i, t in enumerate(tasks):
             if cancel is not None:
                 cancel.check()
-            results[i] = t.fn(*t.args, **t.kwargs)
+            results[i] = _run_task(cancel, t)
             if progress:
                 progress(i + 1, len(tasks), t.label)
         return results
 
     def _map_pool(self, tasks, progress, cancel, results):
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="nnvitals") as pool:
-            index = {pool.submit(t.fn, *t.args, **t.kwargs): i for i, t in enumerate(tasks)}
-            pending, done_n = set(index), 0
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        results[index[f]] = f.result()
-                        done_n += 1
-                        if progress:
-                            progress(done_n, len(tasks), tasks[index[f]].label)
-                    if cancel is not None and cancel.cancelled:
-                        raise Cancelled()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="nnvitals")
+        index = {pool.submit(_run_task, cancel, t): i for i, t in enumerate(tasks)}
+        pending, done_n = set(index), 0
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for f in done:
+                    results[index[f]] = f.result()
+                    done_n += 1
+                    if progress:
+                        progress(done_n, len(tasks), tasks[index[f]].label)
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled()
+        except BaseException:
+            # pending tasks never start; running ones stop at their next check (or end on their
+            # own) without the caller waiting for them: Cancel answers at once
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         return results
 
     def _map_dask(self, tasks, progress, cancel):
@@ -189,13 +219,61 @@ class Runner:
         return results
 
 
-def tqdm_progress(
-    desc: str, total: int | None = None, disable: bool = False
+#: most plain progress lines one run writes to a stream that is not a terminal (a log file)
+PLAIN_LINES = 4
+
+
+def _interactive(stream: Any) -> bool:
+    """Whether ``stream`` shows a live bar: a terminal, or a Jupyter kernel (tqdm draws a widget)."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):
+        pass
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def plain_progress(
+    desc: str, stream: Any = None, lines: int = PLAIN_LINES
 ) -> tuple[Progress, Callable[[], None]]:
-    """A progress callback drawing a tqdm bar (notebook-aware), and a function closing it."""
+    """A progress callback for a log: a plain line at each quarter of the way (``lines`` at most),
+    never a redrawn bar (carriage returns make a log unreadable)."""
+    t0 = time.perf_counter()
+    state = {"step": 0}
+
+    def update(done: int, total: int, label: str) -> None:
+        if total <= 0:
+            return
+        step = min(lines, (lines * done) // total)
+        if step <= state["step"]:
+            return
+        state["step"] = step
+        out = stream if stream is not None else sys.stderr
+        print(
+            f"{desc}: {done}/{total} tasks ({100 * done // total}%) after {time.perf_counter() - t0:.1f} s",
+            file=out,
+            flush=True,
+        )
+
+    return update, lambda: None
+
+
+def tqdm_progress(
+    desc: str, total: int | None = None, disable: bool = False, stream: Any = None
+) -> tuple[Progress, Callable[[], None]]:
+    """A progress callback drawing a tqdm bar (notebook-aware), and a function closing it.
+
+    On a stream that is not a terminal (stderr sent to a file or a pipe) there is no bar to redraw:
+    a few plain lines instead (:func:`plain_progress`)."""
+    out = stream if stream is not None else sys.stderr
+    if disable:
+        return (lambda done, total, label: None), lambda: None
+    if not _interactive(out):
+        return plain_progress(desc, out)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, disable=disable, leave=False)
+    bar = tqdm(total=total, desc=desc, leave=False, file=stream)
 
     def update(done: int, total: int, label: str) -> None:
         bar.total = total

@@ -8,12 +8,20 @@ queued). The function gets the analysis progress callback and a
 periodic callback of the session (every :data:`POLL_MS`) copies them into the progress bar and,
 once the run has finished, hands the result to ``on_done`` in the session's own context.
 
-- Cancel button: sets the token; the analysis stops between tasks and the panel says so.
+- Cancel button: sets the token; the analysis stops at its next check (between tasks, and
+  between batches inside a task) and the panel says so. A cancelled run never shows its result:
+  one that finished anyway (it ended before it looked at the token) is dropped.
+- While a run goes on, a result shown from before is marked stale ("Showing the previous result
+  — running …"; :attr:`JobPanel.stale`, which the page frame uses to dim the old plots); the mark
+  goes when the new result is shown, or the run is cancelled or fails.
+- When a run is done the status line says how the result was obtained, in plain words
+  ("Computed in 1.2 s", or "Loaded from the cache (computed earlier with the same settings)").
 - Errors: an :class:`~analyses.core.errors.NNVitalsError` is shown as a red alert with its
   message; any other exception is a bug and is shown as one (and logged with its traceback).
 - Session closed (``pn.state.on_session_destroyed``): the running job is cancelled.
 - Outside a server (a notebook cell) there is no event loop to keep free and the cell should
-  show the finished result: ``fn`` runs right away in the caller's thread.
+  show the finished result: ``fn`` runs right away in the caller's thread (``background=True``
+  runs it on the pool anyway; :meth:`JobPanel.poll` then takes the place of the session's timer).
 """
 
 from __future__ import annotations
@@ -120,15 +128,53 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 100 else f"{s / 60:.1f} min"
 
 
+#: what the status line says of a result that came from the result store
+FROM_CACHE = "Loaded from the cache (computed earlier with the same settings)"
+#: styles of the "showing the previous result" note
+STALE_NOTE_STYLE = {
+    "background": "#fff4d6",
+    "border-left": "4px solid #d9a400",
+    "border-radius": "4px",
+    "padding": "0 0.6em",
+    "color": "#5c4400",
+}
+
+
+def _metas(result: Any) -> list[dict]:
+    """The ``meta`` dicts of a result, or of the results a page's job returned together."""
+    meta = getattr(result, "meta", None)
+    if isinstance(meta, dict):
+        return [meta]
+    if isinstance(result, tuple | list):
+        return [m for r in result for m in _metas(r)]
+    if isinstance(result, dict):
+        return [m for r in result.values() for m in _metas(r)]
+    return []
+
+
+def how_obtained(result: Any, seconds: float) -> str:
+    """One plain line: "Computed in 1.2 s", or that it was loaded from the cache."""
+    metas = _metas(result)
+    if metas and all(m.get("cached") for m in metas):
+        return FROM_CACHE
+    return f"Computed in {_fmt_seconds(seconds)}"
+
+
 class JobPanel(pn.viewable.Viewer):
     """Progress bar, status line, Cancel button and error alert for one page's runs."""
 
     running = param.Boolean(default=False, doc="A job is queued or running.")
     status = param.String(default="", doc="The status line shown under the bar.")
     error = param.String(default="", doc="Message of the last failed run ('' when none).")
+    stale = param.Boolean(
+        default=False, doc="The result on show is from before the run in progress (the page dims it)."
+    )
 
-    def __init__(self, **params: Any):
+    def __init__(self, background: bool | None = None, **params: Any):
+        """``background``: run jobs on the shared pool (default: only in a served session)."""
         super().__init__(**params)
+        self._background = background
+        self._shown = False  # a result of this panel is on show
         self._job: Job | None = None
         self._on_done: Callable[[Any], None] | None = None
         self._on_error: Callable[[str], None] | None = None
@@ -143,8 +189,13 @@ class JobPanel(pn.viewable.Viewer):
         )
         self._cancel.on_click(lambda _e: self.cancel())
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self._stale_note = pn.pane.Markdown(
+            "", visible=False, css_classes=["nnv-stale-note"], styles=STALE_NOTE_STYLE,
+            sizing_mode="stretch_width", margin=(0, 10),
+        )  # fmt: skip
         self._layout = pn.Column(
             pn.Row(self._bar, self._cancel, sizing_mode="stretch_width", align="center"),
+            self._stale_note,
             self._text,
             self._alert,
             sizing_mode="stretch_width",
@@ -174,7 +225,7 @@ class JobPanel(pn.viewable.Viewer):
         self.cancel(quiet=True)
         job = Job(label)
         self._hide_error()
-        if not in_server():
+        if not (in_server() if self._background is None else self._background):
             return self._run_here(job, fn, on_done, on_error)
         with self._lock:
             self._job, self._on_done, self._on_error = job, on_done, on_error
@@ -191,23 +242,32 @@ class JobPanel(pn.viewable.Viewer):
                 self._finish(job, on_done, on_error)
                 return job
         self._show_progress(job)
+        self._set_stale(self._shown, job)
         self._start_polling()
         return job
 
     def cancel(self, quiet: bool = False) -> None:
-        """Cancel the running (or queued) job, if any."""
+        """Cancel the running (or queued) job, if any: it stops at its next check and its result,
+        should it finish anyway, is never shown. The result on show stays (no longer stale)."""
         with self._lock:
             job = self._job
-        if job is None or job.finished:
+        if job is None or job.token.cancelled:
             return
         job.cancel()
+        self._set_stale(False)
         if quiet:  # replaced by a new job: forget this one now
             with self._lock:
                 self._job = None
             log.info("cancelled %s (replaced by a new run)", job.label)
             return
+        if job.finished:  # it ended just now: the next poll says "cancelled"
+            return
         self._set_status(f"Cancelling {job.label} …")
         self._cancel.disabled = True
+
+    def poll(self) -> None:
+        """Look at the running job now (what the session's timer does every :data:`POLL_MS`)."""
+        self._poll()
 
     def show_error(self, message: str) -> None:
         """Show ``message`` in the red alert (a problem found before anything ran)."""
@@ -224,7 +284,9 @@ class JobPanel(pn.viewable.Viewer):
         job.started = time.perf_counter()
         try:
             job.token.check()
-            return fn(job.progress, job.token)
+            result = fn(job.progress, job.token)
+            job.token.check()  # cancelled while finishing: the result is not wanted
+            return result
         finally:
             job.ended = time.perf_counter()
 
@@ -233,6 +295,9 @@ class JobPanel(pn.viewable.Viewer):
         job.started = time.perf_counter()
         try:
             result = fn(job.progress, job.token)
+        except Cancelled:
+            self._set_status(f"{job.label}: cancelled")
+            return job
         except NNVitalsError as e:
             self._fail(str(e), on_error)
             return job
@@ -240,8 +305,10 @@ class JobPanel(pn.viewable.Viewer):
             log.exception("job %s failed", job.label)
             self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
             return job
-        self._set_status("")
+        job.ended = time.perf_counter()
+        self._set_status(how_obtained(result, job.ended - job.started))
         on_done(result)
+        self._shown = True
         return job
 
     # ------------------------------------------------------------------ session side
@@ -263,7 +330,7 @@ class JobPanel(pn.viewable.Viewer):
         self._cancel.disabled = False
         if job.started is None:
             self._bar.value = -1  # indeterminate while queued
-            self._set_status(f"{job.label}: queued (every worker is busy)")
+            self._set_status(f"{job.label}: waiting for other runs to finish")
             return
         if job.total:
             self._bar.max = max(job.total, 1)
@@ -296,6 +363,12 @@ class JobPanel(pn.viewable.Viewer):
         self.running = False
         self._bar.visible = False
         self._cancel.visible = False
+        self._cancel.disabled = False
+        self._set_stale(False)
+        if job.token.cancelled:  # whatever it ended with, a cancelled run shows nothing
+            self._set_status(f"{job.label}: cancelled")
+            log.info("cancelled %s", job.label)
+            return
         try:
             result = job.future.result()
         except (Cancelled, CancelledError):
@@ -311,9 +384,10 @@ class JobPanel(pn.viewable.Viewer):
             return
         took = (job.ended or time.perf_counter()) - (job.started or job.submitted)
         log.info("%s: done in %s", job.label, _fmt_seconds(took))
-        self._set_status("")  # the page shows the result (and how it was obtained)
+        self._set_status(how_obtained(result, took))
         try:
             on_done(result)
+            self._shown = True
         except NNVitalsError as e:
             self._fail(str(e), on_error)
         except Exception as e:
@@ -322,6 +396,7 @@ class JobPanel(pn.viewable.Viewer):
 
     def _fail(self, message: str, on_error) -> None:
         self.running = False
+        self._set_stale(False)
         self.error = message
         self._alert.object = message
         self._alert.visible = True
@@ -336,6 +411,12 @@ class JobPanel(pn.viewable.Viewer):
     def _set_status(self, text: str) -> None:
         self.status = text
         self._text.object = text
+
+    def _set_stale(self, stale: bool, job: Job | None = None) -> None:
+        if stale and job is not None:
+            self._stale_note.object = f"Showing the previous result — running {job.label} …"
+        self._stale_note.visible = stale
+        self.stale = stale
 
     def close(self, reason: str = "closed") -> None:
         """Cancel the running job for good (the page goes away); logs ``<reason>: cancelled <job>``."""

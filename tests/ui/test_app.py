@@ -26,8 +26,14 @@ def test_landing_page_renders_spectra(server, probe):
     assert page.locator(".bk-Canvas, canvas").count() >= 3
     for title in ("Spectra", "Orbits", "IBP tightness", "Lipschitz", "Connectivity"):
         assert page.get_by_text(title, exact=False).count() >= 1
-    assert page.get_by_text("Runner").first.is_visible()
-    assert page.get_by_text(re.compile(r"threads \(up to \d+ runs at once")).first.is_visible()
+    # the frame speaks plainly: where analyses run, and how the result on show was obtained
+    assert page.get_by_text(re.compile(r"Analyses run on this server, \d+ at a time")).first.is_visible()
+    assert page.get_by_text("Runner").count() == 0 and page.get_by_text("threads").count() == 0
+    how = re.compile(
+        r"^(Loaded from the cache \(computed earlier with the same settings\)|Computed in [\d.]+ s)$"
+    )
+    assert page.get_by_text(how).first.is_visible()
+    assert page.get_by_text("result store").count() == 0
     assert "mlp" in _selected_text(page) or "fc1.weight" in _selected_text(page)
     assert page.get_by_text(re.compile(r"mlp \(demo\): 3 weights, 3 analysed, 0 skipped")).first.is_visible()
 

@@ -1,0 +1,119 @@
+"""The app under a crowd: many sessions opened at once are each served everything by the app.
+
+Every session's page must load its CSS and JavaScript from this server, however many sessions
+the server builds at the same time and however late a browser connects its websocket after
+fetching the page (a busy server answers the page, then the browser's resources, late).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pytest
+from ui_helpers import PageProbe
+
+pytestmark = pytest.mark.browser
+
+#: what the server logs for every session it builds
+OPENED = "session opened"
+
+#: JavaScript: whether the upload area is drawn as FilePond's drop area (its stylesheets loaded),
+#: rather than a bare "Choose File" input, and whether a heading shows its "¶" anchor
+STYLED_JS = """
+() => {
+  const all = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      all.push(el);
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  const visible = (el) => {
+    const r = el.getBoundingClientRect(), s = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none' && s.opacity !== '0';
+  };
+  const inputs = all.filter((el) => el.tagName === 'INPUT' && el.type === 'file');
+  const drops = all.filter((el) => el.classList && el.classList.contains('filepond--drop-label'));
+  const anchors = all.filter((el) => el.tagName === 'A' && el.textContent.trim() === '¶');
+  return {
+    file_inputs_visible: inputs.filter(visible).length,
+    file_inputs: inputs.length,
+    drop_labels_visible: drops.filter(visible).length,
+    anchors_visible: anchors.filter(visible).length,
+  };
+}
+"""
+
+
+def _assert_styled(page, who: str) -> None:
+    state = page.evaluate(STYLED_JS)
+    assert state["file_inputs"] >= 1, f"{who}: no upload input at all: {state}"
+    assert state["file_inputs_visible"] == 0, f"{who}: a raw 'Choose File' box is shown: {state}"
+    assert state["drop_labels_visible"] >= 1, f"{who}: the upload drop area is not styled: {state}"
+    assert state["anchors_visible"] == 0, f"{who}: a heading shows its '¶' anchor: {state}"
+
+
+def test_five_sessions_opened_at_once_load_nothing_from_elsewhere(server, browser):
+    """Five browsers open the app at the same moment: every page is styled, none asks another
+    host for anything, none logs a console error."""
+    contexts, pages, probes = [], [], []
+    try:
+        for _ in range(5):
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = ctx.new_page()
+            page.set_default_timeout(120000)
+            contexts.append(ctx)
+            pages.append(page)
+            probes.append(PageProbe(page))
+        for page in pages:  # navigations start together; the browser runs them in parallel
+            page.evaluate("url => { window.location.href = url; }", server.url)
+        for page in pages:
+            page.get_by_text("Selected:", exact=False).first.wait_for(timeout=120000)
+        for page in pages:
+            page.wait_for_load_state("networkidle", timeout=60000)
+        for i, (page, probe) in enumerate(zip(pages, probes)):
+            probe.assert_clean()
+            _assert_styled(page, f"session {i}")
+    finally:
+        for ctx in contexts:
+            ctx.close()
+
+
+def test_a_browser_that_connects_late_gets_its_own_styled_session(server, browser):
+    """A page whose scripts arrive late (a busy server) connects its websocket long after the
+    server built its session: the session is still there and everything comes from this server."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(60000)
+        probe = PageProbe(page)
+        delay_s = 9.0  # more than the server's unused-session lifetime plus its check interval
+
+        def slow(route):
+            time.sleep(delay_s)
+            route.continue_()
+
+        delayed = []
+
+        def route(r):
+            path = urllib.parse.urlparse(r.request.url).path
+            if path.endswith("panel.min.js") and not delayed:
+                delayed.append(path)
+                slow(r)
+            else:
+                r.continue_()
+
+        page.route("**/*.js*", route)
+        before = server.log_text().count(OPENED)
+        page.goto(server.url, wait_until="commit", timeout=60000)
+        page.get_by_text("Selected:", exact=False).first.wait_for(timeout=60000)
+        page.wait_for_load_state("networkidle", timeout=60000)
+        assert delayed, "the test did not delay the page's scripts"
+        probe.assert_clean()
+        _assert_styled(page, "late session")
+        # the session built for the page was kept for its websocket: no second one was built
+        assert server.log_text().count(OPENED) == before + 1, server.log_text()[-2000:]
+    finally:
+        ctx.close()

@@ -1,0 +1,86 @@
+"""Runs in the browser: the result on show is marked stale while a new run goes on, and Cancel is
+honoured (a cancelled run never replaces the result on show, even a long Orbits run that scores
+many batches inside one task).
+
+Every test fails on a console error or a request to another host (see ``probe`` in conftest).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from ui_helpers import open_app
+
+pytestmark = pytest.mark.browser
+
+#: JavaScript: the opacity of every element (shadow roots included) marked stale, and how many
+STALE_JS = """
+() => {
+  const found = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.classList && el.classList.contains('nnv-stale')) found.push(getComputedStyle(el).opacity);
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return found;
+}
+"""
+
+
+def _pick_server_file(page, name: str) -> None:
+    select = page.locator("select").first
+    label = next(t for t in select.locator("option").all_inner_texts() if t.endswith(name))
+    select.select_option(label=label)
+
+
+def test_previous_result_is_marked_stale_while_a_run_goes_on(server, probe):
+    page = open_app(probe, server.url)
+    page.get_by_text("Loaded from the cache", exact=False).first.wait_for(timeout=30000)
+    assert page.locator(".nnv-stale-note").first.is_hidden()
+    assert page.evaluate(STALE_JS) == []
+    _pick_server_file(page, "slow.safetensors")
+    note = page.get_by_text("Showing the previous result — running Spectra of slow.safetensors …")
+    note.first.wait_for(timeout=15000)
+    page.wait_for_timeout(500)
+    dimmed = page.evaluate(STALE_JS)
+    assert dimmed and all(float(o) < 0.6 for o in dimmed), dimmed  # the summary and the tabs
+    assert page.get_by_text(re.compile(r"mlp \(demo\): 3 weights")).first.is_visible()  # still shown
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Spectra of slow.safetensors: cancelled", exact=False).first.wait_for(timeout=20000)
+    note.first.wait_for(state="hidden", timeout=5000)
+    assert page.evaluate(STALE_JS) == []
+    assert page.get_by_text(re.compile(r"mlp \(demo\): 3 weights")).first.is_visible()
+
+
+def test_cancelled_orbits_run_never_replaces_the_result(server, probe):
+    """72 angles x 1000 samples (several seconds of batches inside one task per model), Cancel
+    after a moment: the page says so at once and keeps the 36-angle result, for good."""
+    page = probe.page
+    page.goto(server.url + "?page=orbits", wait_until="networkidle", timeout=60000)
+    page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")).first.wait_for(timeout=120000)
+    summary = page.get_by_text(re.compile(r"rotation\W+orbit, 36 elements"))
+    summary.first.wait_for(timeout=10000)
+    inputs = page.locator(".nnv-controls input")
+    assert inputs.nth(1).input_value() == "36" and inputs.nth(2).input_value() == "200"
+    for i, value in ((1, "72"), (2, "1000")):
+        inputs.nth(i).fill(value)
+        inputs.nth(i).press("Enter")
+    page.wait_for_timeout(500)
+    page.locator(".nnv-run").get_by_role("button").first.click()
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.wait_for(state="visible", timeout=15000)
+    page.get_by_text("Showing the previous result — running Orbits", exact=False).first.wait_for()
+    page.wait_for_timeout(2000)
+    t = time.time()
+    cancel.click()
+    page.get_by_text(re.compile(r"Orbits of .*: cancelled")).first.wait_for(timeout=10000)
+    assert time.time() - t < 8, "Cancel took too long to be honoured"
+    cancel.wait_for(state="hidden", timeout=5000)
+    # long enough for the run to have ended had it gone on: the result on show stays
+    page.wait_for_timeout(15000)
+    assert summary.first.is_visible()
+    assert page.get_by_text(re.compile(r"orbit, 72 elements")).count() == 0
