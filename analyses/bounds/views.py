@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number
+from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number, log_worthy, value_range
 
 __all__ = [
     "COLORS",
@@ -60,6 +60,8 @@ __all__ = [
 COLORS = ("#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB")
 STATE_COLORS = {"stable active": "#228833", "stable inactive": "#BBBBBB", "unstable": "#EE6677"}
 SPLIT_COLORS = {"train": "#4477AA", "test": "#228833", "data": "#4477AA", "mix": "#CCBB44", "sharpened": "#AA3377"}  # fmt: skip
+#: how the probed sample sets are named to a reader
+SPLIT_NAMES = {"mix": "midpoint", "sharpened": "sharpened", "train": "train", "test": "test", "data": "data"}
 #: rows that repeat their input (reshapes) or carry no layer (scalar shifts) are left out of per-layer plots
 SKIP_KINDS = ("reshape", "shift", "scale")
 
@@ -99,12 +101,27 @@ def _tick_opts(rows: pd.DataFrame) -> dict[str, Any]:
     return dict(xticks=_ticks(rows), xrotation=30 if len(rows) > 4 else 0)
 
 
+def _y_scale(values, include: tuple[float, ...] = (), ratio: float = 30.0) -> dict:
+    """A log y axis when ``values`` span many decades, else a linear one whose range holds
+    ``include`` (e.g. 0), spans at least 10% of the values and is padded so that no point sits on
+    its edge (see :func:`value_range`)."""
+    if log_worthy(values, ratio):
+        return {"logy": True}
+    return {"logy": False, "ylim": value_range(values, include=include)}
+
+
+def _tips(*lines: tuple[str, str]) -> dict[str, Any]:
+    """Bokeh options of a hoverable glyph: these tooltip lines (plain names, formatted values)."""
+    return dict(tools=["hover"], hover_tooltips=list(lines))
+
+
 # =========================================================================== IBP
-def tightness_plot(results, log: bool = True) -> hv.Overlay:
+def tightness_plot(results, log: bool | None = None) -> hv.Overlay:
     """Mean local tightness per layer (Mao et al. 2024, Def. 3.1), one line per result.
 
     ``results``: an IBPResult or ``{label: IBPResult}`` (same architecture, e.g. IBP-trained
-    vs standard). 1 means interval bounds are exact up to that layer; log scale by default.
+    vs standard). 1 means interval bounds are exact up to that layer. ``log``: a log y axis;
+    by default when the values span many decades (else linear from 0: tightness lives in [0, 1]).
     """
     res = _as_dict(results)
     parts, rows0 = [], None
@@ -119,21 +136,26 @@ def tightness_plot(results, log: bool = True) -> hv.Overlay:
         curve = hv.Curve(rows, "layer", "tightness", label=lab)
         pts = hv.Scatter(rows, "layer", vd, label=lab)
         parts.append(_line(curve, color, 2.0))
-        parts.append(_markers(pts, color))
+        tips = [("layer", "@{name} (@{kind})"), ("tightness", "@{tightness}{0.000} (1 = exact)")]
+        parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if rows0 is None or not len(rows0):
         return _message("IBP tightness per layer", "no layer has a defined tightness")
     first = next(iter(res.values()))
-    what = f"eps {format_number(first.summary.get('eps'), 'g')}, {first.summary.get('relu', 'local')} ReLU"
-    title = f"IBP tightness per layer ({what})"
+    title = f"IBP tightness per layer (eps {format_number(first.summary.get('eps'), 'g')})"
+    values = np.concatenate([el.dimension_values("tightness") for el in parts])
+    scale = _y_scale(values, include=(0.0,)) if log is None else {"logy": bool(log)}
     return _panel(
-        hv.Overlay(parts), title, "layer", "tightness (1 = exact)", logy=log, legend="bottom_left",
-        **_tick_opts(rows0),
+        hv.Overlay(parts), title, "layer", "tightness (1 = exact)", legend=len(res) > 1,
+        **scale, **_tick_opts(rows0),
     )  # fmt: skip
 
 
-def _markers(scatter: hv.Scatter, color: str) -> hv.Scatter:
-    """Hoverable point markers in ``color`` (both backends)."""
-    return _opts(scatter, dict(color=color), dict(size=7, tools=["hover"]), dict(s=25))
+def _markers(scatter: hv.Scatter, color: str, tips: list[tuple[str, str]] | None = None) -> hv.Scatter:
+    """Hoverable point markers in ``color`` (both backends); ``tips``: the hover lines."""
+    bk = dict(size=7, tools=["hover"])
+    if tips:
+        bk["hover_tooltips"] = tips
+    return _opts(scatter, dict(color=color), bk, dict(s=25))
 
 
 def _sweep_frame(r) -> pd.DataFrame | None:
@@ -166,12 +188,19 @@ def tightness_vs_eps(results) -> hv.Overlay:
         color = COLORS[i % len(COLORS)]
         lab = label or "output"
         parts.append(_line(hv.Curve(df, "eps", "tightness", label=lab), color, 2.0))
-        parts.append(_markers(hv.Scatter(df, "eps", ["tightness", "certified", "width"], label=lab), color))
+        tips = [("eps", "@{eps}{0.0000}"), ("tightness", "@{tightness}{0.0000} (1 = exact)"),
+                ("certified accuracy", "@{certified}{0.000}"), ("mean output box width", "@{width}{0.000}")]  # fmt: skip
+        pts = hv.Scatter(df, "eps", ["tightness", "certified", "width"], label=lab)
+        parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if not parts:
-        return _message("tightness vs eps", "no eps sweep with eps > 0: run with eps_sweep=[...]")
+        return _message("tightness vs eps", "no eps sweep with eps > 0: add radii to the eps sweep")
+    eps = np.concatenate([el.dimension_values("eps") for el in parts])
+    values = np.concatenate([el.dimension_values("tightness") for el in parts])
+    # tightness lives in [0, 1]: a linear axis from 0 unless it spans decades (a 0.05% change
+    # autoscaled over 0.14450-0.14457 looked like a cliff)
     return _panel(
         hv.Overlay(parts), "Output tightness vs eps", "eps (input radius)", "tightness (1 = exact)",
-        logx=True, logy=True, legend="bottom_left",
+        logx=log_worthy(eps, 10.0), legend=len(res) > 1, **_y_scale(values, include=(0.0,)),
     )  # fmt: skip
 
 
@@ -187,12 +216,19 @@ def certified_vs_eps(results) -> hv.Overlay:
         color = COLORS[i % len(COLORS)]
         lab = label or "IBP-certified"
         parts.append(_line(hv.Curve(df, "eps", "certified", label=lab), color, 2.0))
-        parts.append(_markers(hv.Scatter(df, "eps", "certified", label=lab), color))
+        tips = [("eps", "@{eps}{0.0000}"), ("certified accuracy", "@{certified}{0.000}")]
+        pts = hv.Scatter(df, "eps", "certified", label=lab)
+        parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if not parts:
-        return _message("certified accuracy vs eps", "no eps sweep: run with eps_sweep=[...]")
+        return _message("certified accuracy vs eps", "no eps sweep: add radii to the eps sweep")
+    eps = np.concatenate([el.dimension_values("eps") for el in parts])
+    positive = eps[eps > 0]
+    logx = log_worthy(positive, 10.0)
+    if logx:  # eps 0 has no place on a log axis
+        parts = [el.select(eps=(float(positive.min()), None)) for el in parts]
     return _panel(
         hv.Overlay(parts), "IBP-certified accuracy vs eps", "eps (input radius)", "certified accuracy",
-        legend="top_right", ylim=(0, 1.02),
+        logx=logx, legend=len(res) > 1, ylim=(-0.04, 1.04),
     )  # fmt: skip
 
 
@@ -215,10 +251,15 @@ def stability_bars(result) -> hv.Bars:
     bars = _opts(
         bars,
         dict(stacked=True, ylim=(0, 1.0)),
-        dict(cmap=STATE_COLORS, color="state", tools=["hover"], line_color="white"),
+        dict(
+            cmap=STATE_COLORS,
+            color="state",
+            line_color="white",
+            **_tips(("ReLU layer", "@{layer}"), ("units", "@{state}"), ("share", "@{fraction}{0.0%}")),
+        ),
         dict(color=hv.dim("state").categorize(STATE_COLORS)),
     )
-    return _panel(bars, f"ReLU stability at eps {eps}", "ReLU layer", "share of units", legend="top_right")
+    return _panel(bars, f"ReLU stability at eps {eps}", "ReLU layer", "share of units")
 
 
 def init_sweep_plot(rows: list[dict] | pd.DataFrame, relu: bool = True) -> hv.Overlay:
@@ -242,7 +283,7 @@ def init_sweep_plot(rows: list[dict] | pd.DataFrame, relu: bool = True) -> hv.Ov
     what = "ReLU local" if relu else "deep-linear"
     return _panel(
         hv.Overlay(parts), f"Tightness at initialisation ({what})", "hidden width", "tightness",
-        logx=True, logy=True, legend="bottom_left",
+        logx=True, logy=True,
     )  # fmt: skip
 
 
@@ -250,9 +291,10 @@ def ibp_summary_text(result) -> str:
     """Two lines: output tightness, accuracies, unstable share."""
     _check_ibp(result)
     s = result.summary
+    bounds_on = "logit margins" if s.get("spec") == "margin" else "outputs"
     lines = [
-        f"eps {format_number(s.get('eps'), 'g')} ({s.get('spec')} spec, {s.get('relu')} ReLU), "
-        f"{s.get('samples')} samples: output tightness {format_number(s.get('tightness'), '.3g')}",
+        f"eps {format_number(s.get('eps'), 'g')}, {s.get('samples')} samples: output tightness "
+        f"{format_number(s.get('tightness'), '.3g')} (bounds on the {bounds_on}, {s.get('relu')} ReLU tightness)",
         f"clean accuracy {format_number(s.get('clean_accuracy'), '.3f')}, IBP-certified accuracy "
         f"{format_number(s.get('certified_accuracy'), '.3f')}, unstable ReLUs "
         f"{format_number(100 * s['unstable_fraction'] if s.get('unstable_fraction') is not None else None, '.1f')}%",
@@ -289,20 +331,25 @@ def lipschitz_plot(result) -> hv.Overlay:
     vd = ["upper", "name", "kind", "constant", "method"]
     up = hv.Curve(rows, "layer", "upper", label="upper: product of layer constants")
     parts.append(_line(up, "#4477AA", 2.2))
+    tips = _tips(("up to layer", "@{name} (@{kind})"), ("upper bound", "@{upper}{0.00}"),
+                 ("this layer's constant", "@{constant}{0.00} (@{method})"))  # fmt: skip
     parts.append(_opts(hv.Scatter(rows, "layer", vd, label="upper: product of layer constants"),
-                       dict(color="#4477AA"), dict(size=6, tools=["hover"]), dict(s=20)))  # fmt: skip
+                       dict(color="#4477AA"), dict(size=6, **tips), dict(s=20)))  # fmt: skip
     if len(has):
         vdl = ["lower_max", "name", "lower_mean", "ratio"]
         lo = hv.Curve(has, "layer", "lower_max", label="lower: max Jacobian norm")
         parts.append(_line(lo, "#EE6677", 2.2))
+        tips = _tips(("up to layer", "@{name}"), ("lower bound (max ‖J‖)", "@{lower_max}{0.00}"),
+                     ("mean ‖J‖", "@{lower_mean}{0.00}"), ("gap upper / lower", "@{ratio}{0.00}x"))  # fmt: skip
         parts.append(_opts(hv.Scatter(has, "layer", vdl, label="lower: max Jacobian norm"),
-                           dict(color="#EE6677"), dict(size=7, tools=["hover"]), dict(s=25)))  # fmt: skip
+                           dict(color="#EE6677"), dict(size=7, **tips), dict(s=25)))  # fmt: skip
         mean = hv.Curve(has, "layer", "lower_mean", label="mean Jacobian norm")
         parts.append(_line(mean, "#EE6677", 1.2, "dashed"))
     ratio = format_number(result.summary.get("ratio"), ".2f")
+    values = np.concatenate([rows["upper"].to_numpy(float), has["lower_mean"].to_numpy(float)])
     return _panel(
-        hv.Overlay(parts), f"Lipschitz bounds per layer (output gap {ratio}x)", "layer",
-        "Lipschitz constant (2-norm)", logy=True, legend="top_left", **_tick_opts(rows),
+        hv.Overlay(parts), f"Lipschitz bounds per layer (gap {ratio}x)", "layer",
+        "Lipschitz constant (2-norm)", **_y_scale(values, include=(0.0,)), **_tick_opts(rows),
     )  # fmt: skip
 
 
@@ -315,13 +362,15 @@ def gap_plot(result) -> hv.Overlay:
         return _message("gap upper / lower", "no lower bound: run LipschitzBounds first")
     vd = ["ratio", "name", "upper", "lower_max"]
     curve = _line(hv.Curve(rows, "layer", "ratio"), "#AA3377", 2.0)
-    pts = _opts(
-        hv.Scatter(rows, "layer", vd), dict(color="#AA3377"), dict(size=7, tools=["hover"]), dict(s=25)
-    )
+    tips = _tips(("up to layer", "@{name}"), ("gap upper / lower", "@{ratio}{0.00}x"),
+                 ("upper", "@{upper}{0.00}"), ("lower", "@{lower_max}{0.00}"))  # fmt: skip
+    pts = _opts(hv.Scatter(rows, "layer", vd), dict(color="#AA3377"), dict(size=7, **tips), dict(s=25))
     one = _line(hv.HLine(1.0), "#888888", 1.0, "dotted")
+    # the gap is >= 1 (1: the bounds meet): the axis holds 1 and spans at least 10%
     return _panel(
         curve * pts * one, "Gap: upper / lower bound per layer", "layer", "upper / lower",
-        logy=True, legend=None, **_tick_opts(_layer_rows(result)),
+        legend=None, **_y_scale(rows["ratio"].to_numpy(float), include=(1.0,)),
+        **_tick_opts(_layer_rows(result)),
     )  # fmt: skip
 
 
@@ -377,13 +426,13 @@ def jacobian_histogram(result, split: str | None = None, bins: int = 20) -> hv.H
         hist,
         dict(color="#4477AA", alpha=0.85),
         dict(tools=["tap", "hover"], line_color="white", nonselection_alpha=0.35,
-             selection_color="#EE6677", selection_alpha=1.0),
+             selection_color="#EE6677", selection_alpha=1.0,
+             hover_tooltips=[("Jacobian norm", "@{left}{0.0} to @{right}{0.0}"), ("samples", "@{n_samples}")]),
         dict(edgecolor="white"),
     )  # fmt: skip
-    lower = result.summary.get("lower")
-    what = split or ", ".join(result.splits)
-    title = f"Per-sample Jacobian norms ({what}; max {format_number(lower, '.3g')}; tap a bar)"
-    return _panel(hist, title, "||J(x)||_2", "samples", legend=None)
+    top = format_number(vals.max() if len(vals) else None, ".3g")
+    title = f"Jacobian norm per {split + ' ' if split else ''}sample (max {top})"
+    return _panel(hist, title, "input-Jacobian norm ‖J(x)‖₂", "samples", legend=None)
 
 
 def _image_of(x: np.ndarray) -> np.ndarray:
@@ -398,17 +447,40 @@ def _image_of(x: np.ndarray) -> np.ndarray:
     return x.reshape(side, side) if side * side == n else x.reshape(1, n)
 
 
+#: largest mosaic of :func:`bin_samples` on screen (frame pixels) and pixels per input pixel
+MOSAIC_MAX = (460, 280)
+MOSAIC_SCALE = 36
+
+
+def _mosaic(pics: list[np.ndarray], pad: int = 1) -> np.ndarray:
+    """Equal-sized pictures side by side (NaN between them), about twice as wide as tall."""
+    h, w = pics[0].shape
+    n = len(pics)
+    cols = min(n, max(1, math.ceil(math.sqrt(2.0 * n * h / w))))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan)
+    for i, p in enumerate(pics):
+        r, c = divmod(i, cols)
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = p
+    return grid
+
+
 def bin_samples(
     result, index: int, split: str | None = None, bins: int = 20, max_samples: int = 16
 ) -> hv.Image:
-    """The samples of histogram bar ``index`` (largest norm first) as one mosaic image."""
+    """The samples of histogram bar ``index`` (largest norm first) as one mosaic image.
+
+    Every input pixel is drawn square (the plot's size follows the mosaic), and the axis ranges
+    follow each bar's mosaic when the image is a DynamicMap frame (``framewise``).
+    """
     _check_lip(result)
     edges = histogram_bins(result, split, bins)
     index = int(min(max(0, index), len(edges) - 2))
     df = samples_in_bin(result, index, split, bins)
-    rng = f"||J|| in [{edges[index]:.3g}, {edges[index + 1]:.3g}]"
-    title = f"{len(df)} samples with {rng}"
-    if not len(df):
+    rng = f"‖J‖ {edges[index]:.3g}–{edges[index + 1]:.3g}"
+    n = len(df)
+    title = f"{n} sample{'s' if n != 1 else ''} with {rng}"
+    if not n:
         return _message(title, "no sample in this bar: tap another one")
     pics = []
     for _, r in df.head(max_samples).iterrows():
@@ -416,24 +488,23 @@ def bin_samples(
         if xs is None:
             return _message(title, "the result did not keep its samples (keep_inputs)")
         pics.append(_image_of(xs[int(r["row"])]))
-    h, w = pics[0].shape
-    cols = min(len(pics), 8)
-    rows = math.ceil(len(pics) / cols)
-    pad = 1
-    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan)
-    for i, p in enumerate(pics):
-        r, c = divmod(i, cols)
-        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = p
+    grid = _mosaic(pics)
     H, W = grid.shape
-    img = hv.Image(grid[::-1], bounds=(0, 0, W, H), kdims=["x", "y"], vdims=["intensity"])
-    shown = f"{min(len(df), max_samples)} of {title}" if len(df) > max_samples else title
-    img = _opts(
+    # an Image's first array row is its top row: the samples stand upright, in reading order
+    img = hv.Image(grid, bounds=(0, 0, W, H), kdims=["x", "y"], vdims=["intensity"])
+    img = _opts(img, dict(cmap="gray", xaxis=None, yaxis=None))
+    shown = f"{max_samples} of {title}, largest first" if n > max_samples else title
+    img = _panel(
+        img, shown, "", "", legend=None, padding=0, show_grid=False, xlim=(0, W), ylim=(0, H),
+        norm=dict(framewise=True),
+    )  # fmt: skip
+    scale = min(MOSAIC_SCALE, MOSAIC_MAX[0] / W, MOSAIC_MAX[1] / H)
+    inches = min(6.0 / W, 3.6 / H) * W, min(6.0 / W, 3.6 / H) * H
+    return _opts(
         img,
-        dict(cmap="gray", xaxis=None, yaxis=None),
-        dict(width=min(80 * cols + 60, 560), height=min(80 * rows + 60, 400), toolbar=None),
-        dict(fig_inches=(min(1.0 * cols + 0.6, 8.0), min(1.0 * rows + 0.8, 5.0))),
-    )
-    return _panel(img, shown, "", "", legend=None, padding=0, show_grid=False)
+        bokeh=dict(frame_width=round(scale * W), frame_height=round(scale * H), toolbar=None),
+        mpl=dict(aspect=W / H, fig_inches=(max(inches[0], 2.0) + 0.4, inches[1] + 0.8)),
+    )  # fmt: skip
 
 
 @dataclass
@@ -490,11 +561,12 @@ def lipschitz_summary_text(result) -> str:
     """Two lines: the bounds at the output and the lower bound per sample set."""
     _check_lip(result)
     s = result.summary
-    per = ", ".join(f"{k} {format_number(s.get(f'lower_{k}'), '.4g')}" for k in result.splits)
+    names = {"mix": "midpoints of pairs", "sharpened": "sharpened"}
+    per = ", ".join(f"{names.get(k, k)} {format_number(s.get(f'lower_{k}'), '.4g')}" for k in result.splits)
     return (
         f"upper bound {format_number(s.get('upper'), '.4g')}, lower bound {format_number(s.get('lower'), '.4g')}: "
         f"gap {format_number(s.get('ratio'), '.2f')}x\n"
-        f"lower bound (max ||J||) per sample set: {per}; mean {format_number(s.get('lower_mean'), '.4g')}"
+        f"largest Jacobian norm ‖J(x)‖ by samples: {per}; mean over all {format_number(s.get('lower_mean'), '.4g')}"
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number
+from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number, value_range
 
 __all__ = [
     "PATH_DASH",
@@ -35,6 +35,7 @@ __all__ = [
     "path_plot",
     "path_points",
     "plane_plot",
+    "short_layer",
     "summary_text",
 ]
 
@@ -43,6 +44,24 @@ SPLIT_COLORS = {"train": "#4477AA", "test": "#EE6677", "data": "#228833"}
 PATH_DASH = {"naive": "dashed", "matched": "solid"}
 PATH_COLORS = {"naive": "#BBBBBB", "matched": "#4477AA"}
 METRIC_LABELS = {"loss": "cross-entropy loss", "accuracy": "accuracy"}
+#: how the barrier and layer tables read on a page (their CSV keeps the column names)
+BARRIER_TITLES = {
+    "split": "data", "path": "path", "barrier": "loss barrier", "barrier_lam": "λ of the loss barrier",
+    "barrier_mean": "mean loss rise", "acc_barrier": "error barrier", "acc_barrier_lam": "λ of the error barrier",
+}  # fmt: skip
+LAYER_TITLES = {
+    "name": "layer", "shape": "shape", "group_out": "rows permuted by", "group_in": "columns permuted by",
+    "l2_before": "L2 distance before", "l2_after": "L2 distance after",
+    "rel_l2_before": "relative L2 before", "rel_l2_after": "relative L2 after",
+    "sv_align_before": "alignment before", "sv_align_after": "alignment after",
+}  # fmt: skip
+#: how each alignment method is named on a page
+MATCH_NAMES = {"weights": "weight matching", "activations": "activation matching", "none": "none"}
+
+
+def short_layer(name: str) -> str:
+    """A layer name as a plot shows it: without the ``.weight`` suffix."""
+    return str(name).removesuffix(".weight")
 
 
 def _check(result) -> None:
@@ -107,6 +126,10 @@ def path_plot(result, metric: str = "loss", pair: str = "0-1") -> hv.Overlay:
             selection_alpha=1.0,
             line_color="white",
             line_width=0.5,
+            hover_tooltips=[
+                ("model", "θ(λ = @{lam}{0.000}) on the @{path} path"),
+                (what_label(metric), f"@{{{metric}}}{{0.0000}} on @{{split}} data"),
+            ],
         ),  # fmt: skip
         dict(s=10, alpha=0.5),
     )
@@ -118,11 +141,17 @@ def path_plot(result, metric: str = "loss", pair: str = "0-1") -> hv.Overlay:
         if s.get("barrier_matched") is not None:
             title += f", matched {format_number(s['barrier_matched'], '.3f')}"
         title += ")"
-    extra = {"ylim": (0, 1.02)} if metric == "accuracy" else {}
-    legend = "bottom_right" if metric == "accuracy" else "top_right"
-    return _panel(
-        hv.Overlay([*curves, pts]), title, "λ (0 = model A, 1 = model B)", what, legend=legend, **extra
-    )
+    # accuracy lives in [0, 1]; the loss axis starts at 0, so a flat path does not look like a bump
+    if metric == "accuracy":
+        ylim = (-0.03, 1.03)
+    else:
+        ylim = value_range(df[metric].to_numpy(float), include=(0.0,))
+    return _panel(hv.Overlay([*curves, pts]), title, "λ (0 = model A, 1 = model B)", what, ylim=ylim)
+
+
+def what_label(metric: str) -> str:
+    """The name of ``metric`` in a tooltip."""
+    return {"loss": "loss", "accuracy": "accuracy"}[metric]
 
 
 def path_points(plot) -> hv.Scatter:
@@ -148,16 +177,20 @@ def barrier_table(result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _bars(df: pd.DataFrame, value: str, title: str, ylabel: str):
+def _bars(df: pd.DataFrame, value: str, title: str, ylabel: str, lam: str):
     df = df.assign(color=[PATH_COLORS[p] for p in df["path"]])
-    bars = hv.Bars(df, ["split", "path"], [value, "color"])
+    bars = hv.Bars(df, ["split", "path"], [value, "color", lam])
+    tips = [
+        ("path", "@{path} on @{split} data"),
+        (title, f"@{{{value}}}{{0.0000}} at λ = @{{{lam}}}{{0.00}}"),
+    ]
     bars = _opts(
         bars,
         None,
-        dict(color=hv.dim("color"), tools=["hover"], width=420, height=320),
+        dict(color=hv.dim("color"), tools=["hover"], hover_tooltips=tips),
         dict(color=hv.dim("color")),
     )
-    return _panel(bars, title, "split, path", ylabel, legend=None)
+    return _panel(bars, title, "data, path", ylabel, legend=None)
 
 
 def barrier_plot(result) -> hv.Layout:
@@ -165,8 +198,8 @@ def barrier_plot(result) -> hv.Layout:
     df = barrier_table(result)
     if df.empty:
         return _layout([_message("barriers", "no barriers in this result")], 1)
-    loss = _bars(df, "barrier", "loss barrier", "max rise of the loss above the line")
-    err = _bars(df, "acc_barrier", "error barrier", "max drop of accuracy below the line")
+    loss = _bars(df, "barrier", "loss barrier", "loss rise above the straight line", "barrier_lam")
+    err = _bars(df, "acc_barrier", "error barrier", "accuracy drop below the line", "acc_barrier_lam")
     return _layout([loss, err], 2, (4.6, 3.6))
 
 
@@ -180,32 +213,32 @@ def layer_plot(result) -> hv.Layout:
         msg = "no permutable layers: the models were not aligned"
         return _layout([_message("per-layer distance", msg), _message("singular vectors", msg)], 2)
     panels = []
-    for before, after, title, ylabel in (
-        ("rel_l2_before", "rel_l2_after", "L2 distance to A (relative)", "‖W_A − W_B‖ / ‖W_A‖"),
-        (
-            "sv_align_before",
-            "sv_align_after",
-            "alignment of top singular vectors",
-            "mean |⟨u_A,u_B⟩⟨v_A,v_B⟩|",
-        ),
-    ):
+    names = [short_layer(n) for n in layers["name"]]
+    rotate = 30 if len(names) > 4 or max(len(n) for n in names) > 8 else 0
+    for before, after, title, ylabel, what in (
+        ("rel_l2_before", "rel_l2_after", "L2 distance to A (relative)", "‖W_A − W_B‖ / ‖W_A‖",
+         "relative L2 distance"),
+        ("sv_align_before", "sv_align_after", "alignment of top singular vectors",
+         "alignment (1 = same directions)", "alignment"),
+    ):  # fmt: skip
         df = pd.concat(
             [
-                pd.DataFrame({"layer": layers["name"], "when": "before", "value": layers[before]}),
-                pd.DataFrame({"layer": layers["name"], "when": "after", "value": layers[after]}),
+                pd.DataFrame({"layer": names, "when": "before", "value": layers[before]}),
+                pd.DataFrame({"layer": names, "when": "after", "value": layers[after]}),
             ],
             ignore_index=True,
         )
         df["color"] = np.where(df["when"] == "before", PATH_COLORS["naive"], PATH_COLORS["matched"])
         bars = hv.Bars(df, ["layer", "when"], ["value", "color"])
+        tips = [("layer", "@{layer}"), (what, "@{value}{0.000} @{when} matching")]
         bars = _opts(
             bars,
             None,
-            dict(color=hv.dim("color"), tools=["hover"], width=460, height=320, xrotation=30),
-            dict(color=hv.dim("color"), xrotation=30),
+            dict(color=hv.dim("color"), tools=["hover"], hover_tooltips=tips, xrotation=rotate),
+            dict(color=hv.dim("color"), xrotation=rotate),
         )
-        extra = {"ylim": (0, 1.02)} if before.startswith("sv") else {}
-        panels.append(_panel(bars, title, "layer (before, after matching)", ylabel, legend=None, **extra))
+        extra = {"ylim": (0, 1.04)} if before.startswith("sv") else {}
+        panels.append(_panel(bars, title, "layer: before, after matching", ylabel, legend=None, **extra))
     return _layout(panels, 2, (5.0, 3.8))
 
 
@@ -224,7 +257,11 @@ def pairwise_heatmap(result, what: str = "barrier", path: str = "matched") -> hv
     hm = _opts(
         hm,
         dict(cmap="viridis", colorbar=True, clim=(0.0, max(float(mat.max()), 1e-9))),
-        dict(tools=["hover"], width=420, height=380, invert_yaxis=True),
+        dict(
+            tools=["hover"],
+            invert_yaxis=True,
+            hover_tooltips=[("models", "@{A} and @{B}"), ("barrier", "@{barrier}{0.0000}")],
+        ),
         dict(invert_yaxis=True, fig_inches=(4.6, 4.0)),
     )
     return _panel(hm, title, "", "", legend=None, padding=0)
@@ -242,12 +279,14 @@ def plane_plot(result, split: str | None = None, metric: str = "loss") -> hv.Ove
     if key not in plane:
         return _message(title, "needs three or more models: add models to compare")
     z = np.asarray(plane[key], dtype=np.float64)
-    mesh = hv.QuadMesh((plane["x"], plane["y"], z), ["x", "y"], [METRIC_LABELS[metric]])
+    mesh = hv.QuadMesh(
+        (plane["x"], plane["y"], z), ["x", "y"], [hv.Dimension(metric, label=METRIC_LABELS[metric])]
+    )
     clim = (0.0, 1.0) if metric == "accuracy" else (float(np.nanmin(z)), float(np.nanpercentile(z, 95)))
     mesh = _opts(
         mesh,
         dict(cmap="viridis" if metric == "accuracy" else "viridis_r", colorbar=True, clim=clim),
-        dict(tools=["hover"], width=480, height=400),
+        dict(tools=["hover"], hover_tooltips=[(METRIC_LABELS[metric], f"@{{{metric}}}{{0.000}}")]),
         dict(fig_inches=(5.0, 4.2)),
     )
     xy = np.asarray(plane["models_xy"], dtype=np.float64)
@@ -280,16 +319,17 @@ def summary_text(result) -> str:
     lines = []
     line = f"loss barrier on {split}: naive {format_number(s.get('barrier_naive'), '.3f')}"
     if s.get("barrier_matched") is not None:
-        line += f", matched ({s.get('match')}) {format_number(s.get('barrier_matched'), '.3f')}"
+        line += f", matched ({MATCH_NAMES.get(s.get('match'), s.get('match'))}) {format_number(s.get('barrier_matched'), '.3f')}"
     lines.append(line)
     line = f"error barrier on {split}: naive {format_number(s.get('acc_barrier_naive'), '.3f')}"
     if s.get("acc_barrier_matched") is not None:
         line += f", matched {format_number(s.get('acc_barrier_matched'), '.3f')}"
     lines.append(line)
+    groups = ", ".join(f"{g} ({n} units)" for g, n in s.get("groups", {}).items()) or "none"
     lines.append(
         f"L2 distance A-B: {format_number(s.get('l2_before'), '.2f')} before, "
         f"{format_number(s.get('l2_after'), '.2f')} after matching "
-        f"({s.get('match_iterations', 0)} sweeps; groups {', '.join(f'{g} {n}' for g, n in s.get('groups', {}).items()) or 'none'})"
+        f"({s.get('match_iterations', 0)} rounds; units permuted in {groups})"
     )
     layers = result.layers
     if not layers.empty:

@@ -41,6 +41,8 @@ from ..core.plotting import (
     _panel,
     _text,
     format_number,
+    log_worthy,
+    value_range,
 )
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "compare_models",
     "compare_table",
     "esd_plot",
+    "explorer_figure",
     "farms_vs_plain",
     "ks_plot",
     "linked_explorer",
@@ -89,6 +92,10 @@ METRIC_LABELS = {
     "mp_softrank": "MP soft rank",
     "rand_distance": "distance to shuffled ESD",
 }
+
+#: the dashed alpha = 2 and alpha = 6 guides of the metric plots and their legend entry
+GUIDE_COLOR = "#666666"
+GUIDE_LABEL = "α = 2 and 6 (over- / under-trained)"
 
 ESD_BINS = 60
 EVALS_THRESH = 1e-5  # as analyses.spectra.kernels.EVALS_THRESH (zeros of rank-deficient matrices)
@@ -168,32 +175,58 @@ def _metric_scatter(rows: pd.DataFrame, metric: str) -> hv.Scatter:
     scatter = hv.Scatter(data, hv.Dimension("layer_id", label="layer index"), vdims)
     return _opts(
         scatter,
-        dict(color="warning", cmap=CATEGORY_COLORS),
+        dict(color=hv.dim("warning").categorize(CATEGORY_COLORS, default="#999999")),
         dict(size=11, line_color="white", tools=["hover", "tap"], nonselection_alpha=0.35,
-             selection_line_color="black", selection_line_width=2.5),
+             selection_line_color="black", selection_line_width=2.5,
+             hover_tooltips=_layer_tooltips(METRIC_LABELS.get(metric, metric), metric)),
         dict(s=60, edgecolors="white"),
     )  # fmt: skip
 
 
-def _metric_panel(result, rows: pd.DataFrame, metric: str, note: str = "") -> tuple[hv.Overlay, hv.Scatter]:
+def _category_keys(categories, kdim: str, vdim: str) -> list[hv.Scatter]:
+    """Legend entries of the warning categories present: empty scatters in each category's colour
+    (the points themselves are coloured by value, without a legend of their own)."""
+    present = set(categories)
+    return [
+        _opts(hv.Scatter(([np.nan], [np.nan]), kdim, vdim, label=cat), dict(color=color),
+              dict(size=11), dict(s=60))
+        for cat, color in CATEGORY_COLORS.items() if cat in present
+    ]  # fmt: skip
+
+
+def _layer_tooltips(label: str, column: str) -> list[tuple[str, str]]:
+    """Hover lines of a per-layer point: its name, kind, shape, the value shown and its label."""
+    return [
+        ("layer", "@{layer}"),
+        ("kind", "@{layer_type}, @{N} × @{M}"),
+        (label, f"@{{{column}}}{{0.000}}"),
+        ("reading", "@{warning}"),
+    ]
+
+
+def _metric_panel(result, rows: pd.DataFrame, metric: str) -> tuple[hv.Overlay, hv.Scatter]:
     """The metric-by-layer overlay and its scatter (the selection source of the explorer)."""
     scatter = _metric_scatter(rows, metric)
     path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
-    over = path * scatter
+    # one legend for everything: an entry per warning category (the scatter colours its points
+    # by value, with no legend of its own: matplotlib would draw that apart, on top of the other)
+    over = hv.Overlay([path, scatter, *_category_keys(rows["category"], "layer_id", metric)])
     extra = _layer_ticks(rows["layer_id"])
     if metric in ("alpha", "alpha_plain"):
-        for y, text in ((2.0, "over-trained below 2"), (6.0, "under-trained above 6")):
-            over = over * _line(hv.HLine(y), "#666666", 1.0, "dashed", 0.8)
-            over = over * _text(
-                float(rows["layer_id"].max()), y, f"{text} ", 9, halign="right", valign="bottom"
-            )
+        for y in (2.0, 6.0):
+            over = over * _line(hv.HLine(y), GUIDE_COLOR, 1.0, "dashed", 0.8)
+        # the guides are named in the legend (a text on the plot would sit on points at its end)
+        key = hv.Curve(([np.nan], [np.nan]), "layer_id", metric, label=GUIDE_LABEL)
+        over = over * _line(key, GUIDE_COLOR, 1.0, "dashed", 0.8)
         # both guides always in view: they are the scale the values are read against
         vals = rows[metric].to_numpy(float)
         lo, hi = min(float(vals.min()), 2.0), max(float(vals.max()), 6.0)
         pad = 0.06 * (hi - lo)
         extra["ylim"] = (lo - pad, hi + pad)
+    else:  # near-equal values must not fill the axis (a 0.1% difference drawn as a cliff)
+        extra["ylim"] = value_range(rows[metric].to_numpy(float))
     subject = result.meta.get("subject", {}).get("label", "")
-    title = f"{metric} by layer" + (f": {subject}" if subject else "") + note
+    title = f"{metric} by layer" + (f": {subject}" if subject else "")
     return _panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric), **extra), scatter
 
 
@@ -256,7 +289,7 @@ def _esd_source(result, name: str, source: str) -> str:
     if source == "auto":
         return "farms" if has_farms else "layer"
     if source == "farms" and not has_farms:
-        raise NNVitalsError(f"layer {name!r}: no FARMS ESD in this result; run with farms=True")
+        raise NNVitalsError(f"layer {name!r}: no FARMS ESD in this result; run the analysis with FARMS on")
     return source
 
 
@@ -343,8 +376,7 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
     title = f"{kind} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
     over = hist * rcurve * fitc * xmin_line * bulk_line
     return _panel(
-        over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True,
-        legend="top_right", padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
+        over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True, padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
     )  # fmt: skip
 
 
@@ -360,7 +392,9 @@ def ks_plot(result, name: str) -> hv.Overlay:
     row = result.row(name)
     xs, ds = (np.asarray(a, dtype=float) for a in result.ks_curve(name))
     title = f"KS scan {name}"
-    xdim, ydim = hv.Dimension("xmin", label="candidate xmin"), hv.Dimension("D", label="KS distance D")
+    # D lives in [0, 1]: the axis starts at 0, so a shallow scan does not look deep
+    xdim = hv.Dimension("xmin", label="candidate xmin")
+    ydim = hv.Dimension("D", label="KS distance D", range=(0, None))
     good = np.isfinite(xs) & np.isfinite(ds) & (xs > 0)
     if row.get("status", "ok") != "ok" or not good.any():
         reason = row.get("skip_reason", "") or "no KS scan stored for this layer"
@@ -374,8 +408,12 @@ def ks_plot(result, name: str) -> hv.Overlay:
     pt = (xs[best : best + 1], ds[best : best + 1]) if best is not None else ([np.nan], [np.nan])
     star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
     star = _opts(
-        star, dict(color=FIT_COLOR), dict(marker="star", size=18, tools=["hover"]), dict(marker="*", s=220)
-    )
+        star,
+        dict(color=FIT_COLOR),
+        dict(marker="star", size=18, tools=["hover"],
+             hover_tooltips=[("chosen xmin", "@{xmin}{0.000}"), ("KS distance D", "@{D}{0.000}")]),
+        dict(marker="*", s=220),
+    )  # fmt: skip
     return _panel(
         curve * star, title, "candidate xmin", "KS distance D", logx=True, norm=dict(framewise=True)
     )
@@ -390,7 +428,7 @@ def farms_vs_plain(result) -> hv.Overlay:
     """
     title = "FARMS alpha vs plain alpha"
     if not _has_farms(result):
-        return _message(title, "no FARMS alpha in this result: run with farms=True (CLI: --farms)")
+        return _message(title, "no FARMS alpha in this result: run the analysis with FARMS on")
     rows = _analysed(result)
     rows["alpha_plain"] = pd.to_numeric(rows["alpha_plain"], errors="coerce")
     rows = rows[np.isfinite(rows["alpha"].astype(float)) & np.isfinite(rows["alpha_plain"])]
@@ -410,13 +448,17 @@ def farms_vs_plain(result) -> hv.Overlay:
     )  # fmt: skip
     pts = _opts(
         pts,
-        dict(color="warning", cmap=CATEGORY_COLORS),
-        dict(size=11, line_color="white", tools=["hover"]),
+        dict(color=hv.dim("warning").categorize(CATEGORY_COLORS, default="#999999")),
+        dict(size=11, line_color="white", tools=["hover"], hover_tooltips=[
+            ("layer", "@{layer} (@{layer_type})"), ("plain alpha", "@{alpha_plain}{0.00}"),
+            ("FARMS alpha", "@{alpha}{0.00}"), ("aspect ratio Q", "@{Q}{0.0}"), ("reading", "@{warning}"),
+        ]),
         dict(s=60, edgecolors="white"),
-    )
+    )  # fmt: skip
+    keys = _category_keys(rows["category"], "alpha_plain", "alpha")
     return _panel(
-        diag * note * pts, title, "plain alpha (full matrix)", "FARMS alpha", xlim=(lo, hi), ylim=(lo, hi),
-        legend="top_left",
+        hv.Overlay([diag, note, pts, *keys]), title, "plain alpha (full matrix)", "FARMS alpha",
+        xlim=(lo, hi), ylim=(lo, hi),
     )  # fmt: skip
 
 
@@ -446,13 +488,29 @@ def alpha_vs_aspect(result) -> hv.Overlay:
             [hv.Dimension("value", label="alpha"), "layer", "N", "M"],
             label=label,
         )
+        tips = [
+            ("layer", "@{layer}, @{N} × @{M}"),
+            ("aspect ratio Q", "@{Q}{0.0}"),
+            (label, "@{value}{0.00}"),
+        ]
         layers.append(
-            _opts(sc, dict(color=color), dict(size=10, line_color="white", tools=["hover"]), dict(s=50))
+            _opts(
+                sc,
+                dict(color=color),
+                dict(size=10, line_color="white", tools=["hover"], hover_tooltips=tips),
+                dict(s=50),
+            )
         )
     if not layers:
         return _message(title, "no analysed layer has a finite alpha")
     over = hv.Overlay(layers)
-    return _panel(over, title, "aspect ratio Q = N / M", "alpha", logx=True)
+    q = rows["Q"].to_numpy(float)
+    alphas = np.concatenate([el.dimension_values("value") for el in layers])
+    logx = log_worthy(q, 10.0)  # Q over less than a decade reads better on a linear axis
+    extra = {"ylim": value_range(alphas)}
+    if not logx:
+        extra["xlim"] = value_range(q, rel_span=0.2)
+    return _panel(over, title, "aspect ratio Q = N / M", "alpha", logx=logx, **extra)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -511,7 +569,10 @@ def compare_models(
         )
         layers.append(_line(hv.Curve(data, kd, vd, label=lab), color, 1.2, alpha=0.7))
         sc = hv.Scatter(data, kd, vd, label=lab)
-        layers.append(_opts(sc, dict(color=color), dict(size=9, tools=["hover"]), dict(s=40)))
+        tips = [("model", lab), ("layer", "@{layer} (@{layer_type})"), (metric, f"@{{{metric}}}{{0.000}}")]
+        layers.append(
+            _opts(sc, dict(color=color), dict(size=9, tools=["hover"], hover_tooltips=tips), dict(s=40))
+        )
     top = hv.Overlay(layers)
     if metric in ("alpha", "alpha_plain"):
         top = (
@@ -536,9 +597,9 @@ def compare_models(
         dots = _opts(
             dots,
             dict(color=PAIR_COLORS[1]),
-            dict(size=9, tools=["hover"]),
+            dict(size=9, tools=["hover"], hover_tooltips=[("layer", "@{layer}"), (f"Δ {metric}", "@{delta}{0.000}")]),
             dict(s=40),
-        )
+        )  # fmt: skip
         zero = _line(hv.HLine(0.0), "#333333", 1.0)
         bottom = _panel(zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=None, **ticks)
     return _layout([top, bottom], 1, (6.5, 3.8))
@@ -611,7 +672,7 @@ def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
         msg = _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
         stream = hv.streams.Selection1D(source=msg, index=[])
         return LinkedExplorer(hv.Layout([msg]).cols(1), stream, [])
-    over, scatter = _metric_panel(result, rows, metric, " (tap a point)")
+    over, scatter = _metric_panel(result, rows, metric)
     stream = hv.streams.Selection1D(source=scatter, index=[0])
 
     def _esd(index):
@@ -634,6 +695,24 @@ def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
     # set one shared option tree (the metric plot's), which then overrides every frame's title
     layout = hv.Layout([over, esd, ks]).cols(3)
     return LinkedExplorer(layout, stream, names)
+
+
+def explorer_figure(result, name: str | None = None, metric: str = "alpha") -> hv.Layout:
+    """What :func:`linked_explorer` shows with layer ``name`` selected (default: the first), as
+    one static figure (metric by layer, that layer's ESD and KS scan): for export."""
+    rows = _metric_rows(result, metric)
+    names = [str(n) for n in rows["name"]]
+    if not names:
+        return _layout([_message(f"{metric} by layer", f"no analysed layer has a finite {metric}")], 1)
+    if name is not None and name not in names:
+        raise NNVitalsError(
+            f"layer {name!r}: not among the layers with a finite {metric} ({', '.join(names)})"
+        )
+    name = name or names[0]
+    over, scatter = _metric_panel(result, rows, metric)
+    _opts(scatter, bokeh=dict(selected=[names.index(name)]))
+    # one column: each panel's legend sits right of it, clear of the others
+    return _layout([over, esd_plot(result, name, axiswise=True), ks_plot(result, name)], 1, (6.0, 3.6))
 
 
 # --------------------------------------------------------------------------- CLI figures
@@ -664,7 +743,10 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
         row = result.row(n)
         kind = " (FARMS)" if result.farms_esd(n).size else ""
         short = f"{short_name(n)}{kind}: α={format_number(row['alpha'])}, D={format_number(row['D'], '.3f')}"
-        plots.append(_opts(p, dict(title=short, show_legend=i == 0), mpl=dict(fontscale=1.0)))
+        # one legend, on the last panel of the first row (right of the grid in an export)
+        plots.append(
+            _opts(p, dict(title=short, show_legend=i == min(2, len(names) - 1)), mpl=dict(fontscale=1.0))
+        )
     return _layout(plots, 3)
 
 

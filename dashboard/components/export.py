@@ -6,7 +6,9 @@ writes: SVG/PNG/PDF through matplotlib (no browser involved), HTML with BokehJS 
 (opens offline). A page hands :class:`ExportPanel` two callables returning what can be
 exported now: ``figures() -> {title: build}`` (``build()`` gives a HoloViews object) and
 ``tables() -> {title: build}`` (``build()`` gives a DataFrame); the panel asks again when
-:meth:`ExportPanel.refresh` is called (after a new result).
+:meth:`ExportPanel.refresh` is called (after a new result). With ``subject() -> str`` (the model
+analysed) every file name ends with it, so two models' exports do not overwrite each other:
+``spectra_esd_grid-mlp.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from analyses.core.export import save_figure, save_table
 log = logging.getLogger("nnvitals.app")
 
 FIGURE_FORMATS = ("svg", "png", "pdf", "html")
+#: model file suffixes left out of a file name's subject part
+MODEL_SUFFIXES = (".safetensors", ".pt2", ".pth", ".pt", ".bin", ".npz")
 #: matplotlib's pyplot state is global: one export renders at a time
 _render_lock = threading.Lock()
 
@@ -40,6 +44,23 @@ def slug(text: str) -> str:
     """A file stem from a title: 'ESD of fc1.weight' -> 'esd_of_fc1.weight'."""
     s = re.sub(r"[^\w.\-]+", "_", text.strip().lower()).strip("_.")
     return s or "figure"
+
+
+def file_stem(prefix: str, title: str, subject: str = "") -> str:
+    """The stem of an exported file: ``<prefix>_<title>-<subject>`` ('spectra', 'ESD grid', 'mlp' ->
+    'spectra_esd_grid-mlp'); a model file's suffix is left out of the subject."""
+    stem = f"{prefix}_{slug(title)}"
+    subject = model_stem(subject)
+    return f"{stem}-{slug(subject)}" if subject else stem
+
+
+def model_stem(name: str) -> str:
+    """A model's name without its file suffix ('net.safetensors' -> 'net', 'mlp' -> 'mlp')."""
+    name = str(name or "").strip()
+    for suffix in MODEL_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def figure_bytes(obj: Any, fmt: str, stem: str = "figure") -> bytes:
@@ -64,9 +85,17 @@ class ExportPanel(pn.viewable.Viewer):
     figure = param.Selector(default=None, objects=[], doc="The figure to download.")
     message = param.String(default="", doc="The last export error ('' when none).")
 
-    def __init__(self, figures: Builders, tables: Builders, prefix: str = "nnvitals", **params: Any):
+    def __init__(
+        self,
+        figures: Builders,
+        tables: Builders,
+        prefix: str = "nnvitals",
+        subject: Callable[[], str] | None = None,
+        **params: Any,
+    ):
         super().__init__(**params)
         self._figures, self._tables, self.prefix = figures, tables, prefix
+        self._subject = subject
         self._fig_select = pn.widgets.Select.from_param(self.param.figure, name="Figure", width=340)
         self._buttons = {
             fmt: pn.widgets.FileDownload(
@@ -120,7 +149,7 @@ class ExportPanel(pn.viewable.Viewer):
             self._table_row.objects = [
                 pn.widgets.FileDownload(
                     callback=self._table_callback(title),
-                    filename=f"{self.prefix}_{slug(title)}.csv",
+                    filename=f"{self.stem(title)}.csv",
                     label=f"{title} (CSV)",
                     button_type="primary",
                     button_style="outline",
@@ -128,9 +157,20 @@ class ExportPanel(pn.viewable.Viewer):
                 )
                 for title in tables
             ]
+        else:  # same tables, maybe of another model
+            for title, button in zip(tables, self._table_row.objects):
+                button.filename = f"{self.stem(title)}.csv"
+
+    def subject(self) -> str:
+        """The model the exports are of ('' when the page did not say)."""
+        return str(self._subject() or "") if self._subject is not None else ""
+
+    def stem(self, title: str) -> str:
+        """The file stem of export ``title``: prefix, title and model (see :func:`file_stem`)."""
+        return file_stem(self.prefix, title, self.subject())
 
     def _update_names(self, *_: Any) -> None:
-        stem = f"{self.prefix}_{slug(self.figure or 'figure')}"
+        stem = self.stem(self.figure or "figure")
         for fmt, b in self._buttons.items():
             b.filename = f"{stem}.{fmt}"
 
@@ -141,7 +181,7 @@ class ExportPanel(pn.viewable.Viewer):
             if title not in builders:
                 return self._fail("nothing to export yet: run the analysis first")
             try:
-                data = figure_bytes(builders[title](), fmt, f"{self.prefix}_{slug(title)}")
+                data = figure_bytes(builders[title](), fmt, self.stem(title))
             except NNVitalsError as e:
                 return self._fail(str(e))
             self._alert.visible = False
@@ -155,7 +195,7 @@ class ExportPanel(pn.viewable.Viewer):
             if title not in builders:
                 return self._fail(f"{title}: not available any more; run the analysis again")
             try:
-                data = table_bytes(builders[title](), slug(title))
+                data = table_bytes(builders[title](), self.stem(title))
             except NNVitalsError as e:
                 return self._fail(str(e))
             self._alert.visible = False

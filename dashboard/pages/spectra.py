@@ -18,6 +18,7 @@ notebook, ``SpectraPage(model="mlp")`` runs the analysis in the cell and display
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -66,6 +67,29 @@ TABLE_COLUMNS = [
     "log_norm", "log_spectral_norm", "stable_rank", "entropy", "D", "xmin", "num_spikes", "num_pl_spikes",
     "rand_distance", "status", "skip_reason",
 ]  # fmt: skip
+#: header titles of the layer table where the column name is not what a reader knows (the
+#: WeightWatcher metric names are kept: they are what users know; the CSV keeps every name)
+TABLE_TITLES = {
+    "layer_id": "depth", "name": "layer", "layer_type": "kind", "alpha_plain": "plain alpha",
+    "num_spikes": "spikes", "num_pl_spikes": "tail size", "rand_distance": "distance to shuffled",
+    "status": "status", "skip_reason": "why skipped", "warning": "reading",
+}  # fmt: skip
+TABLE_TOOLTIPS = {
+    "layer_id": "Position of the layer in the model (0 = first)",
+    "Q": "Aspect ratio N / M of the weight matrix",
+    "alpha": "Power-law exponent of the ESD tail: below 2 over-trained, above 6 under-trained",
+    "alpha_plain": "Alpha of the full matrix (without FARMS)",
+    "alpha_weighted": "alpha × log10 of the largest eigenvalue",
+    "log_norm": "log10 of the squared Frobenius norm",
+    "log_spectral_norm": "log10 of the largest eigenvalue",
+    "stable_rank": "Squared Frobenius norm / largest eigenvalue",
+    "entropy": "Spectral entropy (1 = flat spectrum)",
+    "D": "KS distance between the ESD tail and the fitted power law",
+    "xmin": "Where the power-law tail starts",
+    "num_spikes": "Eigenvalues beyond the Marchenko-Pastur bulk edge",
+    "num_pl_spikes": "Eigenvalues in the fitted power-law tail",
+    "rand_distance": "Distance between the ESD and the shuffled matrix's ESD",
+}
 #: positions of the tabs whose content is built when they are first opened
 FARMS_TAB, COMPARE_TAB, EXPORT_TAB = 1, 2, 3
 #: most ESDs drawn side by side for a multi-layer selection
@@ -93,6 +117,35 @@ def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
     """A bokeh pane that fills its grid cell; axes never linked to other panes' plots."""
     kw.setdefault("sizing_mode", "stretch_width")
     return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, min_width=380, **kw)
+
+
+def _live(plot: Any) -> bool:
+    """Whether a rendered plot is shown live (a server session, or a notebook's running event loop):
+    only then does a change of its bokeh models reach a browser (and HoloViews' callbacks, which
+    answer such a change, have a loop to run on)."""
+    doc = getattr(plot, "document", None)
+    if doc is not None and doc.session_context is not None:
+        return True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _set_selection(doc: Any, selected: Any, index: list[int]) -> None:
+    """Set a bokeh ``Selection``'s indices where the browser hears of it: in a server session on
+    the server's event loop, holding the document's lock (a change made from a worker thread, as
+    a table click's callback is, would not be sent); elsewhere at once."""
+
+    def push() -> None:
+        if list(selected.indices) != index:
+            selected.indices = index
+
+    if doc is not None and doc.session_context is not None:
+        doc.add_next_tick_callback(push)
+    else:
+        push()
 
 
 def _grid(*objects: Any, **kw: Any) -> pn.GridBox:
@@ -253,6 +306,8 @@ class SpectraPage(AnalysisPage):
             layout="fit_data_table",
             header_align="center",
             widths={"warning": 130},
+            titles=TABLE_TITLES,
+            header_tooltips=TABLE_TOOLTIPS,
             css_classes=["nnv-layer-table"],
         )
         self._table.style.map(_warning_css)  # kept across new values: only warning labels get a colour
@@ -276,6 +331,11 @@ class SpectraPage(AnalysisPage):
         )
         self._farms_button.on_click(lambda _e: self.run(farms=True))
         self._farms_plots = _grid()
+        self._farms_note = pn.pane.Markdown(
+            "This run has no FARMS alpha yet: **Run with FARMS** to compare it with the plain alpha.",
+            css_classes=["nnv-farms-missing"],
+            sizing_mode="stretch_width",
+        )
         farms = pn.Column(
             pn.pane.Markdown(
                 "**FARMS** (Fixed-Aspect-Ratio Matrix Subsampling, ICML 2025) fits alpha on the pooled ESD "
@@ -283,7 +343,7 @@ class SpectraPage(AnalysisPage):
                 "shape Q = N / M. Points off the diagonal are layers whose plain alpha the aspect ratio biased.",
                 sizing_mode="stretch_width",
             ),
-            self._farms_button,
+            pn.Row(self._farms_button, self._farms_note, sizing_mode="stretch_width"),
             self._farms_plots,
             sizing_mode="stretch_width",
             name="FARMS vs plain",
@@ -317,7 +377,9 @@ class SpectraPage(AnalysisPage):
         )
         self.param.watch(self._redraw_compare, "compare_metric")
         # Export tab
-        self.export_panel = ExportPanel(self.figures, self.tables, prefix="spectra")
+        self.export_panel = ExportPanel(
+            self.figures, self.tables, prefix="spectra", subject=lambda: self.label
+        )
         # Compare and Export join the page when their tab is first opened (Panel's own dynamic
         # tabs would do it, but their placeholders load CSS from Panel's CDN)
         self._lazy_tabs = {
@@ -451,7 +513,7 @@ class SpectraPage(AnalysisPage):
         s, meta, t = result.summary, result.meta, result.table
         subj = meta.get("subject", {})
         how = (
-            "from the result store"
+            "reused from an earlier run"
             if meta.get("cached")
             else f"computed in {views.format_number(meta.get('seconds'), '.2f')} s"
         )
@@ -486,6 +548,7 @@ class SpectraPage(AnalysisPage):
         if ex.names:
             ex.stream.source.opts(tools=["hover", "tap", "box_select"], active_tools=["tap"], backend="bokeh")
         self.explorer = ex
+        self._shown = None
         items = list(ex.layout)
         self._plots.objects = [
             _holoviews(item, css_classes=[f"nnv-plot-{i}"]) for i, item in enumerate(items)
@@ -502,7 +565,7 @@ class SpectraPage(AnalysisPage):
             "alpha_plain" in result.table
             and np.isfinite(pd.to_numeric(result.table["alpha_plain"], errors="coerce")).any()
         )
-        self._farms_button.visible = not has_farms
+        self._farms_button.visible = self._farms_note.visible = not has_farms
         self._farms_drawn = None
         if self.tabs.active == FARMS_TAB:  # else drawn when the tab is opened
             self._draw_farms_plots()
@@ -512,10 +575,11 @@ class SpectraPage(AnalysisPage):
         if result is None or self.tabs.active != FARMS_TAB or self._farms_drawn is result:
             return
         self._farms_drawn = result
-        self._farms_plots.objects = [
-            _holoviews(views.farms_vs_plain(result)),
-            _holoviews(views.alpha_vs_aspect(result)),
-        ]
+        # without FARMS the note and the button say what to do; the plain alpha vs Q still shows
+        plots = [views.alpha_vs_aspect(result)]
+        if self._farms_note.visible is False:
+            plots.insert(0, views.farms_vs_plain(result))
+        self._farms_plots.objects = [_holoviews(p, css_classes=["nnv-farms-plot"]) for p in plots]
 
     def _redraw_compare(self, *_: Any) -> None:
         pair = getattr(self, "_compare_pair", None)
@@ -552,10 +616,34 @@ class SpectraPage(AnalysisPage):
         if ex is None:
             return
         names = [ex.names[int(i)] for i in (index or []) if 0 <= int(i) < len(ex.names)]
+        self._show_in_plot([ex.names.index(n) for n in names])
+        if names and names == self._shown:  # the plot echoing a selection this page made
+            return
         self._apply_selection(names or ex.names[:1])
+
+    def _show_in_plot(self, index: list[int]) -> None:
+        """Highlight the points ``index`` in the metric plot as the selection.
+
+        A selection made here (a table click, :meth:`select`) reaches the stream, the ESDs and the
+        table, but bokeh keeps highlighting what was last tapped or box-selected: the plot's
+        selection is set to match, so one selection shows everywhere.
+        """
+        ex = self.explorer
+        panes = [o for o in self._plots.objects if isinstance(o, pn.pane.HoloViews)]
+        if ex is None or not panes:
+            return
+        index = [int(i) for i in index]
+        for root, _pane in list(panes[0]._plots.values()):
+            for plot in root.traverse(lambda p: p):
+                if not any(ex.stream in cb.streams for cb in getattr(plot, "callbacks", [])):
+                    continue
+                selected = plot.handles.get("selected")
+                if selected is not None and list(selected.indices) != index and _live(plot):
+                    _set_selection(plot.document, selected, index)
 
     def _apply_selection(self, names: list[str]) -> None:
         self.selected = list(names)
+        self._shown = list(names)
         result = self.result
         if result is None:
             return
@@ -630,11 +718,8 @@ class SpectraPage(AnalysisPage):
         if names:
             first = names[0]
 
-            def explorer_now():
-                ex = views.linked_explorer(res, metric)
-                if first in ex.names:
-                    ex.select(first)
-                return ex.layout
+            def explorer_now():  # what the page shows, as one static figure
+                return views.explorer_figure(res, first, metric)
 
             out[f"ESD of {first}"] = lambda: views.esd_plot(res, first)
             out[f"KS scan of {first}"] = lambda: views.ks_plot(res, first)

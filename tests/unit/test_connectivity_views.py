@@ -69,7 +69,9 @@ def test_barriers_layers_and_text(pair):
     assert isinstance(views.barrier_plot(pair), hv.Layout)
     assert isinstance(views.layer_plot(pair), hv.Layout)
     text = views.summary_text(pair)
-    assert "loss barrier on test: naive" in text and "matched (weights)" in text and "singular" in text
+    assert (
+        "loss barrier on test: naive" in text and "matched (weight matching)" in text and "singular" in text
+    )
 
 
 def test_pairwise_and_plane_need_three_models(pair, three):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -43,7 +44,7 @@ def test_page_runs_and_shows_plots(page):
 def test_identical_runs_come_from_the_result_store(page):
     assert "computed in" in page._summary.object
     again = SpectraPage(model="mlp")
-    assert again.result.meta["cached"] is True and "from the result store" in again._summary.object
+    assert again.result.meta["cached"] is True and "reused from an earlier run" in again._summary.object
 
 
 def test_selection_links_plot_and_table_both_ways(page):
@@ -59,6 +60,36 @@ def test_selection_links_plot_and_table_both_ways(page):
     assert page._table.selection == [2] and page._grid.objects == []
     with pytest.raises(NNVitalsError, match="not in the alpha plot"):
         page.select("nope")
+
+
+def _plot_selection(page) -> list[int]:
+    """The points the rendered metric plot highlights (its bokeh data source's selection)."""
+    pane = page._plots.objects[0]
+    for root, _ in pane._plots.values():
+        for plot in root.traverse(lambda p: p):
+            if any(page.explorer.stream in cb.streams for cb in getattr(plot, "callbacks", [])):
+                return list(plot.handles["selected"].indices)
+    raise AssertionError("the metric plot was not rendered")
+
+
+def test_one_selection_everywhere(page):
+    """A table click after a box-select moves the plot's highlighted points too (the plot kept
+    highlighting the box-selected layers while the rest of the page showed the clicked one)."""
+
+    async def session():  # as in a served session or a notebook: an event loop runs
+        page._plots.objects[0].get_root(Document())  # rendered, as in a browser
+        page.explorer.stream.event(index=[0, 1])  # a box-select of fc1 and fc2 in the plot
+        page._table.selection = [2]  # then a click on fc3's row
+        assert page.selected == ["fc3.weight"] and page.explorer.stream.index == [2]
+        assert _plot_selection(page) == [2]
+        await asyncio.sleep(0.2)  # the plot's own answer to that change leaves it as it is
+        assert page.selected == ["fc3.weight"] and _plot_selection(page) == [2]
+        page.select("fc1.weight", "fc2.weight")
+        assert _plot_selection(page) == [0, 1] and page._table.selection == [0, 1]
+        await asyncio.sleep(0.2)
+        assert page.selected == ["fc1.weight", "fc2.weight"]
+
+    asyncio.run(session())
 
 
 def test_esd_follows_the_selection(page):
@@ -85,7 +116,12 @@ def test_model_change_and_parameters(page):
 
 
 def test_farms_and_compare(page):
+    # without FARMS: a note next to the button, not a plot repeating it in other words
+    page.tabs.active = 1
+    assert page._farms_button.visible and page._farms_note.visible
+    assert len(page._farms_plots.objects) == 1  # alpha vs Q only
     page.run(farms=True)
+    assert not page._farms_note.visible and len(page._farms_plots.objects) == 2
     assert page.result.meta["params"]["farms"] is True
     assert "alpha_plain" in page._table.value.columns
     assert page.compare_with == "mlp-untrained"
@@ -114,6 +150,9 @@ def test_export_from_python(page, tmp_path):
         page.export("nope", tmp_path / "x.svg")
     page.export_panel.refresh()
     assert page.export_panel.figure == "alpha by layer"
+    # the model is in every file name: two models' downloads never overwrite each other
+    assert page.export_panel._buttons["png"].filename == "spectra_alpha_by_layer-mlp.png"
+    assert page.export_panel._table_row.objects[0].filename == "spectra_layer_table-mlp.csv"
     data = page.export_panel._buttons["png"].callback()
     assert data.getvalue()[:4] == b"\x89PNG"
 

@@ -117,3 +117,27 @@ def test_write_summary_is_strict_json(spectra_cnn, tmp_path):
     assert d["meta"]["when"] == [1, 2]
     with pytest.raises(NNVitalsError, match="JSON"):
         write_summary(spectra_cnn, tmp_path / "summary.txt")
+
+
+def test_download_names_carry_the_model():
+    """Two models' exports must not overwrite each other: the model is in every file name."""
+    pytest.importorskip("panel")
+    from dashboard.components.export import ExportPanel, file_stem, model_stem
+
+    assert file_stem("spectra", "ESD grid", "mlp") == "spectra_esd_grid-mlp"
+    assert file_stem("spectra", "ESD grid") == "spectra_esd_grid"
+    assert model_stem("net v2.safetensors") == "net v2" and model_stem("mlp") == "mlp"
+    assert file_stem("bounds", "Jacobian norms", "net v2.safetensors") == "bounds_jacobian_norms-net_v2"
+    model = {"name": "mlp"}
+    panel = ExportPanel(
+        lambda: {"ESD grid": lambda: None},
+        lambda: {"Layer table": lambda: None},
+        "spectra",
+        lambda: model["name"],
+    )
+    assert panel._buttons["png"].filename == "spectra_esd_grid-mlp.png"
+    assert panel._table_row.objects[0].filename == "spectra_layer_table-mlp.csv"
+    model["name"] = "cnn"  # another model analysed: the same exports, other names
+    panel.refresh()
+    assert panel._buttons["svg"].filename == "spectra_esd_grid-cnn.svg"
+    assert panel._table_row.objects[0].filename == "spectra_layer_table-cnn.csv"

@@ -39,6 +39,16 @@ def glyphs(fig, kind: str) -> list:
     return [r for r in fig.renderers if type(getattr(r, "glyph", None)).__name__ == kind]
 
 
+def data_glyphs(fig, kind: str) -> list:
+    """Glyphs of ``kind`` that draw data (not the empty ones that only carry a legend entry)."""
+    out = []
+    for r in glyphs(fig, kind):
+        cols = [np.asarray(v) for v in r.data_source.data.values()]
+        if any(c.dtype.kind == "f" and np.isfinite(c).any() for c in cols):
+            out.append(r)
+    return out
+
+
 def titles(model) -> list[str]:
     return sorted(f.title.text for f in figures(model))
 
@@ -48,7 +58,7 @@ def test_metric_by_layer_alpha(spectra_cnn):
     ok = spectra_cnn.analysed
     obj = V.metric_by_layer(spectra_cnn)
     model, fig = render_both(obj)
-    (scatter,) = glyphs(model, "Scatter")
+    (scatter,) = data_glyphs(model, "Scatter")
     data = scatter.data_source.data
     finite = ok[np.isfinite(ok["alpha"].astype(float))]
     assert list(data["layer"]) == list(finite["name"])
@@ -59,9 +69,10 @@ def test_metric_by_layer_alpha(spectra_cnn):
     spans = sorted(s.location for s in model.renderers if isinstance(s, Span))
     assert spans == [2.0, 6.0]
     assert model.y_range.start < 2 and model.y_range.end > 6  # both guides in view
-    legend = {str(item.label) for item in model.legend[0].items}
-    assert "category" not in legend and legend  # a categorical legend by warning
-    assert "alpha by layer" in model.title.text
+    legend = {str(item.label.value) for item in model.legend[0].items}
+    # one legend: the warning categories present and the guides
+    assert legend == {*data["warning"], V.GUIDE_LABEL}
+    assert "alpha by layer" in model.title.text and "tap" not in model.title.text
     ax = fig.axes[0]
     assert ax.get_title().startswith("alpha by layer")
     assert ax.get_ylabel().startswith("alpha")
@@ -72,7 +83,7 @@ def test_metric_by_layer_skips_and_other_metric(spectra_small):
     table = spectra_small.table
     assert (table["status"] == "skipped").sum() == 1  # the 96 x 4 layer
     model, _ = render_both(V.metric_by_layer(spectra_small, "log_norm"))
-    (scatter,) = glyphs(model, "Scatter")
+    (scatter,) = data_glyphs(model, "Scatter")
     assert list(scatter.data_source.data["layer"]) == list(spectra_small.analysed["name"])
     assert not [s for s in model.renderers if isinstance(s, Span)]  # guides only for alpha
     with pytest.raises(NNVitalsError, match="metric 'nope'"):
@@ -148,7 +159,7 @@ def test_ks_plot_marks_chosen_xmin(spectra_cnn):
 # --------------------------------------------------------------------------- FARMS
 def test_farms_vs_plain(spectra_mlp_farms, spectra_cnn):
     model, fig = render_both(V.farms_vs_plain(spectra_mlp_farms))
-    (pts,) = glyphs(model, "Scatter")
+    (pts,) = data_glyphs(model, "Scatter")
     ok = spectra_mlp_farms.analysed
     assert np.allclose(sorted(pts.data_source.data["alpha_plain"]), sorted(ok["alpha_plain"].astype(float)))
     assert np.allclose(sorted(pts.data_source.data["alpha"]), sorted(ok["alpha"].astype(float)))
@@ -156,18 +167,26 @@ def test_farms_vs_plain(spectra_mlp_farms, spectra_cnn):
     dx, dy = diag.data_source.data["alpha_plain"], diag.data_source.data["alpha"]
     assert np.allclose(dx, dy)  # y = x
     assert fig.axes[0].get_xlabel().startswith("plain alpha")
-    # without FARMS: an empty panel that says how to get it
+    # without FARMS: an empty panel that says how to get it, in plain words
     model, fig = render_both(V.farms_vs_plain(spectra_cnn))
     (text,) = glyphs(model, "Text")
-    assert "farms=True" in text.data_source.data["text"][0]
-    assert any("farms=True" in t.get_text() for t in fig.axes[0].texts)
+    assert (
+        "FARMS on" in text.data_source.data["text"][0]
+        and "farms=True" not in text.data_source.data["text"][0]
+    )
+    assert any("FARMS on" in t.get_text() for t in fig.axes[0].texts)
 
 
 def test_alpha_vs_aspect(spectra_mlp_farms, spectra_cnn):
     model, fig = render_both(V.alpha_vs_aspect(spectra_mlp_farms))
     labels = {str(i.label.value) for i in model.legend[0].items}
     assert labels == {"plain alpha", "FARMS alpha"}
-    assert type(model.x_scale).__name__ == "LogScale" and fig.axes[0].get_xscale() == "log"
+    # Q from 2 to 12.8: less than a decade, so a linear axis (a log one crowds its few labels),
+    # padded so that no point sits on the edge
+    q = spectra_mlp_farms.analysed["Q"].astype(float)
+    assert q.max() / q.min() < 10
+    assert type(model.x_scale).__name__ == "LinearScale" and fig.axes[0].get_xscale() == "linear"
+    assert model.x_range.start < q.min() and model.x_range.end > q.max()
     model, _ = render_both(V.alpha_vs_aspect(spectra_cnn))
     assert len(glyphs(model, "Scatter")) == 1
 
