@@ -11,13 +11,18 @@ The knobs are bounded by what they cost, counted before anything is made: at mos
 elements, the rows of the result) and :data:`MAX_PIXELS` pixels to resample and run; past them
 the run is refused in one line that says which knob to lower. Within them tasks and element groups
 keep the working memory near :data:`TASK_BYTES` and :data:`GROUP_BYTES`. A ``.pt2`` program
-exported with a fixed batch size is run on batches padded to that size.
+exported with a fixed batch size is run on batches padded to that size; a model that takes flat
+vectors (its recorded input, or a try on two images) gets each image flattened. A run stops within a
+batch of Cancel: the tasks check the run's cancel token between batches (:meth:`OrbitAnalysis.run`).
+
+:func:`setting_problems` checks settings before anything runs and reports every bad one at once.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,11 @@ import torch
 
 from ..core.analysis import Analysis
 from ..core.data import Dataset, as_dataset
-from ..core.errors import NNVitalsError
+from ..core.errors import Cancelled, NNVitalsError
 from ..core.result import Result
-from ..core.runner import Task
+from ..core.runner import CancelToken, Progress, Task, parse_spec
 from ..core.subject import Subject, runnable_module
+from . import fitting
 from . import kernels as K
 
 #: bytes of transformed images per task (all elements of a chunk of samples): a few dozen tasks at most
@@ -204,16 +210,28 @@ def _fixed_batch(subject: Subject, module: Any) -> int | None:
     return None
 
 
-class _Runnable:
-    """A subject's module, built once per process (pickles as the subject for Dask workers)."""
+class _Flattened:
+    """A model over flat vectors fed images: each ``(C, H, W)`` image becomes ``C*H*W`` features."""
 
-    def __init__(self, subject: Subject, where: str):
-        self.subject, self.where, self._mod = subject, where, None
+    def __init__(self, module: Any):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        return self.module(x.reshape(x.shape[0], -1))
+
+
+class _Runnable:
+    """A subject's module, built once per process (pickles as the subject for Dask workers).
+    ``flatten``: the model takes flat vectors, so images are flattened before it sees them."""
+
+    def __init__(self, subject: Subject, where: str, flatten: bool = False):
+        self.subject, self.where, self.flatten, self._mod = subject, where, flatten, None
 
     def module(self, device: str = "cpu", dtype: str = "float32"):
         """The module on ``device`` in ``dtype``; a copy when it has to move (the user's stays put).
-        A program exported with a fixed batch size comes wrapped in :class:`_FixedBatch`."""
-        if self._mod is None or self._mod[0] != (device, dtype):
+        A program exported with a fixed batch size comes wrapped in :class:`_FixedBatch`, a model
+        over flat vectors in :class:`_Flattened`."""
+        if self._mod is None or self._mod[0] != (device, dtype, self.flatten):
             try:
                 mod = runnable_module(self.subject)
             except NotImplementedError:  # ExportedProgram.module() given as a module: eval() is baked in
@@ -223,13 +241,37 @@ class _Runnable:
             if p is not None and (p.device != dev or (p.is_floating_point() and p.dtype != dt)):
                 mod = copy.deepcopy(mod).to(dev, dt)
             fixed = _fixed_batch(self.subject, mod)
+            if self.flatten:
+                mod = _Flattened(mod)
             if fixed is not None:
                 mod = _FixedBatch(mod, fixed, self.where)
-            self._mod = ((device, dtype), mod)
+            self._mod = ((device, dtype, self.flatten), mod)
         return self._mod[1]
 
     def __getstate__(self):
-        return {"subject": self.subject, "where": self.where, "_mod": None}
+        return {"subject": self.subject, "where": self.where, "flatten": self.flatten, "_mod": None}
+
+
+def _cancel_check(cancel: Any) -> Callable[[], None]:
+    """A function raising :class:`Cancelled` once ``cancel`` is set: a :class:`CancelToken` (or any
+    object with ``raise_if_cancelled()``/``check()``), a callable returning True when cancelled, or None
+    (then the runner's ``check_cancelled()``: the token of the run the task belongs to, if any)."""
+    if cancel is None:  # the runner's own check of the current run, where it has one
+        from ..core import runner
+
+        return getattr(runner, "check_cancelled", None) or (lambda: None)
+    for name in ("raise_if_cancelled", "check"):
+        fn = getattr(cancel, name, None)
+        if callable(fn):
+            return fn
+    if callable(cancel):
+
+        def check() -> None:
+            if cancel():
+                raise Cancelled()
+
+        return check
+    raise TypeError(f"cancel: expected a CancelToken or a callable, got {type(cancel).__name__}")
 
 
 def _logits_of(out: Any, label: str) -> torch.Tensor:
@@ -254,12 +296,16 @@ def _orbit_task(
     device: str,
     dtype: str,
     classes: int,
+    cancel: Any = None,
 ) -> dict[str, np.ndarray]:
     """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K]).
 
     The elements go through in groups whose images and class scores fit :data:`GROUP_BYTES`; each
     group is scored at once, so a task holds its transformed images and logits for one group only
-    (plus the per-element probabilities when they are kept, or consensus scoring needs them)."""
+    (plus the per-element probabilities when they are kept, or consensus scoring needs them).
+    ``cancel`` (a :class:`CancelToken` or a callable, see :func:`_cancel_check`) is checked before
+    every group and every batch: a cancelled run stops within one forward pass."""
+    check = _cancel_check(cancel)
     mod = runnable.module(device, dtype)
     dev, dt = torch.device(device), getattr(torch, dtype)
     E, B = len(els), x.shape[0]
@@ -271,14 +317,15 @@ def _orbit_task(
         xd = x.to(dev, dt)
         labels = y.to(dev)
         for start in range(0, E, per_group):
+            check()
             stop = min(E, start + per_group)
             imgs = K.transform(xd, els, range(start, stop)).reshape((stop - start) * B, *x.shape[1:])
-            logits = torch.cat(
-                [  # the model sees batch_size images at a time
-                    _logits_of(mod(imgs[i : i + batch_size]), runnable.where).float()
-                    for i in range(0, len(imgs), batch_size)
-                ]
-            )
+            parts = []
+            for i in range(0, len(imgs), batch_size):  # the model sees batch_size images at a time
+                check()
+                parts.append(_logits_of(mod(imgs[i : i + batch_size]), runnable.where).float())
+            logits = torch.cat(parts)
+            del parts
             if logits.shape != (len(imgs), classes):
                 raise NNVitalsError(
                     f"model {runnable.where}: gave class scores of shape {tuple(logits.shape)} for "
@@ -490,18 +537,36 @@ class OrbitAnalysis(Analysis):
 
     # ------------------------------------------------------------------ tasks
     def _check_model(self, runnable: _Runnable, x: torch.Tensor, classes: int) -> int:
-        """Run the model on two samples; its output must be finite (2, K) class scores covering the labels."""
-        mod = runnable.module(self.device, self.dtype)
-        try:
+        """Run the model on two samples; its output must be finite (2, K) class scores covering the labels.
+
+        A model recording flat inputs (an exported MLP), or one with no record that fails on images
+        but runs on them flattened, gets its images flattened (``runnable.flatten``)."""
+        shape = fitting.input_shape(runnable.subject)
+        runnable.flatten = shape is not None and len(shape) == 1
+        xs = x[:2].to(self.torch_device(), self.torch_dtype())
+
+        def forward():
             with torch.inference_mode():
-                out = mod(x[:2].to(self.torch_device(), self.torch_dtype()))
+                return runnable.module(self.device, self.dtype)(xs)
+
+        try:
+            out = forward()
         except NNVitalsError:
             raise
         except Exception as e:  # the user's model failed on this data: say so in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise NNVitalsError(
-                f"model {runnable.where}: failed on images of shape {tuple(x[:2].shape)} ({first[:200]})"
-            ) from None
+            out = None
+            if shape is None:  # no record of its input: a model over flat vectors?
+                runnable.flatten = True
+                try:
+                    out = forward()
+                except Exception:
+                    runnable.flatten, out = False, None
+            if out is None:
+                raise NNVitalsError(
+                    f"model {runnable.where}: failed on images of shape {tuple(xs.shape)} ({first[:200]})"
+                    f"{self._fit_hint(runnable.subject, shape)}"
+                ) from None
         logits = _logits_of(out, runnable.where)
         if logits.shape[0] != min(2, len(x)):
             raise NNVitalsError(
@@ -520,12 +585,36 @@ class OrbitAnalysis(Analysis):
             )
         return int(logits.shape[1])
 
+    def _fit_hint(self, subject: Subject, shape: tuple[int | None, ...] | None) -> str:
+        """``'; data 'digits8' fits it'`` (or the input shape it records) for a failure message."""
+        try:
+            fit = fitting.fitting_data(subject)
+        except NNVitalsError:
+            fit = None
+        current = {"digits": "digits16"}.get(self.data, self.data) if isinstance(self.data, str) else None
+        if fit is not None and fit.data != current:
+            return f"; data '{fit.data}' fits it"
+        if shape is not None:
+            return f"; it takes inputs of shape {fitting.shape_text(shape)}"
+        return ""
+
     def _data_where(self) -> str:
         d = self.data
         return str(d) if isinstance(d, str | Path) and d not in BUILTIN else self.dataset()[0].name
 
+    def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> OrbitResult:
+        """Compute (or fetch from the store) the result; ``cancel`` is also checked by the tasks
+        between batches when they run in this process (threads), so Cancel stops a long run at once."""
+        self._cancel = cancel
+        try:
+            return super().run(progress=progress, cancel=cancel)
+        finally:
+            self._cancel = None
+
     def _tasks(self, subject: _Models) -> list[Task]:
         ds, _ = self.dataset()
+        # a token lives in this process: Dask workers are stopped by the runner between tasks instead
+        cancel = getattr(self, "_cancel", None) if parse_spec(self.runner) == "threads" else None
         self.check_budget(len(ds), tuple(ds.x.shape[1:]), len(subject.members))
         els = self.group_elements()
         E, N = len(els), len(ds)
@@ -563,6 +652,7 @@ class OrbitAnalysis(Analysis):
                             self.dtype,
                             k,
                         ),  # fmt: skip
+                        kwargs={"cancel": cancel} if cancel is not None else {},
                         label=f"{s.label}: samples {sl.start}-{sl.stop - 1}",
                     )
                 )
@@ -651,3 +741,75 @@ class OrbitAnalysis(Analysis):
             if exact.sum() > 1:
                 out["gap_at_90"] = float(curve[exact].max() - curve[exact].min())
         return out
+
+
+# ---------------------------------------------------------------------- settings checked up front
+def _number_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _expected(p: param.Parameter) -> str:
+    """What a parameter accepts, in words: ``a whole number from 1 to 3600``, ``one of a, b``."""
+    if isinstance(p, param.Number):
+        kind = "a whole number" if isinstance(p, param.Integer) else "a number"
+        lo, hi = p.bounds or (None, None)
+        inc_lo, inc_hi = getattr(p, "inclusive_bounds", (True, True))
+        if lo is not None and hi is not None and inc_lo and inc_hi:
+            text = f"{kind} from {_number_text(lo)} to {_number_text(hi)}"
+        else:
+            parts = []
+            if lo is not None:
+                parts.append(f"{'at least' if inc_lo else 'above'} {_number_text(lo)}")
+            if hi is not None:
+                parts.append(f"{'at most' if inc_hi else 'below'} {_number_text(hi)}")
+            text = f"{kind} of {' and '.join(parts)}" if parts else kind
+        return text + (" (or empty)" if p.allow_None else "")
+    if isinstance(p, param.Selector):
+        return "one of " + ", ".join(map(str, p.objects))
+    if isinstance(p, param.NumericTuple):
+        return f"{p.length} numbers"
+    if isinstance(p, param.List):
+        return "a list" + (f" of {p.item_type.__name__}" if isinstance(p.item_type, type) else "")
+    return "a valid value"
+
+
+def _shown(v: Any) -> str:
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return "nothing"
+    text = _number_text(v) if isinstance(v, int | float) else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def setting_problems(values: dict[str, Any]) -> dict[str, str]:
+    """Every problem with these :class:`OrbitAnalysis` settings at once, before anything runs:
+    ``{name: 'expected ..., got ...'}`` (empty when all are fine). Each value is checked against its
+    parameter (type, bounds, choices); then, with those that pass, the settings together (the scale
+    range's order, the number of group elements), keyed by the setting to change (``'shift_range/
+    shift_step'`` when either). A page shows them all, one line each, and does not run."""
+    scratch = OrbitAnalysis()
+    problems: dict[str, str] = {}
+    for name, value in values.items():
+        p = scratch.param[name] if name in scratch.param else None
+        if p is None:
+            problems[name] = "not a setting of the Orbits analysis"
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems[name] = f"expected {_expected(p)}, got {value}"
+            continue
+        try:
+            setattr(scratch, name, value)
+        except (ValueError, TypeError):
+            problems[name] = f"expected {_expected(p)}, got {_shown(value)}"
+    if "scale_range" not in problems:
+        lo, hi = scratch.scale_range
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            problems["scale_range"] = (
+                f"expected 0 < smallest <= largest, got {_number_text(lo)} to {_number_text(hi)}"
+            )
+    if not problems.keys() & {"group", "steps", "shift_range", "shift_step", "scale_range", "scale_step"}:
+        try:
+            scratch.element_count()
+        except NNVitalsError as e:
+            name, _, rest = str(e).partition(": ")
+            problems[name] = rest
+    return problems

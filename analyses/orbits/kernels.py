@@ -49,6 +49,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "rotation-flip": ("angle", "flip"),
 }
 
+#: what one element of each group is, in words (slider and axis titles)
+ELEMENT_TITLES: dict[str, str] = {
+    "rotation": "Rotation angle",
+    "shift": "Shift (dx, dy)",
+    "scale": "Scale factor",
+    "flip": "Flip",
+    "rotation-flip": "Rotation angle, flip",
+}
+
 #: score names: what ``score`` holds for each sample and element
 SCORES: dict[str, str] = {
     "probability": "softmax probability of the true class (NERO's default)",
@@ -72,19 +81,25 @@ class Elements:
         return GROUPS[self.group]
 
     def label(self, i: int) -> str:
-        """Short human label of element ``i``, e.g. ``'45°'``, ``'dx=2, dy=-1'``, ``'x1.25'``."""
+        """Element ``i`` in the group's own units: a rotation in degrees (``'45°'``), a shift as
+        (dx, dy) in pixels (``'(2, -1) px'``), a scale as its factor (``'×1.25'``), a flip by name
+        (``'mirrored'``); rotation x flip as both (``'45°, mirrored'``)."""
+        p = {col: float(self.params[col][i]) for col in self.columns()}
         parts = []
-        for col in self.columns():
-            v = float(self.params[col][i])
-            if col == "angle":
-                parts.append(f"{v:g}°")
-            elif col == "scale":
-                parts.append(f"x{v:g}")
-            elif col == "flip":
-                parts.append("mirrored" if v else "upright")
-            else:
-                parts.append(f"{col}={v:g}")
+        if "angle" in p:
+            parts.append(f"{p['angle']:g}°")
+        if "dx" in p:
+            parts.append(f"({p['dx']:g}, {p['dy']:g}) px")
+        if "scale" in p:
+            parts.append(f"×{p['scale']:g}")
+        if "flip" in p:
+            parts.append("mirrored" if p["flip"] else "upright")
         return ", ".join(parts)
+
+    @property
+    def title(self) -> str:
+        """What an element of this group is, for a slider or an axis: ``'Rotation angle'``, ..."""
+        return ELEMENT_TITLES[self.group]
 
 
 def _grid_values(lo: float, hi: float, step: float) -> np.ndarray:
