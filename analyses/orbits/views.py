@@ -12,7 +12,11 @@
   probabilities there.
 - :func:`orbit_explorer`: all of the above linked (tap a sample; pick an element).
 
-Styled for bokeh and matplotlib alike; no Panel import here.
+Styled for bokeh and matplotlib alike; no Panel import here. Sized so that a page lays two
+rows of them out in the main column of a 1280 px wide window (about 940 px): the aggregate plot
+and the scatter side by side, then a sample's plot, its image and its class probabilities.
+Legends sit outside the polar plots (below them), titles stay short (how to use a plot belongs in
+the page's notes), and tooltips name what they show in plain words.
 """
 
 from __future__ import annotations
@@ -54,7 +58,19 @@ SCORE_LABELS = {
     "consensus": "consensus probability",
 }
 BOUNDED = {"probability", "correct", "consensus"}
-POLAR_SIZE = dict(width=420, height=420)
+#: side in pixels of the polar plots' drawing area: the aggregate one, and a sample's own
+POLAR_SIDE = 330
+SAMPLE_POLAR_SIDE = 290
+#: bokeh sizes of the other panels (toolbar included)
+SCATTER_SIZE = dict(width=500, height=400)
+LINE_SIZE = dict(width=400, height=360)
+SAMPLE_SIZE = dict(width=340, height=320)
+IMAGE_SIZE = dict(width=250, height=250)
+PROBS_SIZE = dict(width=300, height=270)
+#: pixels per character of a legend label (9pt) and per entry for its glyph and spacing
+LEGEND_CHAR_PX, LEGEND_ENTRY_PX = 6.0, 40
+#: most characters of a model's name in a title
+NAME_CHARS = 22
 
 
 def _check(result) -> None:
@@ -77,7 +93,21 @@ def _polar(result) -> bool:
 
 
 def _curve_title(classes) -> str:
-    return "all classes" if not classes else f"classes {', '.join(map(str, classes))}"
+    """``all classes``, ``classes 3, 8`` or, for more than three, ``5 classes`` (titles stay short)."""
+    if not classes:
+        return "all classes"
+    return f"classes {', '.join(map(str, classes))}" if len(classes) <= 3 else f"{len(classes)} classes"
+
+
+def _short(name: str, chars: int = NAME_CHARS) -> str:
+    """A model's name cut to ``chars`` characters for a title (the full name is in the legend)."""
+    name = str(name)
+    return name if len(name) <= chars else name[: chars - 1] + "…"
+
+
+def _tip(text: str) -> str:
+    """A literal for a bokeh tooltip (its ``@``/``$`` fields and ``{}`` formats not interpreted)."""
+    return text.replace("@", "").replace("$", "").replace("{", "(").replace("}", ")")
 
 
 # --------------------------------------------------------------------------- polar machinery
@@ -110,37 +140,87 @@ def _polar_frame(title: str) -> hv.Overlay:
     )
 
 
-def _polar_panel(over, title: str):
-    lim = (-1.25, 1.25)
-    return (
-        _panel(
-            over,
-            title,
-            "",
-            "",
-            legend="bottom_right",
-            xaxis=None,
-            yaxis=None,
-            xlim=lim,
-            ylim=lim,
-            show_grid=False,
-            padding=0,
-        )
-        .opts(backend="bokeh", **POLAR_SIZE)
-        .opts(backend="matplotlib", fig_inches=(4.6, 4.6), aspect="equal")
+def _size_to_frame(plot, element) -> None:
+    """Bokeh hook: the figure's size follows its fixed square frame, legend below included (a set
+    height would squeeze the frame to make room for the legend, and the circle would flatten)."""
+    plot.state.width = None
+    plot.state.height = None
+
+
+def _legend_below(obj, width: float) -> dict:
+    """Bokeh options of a legend under the plot, outside the data (inside, a corner can cover a
+    curve), in as many columns as fit ``width`` pixels."""
+    labels = list(
+        dict.fromkeys(el.label for el in (obj if isinstance(obj, hv.Overlay) else [obj]) if el.label)
+    )
+    widest = max((len(t) for t in labels), default=10) * LEGEND_CHAR_PX + LEGEND_ENTRY_PX
+    cols = int(max(1, min(len(labels) or 1, width // widest)))
+    return dict(
+        legend_position="bottom",
+        legend_cols=cols,
+        legend_opts={"background_fill_alpha": 0.0, "border_line_alpha": 0.0, "label_text_font_size": "9pt"},
     )
 
 
-def _polar_curve(angles: np.ndarray, values: np.ndarray, label: str, color: str, dash: str = "solid"):
-    """A closed polar line (the first point repeated at 360 degrees) with angle/score hover."""
+def _with_hook(obj, hook):
+    """``obj`` with the bokeh ``hook`` run after the hooks it has already (the shared panel's)."""
+    have = hv.Store.lookup_options("bokeh", obj, "plot").kwargs.get("hooks") or []
+    return obj.opts(backend="bokeh", hooks=[*[h for h in have if h is not hook], hook])
+
+
+def _polar_panel(over, title: str, side: int = POLAR_SIDE, legend: bool = True):
+    """A square polar panel, its legend below the circle (inside, it would cover part of it)."""
+    lim = (-1.25, 1.25)
+    panel = _panel(
+        over,
+        title,
+        "",
+        "",
+        legend="bottom" if legend else None,
+        xaxis=None,
+        yaxis=None,
+        xlim=lim,
+        ylim=lim,
+        show_grid=False,
+        padding=0,
+    ).opts(
+        backend="bokeh",
+        frame_width=side,
+        frame_height=side,
+        width=None,
+        height=None,
+        **(_legend_below(over, side) if legend else {}),
+    )
+    return _with_hook(panel, _size_to_frame).opts(backend="matplotlib", fig_inches=(4.6, 5.0), aspect="equal")
+
+
+def _polar_curve(
+    angles: np.ndarray,
+    values: np.ndarray,
+    label: str,
+    color: str,
+    dash: str = "solid",
+    score: str = "score",
+    flip: str | None = None,
+):
+    """A closed polar line (the first point repeated at 360 degrees); its tooltip says the model,
+    the angle (and the flip) and the score in words."""
     a = np.append(angles, angles[0] + 360.0)
     v = np.append(values, values[0])
     r = np.clip(v, 0.0, None)
     df = pd.DataFrame(
-        {"x": r * np.cos(np.radians(a)), "y": r * np.sin(np.radians(a)), "angle": a, "score": v}
+        {
+            "x": r * np.cos(np.radians(a)),
+            "y": r * np.sin(np.radians(a)),
+            "angle": np.mod(a, 360.0),
+            "score": v,
+        }
     )
     curve = hv.Curve(df, "x", ["y", "angle", "score"], label=label)
-    return _opts(_line(curve, color, 2.2, dash), bokeh=dict(tools=["hover"]))
+    tips = [("Model", _tip(label)), ("Angle", "@angle{0.[0]}°"), (score.capitalize(), "@score{0.000}")]
+    if flip is not None:
+        tips.insert(2, ("Flip", flip))
+    return _opts(_line(curve, color, 2.2, dash), bokeh=dict(tools=["hover"], hover_tooltips=tips))
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -150,7 +230,9 @@ def aggregate_plot(result, classes: list[int] | None = None, models: list[str] |
     els = result.elements
     models = models or result.models
     ylabel = _score_label(result)
-    title = f"{result.group} orbit: mean {ylabel} ({_curve_title(classes)})"
+    title = f"Mean {ylabel}" + (f", {_curve_title(classes)}" if classes else " (all classes)")
+    if result.group == "rotation-flip" and _polar(result):  # one legend entry per model: dashes say the flip
+        title = "Mean score" + (f", {_curve_title(classes)}" if classes else "") + " (dashed: mirrored)"
     if result.group == "shift":
         return heatmap(result, models[0], classes)
     curves = []
@@ -160,31 +242,56 @@ def aggregate_plot(result, classes: list[int] | None = None, models: list[str] |
         if result.group in ("rotation", "rotation-flip") and _polar(result):
             for f in (0, 1) if result.group == "rotation-flip" else (0,):
                 keep = els.params["flip"] == f if result.group == "rotation-flip" else slice(None)
-                lab = name if result.group == "rotation" else f"{name} ({'mirrored' if f else 'upright'})"
                 curves.append(
                     _polar_curve(
-                        els.params["angle"][keep], curve[keep], lab, _color(i), "dashed" if f else "solid"
+                        els.params["angle"][keep],
+                        curve[keep],
+                        name,
+                        _color(i),
+                        "dashed" if f else "solid",
+                        ylabel,
+                        None if result.group == "rotation" else ("mirrored" if f else "upright"),
                     )
                 )
         elif result.group == "flip":
             df = pd.DataFrame(
-                {"element": [els.label(j) for j in range(len(els))], "score": curve, "model": name}
+                {"flip": [els.label(j) for j in range(len(els))], "score": curve, "model": name}
             )
             curves.append(df)
         else:
             x = els.params["scale"] if result.group == "scale" else els.params["angle"]
-            xl = "scale" if result.group == "scale" else "angle (degrees)"
+            xl = "scale factor" if result.group == "scale" else "angle (degrees)"
             line = hv.Curve((x, curve), xl, ylabel, label=name)
             curves.append(_opts(_line(line, _color(i), 2.0), bokeh=dict(tools=["hover"])))
     if result.group == "flip":
         df = pd.concat(curves, ignore_index=True)
-        bars = hv.Bars(df, ["element", "model"], "score")
-        bars = _opts(bars, dict(ylim=(0, 1.05) if result.meta.get("score") in BOUNDED else None))
-        return _panel(bars, title, "element", ylabel, legend=None)
+        # grouped by model (its name has room under its pair of bars), coloured as in the other plots
+        df["color"] = df["model"].map({m: _color(result.models.index(m)) for m in models})
+        flip_dim = hv.Dimension("flip", values=[els.label(j) for j in range(len(els))])
+        bars = hv.Bars(df, ["model", flip_dim], ["score", "color"])
+        bars = _opts(
+            bars,
+            dict(ylim=(0, 1.05) if result.meta.get("score") in BOUNDED else None),
+            dict(
+                color=hv.dim("color"),
+                xrotation=30,
+                tools=["hover"],
+                default_tools=["save", "reset"],
+                hover_tooltips=[
+                    ("Model", "@model"),
+                    ("Flip", "@flip"),
+                    (ylabel.capitalize(), "@score{0.000}"),
+                ],
+            ),
+        )
+        bars = _panel(bars, title, "model, flip", ylabel, legend=None).opts(backend="bokeh", **LINE_SIZE)
+        return bars.opts(backend="matplotlib", hooks=[_mpl_bar_colors])
     if _polar(result):
         return _polar_panel(_polar_frame(title) * hv.Overlay(curves), title)
     extra = {"ylim": (0, 1.02)} if result.meta.get("score") in BOUNDED else {}
-    return _panel(hv.Overlay(curves), title, curves[0].kdims[0].label, ylabel, legend="bottom_right", **extra)
+    return _panel(hv.Overlay(curves), title, curves[0].kdims[0].label, ylabel, legend="bottom", **extra).opts(
+        backend="bokeh", **LINE_SIZE, **_legend_below(hv.Overlay(curves), LINE_SIZE["width"] - 80)
+    )
 
 
 def heatmap(
@@ -207,13 +314,17 @@ def heatmap(
     img = hv.Image(grid[::-1], bounds=bounds, kdims=["dx", "dy"], vdims=[_score_label(result)])
     bounded = result.meta.get("score") in BOUNDED
     what = f"sample {int(result.samples[row])}" if row is not None else _curve_title(classes)
+    tips = [("Shift", "($x{0.[00]}, $y{0.[00]}) px"), (_score_label(result).capitalize(), "@image{0.000}")]
     img = _opts(
         img,
         dict(cmap="viridis", colorbar=True, clim=(0.0, 1.0) if bounded else (None, None)),
-        dict(tools=["hover"], invert_yaxis=True, width=460, height=400),
+        dict(tools=["hover"], hover_tooltips=tips, invert_yaxis=True),
         dict(invert_yaxis=True, fig_inches=(4.8, 4.2)),
     )
-    return _panel(img, f"{name}: shift orbit, {what}", "dx (pixels)", "dy (pixels)", legend=None, padding=0)
+    title = f"{_short(name)}: {what}" if row is not None else f"{_short(name)}, {what}"
+    return _panel(img, title, "dx (pixels)", "dy (pixels)", legend=None, padding=0).opts(
+        backend="bokeh", **(LINE_SIZE if row is None else SAMPLE_SIZE)
+    )
 
 
 # --------------------------------------------------------------------------- samples
@@ -267,11 +378,17 @@ def sample_scatter(result, model: str | int = 0, method: str = "pca", color: str
     vd = [color, "sample", "label"] + [c for c in ("mean", "variance") if c != color]
     pts = hv.Points(df, ["pc1", "pc2"], vd)
     clim = (0.0, 1.0) if color == "mean" and result.meta.get("score") in BOUNDED else (None, None)
+    tips = [
+        ("Sample", "@sample (label @label)"),
+        ("Mean score", "@mean{0.000}"),
+        ("Score variance", "@variance{0.0000}"),
+    ]
     pts = _opts(
         pts,
         dict(color=color, cmap="viridis", colorbar=True, clim=clim),
         dict(
             tools=["tap", "hover"],
+            hover_tooltips=tips,
             size=7,
             line_color="white",
             line_width=0.4,
@@ -281,19 +398,24 @@ def sample_scatter(result, model: str | int = 0, method: str = "pca", color: str
         ),  # fmt: skip
         dict(s=18),
     )
-    title = f"{name}: samples by orbit ({color} score; tap one)"
-    return _panel(pts, title, axes[0], axes[1], legend=None)
+    title = f"{_short(name, 18)}: samples, {color} score"
+    return _panel(pts, title, axes[0], axes[1], legend=None).opts(backend="bokeh", **SCATTER_SIZE)
 
 
-def individual_plot(result, row: int, element: int | None = None, models: list[str] | None = None):
-    """The NERO plot of one sample (``row``: its position in the result), all models overlaid."""
+def individual_plot(
+    result, row: int, element: int | None = None, models: list[str] | None = None, legend: bool = True
+):
+    """The NERO plot of one sample (``row``: its position in the result), all models overlaid.
+    ``legend=False`` for a page showing it under the aggregate plot's legend (the same colours)."""
     _check(result)
     els = result.elements
     models = models or result.models
     n = len(result.samples)
     if not 0 <= row < n:
         raise NNVitalsError(f"sample row {row}: expected 0..{n - 1}")
-    title = f"sample {int(result.samples[row])} (label {int(result.labels[row])})"
+    title = f"Sample {int(result.samples[row])} (label {int(result.labels[row])})"
+    if result.group == "rotation-flip" and _polar(result):
+        title = f"Sample {int(result.samples[row])} (dashed: mirrored)"
     if result.group == "shift":
         return heatmap(result, models[0], row=row)
     parts = []
@@ -304,10 +426,15 @@ def individual_plot(result, row: int, element: int | None = None, models: list[s
             flips = (0, 1) if result.group == "rotation-flip" else (0,)
             for f in flips:
                 keep = els.params["flip"] == f if result.group == "rotation-flip" else slice(None)
-                lab = name if len(flips) == 1 else f"{name} ({'mirrored' if f else 'upright'})"
                 parts.append(
                     _polar_curve(
-                        els.params["angle"][keep], vals[keep], lab, _color(i), "dashed" if f else "solid"
+                        els.params["angle"][keep],
+                        vals[keep],
+                        name,
+                        _color(i),
+                        "dashed" if f else "solid",
+                        _score_label(result),
+                        None if len(flips) == 1 else ("mirrored" if f else "upright"),
                     )
                 )
             if element is not None:
@@ -316,21 +443,28 @@ def individual_plot(result, row: int, element: int | None = None, models: list[s
                 parts.append(_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60)))
         else:
             x = np.arange(len(els)) if result.group == "flip" else els.params[els.columns()[0]]
+            xl = {"scale": "scale factor", "angle": "angle (degrees)"}.get(els.columns()[0], els.columns()[0])
+            ticks = [(j, els.label(j)) for j in range(len(els))] if result.group == "flip" else None
             parts.append(
-                _line(hv.Curve((x, vals), els.columns()[0], _score_label(result), label=name), _color(i), 2.0)
+                _opts(
+                    _line(hv.Curve((x, vals), xl, _score_label(result), label=name), _color(i), 2.0),
+                    dict(xticks=ticks) if ticks else None,
+                    bokeh=dict(tools=["hover"]),
+                )
             )
             if element is not None:
-                dot = hv.Points(
-                    [(float(x[element]), float(vals[element]))], [els.columns()[0], _score_label(result)]
-                )
+                dot = hv.Points([(float(x[element]), float(vals[element]))], [xl, _score_label(result)])
                 parts.append(_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60)))
+    # the chosen element is the marker (and the next panel's title): the title stays short
     if _polar(result):
-        sel = f", at {els.label(element)}" if element is not None else ""
-        return _polar_panel(_polar_frame(title) * hv.Overlay(parts), title + sel)
+        return _polar_panel(_polar_frame(title) * hv.Overlay(parts), title, SAMPLE_POLAR_SIDE, legend)
     extra = {"ylim": (0, 1.02)} if result.meta.get("score") in BOUNDED else {}
-    return _panel(
-        hv.Overlay(parts), title, els.columns()[0], _score_label(result), legend="bottom_right", **extra
+    xl = parts[0].kdims[0].label
+    over = _panel(
+        hv.Overlay(parts), title, xl, _score_label(result), legend="bottom" if legend else None, **extra
     )
+    below = _legend_below(hv.Overlay(parts), SAMPLE_SIZE["width"] - 80) if legend else {}
+    return over.opts(backend="bokeh", **SAMPLE_SIZE, **below)
 
 
 def transformed_image(result, row: int, element: int = 0):
@@ -339,19 +473,20 @@ def transformed_image(result, row: int, element: int = 0):
     els = result.elements
     if not 0 <= element < len(els):
         raise NNVitalsError(f"element {element}: expected 0..{len(els) - 1}")
-    what = f"sample {int(result.samples[row])} at {els.label(element)}"
+    what = f"Sample {int(result.samples[row])} at {els.label(element)}"
     if result.images is None:
-        return _message(what, "the result did not keep its images")
+        return _message(what, "the result did not keep its images").opts(backend="bokeh", **IMAGE_SIZE)
     gray = result.transformed(row, element).mean(axis=0)
     h, w = gray.shape
     im = hv.Image(gray[::-1], bounds=(0, 0, w, h), kdims=["x", "y"], vdims=["intensity"])
     im = _opts(
         im,
         dict(cmap="gray", clim=(0.0, 1.0), xaxis=None, yaxis=None),
-        dict(width=280, height=280, toolbar=None),
+        dict(tools=[], default_tools=[]),
         dict(fig_inches=(3.0, 3.0)),
     )
-    return _panel(im, what, "", "", legend=None, padding=0, show_grid=False)
+    im = _panel(im, what, "", "", legend=None, padding=0, show_grid=False)
+    return im.opts(backend="bokeh", toolbar=None, **IMAGE_SIZE)
 
 
 def _mpl_bar_colors(plot, element) -> None:
@@ -368,18 +503,23 @@ def class_probabilities(result, row: int, element: int = 0, model: str | int = 0
     name = result.models[model] if isinstance(model, int) else model
     probs = result.probs(name)
     if probs is None:
-        return _message(f"{name}: class probabilities", "not kept for a result this large")
+        return _message(f"{_short(name)}: class probabilities", "not kept for a result this large").opts(
+            backend="bokeh", **PROBS_SIZE
+        )
     p = probs[row, element]
     label, pred = int(result.labels[row]), int(np.argmax(p))
     colors = ["#228833" if k == label else ("#CC3311" if k == pred else "#BBBBBB") for k in range(len(p))]
     df = pd.DataFrame({"class": [str(k) for k in range(len(p))], "probability": p, "color": colors})
     bars = hv.Bars(df, "class", ["probability", "color"])
+    tips = [("Class", "@class"), ("Probability", "@probability{0.000}")]
     bars = _opts(
-        bars, dict(ylim=(0, 1.02)), dict(color=hv.dim("color"), width=340, height=280, tools=["hover"])
+        bars,
+        dict(ylim=(0, 1.02)),
+        dict(color=hv.dim("color"), tools=["hover"], default_tools=["save", "reset"], hover_tooltips=tips),
     )
-    bars = _panel(
-        bars, f"{name}: predicts {pred} (label {label} in green)", "class", "probability", legend=None
-    )
+    ylabel = f"{_short(name, 16)}: probability"
+    bars = _panel(bars, f"Predicts {pred} (label {label})", "class", ylabel, legend=None)
+    bars = bars.opts(backend="bokeh", **PROBS_SIZE)
     return bars.opts(backend="matplotlib", hooks=[_mpl_bar_colors])  # after _panel, which sets hooks
 
 
@@ -455,7 +595,7 @@ def orbit_explorer(
     last = len(result.elements) - 1
 
     def _individual(index, position):
-        return individual_plot(result, _row(index), min(max(0, int(position)), last))
+        return individual_plot(result, _row(index), min(max(0, int(position)), last), legend=False)
 
     def _image(index, position):
         return transformed_image(result, _row(index), min(max(0, int(position)), last))

@@ -31,7 +31,7 @@ import param
 from analyses.bounds import views
 from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
-from analyses.zoo import demo_image_size
+from analyses.orbits.fitting import fitting_data
 
 from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
@@ -51,14 +51,39 @@ log = logging.getLogger("nnvitals.app")
 DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
 #: image side -> the bounds analyses' names of the built-in digits
 _DATA_NAMES = {8: "digits", 16: "digits16", 32: "digits32"}
+#: the sizes tried on a model that records no input shape (8x8 first: the cheapest bounds)
+_FIT_CANDIDATES = ("digits8", "digits16", "digits32")
 TABS = {"ibp": 0, "lipschitz": 1, "export": 2}
+#: narrowest a plot gets in the page's two-column grids (they wrap to one column below that)
+PLOT_MIN_WIDTH = 380
 DEFAULT_SWEEP = [0.001, 0.003, 0.01, 0.03, 0.1]
 BINS = 20
 
 
+def data_fit(model: Any) -> tuple[str, str | None]:
+    """The built-in digits ``model`` takes and, when none fits it, the one line that says which data
+    it needs: ``(data, problem)``. From the model itself (:func:`~analyses.orbits.fitting.fitting_data`):
+    a demo's training size, a ``.pt2`` program's recorded input shape, else a forward pass on a tiny
+    batch. 8x8 digits (and no problem) when the model says nothing (weights only, a missing file:
+    the run itself says why)."""
+    try:
+        fit = fitting_data(model, _FIT_CANDIDATES)
+    except NNVitalsError as e:
+        return "digits", str(e)
+    if fit is None:
+        return "digits", None
+    data = _DATA_NAMES[fit.side]
+    if fit.flatten:
+        return data, (
+            f"model {model_label(model)}: takes {fit.describe()}; the bounds analyses feed images "
+            f"(N, 1, S, S): give a model that flattens its input itself"
+        )
+    return data, None
+
+
 def data_for(model: Any) -> str:
-    """The built-in digits a demo model was trained on (8x8 otherwise)."""
-    return _DATA_NAMES.get(demo_image_size(model), "digits")
+    """The built-in digits ``model`` takes (see :func:`data_fit`; 8x8 when it does not say)."""
+    return data_fit(model)[0]
 
 
 def parse_eps_list(text: str) -> list[float]:
@@ -70,6 +95,18 @@ def parse_eps_list(text: str) -> list[float]:
         raise NNVitalsError(
             f"eps sweep: expected numbers separated by commas (0.001, 0.01, 0.1), got {text!r}"
         ) from None
+
+
+def plot_pane(obj: Any, css_class: str, stretch: bool = True) -> pn.pane.HoloViews:
+    """A bokeh pane filling its grid cell (``stretch``) or at the plot's own size."""
+    if not stretch:  # sized by the plot itself (its frame: see views.bin_samples)
+        return holoviews_pane(obj, css_classes=[css_class], sizing_mode=None)
+    return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
+
+
+def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
+    """Plots two per row, filling the page's width."""
+    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
 
 
 class BoundsPage(AnalysisPage):
@@ -95,9 +132,10 @@ class BoundsPage(AnalysisPage):
         super().__init__(picker=picker, settings=settings, **params)
         if model is None:
             model = picker.model if picker is not None else self.settings.default_model
+        data, self._fit_problem = data_fit(model)
         common = dict(
             model=model,
-            data=data_for(model),
+            data=data,
             show_progress=False,
             runner=self.settings.runner,
             max_samples=128,
@@ -169,12 +207,11 @@ class BoundsPage(AnalysisPage):
     def _build_main(self) -> None:
         self._summary = summary_pane()
         running = "*The analysis is running …*"
-        self._tightness = pn.Column(pn.pane.Markdown(running), css_classes=["nnv-bounds-tightness"])
-        self._vs_eps = pn.Column(css_classes=["nnv-bounds-eps"])
-        self._stability = pn.Column(css_classes=["nnv-bounds-stability"])
-        self._bounds = pn.Column(pn.pane.Markdown(running), css_classes=["nnv-bounds-lipschitz"])
-        self._gap = pn.Column(css_classes=["nnv-bounds-gap"])
-        self._hist = pn.Column(css_classes=["nnv-bounds-histogram"])
+        self._ibp_plots = plot_grid(pn.pane.Markdown(running), css_classes=["nnv-bounds-ibp"])
+        self._lip_plots = plot_grid(pn.pane.Markdown(running), css_classes=["nnv-bounds-lip"])
+        self._hist = pn.Column(
+            sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH, css_classes=["nnv-bounds-histogram"]
+        )
         self._samples_view = pn.Column(css_classes=["nnv-bounds-samples"])
         self._selection = pn.pane.Markdown(
             "", css_classes=["nnv-bounds-selection"], sizing_mode="stretch_width"
@@ -183,26 +220,30 @@ class BoundsPage(AnalysisPage):
             note_pane(
                 "Tightness = optimal box radius / IBP box radius of the network linearised at each sample "
                 "(1: interval bounds are exact). It falls with width and depth at initialisation; IBP "
-                "training raises it, standard training does not.",
+                "training raises it, standard training does not. ReLU stability: the share of units whose "
+                "sign is the same for every input within eps (stable) or not (unstable).",
             ),
-            pn.Row(self._tightness, self._vs_eps, sizing_mode="stretch_width"),
-            self._stability,
+            self._ibp_plots,
             sizing_mode="stretch_width",
             name="IBP tightness",
         )
         lip_tab = pn.Column(
             note_pane(
                 "Upper bound: product of the layers' own Lipschitz constants (certified). Lower bound: the "
-                "largest input-Jacobian norm over train, test and midpoints of sample pairs. Tap a bar of "
-                "the histogram to see its samples.",
+                "largest input-Jacobian norm ‖J(x)‖ over train and test samples and midpoints of sample "
+                "pairs. Tap a bar of the histogram to see its samples (largest norm first).",
             ),
-            pn.Row(self._bounds, self._gap, sizing_mode="stretch_width"),
+            self._lip_plots,
             self._selection,
-            pn.Row(self._hist, self._samples_view, sizing_mode="stretch_width"),
+            pn.Row(
+                self._hist, self._samples_view, sizing_mode="stretch_width", css_classes=["nnv-bounds-bar"]
+            ),
             sizing_mode="stretch_width",
             name="Lipschitz",
         )
-        self.export_panel = ExportPanel(self.figures, self.tables, prefix="bounds")
+        self.export_panel = ExportPanel(
+            self.figures, self.tables, prefix="bounds", subject=lambda: model_label(self.model)
+        )
         self.tabs = page_tabs(
             ibp_tab,
             lip_tab,
@@ -230,9 +271,9 @@ class BoundsPage(AnalysisPage):
         self.set_model(event.obj.model)
 
     def set_model(self, model: Any, run: bool = True) -> None:
-        """Analyse ``model`` (on the digits it was trained on, when it is a demo model) and run."""
+        """Analyse ``model`` on the digits it takes (see :func:`data_fit`) and run."""
         self.model = model
-        self._data.value = data_for(model)
+        self._data.value, self._fit_problem = data_fit(model)
         if run:
             self.run()
 
@@ -258,6 +299,8 @@ class BoundsPage(AnalysisPage):
     def run(self, wait: float = 0.0) -> None:
         """Run both analyses with the current settings (in the background when served)."""
         try:
+            if self._fit_problem:  # no built-in digits fit the model: say which data it needs
+                raise NNVitalsError(self._fit_problem)
             ibp, lip = self._analyses()
         except NNVitalsError as e:
             self.jobs.show_error(str(e))
@@ -273,27 +316,31 @@ class BoundsPage(AnalysisPage):
     def _show(self, results) -> None:
         ibp, lip = results
         self.ibp_result, self.lip_result = ibp, lip
-        how = []
-        for r in (ibp, lip):
-            meta = r.meta
-            how.append("from the result store" if meta.get("cached") else f"{meta.get('seconds', 0):.2f} s")
+        if ibp.meta.get("cached") and lip.meta.get("cached"):
+            how = "reused from earlier runs"
+        else:
+            took = [
+                f"{r.meta.get('seconds', 0):.2f} s" if not r.meta.get("cached") else "reused"
+                for r in (ibp, lip)
+            ]
+            how = f"IBP {took[0]}, Lipschitz {took[1]}"
         s = ibp.summary
         lines = [
-            f"**{model_label(self.model)}** on {self._data.value}, {s['samples']} samples · IBP {how[0]}, "
-            f"Lipschitz {how[1]}",
+            f"**{model_label(self.model)}** on {self._data.value}, {s['samples']} samples · {how}",
             *[f"- {line}" for line in views.ibp_summary_text(ibp).splitlines()],
             *[f"- {line}" for line in views.lipschitz_summary_text(lip).splitlines()],
         ]
         self._summary.object = "\n".join(lines)
-        self._tightness.objects = [
-            holoviews_pane(views.tightness_plot(ibp), css_classes=["nnv-plot-tightness"])
+        self._ibp_plots.objects = [
+            plot_pane(views.tightness_plot(ibp), "nnv-plot-tightness"),
+            plot_pane(views.tightness_vs_eps(ibp), "nnv-plot-eps"),
+            plot_pane(views.stability_bars(ibp), "nnv-plot-stability"),
+            plot_pane(views.certified_vs_eps(ibp), "nnv-plot-certified"),
         ]
-        self._vs_eps.objects = [holoviews_pane(views.tightness_vs_eps(ibp), css_classes=["nnv-plot-eps"])]
-        self._stability.objects = [
-            holoviews_pane(views.stability_bars(ibp), css_classes=["nnv-plot-stability"])
+        self._lip_plots.objects = [
+            plot_pane(views.lipschitz_plot(lip), "nnv-plot-lipschitz"),
+            plot_pane(views.gap_plot(lip), "nnv-plot-gap"),
         ]
-        self._bounds.objects = [holoviews_pane(views.lipschitz_plot(lip), css_classes=["nnv-plot-lipschitz"])]
-        self._gap.objects = [holoviews_pane(views.gap_plot(lip), css_classes=["nnv-plot-gap"])]
         self._redraw_explorer()
         self.export_panel.refresh()
 
@@ -306,14 +353,24 @@ class BoundsPage(AnalysisPage):
         ex.histogram.opts(tools=["tap", "hover"], active_tools=["tap"], backend="bokeh")
         self.explorer = ex
         self.bar = ex.bar
-        self._hist.objects = [holoviews_pane(ex.panels["histogram"], css_classes=["nnv-plot-histogram"])]
-        self._samples_view.objects = [holoviews_pane(ex.panels["samples"], css_classes=["nnv-plot-samples"])]
+        self._hist.objects = [plot_pane(ex.panels["histogram"], "nnv-plot-histogram")]
         ex.selection.add_subscriber(self._on_tap)
+        self._draw_samples()
         self._describe()
+
+    def _draw_samples(self) -> None:
+        """A new plot of the selected bar's samples: its size and ranges follow the bar's mosaic
+        (a DynamicMap would keep the first bar's, stretching the others)."""
+        lip = self.lip_result
+        if lip is None:
+            return
+        plot = views.bin_samples(lip, self.bar, bins=BINS)
+        self._samples_view.objects = [plot_pane(plot, "nnv-plot-samples", stretch=False)]
 
     def _on_tap(self, index) -> None:
         if index:
             self.bar = int(index[0])
+            self._draw_samples()
             self._describe()
 
     def select(self, bar: int) -> None:
@@ -329,15 +386,16 @@ class BoundsPage(AnalysisPage):
         bar = min(max(0, self.bar), len(edges) - 2)
         df = views.samples_in_bin(lip, bar, None, BINS)
         head = ", ".join(
-            f"{r.split} #{r.row}"
+            f"{views.SPLIT_NAMES.get(r.split, r.split)} #{r.row}"
             + (f" (label {r.label})" if r.label >= 0 else "")
             + f" {r.jacobian_norm:.3g}"
             for r in df.head(6).itertuples()
         )
         more = f", … {len(df) - 6} more" if len(df) > 6 else ""
+        n = len(df)
         self._selection.object = (
-            f"**Bar {bar}**: {len(df)} samples with ||J(x)|| in [{edges[bar]:.3g}, {edges[bar + 1]:.3g}]"
-            + (f": {head}{more}" if len(df) else "")
+            f"**Bar {bar}**: {n} sample{'s' if n != 1 else ''} with Jacobian norm ‖J(x)‖ from "
+            f"{edges[bar]:.3g} to {edges[bar + 1]:.3g}" + (f": {head}{more}" if len(df) else "")
         )
 
     # ------------------------------------------------------------------ export
