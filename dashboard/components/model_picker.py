@@ -26,6 +26,13 @@ Every page analyses the model picked here. Sources, in one select grouped by ori
 
 ``model`` holds what an analysis takes (a demo name or an absolute path), ``label`` the name to
 show, and ``sources`` every choice (label -> model) for pages that pick a second model.
+
+One truth: the sidebar's select always shows :attr:`ModelPicker.model` (set in Python too), and
+every page analyses it (Orbits compares it with models chosen on the page, Connectivity takes it as
+model A). A page that opens on a demo of its own (Orbits' rotation models, Connectivity's pair)
+does so with :meth:`ModelPicker.suggest`, which changes the picker's model only while nobody chose
+one (:attr:`ModelPicker.chosen`): the sidebar then shows the page's model, never another one.
+:meth:`ModelPicker.name_of` is how a page names a model: as the sidebar's select does.
 """
 
 from __future__ import annotations
@@ -757,6 +764,10 @@ def _markdown_text(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", text)
 
 
+#: the public name (pages show model names with it)
+markdown_text = _markdown_text
+
+
 class ModelPicker(pn.viewable.Viewer):
     """Picks the model every page analyses (see the module docstring)."""
 
@@ -764,6 +775,11 @@ class ModelPicker(pn.viewable.Viewer):
     label = param.String(default="mlp", doc="Name of the model as shown to the user.")
     sources = param.Dict(default={}, doc="Every model on offer: label -> model.")
     message = param.String(default="", doc="The last upload or path message.")
+    chosen = param.Boolean(
+        default=False,
+        doc="A model was chosen (in the sidebar, by an upload or path, or handed on by a page); "
+        "until then a page may open on a demo of its own (suggest).",
+    )
 
     def __init__(
         self,
@@ -782,6 +798,7 @@ class ModelPicker(pn.viewable.Viewer):
         )
         self._closed = False
         self._quiet = False
+        self._suggesting = False
         self._uploaded: dict[str, str] = {}
         self._server_files: dict[str, str] = list_model_files(self.allow_dirs) if self.allow_dirs else {}
         self.sink = UploadSink(self._tmp, int(max_upload_mb * 1000 * 1000))
@@ -789,6 +806,7 @@ class ModelPicker(pn.viewable.Viewer):
         self._select = pn.widgets.Select(name="Model", sizing_mode="stretch_width", css_classes=["nnv-model"])
         self._refresh_options(select=default)
         self._select.param.watch(self._on_select, "value")
+        self.param.watch(self._on_model, "model")
 
         mb = max_upload_mb
         self._limit = f"{int(mb)}MB" if float(mb).is_integer() else f"{int(math.ceil(mb * 1000))}KB"
@@ -895,6 +913,44 @@ class ModelPicker(pn.viewable.Viewer):
             self._check_path(event.new, listed=True)  # the listing may be old: check what is there now
         else:
             self._apply(event.new)
+
+    def _on_model(self, event) -> None:
+        """The model changed (picked, uploaded, handed on, or set in Python): it counts as chosen
+        unless a page suggested it, and the select shows it (one truth, whoever set it)."""
+        if not self._suggesting:
+            self.chosen = True
+        if self._select.value != event.new and event.new in self.sources.values():
+            self._quiet = True
+            try:
+                self._select.value = event.new
+            finally:
+                self._quiet = False
+        if self.label != self._label_of(event.new):
+            self.label = self._label_of(event.new)
+
+    def suggest(self, model: str) -> bool:
+        """Pick demo model ``model`` for a page that opens on a demo of its own, unless a model was
+        chosen already (:attr:`chosen`; a suggestion does not count as a choice). True when the
+        picker's model is ``model`` now."""
+        if self.chosen or model not in DEMO_MODELS or model not in self.sources.values():
+            return self.model == model
+        self._suggesting = True
+        self._quiet = True
+        try:
+            self._select.value = model
+            self._apply(model)
+        finally:
+            self._quiet = False
+            self._suggesting = False
+        return self.model == model
+
+    def name_of(self, model: Any) -> str:
+        """How the sidebar names ``model``: its label in the select (without a demo's description),
+        else its file or demo name."""
+        for label, value in self.sources.items():
+            if value == model:
+                return label
+        return self._label_of(str(model)) if isinstance(model, str | os.PathLike) else type(model).__name__
 
     def select(self, model: str) -> None:
         """Pick ``model`` (a demo name, an uploaded file's path or an allowed server path)."""

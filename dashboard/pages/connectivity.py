@@ -11,8 +11,12 @@ What the page shows, all from one :class:`~analyses.connectivity.analysis.Connec
 - with more models: the barrier of every pair and the loss over the plane through three;
 - export of every figure (SVG, PNG, PDF, offline HTML) and of the tables (CSV).
 
-Model A is the sidebar's model; model B is chosen among the sidebar's sources (by default the
-demo partner: ``mlp-w64-a`` with ``mlp-w64-b``). The page computes nothing itself:
+Model A is the sidebar's model; model B is chosen among the sidebar's sources (by default A's
+partner: ``mlp-w64-a`` with ``mlp-w64-b``); the page's line under its heading says "Model A: … ·
+Model B: …", naming A as the sidebar does. Opened while no model was chosen yet, the page suggests
+the first demo pair's A to the picker (the sidebar then shows it). The interpolated model the page
+hands on becomes the sidebar's model while the page keeps comparing A and B; its line then says so.
+The page computes nothing itself:
 :class:`~analyses.connectivity.analysis.ModeConnectivity` runs in a :class:`JobPanel`, the views
 come from :mod:`analyses.connectivity.views`. In a notebook,
 ``ConnectivityPage(model=["mlp-w64-a", "mlp-w64-b"])`` runs in the cell and displays the page.
@@ -36,8 +40,8 @@ from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from ..components.export import ExportPanel, export_item
-from ..components.jobs import JobPanel, in_server
+from ..components.export import ExportPanel, export_item, model_stem
+from ..components.jobs import JobPanel, how_obtained, in_server
 from ..components.page import (
     AnalysisPage,
     holoviews_pane,
@@ -66,6 +70,24 @@ ADVANCED_KNOBS = [
 #: demo pairs (same architecture, different seeds), the first one present is the page's default
 DEMO_PAIRS = (("mlp-w64-a", "mlp-w64-b"), ("mlp-w512-a", "mlp-w512-b"), ("bn-cnn-a", "bn-cnn-b"))
 DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
+#: narrowest a plot gets in the page's two-column grids (they wrap to one column below that)
+PLOT_MIN_WIDTH = 380
+
+
+def plot_pane(obj: Any, css_class: str) -> pn.pane.HoloViews:
+    """A bokeh pane filling its grid cell (one plot: a bokeh grid plot of several panels drawn in a
+    hidden tab collapses to a few pixels)."""
+    return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
+
+
+def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
+    """Plots two per row, filling the page's width."""
+    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
+
+
+def panels_of(obj: Any) -> list[Any]:
+    """The panels of a HoloViews layout (one pane each), or ``[obj]``."""
+    return list(obj) if isinstance(obj, hv.Layout) else [obj]
 
 
 def demo_data_name(model: Any) -> str | None:
@@ -112,13 +134,15 @@ class ConnectivityPage(AnalysisPage):
         super().__init__(picker=picker, settings=settings, **params)
         self._tmp: Path | None = None
         self._own_pick: str | None = None
-        if model is None:
-            pair = next((p for p in DEMO_PAIRS if all(m in DEMO_MODELS for m in p)), None)
+        pair = next((p for p in DEMO_PAIRS if all(m in DEMO_MODELS for m in p)), None)
+        if model is None and picker is not None:
+            # model A is the sidebar's model: the demo pair's A while nobody chose a model (the
+            # picker then shows it), else the model picked
             if pair is not None:
-                model = list(pair)
-            else:
-                a = picker.model if picker is not None else self.settings.default_model
-                model = [a, partner(a, list(self.sources().values()))]
+                picker.suggest(pair[0])
+            model = [picker.model]
+        elif model is None:
+            model = list(pair) if pair is not None else [self.settings.default_model]
         models = list(model) if isinstance(model, list | tuple) else [model, None]
         if len(models) == 1:
             models.append(partner(models[0], list(self.sources().values())))
@@ -179,9 +203,7 @@ class ConnectivityPage(AnalysisPage):
         self._run_button.on_click(lambda _e: self.run())
         self.controls = pn.Column(
             pn.pane.Markdown("#### Connectivity settings", margin=(5, 10, 0, 10)),
-            note_pane(
-                "Model A is the model picked above.",
-            ),
+            note_pane("Model A is the sidebar's model; choose model B here."),
             self._model_b,
             self._more,
             self._data,
@@ -194,8 +216,9 @@ class ConnectivityPage(AnalysisPage):
 
     def _build_main(self) -> None:
         self._summary = summary_pane()
-        self._loss = pn.Column(pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-conn-loss"])
-        self._accuracy = pn.Column(css_classes=["nnv-conn-accuracy"])
+        self._paths = plot_grid(
+            pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-conn-paths"]
+        )
         self._point_text = pn.pane.Markdown(
             "Tap a point of the path to pick that interpolated model.",
             css_classes=["nnv-conn-point"],
@@ -210,23 +233,28 @@ class ConnectivityPage(AnalysisPage):
         )
         self._analyse.on_click(lambda _e: self.analyse_point())
         self._picked_text = pn.pane.Markdown("", css_classes=["nnv-conn-picked"], sizing_mode="stretch_width")
-        self._barriers = pn.Column(css_classes=["nnv-conn-barriers"])
+        self._barriers = plot_grid(css_classes=["nnv-conn-barriers"])
         self._barrier_table = pn.pane.DataFrame(
             None, index=False, float_format="{:.4f}".format, sizing_mode="stretch_width"
         )
-        self._layers = pn.Column(css_classes=["nnv-conn-layers"])
+        self._layers = plot_grid(css_classes=["nnv-conn-layers"])
         self._layer_table = pn.pane.DataFrame(
             None, index=False, float_format="{:.4f}".format, sizing_mode="stretch_width"
         )
-        self._many = pn.Row(css_classes=["nnv-conn-many"], sizing_mode="stretch_width")
-        self.export_panel = ExportPanel(self.figures, self.tables, prefix="connectivity")
+        self._many = plot_grid(css_classes=["nnv-conn-many"])
+        self.export_panel = ExportPanel(
+            self.figures,
+            self.tables,
+            prefix="connectivity",
+            subject=lambda: "-vs-".join(model_stem(model_label(m)) for m in self.models if m is not None),
+        )
         path_tab = pn.Column(
             note_pane(
                 "Each point is the model θ(λ) = (1 − λ) θ_A + λ θ_B. Dashed: B as it is (naive); solid: B with "
                 "its hidden units permuted to match A. A bump above the straight line between the ends is "
                 "a barrier. Tap a point to analyse that model in the other pages.",
             ),
-            pn.Row(self._loss, self._accuracy, sizing_mode="stretch_width"),
+            self._paths,
             self._point_text,
             self._analyse,
             self._picked_text,
@@ -235,7 +263,16 @@ class ConnectivityPage(AnalysisPage):
         )
         self.tabs = page_tabs(
             path_tab,
-            pn.Column(self._barriers, self._barrier_table, name="Barriers", sizing_mode="stretch_width"),
+            pn.Column(
+                note_pane(
+                    "The barrier is the largest rise of the loss (or drop of accuracy) above the straight line "
+                    "between the two ends of the path; near 0 means the models are linearly connected."
+                ),
+                self._barriers,
+                self._barrier_table,
+                name="Barriers",
+                sizing_mode="stretch_width",
+            ),
             pn.Column(
                 note_pane(
                     "Matching barely shortens the distance between the models; it aligns the singular vectors "
@@ -289,9 +326,9 @@ class ConnectivityPage(AnalysisPage):
         if event.new is None or (self._own_pick is not None and event.new == self._own_pick):
             return  # the interpolated model this page just handed to the other pages
         b = self.models[1] if len(self.models) > 1 else None
-        if b is None or b == event.new:
-            b = partner(event.new, list(self.sources().values()))
-        self.set_models([event.new, b, *self.models[2:]])
+        # B follows A: A's partner (same architecture) when it has one, else the B chosen before
+        b = partner(event.new, list(self.sources().values())) or (b if b != event.new else None)
+        self.set_models([event.new, b, *[m for m in self.models[2:] if m not in (event.new, b)]])
 
     def _on_model_b(self, event) -> None:
         if getattr(self, "_syncing", False) or len(self.models) < 2 or event.new == self.models[1]:
@@ -344,17 +381,35 @@ class ConnectivityPage(AnalysisPage):
         self.result = result
         self.point = None
         meta = result.meta
-        how = "from the result store" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.2f} s"
+        how = how_obtained(result, float(meta.get("seconds", 0) or 0))
         s = result.summary
         labels = [model_label(m) for m in self.models]
         head = f"**{labels[0]}** (A) vs **{labels[1]}** (B)"
         if len(labels) > 2:
             head += f" and {', '.join(labels[2:])}"
-        lines = [f"{head}: {s['points']} points per path, alignment **{s['match']}** · {how}"]
+        match = views.MATCH_NAMES.get(s["match"], s["match"])
+        lines = [f"{head}: {s['points']} points per path, alignment by **{match}** · {how}"]
         lines += [f"- {line}" for line in views.summary_text(result).splitlines()]
         self._summary.object = "\n".join(lines)
         self._draw()
         self.export_panel.refresh()
+
+    def analysing_text(self) -> str:
+        """ "Model A: **a** · Model B: **b**" (and any more models); after an interpolated model was
+        handed on, the sidebar holds it while the page keeps comparing A and B: the line says so."""
+        a, b, *more = [*self.models, None, None][: max(2, len(self.models))]
+        text = f"Model A: **{self.model_name(a) if a is not None else '(none)'}** · Model B: " + (
+            f"**{self.model_name(b)}**" if b is not None else "*choose model B in the settings*"
+        )
+        if more:
+            text += " · more: " + ", ".join(f"**{self.model_name(m)}**" for m in more if m is not None)
+        picked = self.picker.model if self.picker is not None else None
+        if picked is not None and picked != a and picked == self._own_pick:
+            text += (
+                f" · the sidebar's model **{self.model_name(picked)}** is interpolated between them "
+                "(handed on to the other pages)"
+            )
+        return text
 
     # ------------------------------------------------------------------ views
     def _draw(self) -> None:
@@ -371,16 +426,19 @@ class ConnectivityPage(AnalysisPage):
             stream = hv.streams.Selection1D(source=pts, index=[])
             stream.add_subscriber(self._on_tap)
             self._streams.append(stream)
-        self._loss.objects = [holoviews_pane(loss, css_classes=["nnv-plot-path-loss"])]
-        self._accuracy.objects = [holoviews_pane(acc, css_classes=["nnv-plot-path-accuracy"])]
-        self._barriers.objects = [holoviews_pane(views.barrier_plot(r), css_classes=["nnv-plot-barriers"])]
-        self._barrier_table.object = views.barrier_table(r)
-        self._layers.objects = [holoviews_pane(views.layer_plot(r), css_classes=["nnv-plot-layers"])]
-        self._layer_table.object = r.layers
+        self._paths.objects = [
+            plot_pane(loss, "nnv-plot-path-loss"),
+            plot_pane(acc, "nnv-plot-path-accuracy"),
+        ]
+        # one pane per panel: a bokeh grid plot drawn in a hidden tab collapses to a few pixels
+        self._barriers.objects = [plot_pane(p, "nnv-plot-barriers") for p in panels_of(views.barrier_plot(r))]
+        self._barrier_table.object = views.barrier_table(r).rename(columns=views.BARRIER_TITLES)
+        self._layers.objects = [plot_pane(p, "nnv-plot-layers") for p in panels_of(views.layer_plot(r))]
+        self._layer_table.object = r.layers.rename(columns=views.LAYER_TITLES)
         path = "matched" if r.summary.get("match") != "none" else "naive"
         self._many.objects = [
-            holoviews_pane(views.pairwise_heatmap(r, "barrier", path), css_classes=["nnv-plot-pairwise"]),
-            holoviews_pane(views.plane_plot(r), css_classes=["nnv-plot-plane"]),
+            plot_pane(views.pairwise_heatmap(r, "barrier", path), "nnv-plot-pairwise"),
+            plot_pane(views.plane_plot(r), "nnv-plot-plane"),
         ]
         self._describe()
 
@@ -445,6 +503,7 @@ class ConnectivityPage(AnalysisPage):
         if self.picker is not None:
             self._own_pick = str(path)
             self.picker.add_file(path, label)
+            self._update_analysing()
             self._picked_text.object = (
                 f"Saved **{path.name}**; it is now the model picked in the sidebar: open **Spectra** or "
                 "**IBP tightness / Lipschitz** to analyse it (this page keeps comparing A and B)."

@@ -10,7 +10,17 @@ What the page shows, all from one :class:`~analyses.orbits.analysis.OrbitResult`
   the model's class probabilities there; the element slider walks along the orbit live;
 - export of every figure (SVG, PNG, PDF, offline HTML) and of the tables (CSV).
 
-The page computes nothing itself: :class:`~analyses.orbits.analysis.OrbitAnalysis` runs in a
+The data follows the models (:func:`~analyses.orbits.fitting.common_data`): the digits at the image
+size the models take (a demo's manifest, a ``.pt2`` program's recorded input, else a try on two blank
+images), or one line saying which data they need. The setting widgets are generated from the
+analysis's parameters but never clamp or replace what is typed: every invalid setting is listed
+under the settings at once (one line each), and Run shows the list instead of running. The page
+fits a 1280 px wide window (the plots' sizes are set in :mod:`analyses.orbits.views`).
+
+The first model is the sidebar's (the page's "Analysing" line names it as the sidebar does); the
+others are chosen on the page ("Compare with"). Opened while no model was chosen yet, the page
+suggests ``rot-cnn`` to the picker and compares it with the other rotation demos (:data:`DEMO_SET`):
+the sidebar then shows ``rot-cnn`` too. The page computes nothing itself: :class:`~analyses.orbits.analysis.OrbitAnalysis` runs in a
 :class:`JobPanel`; the views come from :mod:`analyses.orbits.views`. In a notebook,
 ``OrbitsPage(model=["rot-cnn", "rot-cnn-c4"])`` runs in the cell and displays the page.
 """
@@ -18,6 +28,7 @@ The page computes nothing itself: :class:`~analyses.orbits.analysis.OrbitAnalysi
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +36,14 @@ import pandas as pd
 import panel as pn
 import param
 
+from analyses.core.errors import NNVitalsError
 from analyses.orbits import views
-from analyses.orbits.analysis import OrbitAnalysis
+from analyses.orbits.analysis import OrbitAnalysis, setting_problems
+from analyses.orbits.fitting import common_data
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from ..components.export import ExportPanel, export_item
-from ..components.jobs import JobPanel
+from ..components.export import ExportPanel, export_item, model_stem
+from ..components.jobs import JobPanel, how_obtained
 from ..components.model_picker import list_data_files
 from ..components.page import (
     AnalysisPage,
@@ -53,6 +66,51 @@ DEMO_SET = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
 #: the page's first run: a quick look (10-degree steps, 200 samples); the settings raise both
 PAGE_DEFAULTS = {"steps": 36, "max_samples": 200}
 DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x32": "digits32"}
+#: the setting widgets' labels (their kind, choices and help come from OrbitAnalysis's parameters)
+LABELS = {
+    "group": "Group",
+    "steps": "Rotation angles (from 0°)",
+    "score": "Score",
+    "split": "Digits split",
+    "max_samples": "At most this many samples",
+    "shift_range": "Shift: largest |dx|, |dy| (px)",
+    "shift_step": "Shift step (px)",
+    "scale_range": "Scale range (smallest, largest)",
+    "scale_step": "Scale step",
+    "seed": "Seed",
+    "batch_size": "Images per forward pass",
+    "device": "Device",
+}
+#: width of a setting widget in the sidebar
+WIDGET_WIDTH = 230
+
+
+def setting_widget(p: param.Parameter, label: str, value: Any, **kw: Any) -> pn.widgets.Widget:
+    """A widget for one analysis parameter: its kind from the parameter's type, its choices from
+    the parameter's objects, its help from the doc. Numbers get no start/end: the browser would clamp
+    a typed value to them without a word (0 angles became 1, or the last good value); the page checks
+    the value instead and says what is wrong."""
+    kw = {"name": label, "description": p.doc, "width": WIDGET_WIDTH, **kw}
+    if isinstance(p, param.Selector):
+        return pn.widgets.Select(options=list(p.objects), value=value, **kw)
+    if isinstance(p, param.Integer):
+        return pn.widgets.IntInput(value=value, **kw)
+    if isinstance(p, param.Number):
+        return pn.widgets.FloatInput(value=value, **kw)
+    if isinstance(p, param.NumericTuple):
+        return pn.widgets.TextInput(value=", ".join(f"{v:g}" for v in value), **kw)
+    return pn.widgets.TextInput(value="" if value is None else str(value), **kw)
+
+
+def _tuple_value(text: Any) -> Any:
+    """``'0.5, 1.5'`` as ``(0.5, 1.5)``; anything else as typed (the check then says what is wrong)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        parts = tuple(float(t) for t in text.replace("(", "").replace(")", "").split(","))
+    except ValueError:
+        return text
+    return parts if len(parts) == 2 else text
 
 
 def demo_data_name(model: Any) -> str | None:
@@ -86,14 +144,18 @@ class OrbitsPage(AnalysisPage):
         **params: Any,
     ):
         super().__init__(picker=picker, settings=settings, **params)
-        if model is None:
-            demo = [m for m in DEMO_SET if m in DEMO_MODELS]
-            model = (
-                demo
-                if len(demo) == len(DEMO_SET)
-                else (picker.model if picker else self.settings.default_model)
-            )
+        demo_ready = all(m in DEMO_MODELS for m in DEMO_SET)
+        if model is None and picker is not None:
+            # the sidebar's model first; the demo set while nobody chose a model (the picker then
+            # shows its first model: one truth)
+            if demo_ready and picker.suggest(DEMO_SET[0]):
+                model = list(DEMO_SET)
+            else:
+                model = picker.model
+        elif model is None:
+            model = list(DEMO_SET) if demo_ready else self.settings.default_model
         models = list(model) if isinstance(model, list | tuple) else [model]
+        self._fit_problem: str | None = None
         self.analysis = OrbitAnalysis(
             model=models,
             show_progress=False,
@@ -117,34 +179,37 @@ class OrbitsPage(AnalysisPage):
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        widgets = {
-            "group": {"type": pn.widgets.Select, "name": "Group"},
-            "steps": {"type": pn.widgets.IntInput, "name": "Rotation angles (from 0°)"},
-            "score": {"type": pn.widgets.Select, "name": "Score"},
-            "split": {"type": pn.widgets.RadioButtonGroup, "name": "Digits split", "button_style": "outline"},
-            "max_samples": {"type": pn.widgets.IntInput, "name": "At most this many samples"},
-            "shift_range": {"type": pn.widgets.FloatInput, "name": "Shift: largest |dx|, |dy| (px)"},
-            "shift_step": {"type": pn.widgets.FloatInput, "name": "Shift step (px)"},
-            "scale_step": {"type": pn.widgets.FloatInput, "name": "Scale step"},
-            "scale_range": {"name": "Scale range"},
-            "batch_size": {"type": pn.widgets.IntInput, "name": "Images per forward pass"},
-            "device": {"type": pn.widgets.TextInput},
-        }
+        a = self.analysis
+        self._settings: dict[str, pn.widgets.Widget] = {}
         for name in KNOBS + ADVANCED_KNOBS:
-            widgets.setdefault(name, {}).setdefault("width", 230)
-        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
+            kw: dict[str, Any] = {}
+            if name == "split":
+                w = pn.widgets.RadioButtonGroup(
+                    name=LABELS[name], options=list(a.param[name].objects), value=a.split,
+                    button_style="outline", width=WIDGET_WIDTH,
+                )  # fmt: skip
+            else:
+                w = setting_widget(a.param[name], LABELS[name], getattr(a, name), **kw)
+            w.param.watch(self._on_setting, "value")
+            self._settings[name] = w
+        # set in Python (a notebook, a test): the widgets follow
+        a.param.watch(self._from_analysis, list(self._settings))
+        self._problems = pn.pane.Alert(
+            "", alert_type="danger", visible=False, css_classes=["nnv-setting-problems"], margin=(5, 10)
+        )
+        self._knobs = pn.Column(*(self._settings[n] for n in KNOBS), width=250)
         self._advanced = pn.Card(
-            pn.Param(self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240),
+            pn.Column(*(self._settings[n] for n in ADVANCED_KNOBS), width=240),
             title="Advanced",
             collapsed=True,
             width=255,
         )
-        self._data = pn.widgets.Select(name="Data", options=self._data_options(), width=230)
+        self._data = pn.widgets.Select(name="Data", options=self._data_options(), width=WIDGET_WIDTH)
         self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
-        self._compare = pn.widgets.MultiChoice(name="Compare with", options={}, width=230)
+        self._compare = pn.widgets.MultiChoice(name="Compare with", options={}, width=WIDGET_WIDTH)
         self._compare.param.watch(self._on_compare, "value")
         self._classes = pn.widgets.MultiChoice(
-            name="Classes (empty: all)", options=[str(i) for i in range(10)], width=230
+            name="Classes (empty: all)", options=[str(i) for i in range(10)], width=WIDGET_WIDTH
         )
         self._classes.param.watch(self._on_classes, "value")
         self._run_button = pn.widgets.Button(
@@ -158,10 +223,51 @@ class OrbitsPage(AnalysisPage):
             self._knobs,
             self._classes,
             self._advanced,
+            self._problems,
             self._run_button,
             sizing_mode="stretch_width",
             css_classes=["nnv-controls"],
         )
+
+    # ------------------------------------------------------------------ settings
+    def setting_values(self) -> dict[str, Any]:
+        """The settings as the widgets hold them (typed values, valid or not)."""
+        values = {name: w.value for name, w in self._settings.items()}
+        values["scale_range"] = _tuple_value(values["scale_range"])
+        return values
+
+    def _label(self, key: str) -> str:
+        return " / ".join(LABELS.get(k, k) for k in key.split("/"))
+
+    def _in_words(self, text: str) -> str:
+        """A message naming parameters, with the widgets' labels instead ('lower “Shift step (px)”')."""
+        names = "|".join(sorted(LABELS, key=len, reverse=True))
+        return re.sub(rf"\b({names})\b", lambda m: f"“{LABELS[m.group(1)]}”", text)
+
+    def setting_problems(self) -> list[str]:
+        """Every invalid setting, one line each (label: what was expected, what was typed)."""
+        problems = setting_problems(self.setting_values())
+        return [f"{self._label(k)}: {self._in_words(msg)}" for k, msg in problems.items()]
+
+    def _from_analysis(self, *events: Any) -> None:
+        for e in events:
+            w = self._settings[e.name]
+            shown = ", ".join(f"{v:g}" for v in e.new) if e.name == "scale_range" else e.new
+            if w.value != shown and self.setting_values()[e.name] != e.new:
+                w.value = shown
+
+    def _on_setting(self, *_: Any) -> None:
+        """A setting changed: keep the valid ones in the analysis, list every invalid one (the
+        widget keeps what was typed; nothing is replaced)."""
+        values = self.setting_values()
+        problems = setting_problems(values)
+        bad = {k for key in problems for k in key.split("/")}
+        good = {k: v for k, v in values.items() if k not in bad and getattr(self.analysis, k) != v}
+        if good:
+            self.analysis.param.update(**good)
+        lines = [f"{self._label(k)}: {self._in_words(msg)}" for k, msg in problems.items()]
+        self._problems.object = "\n".join(f"- {line}" for line in lines)
+        self._problems.visible = bool(lines)
 
     def _build_main(self) -> None:
         self._summary = summary_pane()
@@ -175,7 +281,10 @@ class OrbitsPage(AnalysisPage):
         self._selection = pn.pane.Markdown(
             "", css_classes=["nnv-orbit-selection"], sizing_mode="stretch_width"
         )
-        self._slider = pn.widgets.IntSlider(name="Group element", start=0, end=1, value=0, width=420)
+        # the element in the group's own units (45°, (2, -1) px, ×1.25, mirrored), not its index
+        self._slider = pn.widgets.DiscreteSlider(
+            name="Rotation angle", options={"0°": 0}, value=0, width=420, css_classes=["nnv-orbit-slider"]
+        )
         self._slider.link(self, value="element", bidirectional=True)
         self._model_select = pn.widgets.Select(name="Samples of", options=[], width=200)
         self._model_select.param.watch(self._redraw_explorer, "value")
@@ -188,17 +297,23 @@ class OrbitsPage(AnalysisPage):
                 self.param.method, button_style="outline", width=140, align="end"
             ),
         )
-        self.export_panel = ExportPanel(self.figures, self.tables, prefix="orbits")
+        self.export_panel = ExportPanel(self.figures, self.tables, prefix="orbits", subject=self._subject)
         explore = pn.Column(
             note_pane(
-                "A circle in the polar plot means the model is equivariant (invariant, for class scores) "
-                "along the orbit; dents show where it stops being so. Tap a sample in the scatter to see its "
-                "own orbit; move the slider to walk along it.",
+                "Polar plots: the direction is the rotation angle, the distance from the centre the mean "
+                "score. A circle means the model is equivariant (invariant, for class scores) along the "
+                "orbit; dents show where it stops being so. Each point of the scatter is one sample (its "
+                "scores along the orbit, reduced to 2-D): tap one to see its own orbit below.",
             ),
             pn.Row(self._aggregate, self._scatter, sizing_mode="stretch_width"),
             view_opts,
             self._selection,
             self._slider,
+            note_pane(
+                "The tapped sample's own orbit (models coloured as above), the sample as the model sees it at "
+                "the slider's element, and the model's class probabilities there (the label in green, a wrong "
+                "top-1 class in red). Move the slider to walk along the orbit.",
+            ),
             pn.Row(self._individual, self._image, self._probs, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
             name="Orbits",
@@ -217,6 +332,11 @@ class OrbitsPage(AnalysisPage):
             self.tabs,
         )
 
+    def _subject(self) -> str:
+        """The models of the result on show, for the export files' names ('rot-cnn-vs-rot-cnn-c4')."""
+        names = self.result.models if self.result is not None else [model_label(m) for m in self.models]
+        return "-vs-".join(model_stem(n) for n in names)
+
     # ------------------------------------------------------------------ models and data
     def _data_options(self) -> dict[str, str]:
         """The bundled digits, then the .npz files under the server's --allow-dir directories."""
@@ -226,10 +346,27 @@ class OrbitsPage(AnalysisPage):
             options.update({f"server: {k}": v for k, v in list_data_files(dirs).items()})
         return options
 
-    @staticmethod
-    def _data_for(models: list[Any]) -> str:
-        names = {demo_data_name(m) for m in models} - {None}
-        return names.pop() if len(names) == 1 else "digits16"
+    def _fit(self, models: list[Any]) -> str | None:
+        """The built-in data the models run on (None when they do not say); a problem (no built-in
+        data fits, or the models need different ones) is kept in ``_fit_problem``."""
+        try:
+            fit = common_data([m for m in models if m is not None])
+        except NNVitalsError as e:
+            self._fit_problem = str(e)
+            return None
+        self._fit_problem = None
+        return fit.data if fit is not None else None
+
+    def _data_for(self, models: list[Any]) -> str:
+        return self._fit(models) or "digits16"
+
+    def _sync_data(self) -> None:
+        """Choose the data the models run on; with none that fits keep the choice (a server file may)."""
+        data = self._fit(self.models)
+        if data is not None:
+            self._data.value = data
+        elif self._fit_problem is None:
+            self._data.value = "digits16"
 
     def _sync_compare(self, reset_data: bool = True) -> None:
         sources = self.sources()
@@ -237,8 +374,8 @@ class OrbitsPage(AnalysisPage):
         options = {k: v for k, v in sources.items() if v != first}
         self._compare.options = options
         self._compare.value = [m for m in self.models[1:] if m in options.values()]
-        if reset_data:  # the data the models were trained on (their image size)
-            self._data.value = self._data_for(self.models)
+        if reset_data:  # the data the models were made for (their input size)
+            self._sync_data()
 
     def _on_sources(self, *_: Any) -> None:
         current = self._data.value
@@ -252,7 +389,7 @@ class OrbitsPage(AnalysisPage):
     def _on_compare(self, event) -> None:
         if self.models and list(event.new) != self.models[1:]:
             self.models = [self.models[0], *event.new]
-            self._data.value = self._data_for(self.models)
+            self._sync_data()
 
     def _on_classes(self, event) -> None:
         self.classes = [int(c) for c in event.new]
@@ -267,7 +404,20 @@ class OrbitsPage(AnalysisPage):
 
     # ------------------------------------------------------------------ runs
     def run(self, wait: float = 0.0) -> None:
-        """Run the analysis with the current settings (in the background when served)."""
+        """Run the analysis with the current settings (in the background when served); with invalid
+        settings, or data the models cannot run on, show every problem instead (one line each)."""
+        problems = self.setting_problems()
+        if self._fit_problem and self._data.value in DATA_CHOICES.values():
+            problems.append(self._fit_problem)
+        if problems:
+            self.jobs.cancel(quiet=True)
+            head = (
+                "Not run: fix this setting first"
+                if len(problems) == 1
+                else "Not run: fix these settings first"
+            )
+            self.jobs.show_error(head + "\n" + "\n".join(f"- {p}" for p in problems))
+            return
         values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
         values["model"] = list(self.models)
         analysis = OrbitAnalysis(**values)
@@ -283,15 +433,18 @@ class OrbitsPage(AnalysisPage):
         self.result = result
         s = result.summary
         meta = result.meta
-        how = "from the result store" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.2f} s"
+        how = how_obtained(result, float(meta.get("seconds", 0) or 0))
         lines = [
             f"**{s['group']}** orbit, {s['elements']} elements × {s['samples']} samples of {s['data']} "
             f"({len(result.table):,} scores, {views.SCORE_LABELS.get(s['score'], s['score'])}) · {how}"
         ]
         lines += [f"- {line}" for line in views.summary_text(result).splitlines()]
         self._summary.object = "\n".join(lines)
-        n_el = len(result.elements)
-        self._slider.param.update(end=max(1, n_el - 1), value=min(self.element, n_el - 1), disabled=n_el < 2)
+        els = result.elements
+        n_el = len(els)
+        options = {els.label(i): i for i in range(n_el)}
+        value = min(self.element, n_el - 1)
+        self._slider.param.update(options=options, value=value, name=els.title, disabled=n_el < 2)
         self._model_select.param.update(options=result.models, value=result.models[0])
         self._redraw_explorer()
         self.export_panel.refresh()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import holoviews as hv
 import panel as pn
 import pytest
 import torch
+from bokeh.core.validation import check_integrity
+from bokeh.document import Document
 
 from analyses.core.errors import NNVitalsError
 from dashboard.app import NNVitalsApp
@@ -33,10 +36,26 @@ def test_page_runs_and_draws(page):
     assert r is not None and page.jobs.error == ""
     assert "**mlp** (A) vs **mlp-untrained** (B)" in page._summary.object
     assert "loss barrier on test" in page._summary.object
-    for pane in (page._loss, page._accuracy, page._barriers, page._layers):
-        assert len(pane.objects) == 1
+    assert (
+        "result store" not in page._summary.object
+        and "alignment by **weight matching**" in page._summary.object
+    )
+    # one pane per panel, filling a two-column grid (a bokeh grid plot in a hidden tab collapsed)
+    assert len(page._paths.objects) == 2
+    for grid in (page._paths, page._barriers, page._layers):
+        assert len(grid.objects) == 2
+        for pane in grid.objects:
+            assert isinstance(pane, pn.pane.HoloViews) and not isinstance(pane.object, hv.Layout)
+            assert pane.sizing_mode == "stretch_width"
     assert len(page._many.objects) == 2  # messages: two models only
-    pn.panel(page).get_root()
+    # the tables read in plain words on the page; their CSV keeps the column names
+    assert "loss barrier" in page._barrier_table.object.columns
+    assert not [c for c in page._layer_table.object.columns if "_" in c]
+    # bokeh's layout checks pass: no "fixed sizing mode needs width and height" (W-1005), the
+    # warning of the grid plots that collapsed in a hidden tab
+    root = pn.panel(page).get_root(Document())
+    warnings = check_integrity(list(root.references())).warning
+    assert not [w for w in warnings if w.code == 1005], warnings
 
 
 def test_tap_a_point_and_save_it(page, tmp_path):
@@ -62,6 +81,12 @@ def test_export_figures_and_tables(page, tmp_path):
     assert "<svg" in svg.read_text()[:2000]
     csv = page.export("barriers", tmp_path / "b.csv")
     assert csv.read_text().splitlines()[0].startswith("split,path,barrier")
+    # downloads are named after the two models: two comparisons' files never overwrite each other
+    page.export_panel.refresh()
+    assert (
+        page.export_panel._buttons["png"].filename
+        == "connectivity_loss_along_the_path-mlp-vs-mlp-untrained.png"
+    )
     with pytest.raises(NNVitalsError, match="nothing by that name"):
         page.export("nope", tmp_path / "x.svg")
 
@@ -101,4 +126,35 @@ def test_in_the_app_the_point_becomes_the_picked_model():
     app.page = "lipschitz"  # a runnable program: the bounds run on it too
     bounds = app.pages["bounds"]
     assert bounds.jobs.error == "" and bounds.lip_result is not None, bounds.jobs.error
+    app.close()
+
+
+def test_in_the_app_model_a_is_the_sidebars_model():
+    """One truth: model A is the picker's model, named as the sidebar names it, on the page's line;
+    opened while nobody chose a model, the page's demo pair's A becomes the picker's model."""
+    app = NNVitalsApp(AppSettings(default_model="mlp"))
+    app.page = "connectivity"
+    page = app.pages["connectivity"]
+    assert app.picker.model == "mlp-w64-a" and app.picker._select.value == "mlp-w64-a"
+    assert page.models[:2] == ["mlp-w64-a", "mlp-w64-b"]
+    assert page.analysing.object == "Model A: **mlp\\-w64\\-a** · Model B: **mlp\\-w64\\-b**"
+    assert page.main.objects[1] is page.analysing
+    controls = " ".join(str(getattr(o, "object", "")) for o in page.controls.objects)
+    assert "Model A is the model picked above" not in controls
+    page.analysis.points = 5
+    app.picker._select.value = "mlp"  # chosen in the sidebar: A follows, B becomes A's partner
+    assert page.models[:2] == ["mlp", "mlp-untrained"]
+    assert page.analysing.object == "Model A: **mlp** · Model B: **mlp\\-untrained**"
+    assert page.result is not None, page.jobs.error
+    page.select(3)
+    path = page.analyse_point()
+    # the sidebar holds the interpolated model; the page keeps comparing A and B and says so
+    name = app.picker.name_of(str(path))
+    assert "(this session)" in name and page.models[0] == "mlp"
+    assert (
+        "the sidebar's model" in page.analysing.object
+        and "interpolated between them" in page.analysing.object
+    )
+    app.page = "spectra"
+    assert app.pages["spectra"].analysing.object.startswith("Analysing: **θ\\(λ=")
     app.close()

@@ -44,8 +44,8 @@ def test_tap_and_slider_update_the_selection(page):
     r = page.result
     assert f"Sample {int(r.samples[7])}" in text and "90°" in text
     assert f"cnn {r.scores('cnn')[7, 6]:.3f}" in text
-    # the individual plot follows: its frame shows the chosen element
-    frame = page.explorer.panels["individual"][()]
+    # the transformed sample follows: its frame shows the chosen element
+    frame = page.explorer.panels["image"][()]
     assert "90°" in frame.label or "90°" in str(frame.opts.get().kwargs.get("title", ""))
 
 
@@ -121,3 +121,54 @@ def test_server_npz_data_is_offered_and_bad_data_is_reported(tmp_path):
     page.run()
     assert "images of shape (N, C, H, W)" in page.jobs.error
     picker.close()
+
+
+def test_summary_says_how_the_result_was_obtained_in_plain_words():
+    """Computed, or loaded from the cache: the jobs panel's wording, not "from the result store"."""
+    from dashboard.components.jobs import FROM_CACHE
+
+    p = OrbitsPage(model=["cnn"], run=False)
+    p.analysis.param.update(max_samples=20, steps=4)
+    p.run()
+    assert "Computed in" in p._summary.object and "result store" not in p._summary.object
+    p.run()  # the same settings again: the result comes from the cache
+    assert p.result.meta.get("cached")
+    assert FROM_CACHE in p._summary.object and "result store" not in p._summary.object
+
+
+def test_export_files_are_named_after_the_models(page):
+    page.export_panel.refresh()
+    buttons = page.export_panel._buttons
+    assert buttons["png"].filename == "orbits_aggregate_nero_plot-cnn-vs-mlp.png"
+    assert buttons["svg"].filename == "orbits_aggregate_nero_plot-cnn-vs-mlp.svg"
+    csv = [b.filename for b in page.export_panel._table_row.objects]
+    assert "orbits_orbits-cnn-vs-mlp.csv" in csv and "orbits_aggregate-cnn-vs-mlp.csv" in csv
+
+
+def test_in_the_app_the_page_and_the_sidebar_name_the_same_model(monkeypatch):
+    """Opened while nobody chose a model, the page's rotation demos start with the picker's model
+    (the picker shows rot-cnn); once a model was chosen, the page analyses it. Its line says which."""
+    import dashboard.pages.orbits as orbits
+
+    monkeypatch.setattr(orbits, "PAGE_DEFAULTS", {"steps": 4, "max_samples": 20})
+    app = NNVitalsApp(AppSettings(default_model="mlp"))
+    assert app.pages["spectra"].analysing.object == "Analysing: **mlp**"
+    app.page = "orbits"
+    page = app.pages["orbits"]
+    assert app.picker.model == "rot-cnn" and app.picker._select.value == "rot-cnn"
+    assert page.models == list(orbits.DEMO_SET)
+    assert page.analysing.object.startswith("Analysing: **rot\\-cnn** · compared with **rot\\-cnn\\-aug**")
+    assert page.main.objects[1] is page.analysing  # right under the heading
+    assert app.pages["spectra"].analysing.object == "Analysing: **rot\\-cnn**"  # every page: one model
+    app.picker._select.value = "cnn"  # chosen in the sidebar
+    assert page.models == ["cnn"] and page.analysing.object == "Analysing: **cnn**"
+    app.close()
+
+    app = NNVitalsApp(AppSettings(default_model="mlp"))
+    app.picker._select.value = "mlp-untrained"
+    app.picker._select.value = "mlp"  # chosen: the page must not replace it with its demos
+    app.page = "orbits"
+    page = app.pages["orbits"]
+    assert app.picker.model == "mlp" and page.models == ["mlp"]
+    assert page.analysing.object == "Analysing: **mlp**"
+    app.close()
