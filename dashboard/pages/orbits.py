@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import CustomJSTickFormatter
 
 from analyses.core.errors import NNVitalsError
 from analyses.orbits import views
@@ -83,6 +84,13 @@ LABELS = {
 }
 #: width of a setting widget in the sidebar
 WIDGET_WIDTH = 230
+
+
+def _element_labels(labels: list[str]) -> CustomJSTickFormatter:
+    """A slider format that shows group element ``i`` as its label (``'180°'``), in the browser."""
+    return CustomJSTickFormatter(
+        args={"labels": labels}, code="return labels[Math.round(tick)] ?? String(tick)"
+    )
 
 
 def setting_widget(p: param.Parameter, label: str, value: Any, **kw: Any) -> pn.widgets.Widget:
@@ -282,9 +290,12 @@ class OrbitsPage(AnalysisPage):
             "", css_classes=["nnv-orbit-selection"], sizing_mode="stretch_width"
         )
         # the element in the group's own units (45°, (2, -1) px, ×1.25, mirrored), not its index
-        self._slider = pn.widgets.DiscreteSlider(
-            name="Rotation angle", options={"0°": 0}, value=0, width=420, css_classes=["nnv-orbit-slider"]
-        )
+        # the browser formats the index into the element's label itself, so the title never lags
+        # behind the handle however fast it moves (a server-side label did under a held arrow key)
+        self._slider = pn.widgets.IntSlider(
+            name="Rotation angle", start=0, end=1, value=0, width=420, disabled=True,
+            format=_element_labels(["0°"]), tooltips=False, css_classes=["nnv-orbit-slider"],
+        )  # fmt: skip
         self._slider.link(self, value="element", bidirectional=True)
         self._model_select = pn.widgets.Select(name="Samples of", options=[], width=200)
         self._model_select.param.watch(self._redraw_explorer, "value")
@@ -442,9 +453,11 @@ class OrbitsPage(AnalysisPage):
         self._summary.object = "\n".join(lines)
         els = result.elements
         n_el = len(els)
-        options = {els.label(i): i for i in range(n_el)}
         value = min(self.element, n_el - 1)
-        self._slider.param.update(options=options, value=value, name=els.title, disabled=n_el < 2)
+        self._slider.param.update(
+            start=0, end=max(1, n_el - 1), value=value, name=els.title, disabled=n_el < 2,
+            format=_element_labels([els.label(i) for i in range(n_el)]),
+        )  # fmt: skip
         self._model_select.param.update(options=result.models, value=result.models[0])
         self._redraw_explorer()
         self.export_panel.refresh()

@@ -31,12 +31,13 @@ def line_model(text: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def agree(page, expected: str, timeout: float = 90) -> str:
-    """Wait until the sidebar and the page's line both name ``expected``; returns the line."""
+def agree(page, expected: str, timeout: float = 90, also: str = "") -> str:
+    """Wait until the sidebar and the page's line both name ``expected`` (and the line holds
+    ``also``: a page names the models it compares once it has them); returns the line."""
     end = time.time() + timeout
     while True:
         side, line = sidebar_model(page), analysing_line(page)
-        if side == expected and line_model(line) == expected:
+        if side == expected and line_model(line) == expected and also in line:
             return line
         if time.time() > end:
             raise AssertionError(
@@ -54,7 +55,7 @@ def test_every_page_names_the_model_the_sidebar_shows(server, probe):
     page = open_app(probe, server.url)
     agree(page, "mlp")  # Spectra, the landing page
     go(page, "Orbits")  # its rotation demos: the sidebar shows their first model, not mlp
-    line = agree(page, "rot-cnn")
+    line = agree(page, "rot-cnn", also="compared with rot-cnn-aug, rot-cnn-c4")
     assert "compared with rot-cnn-aug, rot-cnn-c4" in line, line
     page.locator(".nnv-summary", has_text="rot-cnn-c4: mean").first.wait_for(timeout=120000)
     go(page, "Connectivity")  # its demo pair: model A is the sidebar's model

@@ -102,20 +102,20 @@ def test_slider_shows_the_element_in_the_groups_units():
     page.analysis.param.update(steps=36, max_samples=20)
     page.run()
     slider = page._slider
-    labels = list(slider.options)  # what the slider shows for each element
-    assert slider.name == "Rotation angle"
-    assert labels[18] == "180°" and labels[9] == "90°" and slider.options["180°"] == 18
+    labels = slider.format.args["labels"]  # what the browser shows for each element's index
+    assert slider.name == "Rotation angle" and (slider.start, slider.end) == (0, 35)
+    assert labels[18] == "180°" and labels[9] == "90°" and labels.index("180°") == 18
     slider.value = 18
     assert page.element == 18 and "at **180°**" in page._selection.object
     page.analysis.param.update(group="shift", shift_range=2.0)
     page.run()
-    assert slider.name == "Shift (dx, dy)" and list(slider.options)[0] == "(-2, -2) px"
+    assert slider.name == "Shift (dx, dy)" and slider.format.args["labels"][0] == "(-2, -2) px"
     page.analysis.param.update(group="scale", scale_range=(0.5, 1.5), scale_step=0.25)
     page.run()
-    assert slider.name == "Scale factor" and list(slider.options) == ["×0.5", "×0.75", "×1", "×1.25", "×1.5"]
+    assert slider.name == "Scale factor" and slider.format.args["labels"] == ["×0.5", "×0.75", "×1", "×1.25", "×1.5"]
     page.analysis.param.update(group="flip")
     page.run()
-    assert slider.name == "Flip" and list(slider.options) == ["upright", "mirrored"]
+    assert slider.name == "Flip" and slider.format.args["labels"] == ["upright", "mirrored"]
 
 
 def test_element_labels_in_the_groups_units():
