@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from .graph import AFFINE_KINDS, Graph, Step, abs_part, apply, linear_part, maxpool, numel
+from ..core.graph import kind_rule
+from .graph import Graph, Step, abs_part, apply, is_affine, linear_part, maxpool, numel
 
 RELU_MODES = ("local", "linear")
 SPECS = ("margin", "identity")
@@ -76,11 +77,7 @@ def interval_bounds(
 
 
 def _ibp_step(s: Step, ins: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    if s.kind in AFFINE_KINDS:
-        return apply(s, [c for c, _ in ins]), abs_part(s, [r for _, r in ins])
-    c, r = ins[0]
-    lo, hi = apply(s, [c - r]), apply(s, [c + r])  # monotone steps
-    return (hi + lo) / 2, (hi - lo) / 2
+    return kind_rule(s.kind).ibp(s, ins)  # the operator's interval rule (core graph layer)
 
 
 @dataclass
@@ -221,7 +218,7 @@ def _to_records(rec: IBPRecords, sums: dict[str, dict[str, torch.Tensor]], width
 
 def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dict[str, Any]:
     out = {}
-    if s.kind in AFFINE_KINDS:
+    if is_affine(s):
         out["x"] = apply(s, [v["x"] for v in ins])
         out["c"] = apply(s, [v["c"] for v in ins])
         out["r"] = abs_part(s, [v["r"] for v in ins])
@@ -233,8 +230,7 @@ def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dic
     v = ins[0]
     xp, c, r = v["x"], v["c"], v["r"]
     out["x"] = apply(s, [xp])
-    lo, hi = apply(s, [c - r]), apply(s, [c + r])
-    out["c"], out["r"] = (hi + lo) / 2, (hi - lo) / 2
+    out["c"], out["r"] = kind_rule(s.kind).ibp(s, [(c, r)])
     if not tightness:
         return out
     t, rl = v["t"], v["rl"]

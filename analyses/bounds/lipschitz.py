@@ -48,7 +48,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .graph import AFFINE_KINDS, Graph, Step, apply, linear_part, numel
+from ..core.graph import kind_rule
+from ..core.graph.ops import maxpool_constant
+from .graph import AFFINE_KINDS, Graph, Step, apply, numel
 
 # ---------------------------------------------------------------------------- operator norms
 
@@ -185,65 +187,34 @@ def conv_fft_norm(weight: torch.Tensor, spatial: tuple[int, ...], dilation=1, gr
     return float(torch.linalg.svdvals(mats).max())
 
 
-def maxpool_constant(params: dict) -> float:
-    """1 for non-overlapping windows, else ``sqrt(m)`` with ``m`` windows per input (module doc)."""
-    m = 1
-    for k, s, d in zip(params["kernel"], params["stride"], params["dilation"]):
-        m *= min(k, math.ceil((d * (k - 1) + 1) / s))
-    return math.sqrt(m)
+class _Norms:
+    """The operator-norm estimators a rule's :meth:`~analyses.core.graph.Rule.lipschitz` uses,
+    with this run's settings (iterations, tolerance, seed, and the weight's device and dtype)."""
+
+    def __init__(self, kw: dict):
+        self.kw = kw
+
+    def conv(self, weight, in_shape, stride, padding, dilation, groups) -> float:
+        return conv_operator_norm(weight, in_shape, stride, padding, dilation, groups, **self.kw)
+
+    def conv_fft(self, weight, spatial, dilation, groups) -> float:
+        return conv_fft_norm(weight, spatial, dilation, groups)
+
+    def autograd(self, fn: Callable[[torch.Tensor], torch.Tensor], in_shape) -> float:
+        return autograd_operator_norm(fn, in_shape, **self.kw)
 
 
 def layer_constant(step: Step, iters: int = 1000, tol: float = 1e-7, seed: int = 0) -> tuple[float, str]:
-    """``(L_s, method)``: the step's own Lipschitz constant (2-norm) and how it was computed.
+    """``(L_s, method)``: the step's own Lipschitz constant (2-norm) and how it was computed
+    (the operator's rule in the graph layer's table).
 
     Additions and concatenations have no constant of their own (NaN): they combine branches.
     """
-    k, p = step.kind, step.params
-    w = p.get("weight")
+    w = step.params.get("weight")
     kw = dict(iters=iters, tol=tol, seed=seed)
     if w is not None:
         kw.update(device=w.device, dtype=w.dtype)
-    if k == "linear":
-        return float(torch.linalg.matrix_norm(w.double(), ord=2)), "spectral norm"
-    if k == "conv":
-        pre = p.get("pre_pad")
-        if pre is None:
-            val = conv_operator_norm(
-                w, step.in_shape, p["stride"], p["padding"], p["dilation"], p["groups"], **kw
-            )
-            return val, "power iteration (conv / conv_transpose)"
-        pads, mode, _ = pre
-        nd = w.ndim - 2
-        spatial = tuple(step.in_shape[1:])
-        same = all(
-            pads[2 * (nd - 1 - i)] + pads[2 * (nd - 1 - i) + 1] == p["dilation"][i] * (w.shape[2 + i] - 1)
-            for i in range(nd)
-        )
-        if mode == "circular" and all(s == 1 for s in p["stride"]) and same and not any(p["padding"]):
-            return conv_fft_norm(w, spatial, p["dilation"], p["groups"]), "exact FFT (circular, stride 1)"
-        return autograd_operator_norm(lambda v: linear_part(step, [v]), step.in_shape, **kw), (
-            f"power iteration ({mode} pad + conv, autograd adjoint)"
-        )
-    if k == "batchnorm":
-        return float(p["scale"].abs().max()), "max |gamma / sqrt(var + eps)|"
-    if k in ("avgpool", "adaptive_avgpool", "mean", "pad"):
-        return autograd_operator_norm(lambda v: linear_part(step, [v]), step.in_shape, **kw), (
-            "power iteration (autograd adjoint)"
-        )
-    if k in ("reshape", "shift"):
-        return 1.0, "isometry" if k == "reshape" else "translation"
-    if k == "scale":
-        return abs(p["value"]), "|scalar|"
-    if k == "relu":
-        return 1.0, "1-Lipschitz"
-    if k == "leaky_relu":
-        return max(1.0, abs(p["slope"])), "max(1, |slope|)"
-    if k == "maxpool":
-        c = maxpool_constant(p)
-        return c, "non-overlapping windows" if c == 1.0 else "sqrt(windows per input), overlapping"
-    if k in ("add", "cat"):
-        return math.nan, "sum of branches" if k == "add" else "root sum of squares of branches"
-    raise AssertionError(k)
+    return kind_rule(step.kind).lipschitz(step, _Norms(kw))
 
 
 def upper_bounds(graph: Graph, **kw) -> dict[str, tuple[float, str, float]]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core.errors import NNVitalsError
+from ..core.graph import fixed_batch_size, is_exported, module_path, node_args
 
 __all__ = ["as_layers", "check_exported", "fixed_batch_size", "is_exported"]
 
@@ -65,31 +66,8 @@ class ExportedBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected an input with a channel axis (2 or more dims), got {input.dim()}")
 
 
-def is_exported(module: Any) -> bool:
-    """Whether ``module`` is a graph of ATen operators, as ``ExportedProgram.module()`` returns."""
-    if not isinstance(module, torch.fx.GraphModule):
-        return False
-    return any(
-        n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) for n in module.graph.nodes
-    )
-
-
-def _schema_args(node: torch.fx.Node) -> dict[str, Any]:
-    """The node's arguments by schema name, defaults filled in."""
-    out: dict[str, Any] = {}
-    for i, a in enumerate(node.target._schema.arguments):
-        if i < len(node.args):
-            out[a.name] = node.args[i]
-        elif a.name in node.kwargs:
-            out[a.name] = node.kwargs[a.name]
-        elif a.has_default_value():
-            out[a.name] = a.default_value
-    return out
-
-
 def _where(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
+    path = module_path(node)
     return f"graph node '{node.name}'" + (f" (module '{path}')" if path else "")
 
 
@@ -101,33 +79,13 @@ def check_exported(module: nn.Module, label: str) -> None:
         if node.op != "call_function":
             continue
         flag = _TRAINING_FLAGS.get(node.target)
-        training = node.target in _ALWAYS_TRAINING or (
-            flag is not None and bool(_schema_args(node).get(flag))
-        )
+        training = node.target in _ALWAYS_TRAINING or (flag is not None and bool(node_args(node).get(flag)))
         if training:
             what = "dropout is on" if "dropout" in str(node.target) else "BatchNorm normalises by the batch"
             raise NNVitalsError(
                 f"{label}: was exported in training mode ({what} at {_where(node)}); call model.eval() "
                 "before torch.export.export and save it again"
             )
-
-
-def fixed_batch_size(model: Any) -> int | None:
-    """The batch size an exported program (or its graph module) was specialised to, or None when
-    its batch axis is free (or ``model`` is not exported)."""
-    if isinstance(model, torch.export.ExportedProgram):
-        graph, user = model.graph, set(model.graph_signature.user_inputs)
-    elif isinstance(model, torch.fx.GraphModule):
-        graph, user = model.graph, None
-    else:
-        return None
-    for node in graph.nodes:
-        if node.op == "placeholder" and (user is None or node.name in user):
-            val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
-                return int(val.shape[0])
-            return None
-    return None
 
 
 # ----------------------------------------------------------------------------- rewriting
@@ -169,11 +127,11 @@ def _site(node: torch.fx.Node) -> _Site | None:
         return None
     t = node.target
     if t in _LINEAR:
-        a = _schema_args(node)
+        a = node_args(node)
         own = _owner({"weight": a["weight"], "bias": a.get("bias")})
         return _Site(node, own, ("linear", a.get("bias") is not None)) if own else None
     if t in _CONV:
-        a = _schema_args(node)
+        a = node_args(node)
         if t is _aten.convolution.default:
             if a["transposed"] or any(int(p) for p in a["output_padding"]):
                 return None
@@ -190,7 +148,7 @@ def _site(node: torch.fx.Node) -> _Site | None:
         )  # fmt: skip
         return _Site(node, own, config)
     if t in _BN or t in _BN_NATIVE:
-        a = _schema_args(node)
+        a = node_args(node)
         if t in _BN and a["training"]:
             return None
         if t in _BN_NATIVE and any(
@@ -208,7 +166,7 @@ def _site(node: torch.fx.Node) -> _Site | None:
         config = ("bn", a["weight"] is not None, float(a["momentum"]), float(a["eps"]))
         return _Site(node, own, config)
     if t in _MM:
-        a = _schema_args(node)
+        a = node_args(node)
         mat2 = a["mat2"]
         if not isinstance(mat2, torch.fx.Node) or mat2.target not in _TRANSPOSE or len(mat2.users) != 1:
             return None

@@ -112,7 +112,8 @@ def test_slider_shows_the_element_in_the_groups_units():
     assert slider.name == "Shift (dx, dy)" and slider.format.args["labels"][0] == "(-2, -2) px"
     page.analysis.param.update(group="scale", scale_range=(0.5, 1.5), scale_step=0.25)
     page.run()
-    assert slider.name == "Scale factor" and slider.format.args["labels"] == ["×0.5", "×0.75", "×1", "×1.25", "×1.5"]
+    labels = slider.format.args["labels"]
+    assert slider.name == "Scale factor" and labels == ["×0.5", "×0.75", "×1", "×1.25", "×1.5"]
     page.analysis.param.update(group="flip")
     page.run()
     assert slider.name == "Flip" and slider.format.args["labels"] == ["upright", "mirrored"]
