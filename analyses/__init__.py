@@ -3,45 +3,30 @@
 >>> from analyses import SpectralAnalysis
 >>> res = SpectralAnalysis(model="mlp").run()
 >>> res.table[["name", "alpha", "warning"]]
+
+The analysis and result classes are the ones :mod:`analyses.registry` declares; each is imported
+on first use, so importing ``analyses`` (or the CLI's ``--help``) loads no torch.
 """
 
 __version__ = "0.1.0"
 
-from .core.errors import NNVitalsError  # noqa: E402
-from .core.subject import load_subject  # noqa: E402
+from .registry import exported_names as _exported_names  # noqa: E402
 
-__all__ = [
-    "ConnectivityResult",
-    "IBPResult",
-    "IBPTightness",
-    "LipschitzBounds",
-    "LipschitzResult",
-    "ModeConnectivity",
-    "NNVitalsError",
-    "OrbitAnalysis",
-    "OrbitResult",
-    "SpectralAnalysis",
-    "SpectralResult",
-    "load_subject",
-    "__version__",
-]
+_LAZY = {
+    **_exported_names(),
+    "NNVitalsError": "analyses.core.errors:NNVitalsError",
+    "load_subject": "analyses.core.subject:load_subject",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name):  # lazy: importing analyses stays cheap for the CLI's --help
-    if name in ("SpectralAnalysis", "SpectralResult"):
-        from .spectra import analysis
+def __getattr__(name):
+    path = _LAZY.get(name)
+    if path is None:
+        raise AttributeError(f"module 'analyses' has no attribute {name!r}")
+    from .registry import resolve
 
-        return getattr(analysis, name)
-    if name in ("IBPTightness", "IBPResult", "LipschitzBounds", "LipschitzResult"):
-        from .bounds import analysis
-
-        return getattr(analysis, name)
-    if name in ("ModeConnectivity", "ConnectivityResult"):
-        from .connectivity import analysis
-
-        return getattr(analysis, name)
-    if name in ("OrbitAnalysis", "OrbitResult"):
-        from .orbits import analysis
-
-        return getattr(analysis, name)
-    raise AttributeError(name)
+    value = resolve(path)
+    globals()[name] = value
+    return value

@@ -2,43 +2,34 @@
 
 ::
 
-    nnvitals spectra MODEL --out DIR [--farms] [--xmin-rule ks|median|peak] [--layers REGEX]
-                         [--randomize] [--farms-rows N] [--farms-q-ratio Q] [--farms-windows K]
-                         [--dtype float32|float64] [--device cpu] [--dask local|ADDRESS]
-                         [--no-cache] [--formats svg,html,png,pdf] [--quiet]
-    nnvitals spectra-compare MODEL_A MODEL_B --out DIR [--metric alpha] [--labels A,B] [...]
-    nnvitals orbits MODEL [MODEL ...] --data digits|FILE.npz --group rotation|shift|scale|flip|rotation-flip
-                         [--steps N] [--score probability|correct|margin|consensus] --out DIR
-                         (see dashboard/cli_orbits.py)
-    nnvitals serve [--port PORT] [--address A] [...]   (see dashboard/serve.py)
-    nnvitals --version
+    nnvitals COMMAND MODEL... --out DIR [options]   (one COMMAND per entry of analyses/registry.py)
+    nnvitals spectra-compare MODEL_A MODEL_B --out DIR [--metric alpha] [--labels A,B] [spectra options]
+    nnvitals serve [--port PORT] [...]   (see dashboard/serve.py);   nnvitals --version
 
-``MODEL`` is a checkpoint path (.safetensors, .pt/.pth state dict, .pt2), a Hugging Face
-directory, a demo model name (``mlp``, ``cnn``, ``mlp-untrained``, ``cnn-untrained``, ``rot-cnn``, ``rot-cnn-aug``, ``rot-cnn-c4``) or
-``package.module:factory``.
+Each analysis command is generated from its registry entry and its class's Param parameters: a
+Selector is a choice, a Boolean a flag (``--no-NAME`` when it defaults to True), an Integer or
+Number a typed value with Param's bounds in its help, a list or tuple of numbers or choices
+comma-separated (a list of anything else, like ``--also MODEL``: the option repeated), ``doc``
+its help; left out, the class's default. Param checks every value: one it refuses is the usage
+error ``argument --OPTION: <Param's message>``, before anything is read or written.
 
-Outputs: every analysis command writes its files into a hidden folder inside ``--out`` (so
-on the same filesystem) and moves them into place only once the whole set is written, the
-summary files last: an interrupted run (Ctrl-C) or a failed write (a full disk) leaves the
-previous complete set, or nothing, and no partial folder. A file that cannot be written is
-one line naming it and the reason (``nnvitals: error: out/esd_grid.png: cannot write (No
-space left on device)``), exit code 1.
-
-Errors: anything wrong with the input prints one line ``nnvitals: error: <message>`` on
-stderr, never a traceback. Exit codes: 0 success, 1 bad input (a missing or unreadable
-model, an output path that is a file, ...), 2 bad usage (unknown option, bad option value),
-3 a bug in nnvitals (set ``NNVITALS_DEBUG=1`` to see its traceback), 130 interrupted.
-
-Heavy imports (torch, HoloViews, Panel) happen inside the commands, so ``--help`` and
-``--version`` stay instant; Panel is only imported by ``serve``.
+``MODEL``: a checkpoint (.safetensors, .pt/.pth state dict, .pt2), a Hugging Face directory, a
+demo name (``mlp``, ``cnn``, ``rot-cnn``, ...) or ``package.module:factory``. A command writes
+``DIR/<stem>.csv``, ``DIR/summary.json``, ``DIR/<stem>.nnv``, its entry's figures and a few family
+files (:data:`EXTRA_FILES`) as one set (:class:`OutputSet`): an interrupted run or a failed write
+leaves the previous complete set or nothing, and a file that cannot be written is one line
+naming it. Bad input: one line ``nnvitals: error: <message>``, never a traceback. Exit codes: 0
+success, 1 bad input, 2 bad usage (unknown option, bad option value), 3 a bug in nnvitals
+(``NNVITALS_DEBUG=1`` shows its traceback), 130 interrupted. ``--help`` and ``--version`` import
+no torch (a command's ``--help`` imports its analysis class); only ``serve`` imports Panel.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
-import re
 import shutil
 import signal
 import sys
@@ -50,11 +41,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from analyses.registry import ENTRIES, Entry, resolve
+
 PROG = "nnvitals"
 FORMATS = ("svg", "html", "png", "pdf")
 DEFAULT_FORMATS = "svg,html"
 #: exit codes
 OK, INPUT_ERROR, USAGE_ERROR, BUG, INTERRUPTED = 0, 1, 2, 3, 130
+COMMANDS = {e.command: e for e in ENTRIES}
 
 
 class UsageError(Exception):
@@ -84,76 +78,34 @@ def _version() -> str:
 
 
 # --------------------------------------------------------------------------- option types
-def _int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _converter(what: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that only converts text (Param checks the value)."""
+
+    def parse(text: str) -> Any:
         try:
-            v = int(text)
+            return convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"expected an integer {rng}, got {v}")
-        return v
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
     return parse
 
 
-def _float_in(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}], got {v}")
-        return v
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _choices(objects: Sequence[Any]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = _split(text)
+        if not items or any(t not in objects for t in items):
+            raise ValueError(text)
+        return items
 
     return parse
-
-
-def _float_above(lo: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number > {lo:g}, got {text!r}") from None
-        if not v > lo:
-            raise argparse.ArgumentTypeError(f"expected a number > {lo:g}, got {v:g}")
-        return v
-
-    return parse
-
-
-def _number_pair(example: str, positive_ordered: bool = False) -> Callable[[str], tuple[float, float]]:
-    """``LO,HI`` as two floats (with ``positive_ordered``: 0 < LO <= HI)."""
-
-    def parse(text: str) -> tuple[float, float]:
-        try:
-            lo, hi = (float(t) for t in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected two numbers LO,HI (e.g. {example}), got {text!r}"
-            ) from None
-        if positive_ordered and not 0 < lo <= hi:
-            raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
-        return lo, hi
-
-    return parse
-
-
-def _regex(text: str) -> str:
-    """A layer-name pattern, checked by the linear-time matcher the analysis uses (never ``re``)."""
-    from analyses.core.pattern import PatternError, compile_pattern, shown
-
-    try:
-        compile_pattern(text, "--layers")
-    except PatternError as e:
-        raise argparse.ArgumentTypeError(f"{shown(text)}: {e.reason}") from None
-    return text
 
 
 def _formats(text: str) -> list[str]:
-    items = [t.strip().lower().lstrip(".") for t in text.split(",") if t.strip()]
+    items = [t.lower().lstrip(".") for t in _split(text)]
     bad = [t for t in items if t not in FORMATS]
     if bad or not items:
         raise argparse.ArgumentTypeError(
@@ -163,12 +115,12 @@ def _formats(text: str) -> list[str]:
 
 
 def _dask(text: str) -> str:
-    text = text.strip()
-    if text in ("threads", "local") or "://" in text:
-        return text
-    if re.fullmatch(r"[\w.\-]+:\d+", text):  # HOST:PORT
-        return f"tcp://{text}"
-    raise argparse.ArgumentTypeError(f"expected 'local' or a scheduler address tcp://HOST:PORT, got {text!r}")
+    from analyses.core.runner import parse_spec  # the one Dask address parser
+
+    try:
+        return parse_spec(text, cli=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _labels(text: str) -> tuple[str, str]:
@@ -178,64 +130,77 @@ def _labels(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+#: CLI-side parsing (and metavar) of parameters whose text needs more than their Param type
+OPTION_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {"runner": (_dask, "local|ADDRESS")}
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _bounds(p: Any) -> str:
+    """Param's bounds of a Number in words: ``from 1 to 3600``, ``at least 2``, ``above 0``."""
+    lo, hi = p.bounds or (None, None)
+    inc_lo, inc_hi = getattr(p, "inclusive_bounds", (True, True))
+    if lo is not None and hi is not None and inc_lo and inc_hi:
+        return f"from {_num(lo)} to {_num(hi)}"
+    parts = [f"{'at least' if inc_lo else 'above'} {_num(lo)}"] if lo is not None else []
+    parts += [f"{'at most' if inc_hi else 'below'} {_num(hi)}"] if hi is not None else []
+    return " and ".join(parts)
+
+
+def param_option(group: Any, entry: Entry, name: str) -> None:
+    """Add parameter ``name`` of ``entry``'s class to ``group`` (see the module docstring)."""
+    import param
+
+    p = entry.analysis_class.param[name]
+    notes = []
+    kw: dict[str, Any] = dict(dest=name, default=copy.deepcopy(p.default))
+    if isinstance(p, param.Boolean):
+        kw["action"] = "store_false" if p.default else "store_true"
+    elif isinstance(p, param.ListSelector):
+        kw.update(type=_converter(f"a comma-separated list of {', '.join(map(str, p.objects))}",
+                                  _choices(p.objects)), metavar="LIST")  # fmt: skip
+    elif isinstance(p, param.Selector):
+        kw["choices"] = list(p.objects)
+    elif isinstance(p, param.Number):
+        whole = isinstance(p, param.Integer)
+        kw.update(type=_converter("a whole number" if whole else "a number", int if whole else float))
+        kw["metavar"] = "N" if whole else "X"
+        notes.append(_bounds(p))
+    elif isinstance(p, param.NumericTuple):
+        kw.update(type=_converter(f"{p.length} numbers separated by commas",
+                                  lambda t: tuple(float(x) for x in t.split(","))), metavar="LO,HI")  # fmt: skip
+    elif isinstance(p, param.List) and p.item_type in (int, float, (int, float)):
+        item = int if p.item_type is int else float
+        what = "whole numbers" if item is int else "numbers"
+        kw.update(type=_converter(f"{what} separated by commas", lambda t: [item(x) for x in _split(t)]))
+        kw["metavar"] = "LIST"
+    elif isinstance(p, param.List):
+        kw.update(action="append", metavar=name.upper().rstrip("S"))
+        notes.append("repeatable")
+    else:
+        kw["type"], kw["metavar"] = OPTION_TYPES.get(name, (str, name.upper()))
+    if p.default is not None and p.default != [] and not isinstance(p, param.Boolean):
+        notes.append(
+            f"default {','.join(map(_num, p.default)) if isinstance(p.default, list | tuple) else _num(p.default)}"
+        )
+    doc = ("Turns off: " if kw.get("action") == "store_false" else "") + " ".join((p.doc or "").split())
+    doc = doc.replace("%", "%%")
+    kw["help"] = doc + (f" ({'; '.join(n for n in notes if n)})" if any(notes) else "")
+    group.add_argument(entry.option_name(name), **kw)
+
+
 # --------------------------------------------------------------------------- parser
-def _spectra_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``spectra`` and ``spectra-compare`` (SpectralAnalysis parameters)."""
-    a = p.add_argument_group("analysis")
-    a.add_argument(
-        "--farms", action="store_true", help="also measure alpha with FARMS fixed-aspect-ratio windows"
-    )
-    a.add_argument(
-        "--xmin-rule",
-        choices=("ks", "median", "peak"),
-        default="ks",
-        help="how the power-law xmin is chosen: ks (WeightWatcher), median (TempBalance), peak (AlphaPruning)",
-    )
-    a.add_argument(
-        "--layers", type=_regex, default="", metavar="REGEX", help="analyse only weights whose name matches"
-    )
-    a.add_argument(
-        "--randomize", action="store_true", help="also compute the ESD of each element-wise shuffled matrix"
-    )
-    a.add_argument(
-        "--farms-rows",
-        type=_int_at_least(2),
-        default=100,
-        metavar="N",
-        help="FARMS window rows (default 100)",
-    )
-    a.add_argument(
-        "--farms-q-ratio",
-        type=_float_in(0.01, 100.0),
-        default=2.0,
-        metavar="Q",
-        help="FARMS window cols / rows (default 2)",
-    )
-    a.add_argument(
-        "--farms-windows",
-        type=_int_at_least(1, 100),
-        default=10,
-        metavar="K",
-        help="FARMS windows per axis (default 10)",
-    )
-    execution_options(p)
-    output_options(p)
-
-
-def execution_options(p: argparse.ArgumentParser) -> None:
-    """--dtype, --device, --dask, --no-cache: shared by every analysis command."""
-    r = p.add_argument_group("execution")
-    r.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="kernel precision")
-    r.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N, mps")
-    r.add_argument(
-        "--dask", type=_dask, default=None, metavar="local|ADDRESS",
-        help="run on Dask: 'local' (a LocalCluster) or a scheduler address tcp://HOST:PORT (default: threads)",
-    )  # fmt: skip
-    r.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
-
-
-def output_options(p: argparse.ArgumentParser) -> None:
-    """--out, --formats, --quiet: shared by every analysis command."""
+def analysis_options(p: argparse.ArgumentParser, entry: Entry) -> None:
+    """The options of ``entry``'s parameters (basic, execution, advanced) and the output options."""
+    basic, execution, advanced = entry.options()
+    for title, names in (("analysis", basic), ("execution", execution), ("advanced", advanced)):
+        group = p.add_argument_group(title)
+        for name in names:
+            param_option(group, entry, name)
+        if title == "analysis" and entry.command in EXTRA_OPTIONS:
+            EXTRA_OPTIONS[entry.command][0](group)
     o = p.add_argument_group("output")
     o.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for tables and figures")
     o.add_argument(
@@ -245,61 +210,91 @@ def output_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``nnvitals`` parser; with ``command``, only that subcommand gets its options (the
+    others' analysis classes stay unimported; ``""``: none, for ``--help`` and ``--version``)."""
     parser = _Parser(
         prog=PROG,
         description="Read the vital signs of trained neural networks (see 'nnvitals COMMAND --help').",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    sp = sub.add_parser(
-        "spectra",
-        help="heavy-tailed spectral analysis (ESD, power-law alpha, FARMS) of every weight matrix",
-        description="Spectral analysis of every weight matrix of MODEL; writes DIR/spectra.csv, "
-        "DIR/summary.json, DIR/spectra.nnv (the result, for notebooks and the app) and the main figures.",
-    )
-    sp.add_argument(
-        "model", metavar="MODEL", help="checkpoint path, Hugging Face directory, demo name or module:factory"
-    )
-    _spectra_options(sp)
-    sp.set_defaults(func=cmd_spectra)
-
-    cp = sub.add_parser(
-        "spectra-compare",
-        help="compare the spectral metrics of two models layer by layer",
-        description="Spectral analysis of two models, matched by layer name; writes DIR/compare.csv "
-        "(metrics of both and their deltas), both summaries and the comparison figure.",
-    )
-    cp.add_argument("model_a", metavar="MODEL_A")
-    cp.add_argument("model_b", metavar="MODEL_B")
-    cp.add_argument("--metric", default="alpha", help="metric of the comparison figure (default alpha)")
-    cp.add_argument(
-        "--labels", type=_labels, default=None, metavar="A,B", help="names of the two models in figures"
-    )
-    _spectra_options(cp)
-    cp.set_defaults(func=cmd_spectra_compare)
-
-    from .cli_orbits import add_orbits_parser
-
-    add_orbits_parser(sub)
-    from .cli_connectivity import add_connectivity_parser
-
-    add_connectivity_parser(sub)
-    from .cli_bounds import add_bounds_parsers
-
-    add_bounds_parsers(sub)
-
+    full = {*COMMANDS, "spectra-compare", "serve"} if command is None else {command}
+    for e in ENTRIES:
+        sp = sub.add_parser(e.command, help=e.help, description=e.description)
+        sp.set_defaults(func=f"cmd_{e.command.replace('-', '_')}")
+        if e.command in full:
+            for pos in e.positional:
+                sp.add_argument(pos.param, metavar=pos.metavar, nargs=pos.nargs, help=pos.help)
+            analysis_options(sp, e)
+        if e.command == "spectra":  # spectra-compare: two spectra runs and a per-layer comparison
+            cp = sub.add_parser("spectra-compare", help="compare the spectral metrics of two models layer by "
+                                "layer", description="Spectral analysis of two models, matched by layer name; "
+                                "writes DIR/compare.csv (metrics of both and their deltas), both summaries and "
+                                "the comparison figure.")  # fmt: skip
+            cp.set_defaults(func="cmd_spectra_compare")
+            if "spectra-compare" in full:
+                cp.add_argument("model_a", metavar="MODEL_A")
+                cp.add_argument("model_b", metavar="MODEL_B")
+                cp.add_argument(
+                    "--metric", default="alpha", help="metric of the comparison figure (default alpha)"
+                )
+                cp.add_argument(
+                    "--labels", type=_labels, metavar="A,B", help="names of the two models in figures"
+                )
+                analysis_options(cp, e)
     sv = sub.add_parser(
         "serve",
         help="the web app (Panel) on the demo models, uploads and --allow-dir files",
         description="Serve the nnvitals web app.",
     )
-    from .serve import add_serve_arguments
+    sv.set_defaults(func="cmd_serve")
+    if "serve" in full:
+        from .serve import add_serve_arguments
 
-    add_serve_arguments(sv)
-    sv.set_defaults(func=cmd_serve)
+        add_serve_arguments(sv)
     return parser
+
+
+# --------------------------------------------------------------------------- family extras
+def _connectivity_options(group: Any) -> None:
+    group.add_argument("--test-data", default=None, metavar="FILE.npz", help="test split for --data FILE.npz")
+
+
+def _connectivity_kwargs(args: argparse.Namespace, kw: dict[str, Any]) -> None:
+    """``--data FILE.npz [--test-data FILE.npz]`` as the data dict; ``--also`` models after A and B."""
+    from analyses.core.data import BUILTIN_DATASETS
+
+    data = kw.get("data", "digits")
+    if args.test_data is not None:
+        if data in BUILTIN_DATASETS:
+            raise UsageError("--test-data: only with --data FILE.npz (the built-in digits have a test split)")
+        kw["data"] = {"train": data, "test": args.test_data}
+    elif data not in BUILTIN_DATASETS:
+        kw["data"] = {"train": data}
+    if kw.get("models"):
+        kw["models"] = [kw.pop("model"), kw.pop("model_b"), *kw["models"]]
+
+
+def _jacobian_norms(result: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    rows = [{"split": s, "row": i, "jacobian_norm": float(v)}
+            for s in result.splits for i, v in enumerate(result.jacobian_norms(s))]  # fmt: skip
+    return {"jacobian_norms.csv": pd.DataFrame(rows)}
+
+
+def _aligned_b(result: Any) -> dict[str, Any]:
+    from safetensors.torch import save
+
+    aligned = save({k: v.contiguous() for k, v in result.permuted_b.items()})
+    return {"layers.csv": result.layers, "model_b_aligned.safetensors": aligned}
+
+
+#: CLI-only options of a command (added to its analysis group) and how they change its parameters
+EXTRA_OPTIONS = {"connectivity": (_connectivity_options, _connectivity_kwargs)}
+#: files a command writes besides table, summary, result and figures: tables after the table
+EXTRA_FILES = {"lipschitz": _jacobian_norms, "connectivity": _aligned_b}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -454,50 +449,41 @@ class OutputSet:
                 self.path.rmdir()  # only if empty
 
 
-def execution_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The analysis parameters set by :func:`execution_options` (and --quiet)."""
-    return dict(
-        dtype=args.dtype,
-        device=args.device,
-        runner=args.dask or "threads",
-        cache=not args.no_cache,
-        show_progress=not args.quiet and sys.stderr.isatty(),
-    )
+def _parameters(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
+    """The parameter values given on the command line (positional arguments included)."""
+    basic, execution, advanced = entry.options()
+    names = [p.param for p in entry.positional] + basic + execution + advanced
+    kw = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    kw["show_progress"] = not args.quiet and sys.stderr.isatty()
+    return kw
 
 
-def build_analysis(cls: type, **kw: Any):
-    """``cls(**kw)``; a parameter value Param refuses (and the option types did not catch) is a usage error."""
+def make_analysis(entry: Entry, args: argparse.Namespace, **override: Any):
+    """``entry``'s analysis with the command line's values: a value Param refuses is a usage error
+    naming the option (Param's own message), before anything is read or written."""
     from analyses.core.errors import NNVitalsError
 
+    cls = entry.analysis_class
+    kw = _parameters(entry, args) | override
+    for name in [n for part in entry.options() for n in part]:
+        value = kw[name]
+        if value is cls.param[name].default or name in override:
+            continue
+        try:
+            cls(**{name: value})  # Param's own check and words, the same as in Python
+        except ValueError as e:
+            what = f"argument {entry.option_name(name)}: {' '.join(str(e).split())}"
+            raise UsageError(f"{what} (see '{PROG} {args.command} --help')") from None
+    if entry.command in EXTRA_OPTIONS:
+        EXTRA_OPTIONS[entry.command][1](args, kw)
     try:
-        return cls(**kw)
+        analysis = cls(**kw)
     except NNVitalsError:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def _analysis(model: str, args: argparse.Namespace):
-    from analyses.spectra.analysis import SpectralAnalysis
-
-    return build_analysis(
-        SpectralAnalysis,
-        model=model,
-        farms=args.farms,
-        xmin_rule=args.xmin_rule,
-        layers=args.layers,
-        randomize=args.randomize,
-        farms_rows=args.farms_rows,
-        farms_q_ratio=args.farms_q_ratio,
-        farms_windows=args.farms_windows,
-        **execution_kwargs(args),
-    )
-
-
-def _run(model: str, args: argparse.Namespace):
-    analysis = _analysis(model, args)
     analysis.torch_device()  # a bad --device fails before the model is read
-    return analysis.run()
+    return analysis
 
 
 def _say(args: argparse.Namespace, text: str = "") -> None:
@@ -515,11 +501,7 @@ def write_result(result: Any, path: Path) -> Path:
 def _write_figures(figures: dict[str, Any], out: Path, formats: Sequence[str]) -> list[Path]:
     from analyses.core.export import save_figure
 
-    written = []
-    for stem, fig in figures.items():
-        for fmt in formats:
-            written.append(save_figure(fig, out / f"{stem}.{fmt}"))
-    return written
+    return [save_figure(fig, out / f"{stem}.{fmt}") for stem, fig in figures.items() for fmt in formats]
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -535,7 +517,7 @@ def _files_line(out: Path, files: Sequence[Path]) -> str:
     return f"wrote {len(names)} files to {out}/: {', '.join(names)}"
 
 
-def spectra_report(result, max_notable: int = 8) -> list[str]:
+def spectra_report(result, max_notable: int = 8) -> str:
     """A few lines a person reads after a run: counts, mean alpha, notable and skipped layers."""
     t = result.table
     ok = t[t["status"] == "ok"]
@@ -564,50 +546,66 @@ def spectra_report(result, max_notable: int = 8) -> list[str]:
         shown = ", ".join(f"{r['name']} ({r['skip_reason']})" for _, r in skipped.head(3).iterrows())
         more = f", ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         lines.append(f"skipped: {shown}{more}")
-    return lines
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- commands
-def cmd_spectra(args: argparse.Namespace) -> int:
-    """``nnvitals spectra``: run SpectralAnalysis, write table, summary, result and figures."""
+def run_command(args: argparse.Namespace) -> int:
+    """Any registry command: run its analysis, write table, summary, ``.nnv``, its extra files and
+    its figures as one set, then print its headline and summary text."""
+    entry = COMMANDS[args.command]
+    analysis = make_analysis(entry, args)
     with OutputSet(args.out) as output:
-        result = _run(args.model, args)
+        result = analysis.run()
         # plotting libraries load only once there is something to plot
-        from analyses.core.export import save_table, write_summary
-        from analyses.spectra.views import main_figures
+        from analyses.core.export import save_bytes, save_table, write_summary
 
-        out = output.dir
-        files = [save_table(result.table, out / "spectra.csv"), write_summary(result, out / "summary.json")]
-        files.append(write_result(result, out / "spectra.nnv"))
-        files += _write_figures(main_figures(result), out, args.formats)
-    for line in spectra_report(result):
-        _say(args, line)
+        out, stem = output.dir, entry.stem
+        extra = EXTRA_FILES[entry.command](result) if entry.command in EXTRA_FILES else {}
+        tables = {n: v for n, v in extra.items() if not isinstance(v, bytes)}
+        files = [save_table(result.table, out / f"{stem}.csv")]
+        files += [save_table(table, out / name) for name, table in tables.items()]
+        files += [write_summary(result, out / "summary.json"), write_result(result, out / f"{stem}.nnv")]
+        files += [save_bytes(v, out / n) for n, v in extra.items() if n not in tables]
+        files += _write_figures(resolve(entry.figures)(result), out, args.formats)
+    text = resolve(entry.summary)(result)
+    if entry.headline:
+        context = {**analysis.param.values(), **{p.param: getattr(args, p.param) for p in entry.positional}}
+        _say(args, entry.headline.format(**context | result.summary))
+        text = "\n".join("  " + line for line in text.splitlines())
+    _say(args, text)
     _say(args, _files_line(args.out, files))
     return OK
+
+
+def cmd_spectra(args: argparse.Namespace) -> int:
+    return run_command(args)
 
 
 def cmd_spectra_compare(args: argparse.Namespace) -> int:
     """``nnvitals spectra-compare``: both analyses, a per-layer delta table and the comparison figure."""
+    entry = COMMANDS["spectra"]
+    analyses = [make_analysis(entry, args, model=m) for m in (args.model_a, args.model_b)]
     with OutputSet(args.out) as output:
-        res_a, res_b, table, labels, files = _compare(args, output)
-    delta = table[f"{args.metric}_delta"]
+        res_a, res_b = (a.run() for a in analyses)
+        table, labels, files = _compare(args, output.dir, res_a, res_b)
+    m = args.metric
+    delta = table[f"{m}_delta"]
     matched = int(delta.notna().sum())
     _say(args, f"compared {labels[0]} (A) with {labels[1]} (B): {matched} layers matched by name, "
                f"{len(table) - matched} in only one")  # fmt: skip
     if matched:
-        _say(args, f"mean {args.metric}: A {_fmt(table[f'{args.metric}_a'].mean())}, "
-                   f"B {_fmt(table[f'{args.metric}_b'].mean())}, mean delta (B - A) {_fmt(delta.mean())}")  # fmt: skip
+        _say(args, f"mean {m}: A {_fmt(table[f'{m}_a'].mean())}, "
+                   f"B {_fmt(table[f'{m}_b'].mean())}, mean delta (B - A) {_fmt(delta.mean())}")  # fmt: skip
         top = table.loc[delta.abs().sort_values(ascending=False).index[: min(5, matched)]]
-        _say(args, f"largest changes in {args.metric}:")
+        _say(args, f"largest changes in {m}:")
         for _, r in top.iterrows():
-            _say(args, f"  {r['name']}  {_fmt(r[f'{args.metric}_a'])} -> {_fmt(r[f'{args.metric}_b'])}")
+            _say(args, f"  {r['name']}  {_fmt(r[f'{m}_a'])} -> {_fmt(r[f'{m}_b'])}")
     _say(args, _files_line(args.out, files))
     return OK
 
 
-def _compare(args: argparse.Namespace, output: OutputSet):
-    res_a = _run(args.model_a, args)
-    res_b = _run(args.model_b, args)
+def _compare(args: argparse.Namespace, out: Path, res_a, res_b):
     from analyses.core.errors import NNVitalsError
     from analyses.core.export import save_table, write_summary
     from analyses.spectra.views import COMPARE_METRICS, compare_models, compare_table
@@ -618,21 +616,18 @@ def _compare(args: argparse.Namespace, output: OutputSet):
             raise NNVitalsError(
                 f"--metric {args.metric}: not a spectra column; expected one of {', '.join(numeric)}"
             )
-    labels = args.labels or (
-        res_a.meta.get("subject", {}).get("label", "A"),
-        res_b.meta.get("subject", {}).get("label", "B"),
+    labels = args.labels or tuple(
+        r.meta.get("subject", {}).get("label", k) for r, k in ((res_a, "A"), (res_b, "B"))
     )
     if labels[0] == labels[1]:
         labels = (f"{labels[0]} (A)", f"{labels[1]} (B)")
     metrics = tuple(dict.fromkeys((args.metric, *COMPARE_METRICS)))
     table = compare_table(res_a, res_b, metrics)
-    out = output.dir
     files = [save_table(table, out / "compare.csv")]
-    files.append(write_summary(res_a, out / "summary_a.json"))
-    files.append(write_summary(res_b, out / "summary_b.json"))
+    files += [write_summary(res_a, out / "summary_a.json"), write_summary(res_b, out / "summary_b.json")]
     fig = compare_models(res_a, res_b, metric=args.metric, labels=labels)
     files += _write_figures({f"compare_{args.metric}": fig}, out, args.formats)
-    return res_a, res_b, table, labels, files
+    return table, labels, files
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -665,14 +660,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # numeric warnings (log of 0 in a histogram, ...) are not the user's business
         warnings.simplefilter("ignore", RuntimeWarning)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser(next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
         if getattr(args, "func", None) is None:
-            raise UsageError(
-                f"a command is required: spectra, spectra-compare, orbits or serve (see '{PROG} --help')"
-            )
+            names = ", ".join([*COMMANDS, "spectra-compare", "serve"])
+            raise UsageError(f"a command is required: {names} (see '{PROG} --help')")
         t0 = time.perf_counter()
-        code = args.func(args)
+        code = globals().get(args.func, run_command)(args)  # cmd_NAME where one exists
         if debug:
             print(f"{PROG}: {args.command} took {time.perf_counter() - t0:.2f} s", file=sys.stderr)
         return code

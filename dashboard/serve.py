@@ -70,13 +70,12 @@ def _directory(text: str) -> Path:
 
 
 def _dask(text: str) -> str:
-    text = text.strip()
-    if text in ("threads", "local") or "://" in text:
-        return text
-    host, sep, port = text.rpartition(":")
-    if sep and host and port.isdigit():
-        return f"tcp://{text}"
-    raise argparse.ArgumentTypeError(f"expected 'local' or a scheduler address tcp://HOST:PORT, got {text!r}")
+    from analyses.core.runner import parse_spec  # the one Dask address parser (imported on use)
+
+    try:
+        return parse_spec(text, cli=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _json_dict(text: str) -> dict:

@@ -115,12 +115,23 @@ def dask_client(spec: str):
         return client
 
 
-def parse_spec(spec: str | None) -> str:
+def parse_spec(spec: str | None, cli: bool = False) -> str:
+    """The one parser of a runner spec (every Dask address in nnvitals goes through it).
+
+    ``"threads"`` (also for None or empty), ``"local"``, an address with a scheme
+    (``tcp://HOST:PORT``, ``tls://...``) as given, or ``HOST:PORT`` as ``tcp://HOST:PORT``.
+    Anything else raises :class:`NNVitalsError`; with ``cli`` (a ``--dask`` option, where leaving
+    it out means threads) the message says what to type there and leaves naming the option to
+    the parser.
+    """
     spec = (spec or "threads").strip()
     if spec in ("threads", "local") or "://" in spec:
         return spec
-    if ":" in spec:  # HOST:PORT
+    host, sep, port = spec.rpartition(":")
+    if sep and host and port.isdigit():  # HOST:PORT
         return f"tcp://{spec}"
+    if cli:
+        raise NNVitalsError(f"expected 'local' or a scheduler address tcp://HOST:PORT, got {spec!r}")
     raise NNVitalsError(
         f"runner {spec!r}: expected 'threads', 'local' or a scheduler address tcp://HOST:PORT"
     )
