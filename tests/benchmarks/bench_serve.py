@@ -393,7 +393,8 @@ async def _crowd_member(browser, url: str, go: asyncio.Event) -> dict:
         page.on(
             "request",
             lambda r: (
-                urllib.parse.urlparse(r.url).hostname not in ("127.0.0.1", "localhost")
+                not r.url.startswith(("blob:", "data:"))  # made in the page itself, not fetched
+                and urllib.parse.urlparse(r.url).hostname not in ("127.0.0.1", "localhost")
                 and outside.append(r.url)
             ),
         )
@@ -403,7 +404,7 @@ async def _crowd_member(browser, url: str, go: asyncio.Event) -> dict:
         await page.locator(".bk-Canvas, canvas").first.wait_for(timeout=300000)
         first_plot = time.perf_counter() - t
         await page.get_by_text("Selected:").first.wait_for(timeout=300000)
-        return {"first_plot_s": first_plot, "outside": len(outside)}
+        return {"first_plot_s": first_plot, "outside": len(outside), "outside_urls": outside[:3]}
     finally:
         await ctx.close()
 
@@ -441,6 +442,7 @@ async def _crowd(url: str, n: int) -> dict:
         "first_plot_max_s": round(max(firsts), 1),
         "connected_user_click": _stats(taps),
         "requests_to_other_hosts": sum(r["outside"] for r in results),
+        "other_hosts_asked_for": sorted({u for r in results for u in r["outside_urls"]})[:5],
         "targets": {"first_plot_max_s": 10.0, "click_p95_ms": 1000},
     }
 

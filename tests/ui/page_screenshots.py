@@ -1,4 +1,4 @@
-"""Screenshots of the Spectra, IBP, Lipschitz and Connectivity pages at two widths, to look at.
+"""Screenshots of every page (Spectra, Orbits, IBP, Lipschitz, Connectivity) at two widths, to look at.
 
 ``python tests/ui/page_screenshots.py [OUT_DIR]`` starts ``nnvitals serve`` on the demo models, opens
 each page in headless Chromium (Debian's ``chromium``) at 1400 and 1280 px and writes
@@ -67,12 +67,13 @@ def main(out: Path) -> list[Path]:
                     _shot(page, out, "spectra-farms", width, written)
 
                     for slug, tabs in (
+                        ("orbits", ()),
                         ("bounds", ()),
                         ("lipschitz", ()),
                         ("connectivity", ("Barriers", "Layers")),
                     ):
                         page.set_viewport_size(
-                            {"width": width, "height": TALL if slug == "lipschitz" else HEIGHT}
+                            {"width": width, "height": TALL if slug in ("lipschitz", "orbits") else HEIGHT}
                         )
                         page.goto(f"{srv.url}?page={slug}", wait_until="networkidle")
                         page.locator(".nnv-summary", has_text=re.compile(r"\w")).first.wait_for(
