@@ -414,6 +414,10 @@ class JobPanel(pn.viewable.Viewer):
 
     def _set_stale(self, stale: bool, job: Job | None = None) -> None:
         if stale and job is not None:
+            with self._lock:  # a run replaced (or already ended) is never marked as running
+                current = self._job is job and not job.token.cancelled
+            if not current:
+                return
             self._stale_note.object = f"Showing the previous result — running {job.label} …"
         self._stale_note.visible = stale
         self.stale = stale

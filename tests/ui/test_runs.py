@@ -11,7 +11,7 @@ import re
 import time
 
 import pytest
-from ui_helpers import open_app
+from ui_helpers import click_row, open_app
 
 pytestmark = pytest.mark.browser
 
@@ -84,3 +84,27 @@ def test_cancelled_orbits_run_never_replaces_the_result(server, probe):
     page.wait_for_timeout(15000)
     assert summary.first.is_visible()
     assert page.get_by_text(re.compile(r"orbit, 72 elements")).count() == 0
+
+
+def test_quick_runs_leave_nothing_dimmed(server, probe):
+    """Runs that end in a fraction of a second (FARMS on the demo MLP, then the same settings again
+    from the cache) leave no part of the page marked stale (a screenshot run once caught the FARMS
+    tab dimmed after its run had ended)."""
+    page = open_app(probe, server.url)
+    page.get_by_text("Selected:").first.wait_for(timeout=60000)
+    click_row(page, "fc2.weight")
+    page.get_by_text("Selected: fc2.weight").first.wait_for()
+    page.locator(".bk-tab", has_text="FARMS vs plain").first.click()
+    buttons = [
+        page.get_by_role("button", name="Run with FARMS"),
+        page.get_by_role("button", name="Run", exact=True),
+    ]
+    for button in buttons:  # computed, then the same settings again: loaded from the cache
+        button.first.click()
+        page.get_by_text("FARMS alpha)", exact=False).first.wait_for(timeout=60000)
+        page.wait_for_timeout(500)
+        end = time.time() + 15
+        while page.evaluate(STALE_JS) and time.time() < end:
+            page.wait_for_timeout(250)
+        assert page.evaluate(STALE_JS) == []
+        assert page.locator(".nnv-stale-note").first.is_hidden()
