@@ -10,6 +10,7 @@ on first use, so importing ``analyses`` (or the CLI's ``--help``) loads no torch
 
 __version__ = "0.1.0"
 
+from . import zoo  # noqa: E402, F401  (registers the demo models with analyses.core; no torch)
 from .registry import exported_names as _exported_names  # noqa: E402
 
 _LAZY = {

@@ -3,7 +3,8 @@
 Both analyses export the model with an input of the data's shape and walk its graph
 (:mod:`analyses.bounds.graph`), so residual additions, concatenations and reshapes written in
 ``forward`` are handled. ``data`` is whatever :func:`analyses.core.data.as_dataset` accepts
-(``"digits"``, a ``.npz`` path, a :class:`Dataset`, ...); it must lie in ``data_range``.
+(``"digits8"``, ``"digits16"``, ``"digits32"``, a ``.npz`` path, a :class:`Dataset`, ...); it must lie
+in ``data_range``.
 
 * :class:`IBPTightness` (Mao et al., ICLR 2024): per layer, the mean local tightness, the mean
   IBP box width and the shares of stable-active / stable-inactive / unstable ReLUs; summary:
@@ -26,7 +27,7 @@ import param
 import torch
 
 from ..core.analysis import Analysis
-from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
+from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset, builtin_name
 from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
 from ..core.result import Result
@@ -54,9 +55,10 @@ class _BoundsAnalysis(Analysis):
     """What IBPTightness and LipschitzBounds share: data, data range, the traced graph."""
 
     data = param.Parameter(
-        default="digits",
-        doc="Inputs: 'digits' (built in), a .npz path with arrays x and y, a Dataset, a tuple (x, y), "
-        "or a torch Dataset of (x, y) pairs.",
+        default="digits8",
+        doc="Inputs: built-in 'digits8' (8x8, the demo models'; 'digits' is the same), 'digits16' or "
+        "'digits32', a .npz path with arrays x and y, a Dataset, a tuple (x, y), or a torch Dataset of "
+        "(x, y) pairs.",
     )
     data_range = param.Range(
         default=(0.0, 1.0),
@@ -81,7 +83,7 @@ class _BoundsAnalysis(Analysis):
             return cached[1]
         builtin = isinstance(self.data, str) and self.data in BUILTIN_DATASETS
         if self.data is None:
-            raise NNVitalsError("data: not set; give 'digits', a .npz path or a Dataset")
+            raise NNVitalsError("data: not set; give 'digits8', a .npz path or a Dataset")
         if builtin:
             out = {s: as_dataset(self.data, split=s) for s in self._splits()}
         else:
@@ -117,7 +119,8 @@ class _BoundsAnalysis(Analysis):
         params = super().key_params()
         d = params.get("data")
         # the data's content is in data_fingerprint(); the key keeps only a JSON-able label
-        params["data"] = d if isinstance(d, str) else type(d).__name__
+        # ('digits' and 'digits8' are one dataset: one key, under its explicit name)
+        params["data"] = (builtin_name(d) or d) if isinstance(d, str) else type(d).__name__
         return params
 
     # ------------------------------------------------------------------ model
@@ -126,10 +129,6 @@ class _BoundsAnalysis(Analysis):
         if callable(program):  # a .pt2 export: walk its graph as it is
             return program()
         mod = subject.module()
-        if mod is None and subject.source_kind == "demo":
-            from ..zoo import load_demo
-
-            mod = load_demo(subject.label)
         if mod is None:
             raise NNVitalsError(
                 f"model {subject.label}: this {subject.source_kind} file holds weights only; bounds need the "

@@ -33,7 +33,16 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number, log_worthy, value_range
+from ..core.plotting import (
+    apply_opts,
+    format_number,
+    grid_layout,
+    log_worthy,
+    message_panel,
+    style_line,
+    style_panel,
+    value_range,
+)
 
 __all__ = [
     "COLORS",
@@ -135,16 +144,16 @@ def tightness_plot(results, log: bool | None = None) -> hv.Overlay:
         vd = ["tightness", "name", "kind", "box_width"]
         curve = hv.Curve(rows, "layer", "tightness", label=lab)
         pts = hv.Scatter(rows, "layer", vd, label=lab)
-        parts.append(_line(curve, color, 2.0))
+        parts.append(style_line(curve, color, 2.0))
         tips = [("layer", "@{name} (@{kind})"), ("tightness", "@{tightness}{0.000} (1 = exact)")]
         parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if rows0 is None or not len(rows0):
-        return _message("IBP tightness per layer", "no layer has a defined tightness")
+        return message_panel("IBP tightness per layer", "no layer has a defined tightness")
     first = next(iter(res.values()))
     title = f"IBP tightness per layer (eps {format_number(first.summary.get('eps'), 'g')})"
     values = np.concatenate([el.dimension_values("tightness") for el in parts])
     scale = _y_scale(values, include=(0.0,)) if log is None else {"logy": bool(log)}
-    return _panel(
+    return style_panel(
         hv.Overlay(parts), title, "layer", "tightness (1 = exact)", legend=len(res) > 1,
         **scale, **_tick_opts(rows0),
     )  # fmt: skip
@@ -155,7 +164,7 @@ def _markers(scatter: hv.Scatter, color: str, tips: list[tuple[str, str]] | None
     bk = dict(size=7, tools=["hover"])
     if tips:
         bk["hover_tooltips"] = tips
-    return _opts(scatter, dict(color=color), bk, dict(s=25))
+    return apply_opts(scatter, dict(color=color), bk, dict(s=25))
 
 
 def _sweep_frame(r) -> pd.DataFrame | None:
@@ -187,18 +196,18 @@ def tightness_vs_eps(results) -> hv.Overlay:
             continue
         color = COLORS[i % len(COLORS)]
         lab = label or "output"
-        parts.append(_line(hv.Curve(df, "eps", "tightness", label=lab), color, 2.0))
+        parts.append(style_line(hv.Curve(df, "eps", "tightness", label=lab), color, 2.0))
         tips = [("eps", "@{eps}{0.0000}"), ("tightness", "@{tightness}{0.0000} (1 = exact)"),
                 ("certified accuracy", "@{certified}{0.000}"), ("mean output box width", "@{width}{0.000}")]  # fmt: skip
         pts = hv.Scatter(df, "eps", ["tightness", "certified", "width"], label=lab)
         parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if not parts:
-        return _message("tightness vs eps", "no eps sweep with eps > 0: add radii to the eps sweep")
+        return message_panel("tightness vs eps", "no eps sweep with eps > 0: add radii to the eps sweep")
     eps = np.concatenate([el.dimension_values("eps") for el in parts])
     values = np.concatenate([el.dimension_values("tightness") for el in parts])
     # tightness lives in [0, 1]: a linear axis from 0 unless it spans decades (a 0.05% change
     # autoscaled over 0.14450-0.14457 looked like a cliff)
-    return _panel(
+    return style_panel(
         hv.Overlay(parts), "Output tightness vs eps", "eps (input radius)", "tightness (1 = exact)",
         logx=log_worthy(eps, 10.0), legend=len(res) > 1, **_y_scale(values, include=(0.0,)),
     )  # fmt: skip
@@ -215,18 +224,18 @@ def certified_vs_eps(results) -> hv.Overlay:
             continue
         color = COLORS[i % len(COLORS)]
         lab = label or "IBP-certified"
-        parts.append(_line(hv.Curve(df, "eps", "certified", label=lab), color, 2.0))
+        parts.append(style_line(hv.Curve(df, "eps", "certified", label=lab), color, 2.0))
         tips = [("eps", "@{eps}{0.0000}"), ("certified accuracy", "@{certified}{0.000}")]
         pts = hv.Scatter(df, "eps", "certified", label=lab)
         parts.append(_markers(pts, color, ([("result", lab)] if len(res) > 1 else []) + tips))
     if not parts:
-        return _message("certified accuracy vs eps", "no eps sweep: add radii to the eps sweep")
+        return message_panel("certified accuracy vs eps", "no eps sweep: add radii to the eps sweep")
     eps = np.concatenate([el.dimension_values("eps") for el in parts])
     positive = eps[eps > 0]
     logx = log_worthy(positive, 10.0)
     if logx:  # eps 0 has no place on a log axis
         parts = [el.select(eps=(float(positive.min()), None)) for el in parts]
-    return _panel(
+    return style_panel(
         hv.Overlay(parts), "IBP-certified accuracy vs eps", "eps (input radius)", "certified accuracy",
         logx=logx, legend=len(res) > 1, ylim=(-0.04, 1.04),
     )  # fmt: skip
@@ -238,7 +247,7 @@ def stability_bars(result) -> hv.Bars:
     rows = _layer_rows(result)
     relu = rows[rows["kind"].isin(["relu", "leaky_relu"])]
     if not len(relu):
-        return _message("ReLU stability", "the model has no ReLU")
+        return message_panel("ReLU stability", "the model has no ReLU")
     states = {"stable active": "stable_active", "stable inactive": "stable_inactive", "unstable": "unstable"}
     recs = [
         {"layer": str(r["name"]), "state": s, "fraction": float(r[col])}
@@ -248,7 +257,7 @@ def stability_bars(result) -> hv.Bars:
     df = pd.DataFrame(recs)
     bars = hv.Bars(df, ["layer", "state"], "fraction")
     eps = format_number(result.summary.get("eps"), "g")
-    bars = _opts(
+    bars = apply_opts(
         bars,
         dict(stacked=True, ylim=(0, 1.0)),
         dict(
@@ -259,7 +268,7 @@ def stability_bars(result) -> hv.Bars:
         ),
         dict(color=hv.dim("state").categorize(STATE_COLORS)),
     )
-    return _panel(bars, f"ReLU stability at eps {eps}", "ReLU layer", "share of units")
+    return style_panel(bars, f"ReLU stability at eps {eps}", "ReLU layer", "share of units")
 
 
 def init_sweep_plot(rows: list[dict] | pd.DataFrame, relu: bool = True) -> hv.Overlay:
@@ -275,13 +284,13 @@ def init_sweep_plot(rows: list[dict] | pd.DataFrame, relu: bool = True) -> hv.Ov
         d = d.sort_values("width")
         color = COLORS[i % len(COLORS)]
         meas = hv.Curve(d, "width", col, label=f"depth {depth}")
-        parts.append(_line(meas, color, 2.0))
+        parts.append(style_line(meas, color, 2.0))
         vd = [col, "tightness_linear", "predicted_linear"]
-        parts.append(_opts(hv.Scatter(d, "width", vd, label=f"depth {depth}"), dict(color=color), dict(size=6, tools=["hover"]), dict(s=20)))  # fmt: skip
+        parts.append(apply_opts(hv.Scatter(d, "width", vd, label=f"depth {depth}"), dict(color=color), dict(size=6, tools=["hover"]), dict(s=20)))  # fmt: skip
         pred = hv.Curve(d, "width", "predicted_linear", label=f"depth {depth}, theory (linear)")
-        parts.append(_line(pred, color, 1.2, "dashed"))
+        parts.append(style_line(pred, color, 1.2, "dashed"))
     what = "ReLU local" if relu else "deep-linear"
-    return _panel(
+    return style_panel(
         hv.Overlay(parts), f"Tightness at initialisation ({what})", "hidden width", "tightness",
         logx=True, logy=True,
     )  # fmt: skip
@@ -327,27 +336,29 @@ def lipschitz_plot(result) -> hv.Overlay:
         band = hv.Area(
             (has["layer"], has["lower_max"], has["upper"]), "layer", ["lower", "upper"], label="gap"
         )
-        parts.append(_opts(band, dict(color="#4477AA", alpha=0.15), dict(line_alpha=0), dict(linewidth=0)))
+        parts.append(
+            apply_opts(band, dict(color="#4477AA", alpha=0.15), dict(line_alpha=0), dict(linewidth=0))
+        )
     vd = ["upper", "name", "kind", "constant", "method"]
     up = hv.Curve(rows, "layer", "upper", label="upper: product of layer constants")
-    parts.append(_line(up, "#4477AA", 2.2))
+    parts.append(style_line(up, "#4477AA", 2.2))
     tips = _tips(("up to layer", "@{name} (@{kind})"), ("upper bound", "@{upper}{0.00}"),
                  ("this layer's constant", "@{constant}{0.00} (@{method})"))  # fmt: skip
-    parts.append(_opts(hv.Scatter(rows, "layer", vd, label="upper: product of layer constants"),
+    parts.append(apply_opts(hv.Scatter(rows, "layer", vd, label="upper: product of layer constants"),
                        dict(color="#4477AA"), dict(size=6, **tips), dict(s=20)))  # fmt: skip
     if len(has):
         vdl = ["lower_max", "name", "lower_mean", "ratio"]
         lo = hv.Curve(has, "layer", "lower_max", label="lower: max Jacobian norm")
-        parts.append(_line(lo, "#EE6677", 2.2))
+        parts.append(style_line(lo, "#EE6677", 2.2))
         tips = _tips(("up to layer", "@{name}"), ("lower bound (max ‖J‖)", "@{lower_max}{0.00}"),
                      ("mean ‖J‖", "@{lower_mean}{0.00}"), ("gap upper / lower", "@{ratio}{0.00}x"))  # fmt: skip
-        parts.append(_opts(hv.Scatter(has, "layer", vdl, label="lower: max Jacobian norm"),
+        parts.append(apply_opts(hv.Scatter(has, "layer", vdl, label="lower: max Jacobian norm"),
                            dict(color="#EE6677"), dict(size=7, **tips), dict(s=25)))  # fmt: skip
         mean = hv.Curve(has, "layer", "lower_mean", label="mean Jacobian norm")
-        parts.append(_line(mean, "#EE6677", 1.2, "dashed"))
+        parts.append(style_line(mean, "#EE6677", 1.2, "dashed"))
     ratio = format_number(result.summary.get("ratio"), ".2f")
     values = np.concatenate([rows["upper"].to_numpy(float), has["lower_mean"].to_numpy(float)])
-    return _panel(
+    return style_panel(
         hv.Overlay(parts), f"Lipschitz bounds per layer (gap {ratio}x)", "layer",
         "Lipschitz constant (2-norm)", **_y_scale(values, include=(0.0,)), **_tick_opts(rows),
     )  # fmt: skip
@@ -359,15 +370,15 @@ def gap_plot(result) -> hv.Overlay:
     rows = _layer_rows(result)
     rows = rows[np.isfinite(rows["ratio"].astype(float))]
     if not len(rows):
-        return _message("gap upper / lower", "no lower bound: run LipschitzBounds first")
+        return message_panel("gap upper / lower", "no lower bound: run LipschitzBounds first")
     vd = ["ratio", "name", "upper", "lower_max"]
-    curve = _line(hv.Curve(rows, "layer", "ratio"), "#AA3377", 2.0)
+    curve = style_line(hv.Curve(rows, "layer", "ratio"), "#AA3377", 2.0)
     tips = _tips(("up to layer", "@{name}"), ("gap upper / lower", "@{ratio}{0.00}x"),
                  ("upper", "@{upper}{0.00}"), ("lower", "@{lower_max}{0.00}"))  # fmt: skip
-    pts = _opts(hv.Scatter(rows, "layer", vd), dict(color="#AA3377"), dict(size=7, **tips), dict(s=25))
-    one = _line(hv.HLine(1.0), "#888888", 1.0, "dotted")
+    pts = apply_opts(hv.Scatter(rows, "layer", vd), dict(color="#AA3377"), dict(size=7, **tips), dict(s=25))
+    one = style_line(hv.HLine(1.0), "#888888", 1.0, "dotted")
     # the gap is >= 1 (1: the bounds meet): the axis holds 1 and spans at least 10%
-    return _panel(
+    return style_panel(
         curve * pts * one, "Gap: upper / lower bound per layer", "layer", "upper / lower",
         legend=None, **_y_scale(rows["ratio"].to_numpy(float), include=(1.0,)),
         **_tick_opts(_layer_rows(result)),
@@ -422,7 +433,7 @@ def jacobian_histogram(result, split: str | None = None, bins: int = 20) -> hv.H
     _, vals = _norms(result, split)
     counts, _ = np.histogram(vals, edges)
     hist = hv.Histogram((edges, counts), kdims=["jacobian_norm"], vdims=["n_samples"])
-    hist = _opts(
+    hist = apply_opts(
         hist,
         dict(color="#4477AA", alpha=0.85),
         dict(tools=["tap", "hover"], line_color="white", nonselection_alpha=0.35,
@@ -432,7 +443,7 @@ def jacobian_histogram(result, split: str | None = None, bins: int = 20) -> hv.H
     )  # fmt: skip
     top = format_number(vals.max() if len(vals) else None, ".3g")
     title = f"Jacobian norm per {split + ' ' if split else ''}sample (max {top})"
-    return _panel(hist, title, "input-Jacobian norm ‖J(x)‖₂", "samples", legend=None)
+    return style_panel(hist, title, "input-Jacobian norm ‖J(x)‖₂", "samples", legend=None)
 
 
 def _image_of(x: np.ndarray) -> np.ndarray:
@@ -481,26 +492,26 @@ def bin_samples(
     n = len(df)
     title = f"{n} sample{'s' if n != 1 else ''} with {rng}"
     if not n:
-        return _message(title, "no sample in this bar: tap another one")
+        return message_panel(title, "no sample in this bar: tap another one")
     pics = []
     for _, r in df.head(max_samples).iterrows():
         xs = result.inputs(r["split"]) if hasattr(result, "inputs") else None
         if xs is None:
-            return _message(title, "the result did not keep its samples (keep_inputs)")
+            return message_panel(title, "the result did not keep its samples (keep_inputs)")
         pics.append(_image_of(xs[int(r["row"])]))
     grid = _mosaic(pics)
     H, W = grid.shape
     # an Image's first array row is its top row: the samples stand upright, in reading order
     img = hv.Image(grid, bounds=(0, 0, W, H), kdims=["x", "y"], vdims=["intensity"])
-    img = _opts(img, dict(cmap="gray", xaxis=None, yaxis=None))
+    img = apply_opts(img, dict(cmap="gray", xaxis=None, yaxis=None))
     shown = f"{max_samples} of {title}, largest first" if n > max_samples else title
-    img = _panel(
+    img = style_panel(
         img, shown, "", "", legend=None, padding=0, show_grid=False, xlim=(0, W), ylim=(0, H),
         norm=dict(framewise=True),
     )  # fmt: skip
     scale = min(MOSAIC_SCALE, MOSAIC_MAX[0] / W, MOSAIC_MAX[1] / H)
     inches = min(6.0 / W, 3.6 / H) * W, min(6.0 / W, 3.6 / H) * H
-    return _opts(
+    return apply_opts(
         img,
         bokeh=dict(frame_width=round(scale * W), frame_height=round(scale * H), toolbar=None),
         mpl=dict(aspect=W / H, fig_inches=(max(inches[0], 2.0) + 0.4, inches[1] + 0.8)),
@@ -586,4 +597,4 @@ def lipschitz_figures(result) -> dict[str, Any]:
 
 def comparison_layout(panels: list, cols: int = 2) -> hv.Layout:
     """Several panels in a grid (notebooks: IBP-trained vs standard side by side)."""
-    return _layout(panels, cols)
+    return grid_layout(panels, cols)

@@ -341,7 +341,7 @@ def _runnable(module: nn.Module, subject: Subject, label: str) -> nn.Module:
 class ModeConnectivity(Analysis):
     """Linear mode connectivity of two (or more) models, before and after permutation alignment.
 
-    >>> res = ModeConnectivity(model_a=model_1, model_b=model_2, data="digits").run()
+    >>> res = ModeConnectivity(model_a=model_1, model_b=model_2, data="digits8").run()
     >>> res.summary["barrier_naive"], res.summary["barrier_matched"]
     >>> model_2.load_state_dict(res.permuted_b, strict=True)   # same function, aligned to model_1
     """
@@ -354,8 +354,9 @@ class ModeConnectivity(Analysis):
         default=[], doc="Three or more models instead of model/model_b: pairwise barriers, merging, plane."
     )
     data = param.Parameter(
-        default="digits",
-        doc="Data with train and test splits: a built-in name ('digits', 'digits16', 'digits32'), a dict "
+        default="digits8",
+        doc="Data with train and test splits: a built-in name ('digits8', the demo models' 8x8 digits, "
+        "'digits' being the same; 'digits16', 'digits32'), a dict "
         "{'train': ..., 'test': ...}, a (train, test) pair of datasets, or one dataset (used for both).",
     )
     match = param.Selector(
@@ -447,7 +448,7 @@ class ModeConnectivity(Analysis):
         elif isinstance(d, tuple | list) and len(d) == 2 and all(isinstance(v, Dataset) for v in d):
             out = {"train": d[0], "test": d[1]}
         elif d is None:
-            raise NNVitalsError("data: not set; give a dataset with train and test splits (e.g. 'digits')")
+            raise NNVitalsError("data: not set; give a dataset with train and test splits (e.g. 'digits8')")
         else:
             out = {"data": as_dataset(d)}
         self._data_cache = (self.data, out)
@@ -466,10 +467,6 @@ class ModeConnectivity(Analysis):
         module, states = None, []
         for lab, sub in zip(self._labels(), self.subjects(), strict=True):
             mod = sub.module()
-            if mod is None and sub.source_kind == "demo":
-                from ..zoo import load_demo
-
-                mod = load_demo(sub.label)
             if mod is not None:
                 mod = _runnable(mod, sub, f"{lab} {sub.label}")
                 module = module or mod

@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number, value_range
+from ..core.plotting import (
+    apply_opts,
+    format_number,
+    grid_layout,
+    message_panel,
+    style_line,
+    style_panel,
+    value_range,
+)
 
 __all__ = [
     "PATH_DASH",
@@ -112,9 +120,9 @@ def path_plot(result, metric: str = "loss", pair: str = "0-1") -> hv.Overlay:
             if part.empty:
                 continue
             c = hv.Curve(part, "lam", [metric], label=f"{path}, {split}")
-            curves.append(_line(c, SPLIT_COLORS.get(split, "#228833"), 2.0, PATH_DASH[path]))
+            curves.append(style_line(c, SPLIT_COLORS.get(split, "#228833"), 2.0, PATH_DASH[path]))
     pts = hv.Scatter(df.assign(point=np.arange(len(df))), "lam", [metric, "path", "split", "point"])
-    pts = _opts(
+    pts = apply_opts(
         pts,
         dict(color="#333333"),
         dict(
@@ -146,7 +154,7 @@ def path_plot(result, metric: str = "loss", pair: str = "0-1") -> hv.Overlay:
         ylim = (-0.03, 1.03)
     else:
         ylim = value_range(df[metric].to_numpy(float), include=(0.0,))
-    return _panel(hv.Overlay([*curves, pts]), title, "λ (0 = model A, 1 = model B)", what, ylim=ylim)
+    return style_panel(hv.Overlay([*curves, pts]), title, "λ (0 = model A, 1 = model B)", what, ylim=ylim)
 
 
 def what_label(metric: str) -> str:
@@ -184,23 +192,23 @@ def _bars(df: pd.DataFrame, value: str, title: str, ylabel: str, lam: str):
         ("path", "@{path} on @{split} data"),
         (title, f"@{{{value}}}{{0.0000}} at λ = @{{{lam}}}{{0.00}}"),
     ]
-    bars = _opts(
+    bars = apply_opts(
         bars,
         None,
         dict(color=hv.dim("color"), tools=["hover"], hover_tooltips=tips),
         dict(color=hv.dim("color")),
     )
-    return _panel(bars, title, "data, path", ylabel, legend=None)
+    return style_panel(bars, title, "data, path", ylabel, legend=None)
 
 
 def barrier_plot(result) -> hv.Layout:
     """Loss barrier and error (accuracy) barrier, naive vs matched, for each split."""
     df = barrier_table(result)
     if df.empty:
-        return _layout([_message("barriers", "no barriers in this result")], 1)
+        return grid_layout([message_panel("barriers", "no barriers in this result")], 1)
     loss = _bars(df, "barrier", "loss barrier", "loss rise above the straight line", "barrier_lam")
     err = _bars(df, "acc_barrier", "error barrier", "accuracy drop below the line", "acc_barrier_lam")
-    return _layout([loss, err], 2, (4.6, 3.6))
+    return grid_layout([loss, err], 2, (4.6, 3.6))
 
 
 # --------------------------------------------------------------------------- layers
@@ -211,7 +219,9 @@ def layer_plot(result) -> hv.Layout:
     layers = result.layers
     if layers.empty:
         msg = "no permutable layers: the models were not aligned"
-        return _layout([_message("per-layer distance", msg), _message("singular vectors", msg)], 2)
+        return grid_layout(
+            [message_panel("per-layer distance", msg), message_panel("singular vectors", msg)], 2
+        )
     panels = []
     names = [short_layer(n) for n in layers["name"]]
     rotate = 30 if len(names) > 4 or max(len(n) for n in names) > 8 else 0
@@ -231,15 +241,15 @@ def layer_plot(result) -> hv.Layout:
         df["color"] = np.where(df["when"] == "before", PATH_COLORS["naive"], PATH_COLORS["matched"])
         bars = hv.Bars(df, ["layer", "when"], ["value", "color"])
         tips = [("layer", "@{layer}"), (what, "@{value}{0.000} @{when} matching")]
-        bars = _opts(
+        bars = apply_opts(
             bars,
             None,
             dict(color=hv.dim("color"), tools=["hover"], hover_tooltips=tips, xrotation=rotate),
             dict(color=hv.dim("color"), xrotation=rotate),
         )
         extra = {"ylim": (0, 1.04)} if before.startswith("sv") else {}
-        panels.append(_panel(bars, title, "layer: before, after matching", ylabel, legend=None, **extra))
-    return _layout(panels, 2, (5.0, 3.8))
+        panels.append(style_panel(bars, title, "layer: before, after matching", ylabel, legend=None, **extra))
+    return grid_layout(panels, 2, (5.0, 3.8))
 
 
 # --------------------------------------------------------------------------- 3+ models
@@ -249,12 +259,12 @@ def pairwise_heatmap(result, what: str = "barrier", path: str = "matched") -> hv
     n = int(result.summary.get("models", 2))
     title = f"pairwise {'loss' if what == 'barrier' else 'error'} barrier, {path}"
     if n < 3:
-        return _message(title, "needs three or more models: add models to compare")
+        return message_panel(title, "needs three or more models: add models to compare")
     mat = result.pairwise(f"{what}_{path}")
     names = [f"model {i}" for i in range(n)]
     rows = [(names[j], names[i], float(mat[i, j])) for i in range(n) for j in range(n)]
     hm = hv.HeatMap(pd.DataFrame(rows, columns=["B", "A", "barrier"]), ["B", "A"], "barrier")
-    hm = _opts(
+    hm = apply_opts(
         hm,
         dict(cmap="viridis", colorbar=True, clim=(0.0, max(float(mat.max()), 1e-9))),
         dict(
@@ -264,7 +274,7 @@ def pairwise_heatmap(result, what: str = "barrier", path: str = "matched") -> hv
         ),
         dict(invert_yaxis=True, fig_inches=(4.6, 4.0)),
     )
-    return _panel(hm, title, "", "", legend=None, padding=0)
+    return style_panel(hm, title, "", "", legend=None, padding=0)
 
 
 def plane_plot(result, split: str | None = None, metric: str = "loss") -> hv.Overlay:
@@ -277,13 +287,13 @@ def plane_plot(result, split: str | None = None, metric: str = "loss") -> hv.Ove
     plane = result.plane
     key = f"{metric}_{split}"
     if key not in plane:
-        return _message(title, "needs three or more models: add models to compare")
+        return message_panel(title, "needs three or more models: add models to compare")
     z = np.asarray(plane[key], dtype=np.float64)
     mesh = hv.QuadMesh(
         (plane["x"], plane["y"], z), ["x", "y"], [hv.Dimension(metric, label=METRIC_LABELS[metric])]
     )
     clim = (0.0, 1.0) if metric == "accuracy" else (float(np.nanmin(z)), float(np.nanpercentile(z, 95)))
-    mesh = _opts(
+    mesh = apply_opts(
         mesh,
         dict(cmap="viridis" if metric == "accuracy" else "viridis_r", colorbar=True, clim=clim),
         dict(tools=["hover"], hover_tooltips=[(METRIC_LABELS[metric], f"@{{{metric}}}{{0.000}}")]),
@@ -293,7 +303,7 @@ def plane_plot(result, split: str | None = None, metric: str = "loss") -> hv.Ove
     marks = hv.Points(
         pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "model": ["0", "1", "2"]}), ["x", "y"], ["model"]
     )
-    marks = _opts(
+    marks = apply_opts(
         marks, dict(color="white"), dict(size=10, line_color="black"), dict(s=60, edgecolors="black")
     )
     labels = hv.Labels(
@@ -301,13 +311,15 @@ def plane_plot(result, split: str | None = None, metric: str = "loss") -> hv.Ove
         ["x", "y"],
         "text",
     )
-    labels = _opts(
+    labels = apply_opts(
         labels,
         None,
         dict(text_color="white", text_font_size="9pt", text_align="left"),
         dict(color="white", size=9, horizontalalignment="left"),
     )
-    return _panel(mesh * marks * labels, title, "weight-space x", "weight-space y", legend=None, padding=0)
+    return style_panel(
+        mesh * marks * labels, title, "weight-space x", "weight-space y", legend=None, padding=0
+    )
 
 
 # --------------------------------------------------------------------------- text and CLI figures

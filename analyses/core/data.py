@@ -8,7 +8,9 @@ fingerprint, so a cached result is keyed on exactly the data it was computed fro
 Sources (see :func:`as_dataset`):
 
 * built in: scikit-learn's bundled 8x8 handwritten digits (:func:`load_digits`), optionally
-  upsampled to 16x16 or 32x32 so image analyses (rotation, scale orbits) have room to work;
+  upsampled to 16x16 or 32x32 so image analyses (rotation, scale orbits) have room to work, named
+  ``digits8``, ``digits16`` and ``digits32`` in every analysis (``digits`` is an alias of
+  ``digits8``; a loaded 8x8 set keeps its name ``digits``/``digits-<split>``);
 * user data: a ``.npz`` file (:func:`load_npz`), a tuple ``(x, y)`` of tensors or arrays, or a
   ``torch.utils.data.Dataset`` yielding ``(x, y)`` pairs.
 
@@ -38,15 +40,28 @@ from analyses.core.errors import NNVitalsError
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DATASET_ALIASES",
+    "DIGITS_NAMES",
     "Dataset",
     "as_dataset",
+    "builtin_name",
     "load_digits",
     "load_npz",
     "stratified_split",
 ]
 
-#: Built-in dataset names accepted by :func:`as_dataset`, mapped to the image side length.
-BUILTIN_DATASETS: dict[str, int] = {"digits": 8, "digits16": 16, "digits32": 32}
+#: The built-in datasets' names, one vocabulary for every analysis and page: scikit-learn's digits
+#: at 8, 16 or 32 pixels a side.
+DIGITS_NAMES: dict[str, int] = {"digits8": 8, "digits16": 16, "digits32": 32}
+#: Other names accepted for them: ``"digits"`` is ``"digits8"`` (the digits as scikit-learn ships
+#: them) in every analysis.
+DATASET_ALIASES: dict[str, str] = {"digits": "digits8"}
+#: Every name :func:`as_dataset` accepts for a built-in dataset (aliases included), mapped to the
+#: image side length.
+BUILTIN_DATASETS: dict[str, int] = {
+    **DIGITS_NAMES,
+    **{a: DIGITS_NAMES[n] for a, n in DATASET_ALIASES.items()},
+}
 
 _SPLITS = ("train", "test", "all")
 # Labels are class indices; anything this large is a mistake (e.g. ids or hashes), and
@@ -567,14 +582,23 @@ def _from_torch_dataset(ds: torch.utils.data.Dataset) -> Dataset:
     )
 
 
+def builtin_name(name: Any) -> str | None:
+    """The explicit name (``'digits8'``, ``'digits16'``, ``'digits32'``) of a built-in dataset
+    name or alias (``'digits'`` -> ``'digits8'``); None for anything else."""
+    if not isinstance(name, str) or name not in BUILTIN_DATASETS:
+        return None
+    return DATASET_ALIASES.get(name, name)
+
+
 def as_dataset(obj: Any, *, split: str = "all") -> Dataset:
     """Turn whatever the user passed as ``data`` into a :class:`Dataset`.
 
     Accepted forms:
 
     * a :class:`Dataset` — returned as is;
-    * ``"digits"``, ``"digits16"``, ``"digits32"`` — the built-in digits at 8, 16 or 32
-      pixels, restricted to ``split`` (``"train"``, ``"test"`` or ``"all"``);
+    * ``"digits8"``, ``"digits16"``, ``"digits32"`` — the built-in digits at 8, 16 or 32
+      pixels, restricted to ``split`` (``"train"``, ``"test"`` or ``"all"``); ``"digits"`` is an
+      alias of ``"digits8"`` (:data:`DATASET_ALIASES`);
     * a ``str`` or ``Path`` ending in ``.npz`` — see :func:`load_npz`;
     * a tuple ``(x, y)`` of tensors or numpy arrays;
     * a ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs (stacked).
@@ -598,6 +622,7 @@ def as_dataset(obj: Any, *, split: str = "all") -> Dataset:
     shown = repr(obj) if isinstance(obj, str | Path) else type(obj).__name__
     raise NNVitalsError(
         f"data: cannot use {shown[:80]} as a dataset; expected a Dataset, one of "
-        f"{', '.join(map(repr, BUILTIN_DATASETS))}, a path to a .npz file with arrays 'x' and 'y', "
+        f"{', '.join(map(repr, DIGITS_NAMES))} ('digits' = 'digits8'), a path to a .npz file with arrays "
+        "'x' and 'y', "
         "a tuple (x, y) of tensors or numpy arrays, or a torch.utils.data.Dataset of (x, y) pairs"
     )

@@ -4,7 +4,7 @@ Every view builder in ``analyses/<family>/views.py`` styles its elements for bot
 the same object renders interactively (bokeh: hover, tap, linked streams) and statically
 (matplotlib: SVG/PNG/PDF export). No Panel import here.
 
-Defaults every panel gets from :func:`_panel` (so no view has to remember them):
+Defaults every panel gets from :func:`style_panel` (so no view has to remember them):
 
 - the wheel-zoom tool is there but not active: scrolling a page over a plot scrolls the page
   (pick the tool in the toolbar to zoom with the wheel);
@@ -29,7 +29,7 @@ BOKEH_SIZE = dict(width=520, height=340)
 MPL_SIZE = dict(fig_inches=(6.0, 3.6), aspect="auto")
 
 
-def _opts(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
+def apply_opts(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
     """Apply options for both backends: ``common`` to each, then the backend-specific ones."""
     ensure_backends()
     common = common or {}
@@ -62,7 +62,7 @@ FEW_DECADES = 2.5
 _TICKS_125 = sorted(m * 10.0**k for k in range(-30, 31) for m in (1, 2, 5))
 _TICKS_19 = sorted(m * 10.0**k for k in range(-30, 31) for m in range(1, 10))
 #: a tick as a plain number (0.002, 50, 1e-7): no common precision, no 10^k superscripts
-_PLAIN_TICK_JS = "return Number(tick.toPrecision(6)).toString();"
+PLAIN_TICK_JS = "return Number(tick.toPrecision(6)).toString();"
 #: fewest and most labelled ticks inside a narrow log axis (fewer: evenly spaced ticks, as on a
 #: linear axis)
 _MIN_LOG_TICKS, _MAX_LOG_TICKS = 3, 8
@@ -138,7 +138,7 @@ def _bokeh_axes_hook(plot, element) -> None:
         for axis in axes:
             if few is not None:
                 axis.ticker = FixedTicker(ticks=few[0], minor_ticks=few[1])
-                axis.formatter = CustomJSTickFormatter(code=_PLAIN_TICK_JS)
+                axis.formatter = CustomJSTickFormatter(code=PLAIN_TICK_JS)
             elif isinstance(axis.ticker, FixedTicker):  # a frame spanning many decades again
                 axis.ticker, axis.formatter = LogTicker(), LogTickFormatter()
 
@@ -150,8 +150,8 @@ def _own_axes(obj, **norm):
     separately: with both, bokeh stops updating the ranges of a DynamicMap.
     """
     if isinstance(obj, hv.Overlay):
-        return hv.Overlay([_opts(el, norm) for el in obj])
-    return _opts(obj, norm)
+        return hv.Overlay([apply_opts(el, norm) for el in obj])
+    return apply_opts(obj, norm)
 
 
 def _legend_labels(obj) -> list[str]:
@@ -166,7 +166,7 @@ def _legend_labels(obj) -> list[str]:
     return labels
 
 
-def _panel(
+def style_panel(
     obj,
     title: str,
     xlabel: str,
@@ -216,18 +216,18 @@ def _panel(
         mpl_plots = hv.Store.registry.get("matplotlib", {})
         obj = hv.Overlay(
             [
-                _opts(el, mpl=dict(legend_position="right"))
+                apply_opts(el, mpl=dict(legend_position="right"))
                 if "legend_position" in getattr(mpl_plots.get(type(el)), "param", {})
                 else el
                 for el in obj
             ]
         )
-    return _opts(obj, common, bk, mp)
+    return apply_opts(obj, common, bk, mp)
 
 
-def _line(obj, color: str, width: float = 1.5, dash: str = "solid", alpha: float = 1.0):
+def style_line(obj, color: str, width: float = 1.5, dash: str = "solid", alpha: float = 1.0):
     mpl_dash = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}[dash]
-    return _opts(
+    return apply_opts(
         obj,
         dict(color=color, alpha=alpha),
         dict(line_width=width, line_dash=dash),
@@ -235,7 +235,7 @@ def _line(obj, color: str, width: float = 1.5, dash: str = "solid", alpha: float
     )
 
 
-def _layout(panels: list, cols: int, panel_inches: tuple[float, float] = (4.8, 3.5)) -> hv.Layout:
+def grid_layout(panels: list, cols: int, panel_inches: tuple[float, float] = (4.8, 3.5)) -> hv.Layout:
     """A grid of panels, ``cols`` per row; matplotlib gets a figure sized for the grid.
 
     Not for layouts holding DynamicMaps: options set on such a Layout give its DynamicMaps
@@ -245,24 +245,24 @@ def _layout(panels: list, cols: int, panel_inches: tuple[float, float] = (4.8, 3
     ncols = min(cols, len(panels))
     nrows = math.ceil(len(panels) / cols)
     size = (panel_inches[0] * ncols, panel_inches[1] * nrows)
-    return _opts(
+    return apply_opts(
         layout,
         bokeh=dict(shared_axes=False),
         mpl=dict(sublabel_format="", fig_inches=size, hspace=0.3, vspace=0.45),
     )
 
 
-def _text(x: float, y: float, text: str, size: int = 9, color: str = "#555555", **align) -> hv.Text:
+def text_label(x: float, y: float, text: str, size: int = 9, color: str = "#555555", **align) -> hv.Text:
     """A text annotation, ``size`` in points on both backends (``halign``/``valign`` as hv.Text)."""
-    return _opts(hv.Text(x, y, text, fontsize=size, **align), dict(color=color))
+    return apply_opts(hv.Text(x, y, text, fontsize=size, **align), dict(color=color))
 
 
-def _message(title: str, text: str) -> hv.Overlay:
+def message_panel(title: str, text: str) -> hv.Overlay:
     """A blank panel carrying a message (what is missing and how to get it)."""
-    blank = _opts(hv.Curve(([0.0, 1.0], [0.0, 1.0])), dict(alpha=0))
+    blank = apply_opts(hv.Curve(([0.0, 1.0], [0.0, 1.0])), dict(alpha=0))
     text = "\n".join(p.strip() for p in text.split(": ", 1)) if len(text) > 40 else text
-    msg = _text(0.5, 0.5, text, 12, "#444444")
-    over = _panel(
+    msg = text_label(0.5, 0.5, text, 12, "#444444")
+    over = style_panel(
         blank * msg,
         title,
         "",
@@ -274,7 +274,7 @@ def _message(title: str, text: str) -> hv.Overlay:
         ylim=(0, 1),
         show_grid=False,
     )
-    return _opts(over, bokeh=dict(toolbar=None))
+    return apply_opts(over, bokeh=dict(toolbar=None))
 
 
 def format_number(x: Any, spec: str = ".2f") -> str:

@@ -8,7 +8,8 @@
 - ``.pt2`` ``torch.export`` programs;
 - Hugging Face style directories (``config.json`` + ``*.safetensors`` or a state dict);
 - ``package.module:factory`` references (CLI and notebooks only);
-- demo model names from :mod:`analyses.zoo`.
+- demo model names from the registered demo source (:func:`analyses.core.demo_source`: the zoo
+  registers itself when imported; ``core`` never imports it).
 
 Anything else raises :class:`~analyses.core.errors.NNVitalsError` naming the input and what
 was expected. Only regular files are opened (a FIFO or device is refused, never waited on).
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import demo_source
 from .errors import NNVitalsError
 from .formats import (
     SafetensorsFile,
@@ -376,7 +378,7 @@ class SafetensorsSubject(Subject):
 
 
 class DemoSubject(SafetensorsSubject):
-    """A demo model from the zoo: its checkpoint, plus the architecture recorded in the manifest."""
+    """A demo model: its checkpoint, plus the architecture its demo source builds it with."""
 
     source_kind = "demo"
 
@@ -384,9 +386,10 @@ class DemoSubject(SafetensorsSubject):
         return hashlib.sha256(f"demo:{self.label}|{super()._fingerprint()}".encode()).hexdigest()
 
     def module(self) -> nn.Module:
-        from ..zoo import load_demo
-
-        return load_demo(self.label)
+        source = demo_source()
+        if source is None:
+            raise NNVitalsError(f"model {self.label}: no demo models are registered here")
+        return source.load(self.label)
 
 
 class StateDictSubject(Subject):
@@ -685,10 +688,10 @@ def load_subject(
     if not exists and roots is not None:
         raise NNVitalsError(f"{shown}: no such file or directory")
     if not exists:
-        from ..zoo import DEMO_MODELS, demo_path
-
-        if text in DEMO_MODELS:
-            return DemoSubject([demo_path(text)], text)
+        source = demo_source()
+        demos = source.models if source is not None else {}
+        if text in demos:
+            return DemoSubject([source.checkpoint(text)], text)
         if _FACTORY_RE.match(text):
             if not allow_factory:
                 raise NNVitalsError(f"{text}: module:factory references are not accepted here")
@@ -697,7 +700,9 @@ def load_subject(
             raise NNVitalsError(
                 "model: empty; expected a path, 'package.module:factory' or a demo model name"
             )
-        raise NNVitalsError(f"{shown}: no such file or directory (demo models: {', '.join(DEMO_MODELS)})")
+        if not demos:
+            raise NNVitalsError(f"{shown}: no such file or directory")
+        raise NNVitalsError(f"{shown}: no such file or directory (demo models: {', '.join(demos)})")
     label = label or path.name
     if roots is not None:
         path = _inside(path, roots, shown)

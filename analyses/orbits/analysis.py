@@ -32,8 +32,9 @@ import param
 import torch
 
 from ..core.analysis import Analysis
-from ..core.data import Dataset, as_dataset
+from ..core.data import Dataset, as_dataset, builtin_name
 from ..core.errors import Cancelled, NNVitalsError
+from ..core.graph import fixed_batch_size
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Task, parse_spec
 from ..core.subject import Subject, runnable_module
@@ -62,8 +63,6 @@ _KNOBS = {
     "scale": ("scale_range/scale_step", "narrow scale_range or raise scale_step"),
     "flip": ("group 'flip'", ""),
 }
-#: the orbits' own names for the built-in data (rotations need room: digits at 16 x 16)
-BUILTIN = {"digits": "digits16", "digits8": "digits", "digits16": "digits16", "digits32": "digits32"}
 
 
 def _size(n: int) -> str:
@@ -194,20 +193,7 @@ def _fixed_batch(subject: Subject, module: Any) -> int | None:
     """The batch size a ``torch.export`` program (a ``.pt2`` file, or ``ExportedProgram.module()``
     given as a module) was specialised to, when it is fixed (None when its batch axis is free)."""
     program = getattr(subject, "program", None)
-    ep = program() if callable(program) else None
-    if isinstance(ep, torch.export.ExportedProgram):
-        graph, user = ep.graph, set(ep.graph_signature.user_inputs)
-    elif isinstance(module, torch.fx.GraphModule):
-        graph, user = module.graph, None
-    else:
-        return None
-    for node in graph.nodes:
-        if node.op == "placeholder" and (user is None or node.name in user):
-            val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
-                return int(val.shape[0])
-            break
-    return None
+    return fixed_batch_size(program() if callable(program) else module)
 
 
 class _Flattened:
@@ -371,9 +357,10 @@ class OrbitAnalysis(Analysis):
         "'package.module:factory' or a demo model name.",
     )
     data = param.Parameter(
-        default="digits",
-        doc="'digits' (the bundled digits at 16x16; 'digits8', 'digits32'), a .npz path with x (N,C,H,W) "
-        "floats in [0, 1] and y ints, a Dataset, or a tuple (x, y).",
+        default="digits16",
+        doc="Built-in 'digits16' (the bundled digits at 16x16: rotations need room), 'digits8' ('digits' "
+        "is the same) or 'digits32'; a .npz path with x (N,C,H,W) floats in [0, 1] and y ints, a Dataset, "
+        "or a tuple (x, y).",
     )
     split = param.Selector(
         default="test", objects=["test", "train", "all"], doc="Part of the built-in digits to use."
@@ -428,8 +415,8 @@ class OrbitAnalysis(Analysis):
         if cached is not None and cached[0] == key:
             return cached[1]
         data = self.data
-        if isinstance(data, str) and data in BUILTIN:
-            ds = as_dataset(BUILTIN[data], split=self.split)
+        if builtin_name(data) is not None:
+            ds = as_dataset(builtin_name(data), split=self.split)
         else:
             ds = as_dataset(data)
         x = ds.x
@@ -591,7 +578,7 @@ class OrbitAnalysis(Analysis):
             fit = fitting.fitting_data(subject)
         except NNVitalsError:
             fit = None
-        current = {"digits": "digits16"}.get(self.data, self.data) if isinstance(self.data, str) else None
+        current = (builtin_name(self.data) or self.data) if isinstance(self.data, str) else None
         if fit is not None and fit.data != current:
             return f"; data '{fit.data}' fits it"
         if shape is not None:
@@ -600,7 +587,7 @@ class OrbitAnalysis(Analysis):
 
     def _data_where(self) -> str:
         d = self.data
-        return str(d) if isinstance(d, str | Path) and d not in BUILTIN else self.dataset()[0].name
+        return str(d) if isinstance(d, str | Path) and builtin_name(d) is None else self.dataset()[0].name
 
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> OrbitResult:
         """Compute (or fetch from the store) the result; ``cancel`` is also checked by the tasks

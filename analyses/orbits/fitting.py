@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 
+from ..core.data import DIGITS_NAMES
 from ..core.errors import NNVitalsError
 from ..core.subject import Subject, load_subject, runnable_module
 
 __all__ = ["CANDIDATES", "DIGITS", "DataFit", "common_data", "fitting_data", "input_shape", "shape_text"]
 
-#: the built-in digits by image side, under the names the Orbits analysis and the app use
-DIGITS: dict[int, str] = {8: "digits8", 16: "digits16", 32: "digits32"}
+#: the built-in digits by image side, under their explicit names (:data:`~analyses.core.data.DIGITS_NAMES`)
+DIGITS: dict[int, str] = {side: name for name, side in DIGITS_NAMES.items()}
 #: tried in this order on a model that records no input shape (rotations need room: 16 first)
 CANDIDATES: tuple[str, ...] = ("digits16", "digits8", "digits32")
 _SIDES = {name: side for side, name in DIGITS.items()}

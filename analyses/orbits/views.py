@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import _layout, _line, _message, _opts, _panel, format_number
+from ..core.plotting import apply_opts, format_number, grid_layout, message_panel, style_line, style_panel
 
 __all__ = [
     "MODEL_COLORS",
@@ -124,16 +124,16 @@ def _polar_frame(title: str) -> hv.Overlay:
     angles = hv.Labels({"x": 1.13 * c, "y": 1.13 * sn, "text": [f"{d}°" for d in deg]}, ["x", "y"], "text")
     return hv.Overlay(
         [
-            _line(inner, "#BBBBBB", 0.7, "dotted"),
-            _line(outer, "#BBBBBB", 1.0),
-            _line(spokes, "#DDDDDD", 0.7),
-            _opts(
+            style_line(inner, "#BBBBBB", 0.7, "dotted"),
+            style_line(outer, "#BBBBBB", 1.0),
+            style_line(spokes, "#DDDDDD", 0.7),
+            apply_opts(
                 rings,
                 None,
                 dict(text_color="#888888", text_font_size="7pt", text_align="left"),
                 dict(color="#888888", size=7, horizontalalignment="left"),
             ),
-            _opts(
+            apply_opts(
                 angles, None, dict(text_color="#666666", text_font_size="8pt"), dict(color="#666666", size=8)
             ),
         ]
@@ -171,7 +171,7 @@ def _with_hook(obj, hook):
 def _polar_panel(over, title: str, side: int = POLAR_SIDE, legend: bool = True):
     """A square polar panel, its legend below the circle (inside, it would cover part of it)."""
     lim = (-1.25, 1.25)
-    panel = _panel(
+    panel = style_panel(
         over,
         title,
         "",
@@ -220,7 +220,7 @@ def _polar_curve(
     tips = [("Model", _tip(label)), ("Angle", "@angle{0.[0]}°"), (score.capitalize(), "@score{0.000}")]
     if flip is not None:
         tips.insert(2, ("Flip", flip))
-    return _opts(_line(curve, color, 2.2, dash), bokeh=dict(tools=["hover"], hover_tooltips=tips))
+    return apply_opts(style_line(curve, color, 2.2, dash), bokeh=dict(tools=["hover"], hover_tooltips=tips))
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -262,14 +262,14 @@ def aggregate_plot(result, classes: list[int] | None = None, models: list[str] |
             x = els.params["scale"] if result.group == "scale" else els.params["angle"]
             xl = "scale factor" if result.group == "scale" else "angle (degrees)"
             line = hv.Curve((x, curve), xl, ylabel, label=name)
-            curves.append(_opts(_line(line, _color(i), 2.0), bokeh=dict(tools=["hover"])))
+            curves.append(apply_opts(style_line(line, _color(i), 2.0), bokeh=dict(tools=["hover"])))
     if result.group == "flip":
         df = pd.concat(curves, ignore_index=True)
         # grouped by model (its name has room under its pair of bars), coloured as in the other plots
         df["color"] = df["model"].map({m: _color(result.models.index(m)) for m in models})
         flip_dim = hv.Dimension("flip", values=[els.label(j) for j in range(len(els))])
         bars = hv.Bars(df, ["model", flip_dim], ["score", "color"])
-        bars = _opts(
+        bars = apply_opts(
             bars,
             dict(ylim=(0, 1.05) if result.meta.get("score") in BOUNDED else None),
             dict(
@@ -284,14 +284,14 @@ def aggregate_plot(result, classes: list[int] | None = None, models: list[str] |
                 ],
             ),
         )
-        bars = _panel(bars, title, "model, flip", ylabel, legend=None).opts(backend="bokeh", **LINE_SIZE)
+        bars = style_panel(bars, title, "model, flip", ylabel, legend=None).opts(backend="bokeh", **LINE_SIZE)
         return bars.opts(backend="matplotlib", hooks=[_mpl_bar_colors])
     if _polar(result):
         return _polar_panel(_polar_frame(title) * hv.Overlay(curves), title)
     extra = {"ylim": (0, 1.02)} if result.meta.get("score") in BOUNDED else {}
-    return _panel(hv.Overlay(curves), title, curves[0].kdims[0].label, ylabel, legend="bottom", **extra).opts(
-        backend="bokeh", **LINE_SIZE, **_legend_below(hv.Overlay(curves), LINE_SIZE["width"] - 80)
-    )
+    return style_panel(
+        hv.Overlay(curves), title, curves[0].kdims[0].label, ylabel, legend="bottom", **extra
+    ).opts(backend="bokeh", **LINE_SIZE, **_legend_below(hv.Overlay(curves), LINE_SIZE["width"] - 80))
 
 
 def heatmap(
@@ -315,14 +315,14 @@ def heatmap(
     bounded = result.meta.get("score") in BOUNDED
     what = f"sample {int(result.samples[row])}" if row is not None else _curve_title(classes)
     tips = [("Shift", "($x{0.[00]}, $y{0.[00]}) px"), (_score_label(result).capitalize(), "@image{0.000}")]
-    img = _opts(
+    img = apply_opts(
         img,
         dict(cmap="viridis", colorbar=True, clim=(0.0, 1.0) if bounded else (None, None)),
         dict(tools=["hover"], hover_tooltips=tips, invert_yaxis=True),
         dict(invert_yaxis=True, fig_inches=(4.8, 4.2)),
     )
     title = f"{_short(name)}: {what}" if row is not None else f"{_short(name)}, {what}"
-    return _panel(img, title, "dx (pixels)", "dy (pixels)", legend=None, padding=0).opts(
+    return style_panel(img, title, "dx (pixels)", "dy (pixels)", legend=None, padding=0).opts(
         backend="bokeh", **(LINE_SIZE if row is None else SAMPLE_SIZE)
     )
 
@@ -383,7 +383,7 @@ def sample_scatter(result, model: str | int = 0, method: str = "pca", color: str
         ("Mean score", "@mean{0.000}"),
         ("Score variance", "@variance{0.0000}"),
     ]
-    pts = _opts(
+    pts = apply_opts(
         pts,
         dict(color=color, cmap="viridis", colorbar=True, clim=clim),
         dict(
@@ -399,7 +399,7 @@ def sample_scatter(result, model: str | int = 0, method: str = "pca", color: str
         dict(s=18),
     )
     title = f"{_short(name, 18)}: samples, {color} score"
-    return _panel(pts, title, axes[0], axes[1], legend=None).opts(backend="bokeh", **SCATTER_SIZE)
+    return style_panel(pts, title, axes[0], axes[1], legend=None).opts(backend="bokeh", **SCATTER_SIZE)
 
 
 def individual_plot(
@@ -440,27 +440,31 @@ def individual_plot(
             if element is not None:
                 a, r = float(els.params["angle"][element]), max(0.0, float(vals[element]))
                 dot = hv.Points([(r * math.cos(math.radians(a)), r * math.sin(math.radians(a)))], ["x", "y"])
-                parts.append(_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60)))
+                parts.append(
+                    apply_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60))
+                )
         else:
             x = np.arange(len(els)) if result.group == "flip" else els.params[els.columns()[0]]
             xl = {"scale": "scale factor", "angle": "angle (degrees)"}.get(els.columns()[0], els.columns()[0])
             ticks = [(j, els.label(j)) for j in range(len(els))] if result.group == "flip" else None
             parts.append(
-                _opts(
-                    _line(hv.Curve((x, vals), xl, _score_label(result), label=name), _color(i), 2.0),
+                apply_opts(
+                    style_line(hv.Curve((x, vals), xl, _score_label(result), label=name), _color(i), 2.0),
                     dict(xticks=ticks) if ticks else None,
                     bokeh=dict(tools=["hover"]),
                 )
             )
             if element is not None:
                 dot = hv.Points([(float(x[element]), float(vals[element]))], [xl, _score_label(result)])
-                parts.append(_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60)))
+                parts.append(
+                    apply_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60))
+                )
     # the chosen element is the marker (and the next panel's title): the title stays short
     if _polar(result):
         return _polar_panel(_polar_frame(title) * hv.Overlay(parts), title, SAMPLE_POLAR_SIDE, legend)
     extra = {"ylim": (0, 1.02)} if result.meta.get("score") in BOUNDED else {}
     xl = parts[0].kdims[0].label
-    over = _panel(
+    over = style_panel(
         hv.Overlay(parts), title, xl, _score_label(result), legend="bottom" if legend else None, **extra
     )
     below = _legend_below(hv.Overlay(parts), SAMPLE_SIZE["width"] - 80) if legend else {}
@@ -475,17 +479,17 @@ def transformed_image(result, row: int, element: int = 0):
         raise NNVitalsError(f"element {element}: expected 0..{len(els) - 1}")
     what = f"Sample {int(result.samples[row])} at {els.label(element)}"
     if result.images is None:
-        return _message(what, "the result did not keep its images").opts(backend="bokeh", **IMAGE_SIZE)
+        return message_panel(what, "the result did not keep its images").opts(backend="bokeh", **IMAGE_SIZE)
     gray = result.transformed(row, element).mean(axis=0)
     h, w = gray.shape
     im = hv.Image(gray[::-1], bounds=(0, 0, w, h), kdims=["x", "y"], vdims=["intensity"])
-    im = _opts(
+    im = apply_opts(
         im,
         dict(cmap="gray", clim=(0.0, 1.0), xaxis=None, yaxis=None),
         dict(tools=[], default_tools=[]),
         dict(fig_inches=(3.0, 3.0)),
     )
-    im = _panel(im, what, "", "", legend=None, padding=0, show_grid=False)
+    im = style_panel(im, what, "", "", legend=None, padding=0, show_grid=False)
     return im.opts(backend="bokeh", toolbar=None, **IMAGE_SIZE)
 
 
@@ -503,7 +507,7 @@ def class_probabilities(result, row: int, element: int = 0, model: str | int = 0
     name = result.models[model] if isinstance(model, int) else model
     probs = result.probs(name)
     if probs is None:
-        return _message(f"{_short(name)}: class probabilities", "not kept for a result this large").opts(
+        return message_panel(f"{_short(name)}: class probabilities", "not kept for a result this large").opts(
             backend="bokeh", **PROBS_SIZE
         )
     p = probs[row, element]
@@ -512,21 +516,21 @@ def class_probabilities(result, row: int, element: int = 0, model: str | int = 0
     df = pd.DataFrame({"class": [str(k) for k in range(len(p))], "probability": p, "color": colors})
     bars = hv.Bars(df, "class", ["probability", "color"])
     tips = [("Class", "@class"), ("Probability", "@probability{0.000}")]
-    bars = _opts(
+    bars = apply_opts(
         bars,
         dict(ylim=(0, 1.02)),
         dict(color=hv.dim("color"), tools=["hover"], default_tools=["save", "reset"], hover_tooltips=tips),
     )
     ylabel = f"{_short(name, 16)}: probability"
-    bars = _panel(bars, f"Predicts {pred} (label {label})", "class", ylabel, legend=None)
+    bars = style_panel(bars, f"Predicts {pred} (label {label})", "class", ylabel, legend=None)
     bars = bars.opts(backend="bokeh", **PROBS_SIZE)
-    return bars.opts(backend="matplotlib", hooks=[_mpl_bar_colors])  # after _panel, which sets hooks
+    return bars.opts(backend="matplotlib", hooks=[_mpl_bar_colors])  # after style_panel, which sets hooks
 
 
 def detail_view(result, row: int, element: int = 0, model: str | int = 0) -> hv.Layout:
     """Sample ``row`` under group element ``element`` and the model's class probabilities there."""
     panels = [transformed_image(result, row, element), class_probabilities(result, row, element, model)]
-    return _layout(panels, 2, (4.0, 3.6))
+    return grid_layout(panels, 2, (4.0, 3.6))
 
 
 # --------------------------------------------------------------------------- linked explorer

@@ -34,14 +34,14 @@ import pandas as pd
 
 from ..core.errors import NNVitalsError
 from ..core.plotting import (
-    _layout,
-    _line,
-    _message,
-    _opts,
-    _panel,
-    _text,
+    apply_opts,
     format_number,
+    grid_layout,
     log_worthy,
+    message_panel,
+    style_line,
+    style_panel,
+    text_label,
     value_range,
 )
 
@@ -173,7 +173,7 @@ def _metric_scatter(rows: pd.DataFrame, metric: str) -> hv.Scatter:
         "warning",
     ]
     scatter = hv.Scatter(data, hv.Dimension("layer_id", label="layer index"), vdims)
-    return _opts(
+    return apply_opts(
         scatter,
         dict(color=hv.dim("warning").categorize(CATEGORY_COLORS, default="#999999")),
         dict(size=11, line_color="white", tools=["hover", "tap"], nonselection_alpha=0.35,
@@ -188,7 +188,7 @@ def _category_keys(categories, kdim: str, vdim: str) -> list[hv.Scatter]:
     (the points themselves are coloured by value, without a legend of their own)."""
     present = set(categories)
     return [
-        _opts(hv.Scatter(([np.nan], [np.nan]), kdim, vdim, label=cat), dict(color=color),
+        apply_opts(hv.Scatter(([np.nan], [np.nan]), kdim, vdim, label=cat), dict(color=color),
               dict(size=11), dict(s=60))
         for cat, color in CATEGORY_COLORS.items() if cat in present
     ]  # fmt: skip
@@ -207,17 +207,17 @@ def _layer_tooltips(label: str, column: str) -> list[tuple[str, str]]:
 def _metric_panel(result, rows: pd.DataFrame, metric: str) -> tuple[hv.Overlay, hv.Scatter]:
     """The metric-by-layer overlay and its scatter (the selection source of the explorer)."""
     scatter = _metric_scatter(rows, metric)
-    path = _line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
+    path = style_line(hv.Curve(rows[["layer_id", metric]], "layer_id", metric), "#888888", 1.0, alpha=0.7)
     # one legend for everything: an entry per warning category (the scatter colours its points
     # by value, with no legend of its own: matplotlib would draw that apart, on top of the other)
     over = hv.Overlay([path, scatter, *_category_keys(rows["category"], "layer_id", metric)])
     extra = _layer_ticks(rows["layer_id"])
     if metric in ("alpha", "alpha_plain"):
         for y in (2.0, 6.0):
-            over = over * _line(hv.HLine(y), GUIDE_COLOR, 1.0, "dashed", 0.8)
+            over = over * style_line(hv.HLine(y), GUIDE_COLOR, 1.0, "dashed", 0.8)
         # the guides are named in the legend (a text on the plot would sit on points at its end)
         key = hv.Curve(([np.nan], [np.nan]), "layer_id", metric, label=GUIDE_LABEL)
-        over = over * _line(key, GUIDE_COLOR, 1.0, "dashed", 0.8)
+        over = over * style_line(key, GUIDE_COLOR, 1.0, "dashed", 0.8)
         # both guides always in view: they are the scale the values are read against
         vals = rows[metric].to_numpy(float)
         lo, hi = min(float(vals.min()), 2.0), max(float(vals.max()), 6.0)
@@ -227,7 +227,7 @@ def _metric_panel(result, rows: pd.DataFrame, metric: str) -> tuple[hv.Overlay, 
         extra["ylim"] = value_range(rows[metric].to_numpy(float))
     subject = result.meta.get("subject", {}).get("label", "")
     title = f"{metric} by layer" + (f": {subject}" if subject else "")
-    return _panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric), **extra), scatter
+    return style_panel(over, title, "layer (depth)", METRIC_LABELS.get(metric, metric), **extra), scatter
 
 
 def metric_by_layer(result, metric: str = "alpha") -> hv.Overlay:
@@ -240,7 +240,7 @@ def metric_by_layer(result, metric: str = "alpha") -> hv.Overlay:
     """
     rows = _metric_rows(result, metric)
     if rows.empty:
-        return _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
+        return message_panel(f"{metric} by layer", f"no analysed layer has a finite {metric}")
     return _metric_panel(result, rows, metric)[0]
 
 
@@ -311,12 +311,12 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
     """
     row = result.row(name)
     if row.get("status", "ok") != "ok":
-        return _message(f"ESD: {name}", f"skipped: {row.get('skip_reason', '')}")
+        return message_panel(f"ESD: {name}", f"skipped: {row.get('skip_reason', '')}")
     source = _esd_source(result, name, source)
     evals = np.asarray(result.farms_esd(name) if source == "farms" else result.esd(name), dtype=float)
     evals = evals[np.isfinite(evals) & (evals > EVALS_THRESH)]
     if evals.size < 2:
-        return _message(f"ESD: {name}", "fewer than two nonzero eigenvalues")
+        return message_panel(f"ESD: {name}", "fewer than two nonzero eigenvalues")
     fit = _layer_fit(result, name, row, source, evals)
     rand = np.asarray(result.randomized_esd(name), dtype=float) if source == "layer" else np.empty(0)
     rand = rand[np.isfinite(rand) & (rand > EVALS_THRESH)]
@@ -340,7 +340,7 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
     full = np.isfinite(dens)
     bars = (edges[:-1][full], np.full(full.sum(), ymin), edges[1:][full], dens[full])
     hist = hv.Rectangles(bars, kdims=[xdim, ydim, "lambda_hi", "density_hi"], label=esd_label)
-    hist = _opts(
+    hist = apply_opts(
         hist,
         dict(color=ESD_COLOR, alpha=0.55),
         dict(line_color=ESD_COLOR, line_alpha=0.9, line_width=0.5),
@@ -353,7 +353,7 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
     else:
         randomized = "max_rand_eval" in result.table.columns and source == "layer"
         rcurve = hv.Curve(([np.nan], [np.nan]), xdim, ydim, label="shuffled ESD" if randomized else "")
-    rcurve = _opts(_line(rcurve, RAND_COLOR, 1.4, "solid", 0.85), dict(interpolation="steps-mid"))
+    rcurve = apply_opts(style_line(rcurve, RAND_COLOR, 1.4, "solid", 0.85), dict(interpolation="steps-mid"))
 
     if math.isfinite(fit.alpha) and math.isfinite(fit.xmin) and fit.xmin > 0 and fit.tail > 0:
         lam = np.logspace(math.log10(fit.xmin), math.log10(float(evals.max())), 50)
@@ -363,19 +363,19 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
         xmin_x = fit.xmin
     else:
         lam, p, xmin_x = np.array([np.nan]), np.array([np.nan]), np.nan
-    fitc = _line(hv.Curve((lam, p), xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
-    xmin_line = _line(
+    fitc = style_line(hv.Curve((lam, p), xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
+    xmin_line = style_line(
         hv.Curve(([xmin_x, xmin_x], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed"
     )
     bulk = float(pd.to_numeric(row.get("bulk_max", np.nan), errors="coerce")) if source == "layer" else np.nan
     bulk_label = "MP bulk edge" if source == "layer" else ""
-    bulk_line = _line(
+    bulk_line = style_line(
         hv.Curve(([bulk, bulk], [ymin, ymax]), xdim, ydim, label=bulk_label), BULK_COLOR, 1.5, "dotted"
     )
     kind = "FARMS ESD" if source == "farms" else "ESD"
     title = f"{kind} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
     over = hist * rcurve * fitc * xmin_line * bulk_line
-    return _panel(
+    return style_panel(
         over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True, padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
     )  # fmt: skip
 
@@ -404,17 +404,17 @@ def ks_plot(result, name: str) -> hv.Overlay:
         xs, ds = xs[good], ds[good]
         best = int(np.argmin(ds))
         title = f"{title}: xmin={format_number(xs[best], '.3g')}, D={format_number(ds[best], '.3f')}"
-    curve = _line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
+    curve = style_line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
     pt = (xs[best : best + 1], ds[best : best + 1]) if best is not None else ([np.nan], [np.nan])
     star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
-    star = _opts(
+    star = apply_opts(
         star,
         dict(color=FIT_COLOR),
         dict(marker="star", size=18, tools=["hover"],
              hover_tooltips=[("chosen xmin", "@{xmin}{0.000}"), ("KS distance D", "@{D}{0.000}")]),
         dict(marker="*", s=220),
     )  # fmt: skip
-    return _panel(
+    return style_panel(
         curve * star, title, "candidate xmin", "KS distance D", logx=True, norm=dict(framewise=True)
     )
 
@@ -428,25 +428,25 @@ def farms_vs_plain(result) -> hv.Overlay:
     """
     title = "FARMS alpha vs plain alpha"
     if not _has_farms(result):
-        return _message(title, "no FARMS alpha in this result: run the analysis with FARMS on")
+        return message_panel(title, "no FARMS alpha in this result: run the analysis with FARMS on")
     rows = _analysed(result)
     rows["alpha_plain"] = pd.to_numeric(rows["alpha_plain"], errors="coerce")
     rows = rows[np.isfinite(rows["alpha"].astype(float)) & np.isfinite(rows["alpha_plain"])]
     if rows.empty:
-        return _message(title, "no layer has both a FARMS and a plain alpha")
+        return message_panel(title, "no layer has both a FARMS and a plain alpha")
     vals = np.concatenate([rows["alpha"].to_numpy(float), rows["alpha_plain"].to_numpy(float)])
     lo, hi = float(vals.min()), float(vals.max())
     pad = 0.08 * max(hi - lo, 0.5)
     lo, hi = lo - pad, hi + pad
-    diag = _line(hv.Curve(([lo, hi], [lo, hi]), "alpha_plain", "alpha"), "#666666", 1.2, "dashed")
-    note = _text(hi, hi, "y = x ", 10, halign="right", valign="bottom")
+    diag = style_line(hv.Curve(([lo, hi], [lo, hi]), "alpha_plain", "alpha"), "#666666", 1.2, "dashed")
+    note = text_label(hi, hi, "y = x ", 10, halign="right", valign="bottom")
     pts = hv.Scatter(
         rows[["alpha_plain", "alpha", "name", "layer_type", "Q", "category"]].rename(columns=_PLOT_NAMES),
         hv.Dimension("alpha_plain", label="plain alpha"),
         [hv.Dimension("alpha", label="FARMS alpha"), "layer",
          hv.Dimension("layer_type", label="type"), "Q", "warning"],
     )  # fmt: skip
-    pts = _opts(
+    pts = apply_opts(
         pts,
         dict(color=hv.dim("warning").categorize(CATEGORY_COLORS, default="#999999")),
         dict(size=11, line_color="white", tools=["hover"], hover_tooltips=[
@@ -456,7 +456,7 @@ def farms_vs_plain(result) -> hv.Overlay:
         dict(s=60, edgecolors="white"),
     )  # fmt: skip
     keys = _category_keys(rows["category"], "alpha_plain", "alpha")
-    return _panel(
+    return style_panel(
         hv.Overlay([diag, note, pts, *keys]), title, "plain alpha (full matrix)", "FARMS alpha",
         xlim=(lo, hi), ylim=(lo, hi),
     )  # fmt: skip
@@ -494,7 +494,7 @@ def alpha_vs_aspect(result) -> hv.Overlay:
             (label, "@{value}{0.00}"),
         ]
         layers.append(
-            _opts(
+            apply_opts(
                 sc,
                 dict(color=color),
                 dict(size=10, line_color="white", tools=["hover"], hover_tooltips=tips),
@@ -502,7 +502,7 @@ def alpha_vs_aspect(result) -> hv.Overlay:
             )
         )
     if not layers:
-        return _message(title, "no analysed layer has a finite alpha")
+        return message_panel(title, "no analysed layer has a finite alpha")
     over = hv.Overlay(layers)
     q = rows["Q"].to_numpy(float)
     alphas = np.concatenate([el.dimension_values("value") for el in layers])
@@ -510,7 +510,7 @@ def alpha_vs_aspect(result) -> hv.Overlay:
     extra = {"ylim": value_range(alphas)}
     if not logx:
         extra["xlim"] = value_range(q, rel_span=0.2)
-    return _panel(over, title, "aspect ratio Q = N / M", "alpha", logx=logx, **extra)
+    return style_panel(over, title, "aspect ratio Q = N / M", "alpha", logx=logx, **extra)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -558,7 +558,7 @@ def compare_models(
     tab = compare_table(result_a, result_b, (metric,))
     top_title = f"{metric} by layer: {la} vs {lb}"
     if tab.empty:
-        return _layout([_message(top_title, "no analysed layers in either result")], 1, (6.5, 3.8))
+        return grid_layout([message_panel(top_title, "no analysed layers in either result")], 1, (6.5, 3.8))
     layers = []
     for col, lab, color in ((f"{metric}_a", la, PAIR_COLORS[0]), (f"{metric}_b", lb, PAIR_COLORS[1])):
         sub = tab[np.isfinite(tab[col].to_numpy(float))]
@@ -567,42 +567,44 @@ def compare_models(
             hv.Dimension("layer_id", label="layer index"),
             [metric, "layer", "layer_type"],
         )
-        layers.append(_line(hv.Curve(data, kd, vd, label=lab), color, 1.2, alpha=0.7))
+        layers.append(style_line(hv.Curve(data, kd, vd, label=lab), color, 1.2, alpha=0.7))
         sc = hv.Scatter(data, kd, vd, label=lab)
         tips = [("model", lab), ("layer", "@{layer} (@{layer_type})"), (metric, f"@{{{metric}}}{{0.000}}")]
         layers.append(
-            _opts(sc, dict(color=color), dict(size=9, tools=["hover"], hover_tooltips=tips), dict(s=40))
+            apply_opts(sc, dict(color=color), dict(size=9, tools=["hover"], hover_tooltips=tips), dict(s=40))
         )
     top = hv.Overlay(layers)
     if metric in ("alpha", "alpha_plain"):
         top = (
             top
-            * _line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8)
-            * _line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
+            * style_line(hv.HLine(2.0), "#666666", 1.0, "dashed", 0.8)
+            * style_line(hv.HLine(6.0), "#666666", 1.0, "dashed", 0.8)
         )
     ticks = _layer_ticks(tab["layer_id"])
-    top = _panel(top, top_title, "layer (depth)", metric, **ticks)
+    top = style_panel(top, top_title, "layer (depth)", metric, **ticks)
     both = tab[np.isfinite(tab[f"{metric}_delta"].to_numpy(float))]
     d_title = f"Δ {metric} ({lb} − {la}) per matched layer"
     if both.empty:
-        bottom = _message(d_title, "no layer name is analysed in both results")
+        bottom = message_panel(d_title, "no layer name is analysed in both results")
     else:
         ddata = both[["layer_id", f"{metric}_delta", "name"]].rename(
             columns={f"{metric}_delta": "delta", **_PLOT_NAMES}
         )
         kd = hv.Dimension("layer_id", label="layer index")
         vd = [hv.Dimension("delta", label=f"Δ {metric}"), "layer"]
-        spikes = _line(hv.Spikes(ddata, kd, vd), "#666666", 2.0)
+        spikes = style_line(hv.Spikes(ddata, kd, vd), "#666666", 2.0)
         dots = hv.Scatter(ddata, kd, vd, label="")
-        dots = _opts(
+        dots = apply_opts(
             dots,
             dict(color=PAIR_COLORS[1]),
             dict(size=9, tools=["hover"], hover_tooltips=[("layer", "@{layer}"), (f"Δ {metric}", "@{delta}{0.000}")]),
             dict(s=40),
         )  # fmt: skip
-        zero = _line(hv.HLine(0.0), "#333333", 1.0)
-        bottom = _panel(zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=None, **ticks)
-    return _layout([top, bottom], 1, (6.5, 3.8))
+        zero = style_line(hv.HLine(0.0), "#333333", 1.0)
+        bottom = style_panel(
+            zero * spikes * dots, d_title, "layer (depth)", f"Δ {metric}", legend=None, **ticks
+        )
+    return grid_layout([top, bottom], 1, (6.5, 3.8))
 
 
 # --------------------------------------------------------------------------- linked explorer
@@ -669,7 +671,7 @@ def linked_explorer(result, metric: str = "alpha") -> LinkedExplorer:
     rows = _metric_rows(result, metric)
     names = [str(n) for n in rows["name"]]
     if not names:
-        msg = _message(f"{metric} by layer", f"no analysed layer has a finite {metric}")
+        msg = message_panel(f"{metric} by layer", f"no analysed layer has a finite {metric}")
         stream = hv.streams.Selection1D(source=msg, index=[])
         return LinkedExplorer(hv.Layout([msg]).cols(1), stream, [])
     over, scatter = _metric_panel(result, rows, metric)
@@ -703,16 +705,18 @@ def explorer_figure(result, name: str | None = None, metric: str = "alpha") -> h
     rows = _metric_rows(result, metric)
     names = [str(n) for n in rows["name"]]
     if not names:
-        return _layout([_message(f"{metric} by layer", f"no analysed layer has a finite {metric}")], 1)
+        return grid_layout(
+            [message_panel(f"{metric} by layer", f"no analysed layer has a finite {metric}")], 1
+        )
     if name is not None and name not in names:
         raise NNVitalsError(
             f"layer {name!r}: not among the layers with a finite {metric} ({', '.join(names)})"
         )
     name = name or names[0]
     over, scatter = _metric_panel(result, rows, metric)
-    _opts(scatter, bokeh=dict(selected=[names.index(name)]))
+    apply_opts(scatter, bokeh=dict(selected=[names.index(name)]))
     # one column: each panel's legend sits right of it, clear of the others
-    return _layout([over, esd_plot(result, name, axiswise=True), ks_plot(result, name)], 1, (6.0, 3.6))
+    return grid_layout([over, esd_plot(result, name, axiswise=True), ks_plot(result, name)], 1, (6.0, 3.6))
 
 
 # --------------------------------------------------------------------------- CLI figures
@@ -736,7 +740,7 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
     """The ESDs of up to ``k`` analysed layers (flagged ones first), three per row."""
     names = _grid_layers(result, k)
     if not names:
-        return _message("ESDs", "no analysed layer has a power-law fit")
+        return message_panel("ESDs", "no analysed layer has a power-law fit")
     plots = []
     for i, n in enumerate(names):
         p = esd_plot(result, n, axiswise=True)
@@ -745,9 +749,9 @@ def esd_grid(result, k: int = 6) -> hv.Layout | hv.Overlay:
         short = f"{short_name(n)}{kind}: α={format_number(row['alpha'])}, D={format_number(row['D'], '.3f')}"
         # one legend, on the last panel of the first row (right of the grid in an export)
         plots.append(
-            _opts(p, dict(title=short, show_legend=i == min(2, len(names) - 1)), mpl=dict(fontscale=1.0))
+            apply_opts(p, dict(title=short, show_legend=i == min(2, len(names) - 1)), mpl=dict(fontscale=1.0))
         )
-    return _layout(plots, 3)
+    return grid_layout(plots, 3)
 
 
 def main_figures(result) -> dict[str, hv.Element | hv.Overlay | hv.Layout]:

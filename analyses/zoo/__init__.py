@@ -19,19 +19,26 @@ two widths (``mlp-w64-a``/``-b``, ``mlp-w512-a``/``-b``) and a BatchNorm CNN (``
 
 The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
 :mod:`analyses.zoo.recipe`).
+
+Importing this package registers it as the demo source of :mod:`analyses.core`
+(:func:`analyses.core.register_demo_source`), so ``load_subject("mlp")`` finds the demos while
+``core`` imports nothing from here. The import is cheap (no torch, no data): ``import analyses``
+does it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from analyses.core.data import Dataset, load_digits
+from analyses.core import DemoSource, register_demo_source
 from analyses.core.errors import NNVitalsError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from analyses.core.data import Dataset
 
 __all__ = [
     "DEMO_MODELS",
@@ -45,8 +52,8 @@ __all__ = [
     "manifest",
 ]
 
-#: Where the shipped checkpoints and their manifest live (``<repo>/assets/zoo``).
-ZOO_DIR: Path = Path(__file__).resolve().parents[2] / "assets" / "zoo"
+#: ``ZOO_DIR``: where the shipped checkpoints and their manifest live (``<repo>/assets/zoo``),
+#: made on first use (see :func:`__getattr__`) so that importing the zoo stays cheap.
 MANIFEST_NAME = "manifest.json"
 
 #: Demo model names mapped to a one-line description (shown in pickers and error messages).
@@ -69,6 +76,21 @@ DEMO_MODELS: dict[str, str] = {
 }
 
 
+def _zoo_dir() -> Path:
+    """``ZOO_DIR``, made and kept the first time it is asked for."""
+    if "ZOO_DIR" not in globals():
+        from pathlib import Path
+
+        globals()["ZOO_DIR"] = Path(__file__).resolve().parents[2] / "assets" / "zoo"
+    return globals()["ZOO_DIR"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ZOO_DIR":
+        return _zoo_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def demo_names() -> list[str]:
     """Names of the demo models, in display order."""
     return list(DEMO_MODELS)
@@ -82,7 +104,7 @@ def _check_name(name: str) -> str:
 
 def demo_path(name: str) -> Path:
     """Path of the demo model's checkpoint, ``assets/zoo/<name>.safetensors``."""
-    return ZOO_DIR / f"{_check_name(name)}.safetensors"
+    return _zoo_dir() / f"{_check_name(name)}.safetensors"
 
 
 def manifest() -> dict[str, Any]:
@@ -90,7 +112,9 @@ def manifest() -> dict[str, Any]:
 
     Raises :class:`NNVitalsError` when it is missing, pointing at the recipe that writes it.
     """
-    path = ZOO_DIR / MANIFEST_NAME
+    import json
+
+    path = _zoo_dir() / MANIFEST_NAME
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -105,7 +129,7 @@ def _entry(name: str) -> dict[str, Any]:
     entries = manifest().get("models", {})
     if name not in entries:
         raise NNVitalsError(
-            f"{ZOO_DIR / MANIFEST_NAME}: no entry for demo model {name!r}; "
+            f"{_zoo_dir() / MANIFEST_NAME}: no entry for demo model {name!r}; "
             "rebuild the demo models with `python -m analyses.zoo.recipe`"
         )
     return entries[name]
@@ -117,6 +141,8 @@ def load_demo(name: str) -> torch.nn.Module:
     The checkpoint's SHA-256 is checked against the manifest first, so a damaged or
     hand-edited file is reported instead of silently analysed.
     """
+    import hashlib
+
     from safetensors.torch import load_file
 
     from analyses.zoo.models import ARCHITECTURES
@@ -149,6 +175,8 @@ def demo_image_size(model: Any) -> int | None:
 
 def demo_data(name: str) -> Dataset:
     """The held-out digits split the demo model ``name`` was evaluated on (its test split)."""
+    from analyses.core.data import load_digits
+
     data = _entry(_check_name(name))["data"]
     return load_digits(
         size=int(data["size"]),
@@ -156,3 +184,6 @@ def demo_data(name: str) -> Dataset:
         seed=int(data["seed"]),
         test_fraction=float(data["test_fraction"]),
     )
+
+
+register_demo_source(DemoSource(models=DEMO_MODELS, checkpoint=demo_path, load=load_demo))

@@ -26,7 +26,7 @@ from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.connectivity import views as CV
 from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.export import ensure_backends
-from analyses.core.plotting import _PLAIN_TICK_JS, _panel, log_axis_ticks, log_worthy, value_range
+from analyses.core.plotting import PLAIN_TICK_JS, log_axis_ticks, log_worthy, style_panel, value_range
 from analyses.orbits import views as OV
 from analyses.orbits.analysis import OrbitAnalysis
 from analyses.spectra import views as SV
@@ -337,7 +337,7 @@ def test_bokeh_log_axis_over_few_decades_has_few_distinct_labels(lo, hi, axis):
     ensure_backends()
     a, b = np.linspace(1.0, 2.0, 20), np.geomspace(lo, hi, 20)
     curve = hv.Curve((b, a) if axis == "x" else (a, b), "u", "v")
-    (plot,) = bokeh_plots(_panel(curve, "t", "u", "v", legend=None, **{f"log{axis}": True}))
+    (plot,) = bokeh_plots(style_panel(curve, "t", "u", "v", legend=None, **{f"log{axis}": True}))
     (ax,) = plot.xaxis if axis == "x" else plot.yaxis
     rng = plot.x_range if axis == "x" else plot.y_range
     start, end = sorted((float(rng.start), float(rng.end)))
@@ -356,13 +356,13 @@ def test_bokeh_log_axis_over_few_decades_has_few_distinct_labels(lo, hi, axis):
 def test_bokeh_log_axis_over_many_decades_keeps_log_ticks():
     ensure_backends()
     curve = hv.Curve((np.linspace(1, 2, 20), np.geomspace(1e-5, 1.0, 20)), "u", "v")
-    (plot,) = bokeh_plots(_panel(curve, "t", "u", "v", legend=None, logy=True))
+    (plot,) = bokeh_plots(style_panel(curve, "t", "u", "v", legend=None, logy=True))
     assert not isinstance(plot.yaxis[0].ticker, FixedTicker)
     assert log_axis_ticks(1e-5, 1.0) is None and log_axis_ticks(0.0, 1.0) is None
     # 3 to 8 different labels on every narrow range, whatever its start
     ranges = [(lo, lo * 10**d) for lo in np.geomspace(1e-6, 1e3, 37) for d in np.linspace(0.001, 2.49, 41)]
     inside = [[t for t in log_axis_ticks(lo, hi)[0] if lo <= t <= hi] for lo, hi in ranges]
-    flat = _js_labels(_PLAIN_TICK_JS, [t for ticks in inside for t in ticks])
+    flat = _js_labels(PLAIN_TICK_JS, [t for ticks in inside for t in ticks])
     for (lo, hi), ticks in zip(ranges, inside):
         labels, flat = flat[: len(ticks)], flat[len(ticks) :]
         assert 3 <= len(labels) <= 8 and len(set(labels)) == len(labels), (lo, hi, labels)
