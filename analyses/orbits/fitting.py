@@ -31,6 +31,7 @@ import torch
 
 from ..core.data import DIGITS_NAMES
 from ..core.errors import NNVitalsError
+from ..core.graph import first_input
 from ..core.subject import Subject, load_subject, runnable_module
 
 __all__ = ["CANDIDATES", "DIGITS", "DataFit", "common_data", "fitting_data", "input_shape", "shape_text"]
@@ -81,18 +82,9 @@ def input_shape(model: Any) -> tuple[int | None, ...] | None:
     if isinstance(model, Subject):
         program = getattr(model, "program", None)
         model = program() if callable(program) else model.module()
-    if isinstance(model, torch.export.ExportedProgram):
-        graph, user = model.graph, set(model.graph_signature.user_inputs)
-    elif isinstance(model, torch.fx.GraphModule):
-        graph, user = model.graph, None
-    else:
-        return None
-    for node in graph.nodes:
-        if node.op == "placeholder" and (user is None or node.name in user):
-            val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.ndim >= 1:
-                return tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
-            return None
+    val = first_input(model)
+    if val is not None and val.ndim >= 1:
+        return tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
     return None
 
 

@@ -11,6 +11,7 @@ from . import ops  # noqa: F401 - registers the operator rules
 from .nodes import (
     NodeLoop,
     export_program,
+    first_input,
     fixed_batch_size,
     full_shape,
     is_exported,
@@ -30,6 +31,7 @@ __all__ = [
     "Step",
     "StepContext",
     "export_program",
+    "first_input",
     "fixed_batch_size",
     "full_shape",
     "is_exported",

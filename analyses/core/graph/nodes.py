@@ -127,9 +127,9 @@ def is_exported(module: Any) -> bool:
     )
 
 
-def fixed_batch_size(model: Any) -> int | None:
-    """The batch size an exported program (or its graph module) was specialised to, or None when
-    its batch axis is free (or ``model`` is not exported)."""
+def first_input(model: Any) -> Any:
+    """The recorded value (``node.meta["val"]``) of an exported program's (or graph module's) first
+    user input, or None when there is no record (not exported, or no tensor recorded)."""
     if isinstance(model, torch.export.ExportedProgram):
         graph, user = model.graph, set(model.graph_signature.user_inputs)
     elif isinstance(model, torch.fx.GraphModule):
@@ -139,9 +139,16 @@ def fixed_batch_size(model: Any) -> int | None:
     for node in graph.nodes:
         if node.op == "placeholder" and (user is None or node.name in user):
             val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
-                return int(val.shape[0])
-            return None
+            return val if isinstance(val, torch.Tensor) else None
+    return None
+
+
+def fixed_batch_size(model: Any) -> int | None:
+    """The batch size an exported program (or its graph module) was specialised to, or None when
+    its batch axis is free (or ``model`` is not exported)."""
+    val = first_input(model)
+    if val is not None and val.ndim and isinstance(val.shape[0], int):
+        return int(val.shape[0])
     return None
 
 
