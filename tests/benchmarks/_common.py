@@ -33,6 +33,18 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
 THREADS = 2
 
 
+def acceptance_cnn(seed: int = 1) -> Any:
+    """The acceptance check's CNN (conv16-conv16-adaptive pool-linear), seeded; in eval mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()  # fmt: skip
+
+
 def race(fns: dict[str, tuple[Callable[[], Any], int]], warmup: bool = True) -> dict[str, dict[str, Any]]:
     """Time several callables, interleaved: ``{name: (fn, repeats)}`` -> ``{name: {best, times, cpu, value}}``.
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -75,10 +74,7 @@ def analyses_both(device: str, small: bool) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--small", action="store_true", help="tiny sizes (CPU dry run)")
-    ap.add_argument("--json", default=None)
+    ap = U.parser(__doc__)
     args = ap.parse_args(argv)
     from analyses.core.device import prepare_device
 

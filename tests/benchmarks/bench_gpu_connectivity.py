@@ -11,7 +11,6 @@ per-point. Also the whole ``ModeConnectivity`` run (matching included) on both d
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,10 +24,7 @@ import torch  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--small", action="store_true", help="tiny sizes (CPU dry run)")
-    ap.add_argument("--json", default=None)
+    ap = U.parser(__doc__)
     args = ap.parse_args(argv)
     from analyses import ModeConnectivity
     from analyses.connectivity.path import PathEvaluator, linear_path

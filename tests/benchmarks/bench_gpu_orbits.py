@@ -14,32 +14,17 @@ floor). TF32 is off in both (nnvitals' default; the floor runs inside the same s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
 import bench_util as U  # noqa: E402
+from _common import acceptance_cnn  # noqa: E402
 
 U.repo_on_path()
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-
-
-class Cnn(nn.Module):
-    """The acceptance check's CNN (conv16-conv16-adaptive pool-linear)."""
-
-    def __init__(self, seed: int = 1):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def floor(model: nn.Module, x: torch.Tensor, copies: int, batch: int, device: str) -> float:
@@ -79,11 +64,8 @@ def case(label: str, model, x, y, steps: int, batches: list[int], device: str) -
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--small", action="store_true", help="tiny sizes (CPU dry run)")
+    ap = U.parser(__doc__)
     ap.add_argument("--only", choices=["digits", "resnet"], default=None)
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from models import images, resnet18
 
@@ -96,7 +78,7 @@ def main(argv=None) -> int:
         x, y = ds.x, ds.y
         if args.small:
             x, y = x[:120], y[:120]
-        case(f"CNN, 72 angles x {len(x)} digits 16x16", Cnn(), x, y, 72 if not args.small else 12,
+        case(f"CNN, 72 angles x {len(x)} digits 16x16", acceptance_cnn(), x, y, 72 if not args.small else 12,
              [4096, 16384] if not args.small else [256], dev)  # fmt: skip
     if args.only in (None, "resnet"):
         n, steps, width = (10000, 36, 64) if not args.small else (64, 4, 8)

@@ -17,26 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import THREADS, emit_json, fmt_s, race, ratio_line
-from torch import nn
+from _common import THREADS, acceptance_cnn, emit_json, fmt_s, race, ratio_line
 
 STEPS = 72
 TARGET_FLOOR = 1.5
-
-
-class Cnn(nn.Module):
-    """The acceptance check's CNN (conv16-conv16-adaptive pool-linear)."""
-
-    def __init__(self, seed: int = 1):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def main() -> int:
@@ -53,7 +37,7 @@ def main() -> int:
     x, y = ds.x, ds.y
     np.savez(tmp / "d.npz", x=x.numpy(), y=y.numpy())
     batch = torch.export.Dim("b", min=1, max=1 << 20)
-    ep = torch.export.export(Cnn().eval(), (x[:2],), dynamic_shapes=({0: batch},))
+    ep = torch.export.export(acceptance_cnn().eval(), (x[:2],), dynamic_shapes=({0: batch},))
     torch.export.save(ep, str(tmp / "cnn.pt2"))
     mod = torch.export.load(str(tmp / "cnn.pt2")).module()
     els = K.elements("rotation", steps=STEPS)

@@ -12,6 +12,7 @@ The baseline is taken after CUDA and its libraries are loaded, so their code is 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -126,3 +127,15 @@ def repo_on_path() -> Path:
         if p not in sys.path:
             sys.path.insert(0, p)
     return repo
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The GPU benchmarks' common options: ``--device`` (CUDA when present), ``--small`` (tiny
+    sizes, a CPU dry run) and ``--json`` (where to write the figures)."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--small", action="store_true", help="tiny sizes (CPU dry run)")
+    ap.add_argument("--json", default=None)
+    return ap

@@ -3,8 +3,8 @@
 ``python tests/ui/page_screenshots.py [OUT_DIR]`` starts ``nnvitals serve`` on the demo models, opens
 each page in headless Chromium (Debian's ``chromium``) at 1400 and 1280 px and writes
 ``screenshot-<page>.png`` (1400 px, as the README shows them) and ``screenshot-<page>-1280.png``
-(default: ``assets/``), plus the tabs a first look misses (``-barriers``, ``-layers``, ``-farms``).
-Not a test module; tests/ui/make_screenshots.py writes every page's README shot.
+(default: ``assets/``), plus the tabs a first look misses (``-barriers``, ``-layers``, ``-farms``,
+``-compare``): the README's screenshots. Not a test module.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def main(out: Path) -> list[Path]:
                     page.get_by_text("FARMS alpha)").first.wait_for(timeout=60000)
                     _settle(page, 2000)
                     _shot(page, out, "spectra-farms", width, written)
+                    page.locator(".bk-tab", has_text="Compare").first.click()
+                    page.get_by_role("button", name="Compare", exact=True).click()
+                    page.locator(".tabulator-col", has_text="alpha_delta").first.wait_for(timeout=60000)
+                    _settle(page, 1500)
+                    _shot(page, out, "spectra-compare", width, written)
 
                     for slug, tabs in (
                         ("orbits", ()),
