@@ -113,8 +113,7 @@ ENTRIES: tuple[Entry, ...] = (
         basic=("farms", "xmin_rule", "layers", "randomize", "farms_rows", "farms_q_ratio", "farms_windows"),
         stem="spectra",
         figures="analyses.spectra.views:main_figures",
-        # TODO(issue 12): move spectra_report to analyses/spectra/views.py as summary_text
-        summary="dashboard.cli:spectra_report",
+        summary="analyses.spectra.views:summary_text",
         page="dashboard.pages.spectra:SpectraPage",
     ),
     Entry(

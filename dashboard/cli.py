@@ -16,9 +16,9 @@ error ``argument --OPTION: <Param's message>``, before anything is read or writt
 ``MODEL``: a checkpoint (.safetensors, .pt/.pth state dict, .pt2), a Hugging Face directory, a
 demo name (``mlp``, ``cnn``, ``rot-cnn``, ...) or ``package.module:factory``. A command writes
 ``DIR/<stem>.csv``, ``DIR/summary.json``, ``DIR/<stem>.nnv``, its entry's figures and a few family
-files (:data:`EXTRA_FILES`) as one set (:class:`OutputSet`): an interrupted run or a failed write
-leaves the previous complete set or nothing, and a file that cannot be written is one line
-naming it. Bad input: one line ``nnvitals: error: <message>``, never a traceback. Exit codes: 0
+files (:data:`EXTRA_FILES`) as one set (:class:`~dashboard.outputs.OutputSet`): an interrupted
+run or a failed write leaves the previous complete set or nothing, and a file that cannot be
+written is one line naming it. Bad input: one line ``nnvitals: error: <message>``, never a traceback. Exit codes: 0
 success, 1 bad input, 2 bad usage (unknown option, bad option value), 3 a bug in nnvitals
 (``NNVITALS_DEBUG=1`` shows its traceback), 130 interrupted. ``--help`` and ``--version`` import
 no torch (a command's ``--help`` imports its analysis class); only ``serve`` imports Panel.
@@ -27,21 +27,19 @@ no torch (a command's ``--help`` imports its analysis class); only ``serve`` imp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
-import shutil
 import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from analyses.registry import ENTRIES, Entry, resolve
+
+from .outputs import InputError, OutputSet
 
 PROG = "nnvitals"
 FORMATS = ("svg", "html", "png", "pdf")
@@ -53,10 +51,6 @@ COMMANDS = {e.command: e for e in ENTRIES}
 
 class UsageError(Exception):
     """Bad command-line usage (argparse errors, bad option values): exit code 2."""
-
-
-class InputError(Exception):
-    """Bad input the CLI itself detects before loading anything (exit code 1)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -297,158 +291,6 @@ EXTRA_OPTIONS = {"connectivity": (_connectivity_options, _connectivity_kwargs)}
 EXTRA_FILES = {"lipschitz": _jacobian_norms, "connectivity": _aligned_b}
 
 
-# --------------------------------------------------------------------------- helpers
-def _out_dir(path: Path) -> Path:
-    """Create the output directory (checked before the model is read: a typo fails fast)."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {path}: is a file; expected a directory (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {path}: cannot create the directory ({e.strerror or e})") from None
-    return path
-
-
-#: name prefix of the folder a command's files are written into before they move into place
-STAGE_PREFIX = ".nnvitals-partial-"
-
-
-def _is_marker(name: str) -> bool:
-    """Summary files say a set is complete: they are removed first and moved in last."""
-    return name.startswith("summary") and name.endswith(".json")
-
-
-@contextlib.contextmanager
-def _sigint_deferred(reraise: bool = True) -> Iterator[None]:
-    """Hold Ctrl-C for the few renames that swap a set of files (main thread only); raise it after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
-    except (ValueError, OSError):  # not the main interpreter
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if seen and reraise:
-        raise KeyboardInterrupt
-
-
-class OutputSet:
-    """The files of one command, written together or not at all.
-
-    ``with OutputSet(args.out) as out:`` checks ``--out`` at once (a file, or a place that cannot
-    be written, fails before the model is read); ``out.dir`` is a hidden folder inside it (same
-    filesystem) that the command writes into. Leaving the block normally moves every file into
-    place (the summary files last, with Ctrl-C held for those renames); leaving it by an
-    exception (Ctrl-C included) removes the folder, and ``--out`` itself if this run created it
-    and it is empty, so an interrupted or failed run leaves the previous complete set or
-    nothing. A file that could not be written is reported by the name it was to have in
-    ``--out``.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._created = not os.path.lexists(self.path)
-        _out_dir(self.path)
-        self._stage: Path | None = None
-        self._probe()
-
-    def _probe(self) -> None:
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.path))
-        except OSError as e:
-            self._remove_if_created()
-            raise InputError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
-
-    @property
-    def dir(self) -> Path:
-        """The folder to write this command's files into (created on first use)."""
-        if self._stage is None:
-            try:
-                self._stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.path))
-            except OSError as e:
-                raise InputError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
-        return self._stage
-
-    def __enter__(self) -> OutputSet:
-        return self
-
-    def __exit__(self, kind, error, tb) -> bool:
-        if kind is None:
-            self._commit()
-            return False
-        mapped = self._final_error(error)
-        with _sigint_deferred(reraise=False):
-            self._discard()
-        if mapped is not None:
-            raise mapped from None
-        return False
-
-    def _final(self, staged: Path) -> Path | None:
-        if self._stage is None:
-            return None
-        try:
-            return self.path / Path(staged).relative_to(self._stage)
-        except ValueError:
-            return None
-
-    def _final_error(self, error: BaseException) -> Exception | None:
-        """A write error under the staging folder, renamed to the file's place in ``--out``."""
-        from analyses.core.export import OutputWriteError
-
-        if isinstance(error, OutputWriteError):
-            final = self._final(error.path)
-            return OutputWriteError(final, error.reason) if final is not None else None
-        if isinstance(error, OSError) and getattr(error, "filename", None):
-            final = self._final(Path(os.fsdecode(error.filename)))
-            if final is not None:
-                return OutputWriteError(final, " ".join(str(error.strerror or error).split()))
-        return None
-
-    def _commit(self) -> None:
-        stage = self._stage
-        if stage is None:
-            return
-        names = sorted(p.name for p in stage.iterdir())
-        for n in names:
-            target = self.path / n
-            if target.is_dir() and not target.is_symlink():
-                self._discard()
-                raise InputError(f"{target}: is a directory; cannot replace it with an output file")
-        order = [n for n in names if not _is_marker(n)] + [n for n in names if _is_marker(n)]
-        try:
-            with _sigint_deferred():
-                for n in names:
-                    if _is_marker(n):  # the old set stops claiming to be complete first
-                        (self.path / n).unlink(missing_ok=True)
-                for n in order:
-                    os.replace(stage / n, self.path / n)
-                stage.rmdir()
-                self._stage = None
-        except OSError as e:
-            self._discard()
-            where = self._final(Path(os.fsdecode(e.filename))) if e.filename else None
-            raise InputError(
-                f"{where or self.path}: cannot move into place ({' '.join(str(e.strerror or e).split())})"
-            ) from None
-
-    def _discard(self) -> None:
-        if self._stage is not None:
-            shutil.rmtree(self._stage, ignore_errors=True)
-            self._stage = None
-        self._remove_if_created()
-
-    def _remove_if_created(self) -> None:
-        if self._created:
-            with contextlib.suppress(OSError):
-                self.path.rmdir()  # only if empty
-
-
 def _parameters(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
     """The parameter values given on the command line (positional arguments included)."""
     basic, execution, advanced = entry.options()
@@ -517,38 +359,6 @@ def _files_line(out: Path, files: Sequence[Path]) -> str:
     return f"wrote {len(names)} files to {out}/: {', '.join(names)}"
 
 
-def spectra_report(result, max_notable: int = 8) -> str:
-    """A few lines a person reads after a run: counts, mean alpha, notable and skipped layers."""
-    t = result.table
-    ok = t[t["status"] == "ok"]
-    skipped = t[t["status"] != "ok"]
-    subject = result.meta.get("subject", {})
-    params = result.meta.get("params", {})
-    how = "cached result" if result.meta.get("cached") else f"{_fmt(result.meta.get('seconds'), '.1f')} s"
-    s = result.summary
-    lines = [
-        f"spectra of {subject.get('label', '?')} ({subject.get('source', '?')}): {len(t)} weights, "
-        f"{len(ok)} analysed, {len(skipped)} skipped [{how}]",
-        f"mean alpha {_fmt(s.get('alpha'))} (xmin rule {params.get('xmin_rule', '?')}"
-        + (", FARMS" if params.get("farms") else "")
-        + f"), mean alpha_weighted {_fmt(s.get('alpha_weighted'))}, mean log_norm {_fmt(s.get('log_norm'))}",
-    ]
-    notable = ok[ok["warning"].fillna("").astype(str) != ""]
-    if len(notable):
-        lines.append(f"notable layers ({len(notable)}; alpha < 2 over-trained, > 6 under-trained):")
-        for _, r in notable.head(max_notable).iterrows():
-            lines.append(f"  {r['name']}  alpha {_fmt(r['alpha'])}  {r['warning']}")
-        if len(notable) > max_notable:
-            lines.append(f"  ... and {len(notable) - max_notable} more (see spectra.csv)")
-    else:
-        lines.append("notable layers: none (every fitted alpha is between 2 and 6)")
-    if len(skipped):
-        shown = ", ".join(f"{r['name']} ({r['skip_reason']})" for _, r in skipped.head(3).iterrows())
-        more = f", ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        lines.append(f"skipped: {shown}{more}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- commands
 def run_command(args: argparse.Namespace) -> int:
     """Any registry command: run its analysis, write table, summary, ``.nnv``, its extra files and
@@ -579,6 +389,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def cmd_spectra(args: argparse.Namespace) -> int:
+    """``nnvitals spectra`` (a name of its own, so a test can stand in for it)."""
     return run_command(args)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +52,60 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) if shape else "1"
 
 
+@dataclass(frozen=True)
+class IBPSettings:
+    """What an :func:`ibp_task` reads, built once per run by :meth:`IBPTightness.settings` from the
+    analysis's (Param-checked) values; small and picklable: a Dask worker gets it with each task.
+    ``lo``, ``hi``: ``data_range``; ``allow_tf32``: whether this run uses TF32 (CUDA only)."""
+
+    eps: float
+    eps_sweep: tuple[float, ...]
+    lo: float
+    hi: float
+    relu: str
+    spec: str
+    device: str
+    dtype: str
+    allow_tf32: bool
+
+
+@dataclass(frozen=True)
+class LipschitzSettings:
+    """What :func:`constant_task` and :func:`lower_task` read, built once per run by
+    :meth:`LipschitzBounds.settings` (picklable, as :class:`IBPSettings`)."""
+
+    iters: int
+    tol: float
+    jacobian_iters: int
+    per_layer: bool
+    seed: int
+    device: str
+    dtype: str
+    allow_tf32: bool
+
+
 class _BoundsAnalysis(Analysis):
     """What IBPTightness and LipschitzBounds share: data, data range, the traced graph."""
 
     data = param.Parameter(
         default="digits8",
+        label="Data",
         doc="Inputs: built-in 'digits8' (8x8, the demo models'; 'digits' is the same), 'digits16' or "
         "'digits32', a .npz path with arrays x and y, a Dataset, a tuple (x, y), or a torch Dataset of "
         "(x, y) pairs.",
     )
     data_range = param.Range(
         default=(0.0, 1.0),
+        label="Data range",
         doc="Range [lo, hi] of valid inputs: data must lie in it; boxes and points are clipped to it.",
     )
     max_samples = param.Integer(
-        default=256, bounds=(1, None), doc="Samples used per data split (seeded subset)."
+        default=256,
+        bounds=(1, None),
+        label="Samples per split",
+        doc="Samples used per data split (seeded subset).",
     )
-    seed = param.Integer(default=0, doc="Seed for the sample subset and random starts.")
+    seed = param.Integer(default=0, label="Seed", doc="Seed for the sample subset and random starts.")
 
     __abstract = True
 
@@ -239,17 +277,16 @@ class IBPResult(Result):
         return self.table[~self.table["kind"].isin(["reshape", "shift", "scale"])]
 
 
-def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: dict[str, Any]) -> dict[str, Any]:
+def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: IBPSettings) -> dict[str, Any]:
     """IBP records of one chunk of samples, for ``eps`` and every sweep value."""
-    dev, dt = ensure_ready(s["device"], s.get("allow_tf32")), getattr(torch, s["dtype"])
+    dev, dt = ensure_ready(s.device, s.allow_tf32), getattr(torch, s.dtype)
     g = graph.to(dev, dt)
     out: dict[str, Any] = {}
     with torch.no_grad(), thread_stream(dev):
         x, y = x.to(dev, dt), y.to(dev)
-        out["main"] = I.propagate(g, x, y, s["eps"], s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
+        out["main"] = I.propagate(g, x, y, s.eps, s.lo, s.hi, s.relu, s.spec, tightness=True)
         out["sweep"] = [
-            I.propagate(g, x, y, e, s["lo"], s["hi"], s["relu"], s["spec"], tightness=True)
-            for e in s["eps_sweep"]
+            I.propagate(g, x, y, e, s.lo, s.hi, s.relu, s.spec, tightness=True) for e in s.eps_sweep
         ]
     return out
 
@@ -285,37 +322,45 @@ class IBPTightness(_BoundsAnalysis):
     eps = param.Number(
         default=0.01,
         softbounds=(0.0, 0.3),
+        label="eps (L-inf input radius)",
         doc="L-inf radius of the input box (in data units; clipped to data_range).",
     )
     spec = param.Selector(
-        default="margin", objects=list(I.SPECS),
+        default="margin", objects=list(I.SPECS), label="Bounds on",
         doc="Outputs whose tightness is reported: 'margin' (rows e_y - e_j folded into the last layer) or 'identity' (logits).",
     )  # fmt: skip
     relu = param.Selector(
-        default="local", objects=list(I.RELU_MODES),
+        default="local", objects=list(I.RELU_MODES), label="ReLU tightness",
         doc="'local': the clean input's activation pattern (the paper's metric); 'linear': the deep-linear counterpart.",
     )  # fmt: skip
     eps_sweep = param.List(
-        default=[], item_type=(int, float), doc="Also measure at these eps (tightness vs eps)."
+        default=[],
+        item_type=(int, float),
+        label="Also at eps (tightness vs eps)",
+        doc="Also measure at these eps (tightness vs eps).",
     )
     chunk_samples = param.Integer(
         default=None,
         allow_None=True,
         bounds=(1, None),
+        label="Samples per task",
         doc="Samples per task (default: fit a memory budget).",
     )
 
     def _validate(self) -> None:
         super()._validate()
+        # eps has no Param bound (yet): a bad radius is refused when the run starts, as an input
+        # error (CLI exit 1, the page's message); Param does not check list items (eps_sweep)
         for e in [self.eps, *self.eps_sweep]:
             if e is None or not math.isfinite(float(e)) or float(e) < 0:
                 raise NNVitalsError(f"eps: must be a finite number >= 0, got {e!r}")
 
-    def _settings(self) -> dict[str, Any]:
+    def settings(self) -> IBPSettings:
+        """What the tasks of this run read (see :class:`IBPSettings`)."""
         lo, hi = self._range()
-        return dict(
-            eps=float(self.eps), eps_sweep=[float(e) for e in self.eps_sweep], lo=lo, hi=hi, relu=self.relu,
-            spec=self.spec, device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
+        return IBPSettings(
+            eps=float(self.eps), eps_sweep=tuple(float(e) for e in self.eps_sweep), lo=lo, hi=hi,
+            relu=self.relu, spec=self.spec, device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
         )  # fmt: skip
 
     def _tasks(self, subject: Subject) -> list[Task]:
@@ -323,7 +368,7 @@ class IBPTightness(_BoundsAnalysis):
         g = self.graph(subject)
         ds = next(iter(self.datasets().values()))
         chunk = self.chunk_samples or I.samples_per_chunk(g, itemsize=4 if self.dtype == "float32" else 8)
-        s = self._settings()
+        s = self.settings()
         return [
             Task(ibp_task, (g, ds.x[i : i + chunk], ds.y[i : i + chunk], s), label=f"samples {i}-{i + chunk}")
             for i in range(0, len(ds), chunk)
@@ -410,29 +455,29 @@ class LipschitzResult(Result):
         return self.arrays.get(f"labels/{split}")
 
 
-def constant_task(graph: Graph, name: str, s: dict[str, Any]) -> tuple[str, float, str]:
-    dev = ensure_ready(s["device"], s.get("allow_tf32"))
+def constant_task(graph: Graph, name: str, s: LipschitzSettings) -> tuple[str, float, str]:
+    dev = ensure_ready(s.device, s.allow_tf32)
     # operator norms in float64 (not on MPS): power iteration converges from below, and float32
     # round-off would put it visibly under the float32 Jacobian norms of the lower bound
     g = graph.to(dev, torch.float32 if dev.type == "mps" else torch.float64)
     with torch.no_grad(), thread_stream(dev):
-        const, method = L.layer_constant(g.step(name), iters=s["iters"], tol=s["tol"], seed=s["seed"])
+        const, method = L.layer_constant(g.step(name), iters=s.iters, tol=s.tol, seed=s.seed)
     return name, const, method
 
 
 def lower_task(
-    graph: Graph, split: str, x: torch.Tensor, s: dict[str, Any]
+    graph: Graph, split: str, x: torch.Tensor, s: LipschitzSettings
 ) -> tuple[str, dict[str, np.ndarray]]:
     """Per-sample input-Jacobian norms at the output and (optionally) at every step."""
-    dev, dt = ensure_ready(s["device"], s.get("allow_tf32")), getattr(torch, s["dtype"])
+    dev, dt = ensure_ready(s.device, s.allow_tf32), getattr(torch, s.dtype)
     g = graph.to(dev, dt)
-    names = [st.name for st in g.steps] if s["per_layer"] else [g.output_name]
+    names = [st.name for st in g.steps] if s.per_layer else [g.output_name]
     norms = {}
     with thread_stream(dev):
         x = x.to(dev, dt)
         for name in names:
             fn = (lambda z, n=name: g.forward(z, upto=n)) if name != g.output_name else g.forward
-            norms[name] = L.jacobian_spectral_norms(fn, x, iters=s["jacobian_iters"], seed=s["seed"]).detach()
+            norms[name] = L.jacobian_spectral_norms(fn, x, iters=s.jacobian_iters, seed=s.seed).detach()
         # every step's norms reach the host in one copy, after the last step
         flat = torch.cat([v.double().reshape(-1) for v in norms.values()]).cpu().numpy()
     out, i = {}, 0
@@ -454,42 +499,60 @@ class LipschitzBounds(_BoundsAnalysis):
     analysis_version = "2"
 
     iters = param.Integer(
-        default=1000, bounds=(1, None), doc="Most power-iteration steps for layer operator norms."
+        default=1000,
+        bounds=(1, None),
+        label="Power-iteration steps (layer norms)",
+        doc="Most power-iteration steps for layer operator norms.",
     )
     tol = param.Number(
-        default=1e-7, bounds=(0, None), doc="Power iteration stops at this relative eigen-residual of A^T A."
+        default=1e-7,
+        bounds=(0, None),
+        label="Power-iteration tolerance",
+        doc="Power iteration stops at this relative eigen-residual of A^T A.",
     )
     jacobian_iters = param.Integer(
         default=50,
         bounds=(1, None),
+        label="Power-iteration steps (Jacobian norms)",
         doc="Power-iteration steps for Jacobian norms of outputs with > 64 units.",
     )
     mixes = param.Integer(
         default=256,
         bounds=(0, None),
+        label="Midpoints of random pairs",
         doc="Convex combinations 0.5 x1 + 0.5 x2 of random pairs to probe between samples.",
     )
-    per_layer = param.Boolean(default=True, doc="Lower bounds at every step, not only at the output.")
+    per_layer = param.Boolean(
+        default=True,
+        label="Lower bound at every layer",
+        doc="Lower bounds at every step, not only at the output.",
+    )
     sharpen = param.Boolean(
-        default=False, doc="Sharpen the lower bound by gradient ascent from the worst samples."
+        default=False,
+        label="Sharpen by gradient ascent",
+        doc="Sharpen the lower bound by gradient ascent from the worst samples.",
     )
     sharpen_samples = param.Integer(
-        default=8, bounds=(1, None), doc="Worst samples to start the ascent from."
+        default=8, bounds=(1, None), label="Samples to sharpen", doc="Worst samples to start the ascent from."
     )
-    sharpen_steps = param.Integer(default=20, bounds=(1, None), doc="Gradient-ascent steps.")
+    sharpen_steps = param.Integer(
+        default=20, bounds=(1, None), label="Gradient-ascent steps", doc="Gradient-ascent steps."
+    )
     keep_inputs = param.Integer(
         default=2_000_000,
         bounds=(0, None),
+        label="Keep probed samples up to (numbers)",
         doc="Keep the probed samples in the result (for views) when they hold at most this many numbers.",
     )
 
     def _splits(self) -> tuple[str, ...]:
         return ("train", "test")
 
-    def _settings(self) -> dict[str, Any]:
-        return dict(
-            iters=self.iters, tol=float(self.tol), seed=self.seed, device=self.device, dtype=self.dtype,
-            jacobian_iters=self.jacobian_iters, per_layer=self.per_layer, allow_tf32=self.tf32(),
+    def settings(self) -> LipschitzSettings:
+        """What the tasks of this run read (see :class:`LipschitzSettings`)."""
+        return LipschitzSettings(
+            iters=self.iters, tol=float(self.tol), jacobian_iters=self.jacobian_iters, per_layer=self.per_layer,
+            seed=self.seed, device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
         )  # fmt: skip
 
     def sample_sets(self) -> dict[str, torch.Tensor]:
@@ -505,7 +568,7 @@ class LipschitzBounds(_BoundsAnalysis):
 
     def _tasks(self, subject: Subject) -> list[Task]:
         g = self.graph(subject)
-        s = self._settings()
+        s = self.settings()
         tasks = [Task(constant_task, (g, st.name, s), label=f"constant {st.label}") for st in g.steps]
         chunk = 128
         for split, x in self.sample_sets().items():
@@ -596,8 +659,10 @@ class LipschitzBounds(_BoundsAnalysis):
 
 __all__ = [
     "IBPResult",
+    "IBPSettings",
     "IBPTightness",
     "LipschitzBounds",
     "LipschitzResult",
+    "LipschitzSettings",
     "tightness_over_checkpoints",
 ]

@@ -56,7 +56,7 @@ from .matching import (
 from .path import ENGINES, PathEvaluator, batchnorm_modules, interpolate, linear_path, repair_path
 from .spec import PermutationSpec, check_same_structure, export_graph, infer_spec
 
-__all__ = ["ConnectivityResult", "ModeConnectivity"]
+__all__ = ["ConnectivityResult", "ConnectivitySettings", "ModeConnectivity"]
 
 LAYER_COLUMNS = [
     "name", "shape", "group_out", "group_in", "l2_before", "l2_after", "rel_l2_before", "rel_l2_after",
@@ -115,6 +115,26 @@ class ConnectivityResult(Result):
     def plane(self) -> dict[str, np.ndarray]:
         """Loss / accuracy over the plane through three models (grid coordinates and values)."""
         return self._prefixed("plane/")
+
+
+@dataclass(frozen=True)
+class ConnectivitySettings:
+    """What the tasks read (:func:`pair_task`, :func:`merge_task`, :func:`plane_task`), built once
+    per run by :meth:`ModeConnectivity.settings` from the analysis's (Param-checked) values; small
+    and picklable: a Dask worker gets it with each task. ``allow_tf32``: whether this run uses TF32
+    (CUDA only)."""
+
+    match: str
+    points: int
+    seed: int
+    max_iter: int
+    batch_size: int
+    engine: str
+    top_k: int
+    plane_points: int
+    device: str
+    dtype: str
+    allow_tf32: bool
 
 
 @dataclass
@@ -186,21 +206,19 @@ def _layer_rows(ctx: _Context, sa, sb, sbm, top_k: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _match(ctx: _Context, sa, sb, s: dict[str, Any]) -> MatchResult:
-    if s["match"] == "weights":
-        return weight_matching(sa, sb, ctx.spec, seed=s["seed"], max_iter=s["max_iter"])
-    if s["match"] == "activations":
+def _match(ctx: _Context, sa, sb, s: ConnectivitySettings) -> MatchResult:
+    if s.match == "weights":
+        return weight_matching(sa, sb, ctx.spec, seed=s.seed, max_iter=s.max_iter)
+    if s.match == "activations":
         return activation_matching(ctx.graph(), sa, sb, ctx.spec, ctx.act_batches)
     return MatchResult(perms=identity_permutation(ctx.spec))
 
 
-def _evaluate(ctx: _Context, states, coeffs, s: dict[str, Any], lams=None) -> dict[str, tuple]:
+def _evaluate(ctx: _Context, states, coeffs, s: ConnectivitySettings, lams=None) -> dict[str, tuple]:
     """Loss and accuracy on every split at the points ``coeffs @ states`` (BatchNorm reset or
     REPAIR first, as the context says)."""
     stacked = interpolate(states, coeffs)
-    ev = PathEvaluator(
-        ctx.module, s["device"], getattr(torch, s["dtype"]), s["batch_size"], engine=s["engine"]
-    )
+    ev = PathEvaluator(ctx.module, s.device, getattr(torch, s.dtype), s.batch_size, engine=s.engine)
     endpoints = (states, coeffs)
     if ctx.repair and lams is not None and not ctx.bn_reset:
         stacked = repair_path(ctx.module, *states, stacked, lams, _hidden(ctx), ctx.act_batches[0])
@@ -224,8 +242,8 @@ def _on_device(fn):
     thread's own CUDA stream."""
 
     def task(ctx: _Context, *args):
-        s = args[-1]
-        dev = ensure_ready(s["device"], s.get("allow_tf32"))
+        s: ConnectivitySettings = args[-1]
+        dev = ensure_ready(s.device, s.allow_tf32)
         with thread_stream(dev):
             return fn(ctx, *args)
 
@@ -234,15 +252,15 @@ def _on_device(fn):
     return task
 
 
-def _pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, Any]:
+def _pair_task(ctx: _Context, i: int, j: int, s: ConnectivitySettings) -> dict[str, Any]:
     """Match model j to model i and evaluate the naive and matched linear paths."""
     sa, sb = ctx.states[i], ctx.states[j]
     match = _match(ctx, sa, sb, s)
     sbm = apply_permutation(sb, ctx.spec, match.perms)
-    lams = np.linspace(0.0, 1.0, s["points"])
+    lams = np.linspace(0.0, 1.0, s.points)
     out: dict[str, Any] = {"i": i, "j": j, "rows": [], "barriers": {}}
     for path, other in (("naive", sb), ("matched", sbm)):
-        if path == "matched" and s["match"] == "none":
+        if path == "matched" and s.match == "none":
             continue
         lam = torch.as_tensor(lams, dtype=torch.float64)
         curves = _evaluate(ctx, [sa, other], torch.stack([1.0 - lam, lam], dim=1), s, lams)
@@ -262,13 +280,13 @@ def _pair_task(ctx: _Context, i: int, j: int, s: dict[str, Any]) -> dict[str, An
     if (i, j) == (0, 1):
         out["perms"] = {g: p.numpy() for g, p in match.perms.items()}
         out["permuted_b"] = {k: v.detach().cpu().numpy() for k, v in sbm.items()}
-        out["layers"] = _layer_rows(ctx, sa, sb, sbm, s["top_k"])
+        out["layers"] = _layer_rows(ctx, sa, sb, sbm, s.top_k)
     return out
 
 
-def _merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
+def _merge_task(ctx: _Context, s: ConnectivitySettings) -> dict[str, Any]:
     """Merge all models (MergeMany) and evaluate the merged model and the plain average."""
-    merged, _ = merge_many(ctx.states, ctx.spec, seed=s["seed"])
+    merged, _ = merge_many(ctx.states, ctx.spec, seed=s.seed)
     n = len(ctx.states)
     coeffs = torch.zeros((2, n + 1), dtype=torch.float64)
     coeffs[0, :n] = 1.0 / n  # the plain average of the models
@@ -277,7 +295,7 @@ def _merge_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     return {"merged_state": {k: v.detach().cpu().numpy() for k, v in merged.items()}, "curves": curves}
 
 
-def _plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
+def _plane_task(ctx: _Context, s: ConnectivitySettings) -> dict[str, Any]:
     """Loss over the plane through models 0, 1, 2 (1 and 2 aligned to 0 unless match='none').
 
     Points ``theta = theta_0 + a (theta_1 - theta_0) + b (theta_2 - theta_0)`` on a grid of
@@ -289,7 +307,7 @@ def _plane_task(ctx: _Context, s: dict[str, Any]) -> dict[str, Any]:
     for j in (1, 2):
         m = _match(ctx, s0, ctx.states[j], s)
         ends.append(apply_permutation(ctx.states[j], ctx.spec, m.perms))
-    g, marg = s["plane_points"], 0.2
+    g, marg = s.plane_points, 0.2
     ticks = torch.linspace(-marg, 1 + marg, g, dtype=torch.float64)
     aa, bb = torch.meshgrid(ticks, ticks, indexing="ij")
     coeffs = torch.stack([1 - aa.reshape(-1) - bb.reshape(-1), aa.reshape(-1), bb.reshape(-1)], dim=1)
@@ -349,12 +367,19 @@ class ModeConnectivity(Analysis):
     analysis_name = "connectivity"
     analysis_version = "1"
 
-    model_b = param.Parameter(default=None, doc="The second model (same architecture as the first).")
+    model_b = param.Parameter(
+        default=None,
+        label="Model B (same architecture)",
+        doc="The second model (same architecture as the first).",
+    )
     models = param.List(
-        default=[], doc="Three or more models instead of model/model_b: pairwise barriers, merging, plane."
+        default=[],
+        label="More models (pairwise, merge, plane)",
+        doc="Three or more models instead of model/model_b: pairwise barriers, merging, plane.",
     )
     data = param.Parameter(
         default="digits8",
+        label="Data (train and test)",
         doc="Data with train and test splits: a built-in name ('digits8', the demo models' 8x8 digits, "
         "'digits' being the same; 'digits16', 'digits32'), a dict "
         "{'train': ..., 'test': ...}, a (train, test) pair of datasets, or one dataset (used for both).",
@@ -362,41 +387,77 @@ class ModeConnectivity(Analysis):
     match = param.Selector(
         default="weights",
         objects=["weights", "activations", "none"],
+        label="Alignment",
         doc="Alignment of B to A: weight matching, activation matching, or none (naive path only).",
     )
-    points = param.Integer(default=25, bounds=(2, 1001), doc="Points along each path, endpoints included.")
+    points = param.Integer(
+        default=25,
+        bounds=(2, 1001),
+        label="Points along the path",
+        doc="Points along each path, endpoints included.",
+    )
     bn_reset = param.Selector(
         default="auto",
         objects=["auto", "on", "off"],
+        label="Reset BatchNorm statistics",
         doc="Recompute BatchNorm running statistics on train data at every point ('auto': when the model "
         "has BatchNorm).",
     )
     repair = param.Boolean(
-        default=False, doc="REPAIR: renormalise hidden units along the path (for models without BatchNorm)."
+        default=False,
+        label="REPAIR (models without BatchNorm)",
+        doc="REPAIR: renormalise hidden units along the path (for models without BatchNorm).",
     )
-    seed = param.Integer(default=0, doc="Seed of the random group order in weight matching and merging.")
-    max_iter = param.Integer(default=100, bounds=(1, 10000), doc="Weight matching: at most this many sweeps.")
+    seed = param.Integer(
+        default=0, label="Seed", doc="Seed of the random group order in weight matching and merging."
+    )
+    max_iter = param.Integer(
+        default=100,
+        bounds=(1, 10000),
+        label="Matching: at most this many sweeps",
+        doc="Weight matching: at most this many sweeps.",
+    )
     batch_size = param.Integer(
         default=512,
         bounds=(1, None),
+        label="Samples per forward pass",
         doc="Samples per forward pass (the stacked engine resets BatchNorm on all train samples at once).",
     )
     act_samples = param.Integer(
-        default=1024, bounds=(16, None), doc="Train samples for activation matching and REPAIR statistics."
+        default=1024,
+        bounds=(16, None),
+        label="Samples for activation statistics",
+        doc="Train samples for activation matching and REPAIR statistics.",
     )
     engine = param.Selector(
         default="auto",
         objects=list(ENGINES),
+        label="Path evaluation",
         doc="How the points of a path run: 'stacked' (plain nn.Sequential chains: all points in one "
         "pass, the first layer once per endpoint, BatchNorm reset fused with the training-split "
         "evaluation), 'vmap' (torch.func.vmap over functional_call), 'per-point' (one functional_call "
         "per point), 'auto' (stacked when the model is such a chain, else per-point: on CPU vmapped "
         "convolutions ran 3.7x slower than per point; tests/benchmarks/bench_connectivity.py).",
     )
-    top_k = param.Integer(default=5, bounds=(1, None), doc="Top singular vectors compared per layer.")
-    merge = param.Boolean(default=True, doc="With 3+ models: merge them all into one (MergeMany).")
-    plane = param.Boolean(default=True, doc="With 3+ models: loss over the plane through the first three.")
-    plane_points = param.Integer(default=11, bounds=(3, 101), doc="Plane grid points per side.")
+    top_k = param.Integer(
+        default=5,
+        bounds=(1, None),
+        label="Top singular vectors per layer",
+        doc="Top singular vectors compared per layer.",
+    )
+    merge = param.Boolean(
+        default=True,
+        label="Merge all models (MergeMany)",
+        doc="With 3+ models: merge them all into one (MergeMany).",
+    )
+    plane = param.Boolean(
+        default=True,
+        label="Loss over the plane",
+        doc="With 3+ models: loss over the plane through the first three.",
+    )
+    plane_points = param.Integer(
+        default=11, bounds=(3, 101), label="Plane grid points per side", doc="Plane grid points per side."
+    )
 
     def __init__(self, model_a=None, model_b=None, **params):
         if model_a is not None:
@@ -628,17 +689,18 @@ class ModeConnectivity(Analysis):
             bn_reset=bn_reset, repair=bool(self.repair and not bn_reset), params=param_names,
         )  # fmt: skip
 
-    def _settings(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in self.param.values().items()
-            if k not in ("model", "model_b", "models", "data", "name")
-        }
+    def settings(self) -> ConnectivitySettings:
+        """What the tasks of this run read (see :class:`ConnectivitySettings`)."""
+        return ConnectivitySettings(
+            match=self.match, points=self.points, seed=self.seed, max_iter=self.max_iter,
+            batch_size=self.batch_size, engine=self.engine, top_k=self.top_k, plane_points=self.plane_points,
+            device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
+        )  # fmt: skip
 
     def _tasks(self, subject: Subject) -> list[Task]:
         ctx = self._context()
         self._ctx = ctx
-        s = self._settings()
+        s = self.settings()
         n = len(ctx.states)
         tasks = [
             Task(pair_task, (ctx, i, j, s), label=f"pair {i}-{j}")

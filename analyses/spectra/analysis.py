@@ -13,7 +13,9 @@ is formed (:func:`~analyses.spectra.kernels.safe_exponent`), which leaves the sp
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,33 @@ class SpectralResult(Result):
         return hit.iloc[0]
 
 
+@dataclass(frozen=True)
+class SpectraSettings:
+    """What the tasks read (:func:`spectra_task` and its helpers), built once per run by
+    :meth:`SpectralAnalysis.settings` from the analysis's (Param-checked) values; small and
+    picklable: a Dask worker gets it with each task. ``ids``: each weight's position among the
+    model's weights (its ``layer_id``); ``allow_tf32``: whether this run uses TF32 (CUDA only).
+    ``fit_thresh`` and ``extreme`` are set per matrix (:func:`_analyse_values`), not per run."""
+
+    xmin_rule: str
+    farms: bool
+    farms_rows: int
+    farms_q_ratio: float
+    farms_windows: int
+    min_evals: int
+    max_evals: int
+    max_N: int
+    conv2d_norm: bool
+    randomize: bool
+    seed: int
+    device: str
+    dtype: str
+    allow_tf32: bool
+    ids: dict[str, int] = field(default_factory=dict)
+    fit_thresh: float = K.EVALS_THRESH
+    extreme: bool = False
+
+
 def _chunks(refs: list[WeightRef], budget: int) -> list[list[WeightRef]]:
     out, cur, size = [], [], 0
     for r in refs:
@@ -86,7 +115,7 @@ def _chunks(refs: list[WeightRef], budget: int) -> list[list[WeightRef]]:
     return out
 
 
-def _groups(refs: list[WeightRef], s: dict[str, Any], budget: int) -> list[list[WeightRef]]:
+def _groups(refs: list[WeightRef], s: SpectraSettings, budget: int) -> list[list[WeightRef]]:
     """Tasks for the thread runner: matrices with the same slice shape in groups of at most
     ``budget`` fp32 bytes (the rest one per task), in the order of their first member."""
     out: list[list[WeightRef]] = []
@@ -107,32 +136,31 @@ def _groups(refs: list[WeightRef], s: dict[str, Any], budget: int) -> list[list[
     return out
 
 
-def _skip_reason(ref: WeightRef, s: dict[str, Any]) -> str:
+def _skip_reason(ref: WeightRef, s: SpectraSettings) -> str:
     if ref.kind not in MATRIX_KINDS:
         return f"not a matrix layer ({len(ref.shape)}-d tensor)"
     nslices, rows, cols = slice_shape(ref.shape, ref.kind)
     n, m = max(rows, cols), min(rows, cols)
     count = nslices * m  # eigenvalues in the pooled ESD (WeightWatcher's M * rf)
-    if count < s["min_evals"]:
-        return f"too small: {count} eigenvalues < min_evals={s['min_evals']}"
-    if count > s["max_evals"]:
-        return f"too large: {count} eigenvalues > max_evals={s['max_evals']}"
-    if n > s["max_N"]:
-        return f"too large: N={n} > max_N={s['max_N']}"
+    if count < s.min_evals:
+        return f"too small: {count} eigenvalues < min_evals={s.min_evals}"
+    if count > s.max_evals:
+        return f"too large: {count} eigenvalues > max_evals={s.max_evals}"
+    if n > s.max_N:
+        return f"too large: N={n} > max_N={s.max_N}"
     return ""
 
 
-def _fit(ev: torch.Tensor, s: dict[str, Any]) -> K.PowerLawFit:
-    """Power-law fit of an ESD above ``s["fit_thresh"]``. For an extreme matrix (``s["extreme"]``,
-    see :func:`_analyse_values`) fewer than ``min_evals`` eigenvalues above its rounding floor are
-    no spectrum to fit (two copies of one bit-flipped entry's eigenvalue differ only by rounding)."""
-    thresh = s.get("fit_thresh", K.EVALS_THRESH)
-    if s.get("extreme") and int((ev > thresh).sum()) < s["min_evals"]:
+def _fit(ev: torch.Tensor, s: SpectraSettings) -> K.PowerLawFit:
+    """Power-law fit of an ESD above ``s.fit_thresh``. For an extreme matrix (``s.extreme``, see
+    :func:`_analyse_values`) fewer than ``min_evals`` eigenvalues above its rounding floor are no
+    spectrum to fit (two copies of one bit-flipped entry's eigenvalue differ only by rounding)."""
+    if s.extreme and int((ev > s.fit_thresh).sum()) < s.min_evals:
         return K.PowerLawFit.empty()
-    return K.fit_power_law(ev, s["xmin_rule"], thresh=thresh)
+    return K.fit_power_law(ev, s.xmin_rule, thresh=s.fit_thresh)
 
 
-def _fit_row(ev: torch.Tensor, s: dict[str, Any], n: int) -> tuple[dict[str, Any], K.PowerLawFit]:
+def _fit_row(ev: torch.Tensor, s: SpectraSettings, n: int) -> tuple[dict[str, Any], K.PowerLawFit]:
     fit = _fit(ev, s)
     row = dict(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, num_pl_spikes=fit.num_pl_spikes)
     row.update(K.spectral_metrics(ev, fit.alpha, n))
@@ -140,7 +168,7 @@ def _fit_row(ev: torch.Tensor, s: dict[str, Any], n: int) -> tuple[dict[str, Any
 
 
 def spectra_task(
-    subject: Subject, refs: list[WeightRef], s: dict[str, Any], source: Prefetcher | None = None
+    subject: Subject, refs: list[WeightRef], s: SpectraSettings, source: Prefetcher | None = None
 ) -> list[tuple[dict, dict]]:
     """Analyse a chunk of weights: one (row, arrays) pair per weight, in ``refs`` order.
 
@@ -149,7 +177,7 @@ def spectra_task(
     (the run's :class:`~analyses.spectra.stream.Prefetcher`) when given. Same-shaped matrices of
     the chunk have their eigenvalues computed in one batched call (:func:`_analyse_chunk`).
     """
-    dev = ensure_ready(s["device"], s.get("allow_tf32"))
+    dev = ensure_ready(s.device, s.allow_tf32)
     own = None
     if source is None and len(refs) > 1:  # read the chunk's next weights while this one is analysed
         todo = [r for r in refs if not _skip_reason(r, s)]
@@ -191,11 +219,11 @@ def _skip(row: dict, arrays: dict, reason: str, warning: str = "") -> tuple[dict
     return row, arrays
 
 
-def _new_row(ref: WeightRef, s: dict[str, Any]) -> dict[str, Any]:
+def _new_row(ref: WeightRef, s: SpectraSettings) -> dict[str, Any]:
     nslices, rows, cols = slice_shape(ref.shape, ref.kind) if ref.kind in MATRIX_KINDS else (0, 0, 0)
     n, m = max(rows, cols), min(rows, cols)
     return dict(
-        name=ref.name, layer_id=s["ids"][ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
+        name=ref.name, layer_id=s.ids[ref.name], layer_type=ref.kind, shape="x".join(map(str, ref.shape)),
         N=n, M=m, Q=(n / m) if m else math.nan, num_slices=nslices, num_evals=nslices * m,
         status="ok", skip_reason="", warning="",
     )  # fmt: skip
@@ -226,7 +254,7 @@ def _load(
                 and bool(torch.isfinite(stored.to(torch.float64)).all())
             )
             what = (
-                f"{bad} entries beyond the {s['dtype']} range (use dtype float64)"
+                f"{bad} entries beyond the {s.dtype} range (use dtype float64)"
                 if cast
                 else f"{bad} NaN/Inf entries"
             )
@@ -234,22 +262,22 @@ def _load(
     return (w, total), None
 
 
-def _prepare(w: torch.Tensor, ref: WeightRef, s: dict[str, Any], dtype) -> tuple[torch.Tensor, int, float]:
+def _prepare(w: torch.Tensor, ref: WeightRef, s: SpectraSettings, dtype) -> tuple[torch.Tensor, int, float]:
     """The matrix's slices, scaled by a power of two when its entries are extreme (see
     :func:`~analyses.spectra.kernels.safe_exponent`), with that exponent and max |w|."""
     lo, hi = torch.aminmax(w)
     max_abs = max(-float(lo), float(hi))
     e = K.safe_exponent(max_abs, dtype)  # extreme but finite weights: a power-of-two scale first
-    return K.scale_by_power_of_two(to_slices(w, ref.kind, s["conv2d_norm"]), e), e, max_abs
+    return K.scale_by_power_of_two(to_slices(w, ref.kind, s.conv2d_norm), e), e, max_abs
 
 
 def _analyse_chunk(
-    subject: Subject, refs: list[WeightRef], s: dict[str, Any], source
+    subject: Subject, refs: list[WeightRef], s: SpectraSettings, source
 ) -> list[tuple[dict, dict]]:
     """Every weight of ``refs``; the eigenvalues of same-shaped matrices in one batched call of at
     most :data:`GROUP_BYTES` (the numbers of each matrix are those of the per-matrix call: on the
     CPU LAPACK solves each slice on its own either way)."""
-    dev, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+    dev, dtype = torch.device(s.device), getattr(torch, s.dtype)
     budget = GROUP_BYTES["cuda" if dev.type == "cuda" else "other"]
     out: list[tuple[dict, dict] | None] = [None] * len(refs)
     batch: list[tuple[int, WeightRef, dict, dict, tuple]] = []
@@ -327,7 +355,7 @@ def _analyse_values(
     # weights) or only below 2^-32: its eigenvalues under lambda_max * N * eps(dtype) are rounding
     # noise of the dtype, not spectrum, and stay out of the power-law fits (ordinary matrices: as before)
     thresh = K.EVALS_THRESH if e == 0 else max(K.EVALS_THRESH, float(ev[-1]) * n * torch.finfo(dtype).eps)
-    s = dict(s, fit_thresh=thresh, extreme=e != 0)
+    s = dataclasses.replace(s, fit_thresh=thresh, extreme=e != 0)
     metrics, fit = _fit_row(ev, s, n)
     row.update(metrics)
     arrays["esd"] = ev.numpy()
@@ -335,7 +363,7 @@ def _analyse_values(
     # Marchenko-Pastur bulk for i.i.d. entries with the matrix's own entry variance:
     # sum of squares = sum of eigenvalues, so no extra pass over the weights is needed
     numel = sl.numel()
-    scale = 0.5 if (ref.kind == "conv2d" and s["conv2d_norm"]) else 1.0
+    scale = 0.5 if (ref.kind == "conv2d" and s.conv2d_norm) else 1.0
     if e == 0 and math.isfinite(float(total)):
         mean = float(total) * math.sqrt(scale) / numel
     else:  # the sum overflowed (or would lose the small entries): from the scaled slices
@@ -347,8 +375,8 @@ def _analyse_values(
         sigma_mp=math.sqrt(sigma2), bulk_max=bulk_max, bulk_min=n * sigma2 * (1 - 1 / math.sqrt(q)) ** 2,
         num_spikes=int((ev > bulk_max).sum()), mp_softrank=bulk_max / row["lambda_max"] if row["lambda_max"] else math.nan,
     )  # fmt: skip
-    if s["randomize"]:
-        seed = s["seed"] + row["layer_id"]
+    if s.randomize:
+        seed = s.seed + row["layer_id"]
         rsl = torch.stack([K.shuffled(x, seed + i) for i, x in enumerate(sl)])
         rev = K.unscale_eigenvalues(torch.sort(K.batched_eigenvalues(rsl, dtype).reshape(-1)).values, e)
         arrays["rand"] = rev.numpy()
@@ -357,7 +385,7 @@ def _analyse_values(
             ww_softrank=float(rev[-1]) / row["lambda_max"],
             rand_distance=_js_distance(ev.numpy(), rev.numpy()),
         )
-    if s["farms"]:
+    if s.farms:
         row["alpha_plain"] = row["alpha"]
         row.update(_farms(sl, e, row, arrays, s, dtype))
     row["warning"] = K.warning_label(row["alpha"])
@@ -376,7 +404,7 @@ def _farms(sl, e: int, row, arrays, s, dtype) -> dict[str, Any]:
     else:
         mat = sl[0]
         ev = K.unscale_eigenvalues(
-            farms_eigenvalues(mat, s["farms_rows"], s["farms_q_ratio"], s["farms_windows"], dtype), e
+            farms_eigenvalues(mat, s.farms_rows, s.farms_q_ratio, s.farms_windows, dtype), e
         )
         arrays["farms"] = ev.numpy()
         fit = _fit(ev, s)
@@ -419,45 +447,75 @@ class SpectralAnalysis(Analysis):
     analysis_version = "1"
 
     xmin_rule = param.Selector(
-        default="ks", objects=["ks", "median", "peak"],
+        default="ks", objects=["ks", "median", "peak"], label="xmin rule",
         doc="How xmin of the power-law tail is chosen: 'ks' minimises the KS distance (WeightWatcher), "
         "'median' takes the median eigenvalue (TempBalance, FARMS CV), 'peak' searches near the "
         "histogram peak of log10 lambda (AlphaPruning, FARMS LLM).",
     )  # fmt: skip
-    farms = param.Boolean(default=False, doc="Measure alpha with FARMS fixed-aspect-ratio windows.")
+    farms = param.Boolean(
+        default=False,
+        label="FARMS alpha (fixed-aspect-ratio windows)",
+        doc="Measure alpha with FARMS fixed-aspect-ratio windows.",
+    )
     farms_rows = param.Integer(
-        default=100, bounds=(2, None), doc="FARMS window rows r (FARMS code default 100)."
+        default=100,
+        bounds=(2, None),
+        label="FARMS window rows",
+        doc="FARMS window rows r (FARMS code default 100).",
     )
     farms_q_ratio = param.Number(
         default=2.0,
         bounds=(0.01, 100.0),
+        label="FARMS window cols / rows",
         doc="FARMS window aspect ratio cols / rows (FARMS code default 2.0).",
     )
     farms_windows = param.Integer(
-        default=10, bounds=(1, 100), doc="FARMS windows per dimension (code default 10)."
+        default=10,
+        bounds=(1, 100),
+        label="FARMS windows per axis",
+        doc="FARMS windows per dimension (code default 10).",
     )
     layers = PatternParameter(
         default="",
+        label="Layer names (regex)",
         doc="Regular expression: analyse only weights whose name matches (re.search semantics, matched in "
         "linear time; backreferences and lookarounds are refused).",
     )
     layer_types = param.ListSelector(
-        default=list(MATRIX_KINDS), objects=list(MATRIX_KINDS), doc="Layer kinds to analyse."
+        default=list(MATRIX_KINDS),
+        objects=list(MATRIX_KINDS),
+        label="Layer kinds",
+        doc="Layer kinds to analyse.",
     )
     min_evals = param.Integer(
-        default=8, bounds=(2, None), doc="Skip matrices with fewer eigenvalues than this (WW default 8)."
+        default=8,
+        bounds=(2, None),
+        label="min eigenvalues",
+        doc="Skip matrices with fewer eigenvalues than this (WW default 8).",
     )
     max_evals = param.Integer(
-        default=15000, bounds=(2, None), doc="Skip matrices with more eigenvalues than this (WW 15000)."
+        default=15000,
+        bounds=(2, None),
+        label="max eigenvalues",
+        doc="Skip matrices with more eigenvalues than this (WW 15000).",
     )
     max_N = param.Integer(
-        default=50000, bounds=(2, None), doc="Skip matrices with a longer side N than this (WW 50000)."
+        default=50000,
+        bounds=(2, None),
+        label="max N (longer side)",
+        doc="Skip matrices with a longer side N than this (WW 50000).",
     )
     conv2d_norm = param.Boolean(
-        default=True, doc="Halve pooled Conv2d eigenvalues (WeightWatcher's conv2d_norm)."
+        default=True,
+        label="Halve Conv2d eigenvalues (WW conv2d_norm)",
+        doc="Halve pooled Conv2d eigenvalues (WeightWatcher's conv2d_norm).",
     )
-    randomize = param.Boolean(default=False, doc="Also compute the ESD of each element-wise shuffled matrix.")
-    seed = param.Integer(default=0, doc="Seed for the shuffled matrices.")
+    randomize = param.Boolean(
+        default=False,
+        label="Also the shuffled-matrix ESD",
+        doc="Also compute the ESD of each element-wise shuffled matrix.",
+    )
+    seed = param.Integer(default=0, label="Seed", doc="Seed for the shuffled matrices.")
 
     def selected(self, subject: Subject) -> list[WeightRef]:
         pattern = compile_pattern(self.layers, "layers") if self.layers else None
@@ -470,13 +528,19 @@ class SpectralAnalysis(Analysis):
             raise NNVitalsError(f"{subject.label}: no weight matrices{what} to analyse")
         return refs
 
-    def _settings(self, subject: Subject) -> dict[str, Any]:
-        s = {k: v for k, v in self.param.values().items() if k not in ("model", "name")}
-        s["ids"] = {r.name: i for i, r in enumerate(subject.weights())}
-        return s
+    def settings(self, subject: Subject | None = None) -> SpectraSettings:
+        """What the tasks of this run read (see :class:`SpectraSettings`); ``ids`` from ``subject``'s
+        weights (none without it)."""
+        return SpectraSettings(
+            xmin_rule=self.xmin_rule, farms=self.farms, farms_rows=self.farms_rows,
+            farms_q_ratio=float(self.farms_q_ratio), farms_windows=self.farms_windows, min_evals=self.min_evals,
+            max_evals=self.max_evals, max_N=self.max_N, conv2d_norm=self.conv2d_norm, randomize=self.randomize,
+            seed=self.seed, device=self.device, dtype=self.dtype, allow_tf32=self.tf32(),
+            ids={r.name: i for i, r in enumerate(subject.weights())} if subject is not None else {},
+        )  # fmt: skip
 
     def _tasks(self, subject: Subject) -> list[Task]:
-        s = self._settings(subject)
+        s = self.settings(subject)
         refs = self.selected(subject)
         order = getattr(subject, "storage_order", None)
         if callable(order):  # a checkpoint is read shard by shard, each from start to end

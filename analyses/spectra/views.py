@@ -19,6 +19,7 @@ What the plots show (WeightWatcher's reading, Martin & Mahoney 2021):
   both against the aspect ratio Q = N / M (FARMS, ICML 2025, removes the Q dependence).
 - :func:`compare_models`: a metric by layer for two results, matched by layer name, and the delta.
 - :func:`linked_explorer`: tap a layer in the metric plot, its ESD and KS plots follow.
+- :func:`main_figures`, :func:`summary_text`: the figures and the lines ``nnvitals spectra`` writes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "linked_explorer",
     "main_figures",
     "metric_by_layer",
+    "summary_text",
 ]
 
 #: colour of each warning category (Paul Tol's colour-blind safe "bright" scheme)
@@ -766,3 +768,40 @@ def main_figures(result) -> dict[str, hv.Element | hv.Overlay | hv.Layout]:
         figs["farms_vs_plain"] = farms_vs_plain(result)
         figs["alpha_vs_aspect"] = alpha_vs_aspect(result)
     return figs
+
+
+def summary_text(result, max_notable: int = 8) -> str:
+    """A few lines a person reads after a run: counts, mean alpha, notable and skipped layers."""
+    t = result.table
+    ok = t[t["status"] == "ok"]
+    skipped = t[t["status"] != "ok"]
+    subject = result.meta.get("subject", {})
+    params = result.meta.get("params", {})
+    how = (
+        "cached result"
+        if result.meta.get("cached")
+        else f"{format_number(result.meta.get('seconds'), '.1f')} s"
+    )
+    s = result.summary
+    lines = [
+        f"spectra of {subject.get('label', '?')} ({subject.get('source', '?')}): {len(t)} weights, "
+        f"{len(ok)} analysed, {len(skipped)} skipped [{how}]",
+        f"mean alpha {format_number(s.get('alpha'))} (xmin rule {params.get('xmin_rule', '?')}"
+        + (", FARMS" if params.get("farms") else "")
+        + f"), mean alpha_weighted {format_number(s.get('alpha_weighted'))}, "
+        f"mean log_norm {format_number(s.get('log_norm'))}",
+    ]
+    notable = ok[ok["warning"].fillna("").astype(str) != ""]
+    if len(notable):
+        lines.append(f"notable layers ({len(notable)}; alpha < 2 over-trained, > 6 under-trained):")
+        for _, r in notable.head(max_notable).iterrows():
+            lines.append(f"  {r['name']}  alpha {format_number(r['alpha'])}  {r['warning']}")
+        if len(notable) > max_notable:
+            lines.append(f"  ... and {len(notable) - max_notable} more (see spectra.csv)")
+    else:
+        lines.append("notable layers: none (every fitted alpha is between 2 and 6)")
+    if len(skipped):
+        shown = ", ".join(f"{r['name']} ({r['skip_reason']})" for _, r in skipped.head(3).iterrows())
+        more = f", ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        lines.append(f"skipped: {shown}{more}")
+    return "\n".join(lines)

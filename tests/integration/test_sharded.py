@@ -95,7 +95,7 @@ def test_batched_groups_equal_one_matrix_per_task(ckpt, monkeypatch):
     subject = load_subject(d)
     groups = SA._groups(
         SpectralAnalysis(model=str(d)).selected(subject),
-        {"min_evals": 8, "max_evals": 15000, "max_N": 50000},
+        SpectralAnalysis(min_evals=8, max_evals=15000, max_N=50000).settings(),
         64 * 2**20,
     )
     assert max(len(g) for g in groups) >= 4  # q, k, v, o of both blocks share a shape

@@ -155,3 +155,58 @@ def test_one_dask_address_parser(text):
                 option(text)
         else:
             assert option(text) == want
+
+
+# --------------------------------------------------------------------------- labels and task settings
+LABELLED = [e for e in ENTRIES if e.family in ("spectra", "bounds", "connectivity")]
+
+
+@pytest.mark.parametrize("entry", LABELLED, ids=[e.command for e in LABELLED])
+def test_family_parameters_carry_their_own_labels(entry):
+    """Every option a family declares has a ``label`` of its own (the page's wording), not Param's
+    name-derived one; the execution options (analyses.core) keep theirs."""
+    cls = entry.analysis_class
+    basic, _, advanced = entry.options()
+    own = [n for n in basic + advanced if n not in Analysis.param]
+    assert own and all(cls.param[n].owner.__module__.startswith(f"analyses.{entry.family}.") for n in own)
+    for name in own:
+        p = cls.param[name]
+        assert p._label, (entry.command, name)
+        assert p.label and p.label.strip() == p.label, (entry.command, name)
+
+
+def _changed(cls, name):
+    """A valid value of parameter ``name`` other than its default."""
+    p = cls.param[name]
+    if isinstance(p, param.Boolean):
+        return not p.default
+    if isinstance(p, param.Selector) and not isinstance(p, param.ListSelector):
+        return next(o for o in p.objects if o != p.default)
+    if isinstance(p, param.Number):
+        lo, hi = p.bounds or (None, None)
+        v = (p.default or 1) + (1 if isinstance(p, param.Integer) else 0.5)
+        return v if hi is None or v <= hi else (lo if lo is not None else p.default)
+    return None
+
+
+@pytest.mark.parametrize("entry", LABELLED, ids=[e.command for e in LABELLED])
+def test_task_settings_are_frozen_picklable_and_follow_the_parameters(entry):
+    """Tasks read a frozen dataclass built from the parameters (tasks may run on Dask workers)."""
+    import dataclasses
+    import pickle
+
+    cls = entry.analysis_class
+    fields = {f.name for f in dataclasses.fields(cls().settings())}
+    kw = {n: _changed(cls, n) for n in fields if n in cls.param and n not in ("device", "allow_tf32")}
+    kw = {n: v for n, v in kw.items() if v is not None}
+    analysis = cls(**kw)
+    s = analysis.settings()
+    assert dataclasses.is_dataclass(s) and kw, entry.command
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.device = "cuda"
+    assert pickle.loads(pickle.dumps(s)) == s
+    for name, value in kw.items():
+        assert getattr(s, name) == value, (entry.command, name)
+    assert s.device == analysis.device and s.dtype == analysis.dtype and s.allow_tf32 is False
+    if entry.family == "bounds" and hasattr(s, "lo"):
+        assert (s.lo, s.hi) == tuple(analysis.data_range)
