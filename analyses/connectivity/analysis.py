@@ -230,7 +230,8 @@ def _evaluate(ctx: _Context, states, coeffs, s: ConnectivitySettings, lams=None)
 
 
 def _hidden(ctx: _Context) -> set[str]:
-    return {a.param for g in ctx.spec.groups.values() for a in g.axes if a.axis == 0}
+    """The parameters whose output axis is permuted (free groups and composites: attention heads)."""
+    return {name for name, axes in ctx.spec.param_axes().items() if any(axis == 0 for axis, _, _ in axes)}
 
 
 def _l2(sa, sb, names) -> float:
@@ -726,6 +727,7 @@ class ModeConnectivity(Analysis):
             "split": split, "match": self.match, "models": n, "points": self.points, "bn_reset": ctx.bn_reset,
             "repair": ctx.repair, "has_batchnorm": bool(ctx.spec.has_batchnorm),
             "groups": {g.name: g.size for g in ctx.spec.groups.values()},
+            "composites": {c.name: f"{c.blocks}x{c.block}" for c in ctx.spec.composites.values()},
             "residual_groups": [g.name for g in ctx.spec.groups.values() if g.residual],
             "l2_before": first["l2_before"], "l2_after": first["l2_after"],
             "match_iterations": first["iterations"], "barriers": {},

@@ -5,6 +5,9 @@ to a tensor it *gathers* along every axis the group acts on, ``T'[..., i, ...] =
 (block-wise when the axis holds ``size * inner`` entries). Matching B to A finds the ``p``
 for which the gathered B looks most like A; applying it to B gives a model that computes the
 same function as B (every permuted output axis is undone by the next layer's input axis).
+A spec's composites (attention heads, group norm groups) are assembled from their free groups
+(:func:`full_permutations`) wherever a permutation is applied, and solved as blocks by
+:func:`weight_matching`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "MatchResult",
     "activation_matching",
     "apply_permutation",
+    "full_permutations",
     "identity_permutation",
     "inverse_permutation",
     "merge_many",
@@ -56,6 +60,26 @@ def permute_axis(t: torch.Tensor, axis: int, perm: torch.Tensor, inner: int = 1)
     return blocks.index_select(axis, perm).reshape(shape)
 
 
+def full_permutations(spec: PermutationSpec, perms: Perms) -> Perms:
+    """The free groups' permutations plus every composite's, assembled from its parts
+    (``p[i * block + j] = outer[i] * block + inner[i][j]``, see :class:`~.spec.Composite`)."""
+    out = dict(perms)
+
+    def of(name: str | None, n: int) -> torch.Tensor:
+        if name is None:
+            return torch.arange(n)
+        if name not in out:
+            c = spec.composites[name]
+            outer = of(c.outer, c.blocks)
+            inner = torch.stack([of(x, c.block) for x in c.inner])
+            out[name] = (outer.unsqueeze(1) * c.block + inner).reshape(-1)
+        return out[name]
+
+    for name, c in spec.composites.items():
+        of(name, c.size)
+    return out
+
+
 def apply_permutation(
     state: dict[str, torch.Tensor], spec: PermutationSpec, perms: Perms
 ) -> dict[str, torch.Tensor]:
@@ -64,12 +88,13 @@ def apply_permutation(
     Entries of the spec that ``state`` lacks are skipped, so a partial state dict can be permuted.
     """
     out = dict(state)
+    full = full_permutations(spec, perms) if spec.composites else perms
     for pname, axes in spec.param_axes().items():
         if pname not in state:
             continue
         t = state[pname]
         for axis, g, inner in axes:
-            t = permute_axis(t, axis, perms[g], inner)
+            t = permute_axis(t, axis, full[g], inner)
         out[pname] = t
     return out
 
@@ -83,8 +108,33 @@ def random_permutation(spec: PermutationSpec, seed: int = 0) -> Perms:
     return {g: torch.randperm(grp.size, generator=gen) for g, grp in spec.groups.items()}
 
 
-def inverse_permutation(perms: Perms) -> Perms:
-    return {g: torch.argsort(p) for g, p in perms.items()}
+def inverse_permutation(perms: Perms, spec: PermutationSpec | None = None) -> Perms:
+    """The permutations that undo ``perms``. With composites (``spec`` given and structured), the
+    inverse of each composite is taken whole and split back into its parts: the inverse of a
+    block permutation with per-block permutations moves the per-block ones to the blocks' new
+    places."""
+    inv = {g: torch.argsort(p) for g, p in perms.items()}
+    if spec is None or not spec.composites:
+        return inv
+    full = full_permutations(spec, perms)
+    children = {x for c in spec.composites.values() for x in c.inner if x in spec.composites}
+
+    def split(name: str, q: torch.Tensor) -> None:
+        c = spec.composites[name]
+        outer = q[:: c.block] // c.block
+        if c.outer is not None:
+            inv[c.outer] = outer
+        for i, x in enumerate(c.inner):
+            part = q[i * c.block : (i + 1) * c.block] - outer[i] * c.block
+            if x in spec.composites:
+                split(x, part)
+            elif x is not None:
+                inv[x] = part
+
+    for name in spec.composites:
+        if name not in children:
+            split(name, torch.argsort(full[name]))
+    return inv
 
 
 def _units(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
@@ -120,6 +170,8 @@ def weight_matching(
     (each accepted step strictly increases it, so this terminates). Buffers (running statistics)
     are left out of the objective unless ``include_buffers``.
     """
+    if spec.composites:
+        return _structured_matching(state_a, state_b, spec, seed, max_iter, init, include_buffers)
     perms = {g: (init[g].clone() if init else torch.arange(grp.size)) for g, grp in spec.groups.items()}
     axes_of = spec.param_axes()
     use = {
@@ -187,6 +239,154 @@ def weight_matching(
     )
 
 
+def _structured_matching(state_a, state_b, spec, seed, max_iter, init, include_buffers) -> MatchResult:
+    """Weight matching with composites (attention heads, group norm groups): coordinate ascent over
+    *units*. A free group that no composite permutes in blocks is one unit, solved as in
+    :func:`weight_matching` on its cost plus the cost its composite parents pass down (block
+    ``(i, outer[i])`` of a parent's cost for the part at position ``i``). A block permutation
+    (``outer``) is one unit together with the per-block groups of the composites it moves: for
+    every pair of positions ``(i, k)`` the best per-block assignment of block ``(i, k)`` is solved
+    (one small assignment problem each), the block permutation maximises their sum (a linear
+    assignment over blocks), and each block then takes its best assignment -- exact for the
+    unit given the others. A unit's new permutations are kept when the objective increases."""
+    comps = spec.composites
+    perms = {g: (init[g].clone() if init else torch.arange(grp.size)) for g, grp in spec.groups.items()}
+    items = {**spec.groups, **comps}
+    use = {n: [a for a in x.axes if include_buffers or a.param not in spec.buffers] for n, x in items.items()}
+    used = {a.param for axes in use.values() for a in axes}
+    axes_of = spec.param_axes()
+    a_units = {
+        (a.param, a.axis): _units(_work(state_a[a.param]), a.axis, items[n].size).contiguous()
+        for n, axes in use.items()
+        for a in axes
+    }
+    parents: dict[str, list[tuple[str, int]]] = {}
+    for name, c in comps.items():
+        for i, x in enumerate(c.inner):
+            if x is not None:
+                parents.setdefault(x, []).append((name, i))
+    families: dict[str, list[str]] = {}
+    for name, c in comps.items():
+        if c.outer in spec.groups:  # (an outer part split again is left as it is)
+            families.setdefault(c.outer, []).append(name)
+    in_family = {x for fam in families.values() for c in fam for x in comps[c].inner if x in spec.groups}
+    units = [("family", a) for a in families] + [
+        ("group", g) for g in spec.groups if g not in families and g not in in_family
+    ]
+
+    def costs(full: Perms):
+        cache: dict[str, torch.Tensor] = {}
+
+        def own(name: str) -> torch.Tensor:
+            if name not in cache:
+                n = items[name].size
+                k = torch.zeros(n, n, dtype=torch.float64)
+                for a in use[name]:
+                    wb = _work(state_b[a.param])
+                    for axis, h, inner in axes_of[a.param]:
+                        if axis != a.axis:
+                            wb = permute_axis(wb, axis, full[h], inner)
+                    k += (a_units[(a.param, a.axis)] @ _units(wb, a.axis, n).T).double()
+                cache[name] = k
+            return cache[name]
+
+        def eff(name: str, skip: frozenset = frozenset()) -> torch.Tensor:
+            k = own(name).clone()
+            for p, i in parents.get(name, []):
+                if p in skip:
+                    continue
+                c = comps[p]
+                o = int(full[c.outer][i]) if c.outer is not None else i
+                b = c.block
+                k += eff(p, skip)[i * b : (i + 1) * b, o * b : (o + 1) * b]
+            return k
+
+        return own, eff
+
+    def total() -> float:
+        return _objective(state_a, state_b, spec, perms, used)
+
+    rng = np.random.default_rng(seed)
+    history: list[float] = []
+    best = total()
+    for _ in range(max_iter):
+        improved = False
+        for ui in rng.permutation(len(units)):
+            kind, name = units[ui]
+            full = full_permutations(spec, perms)
+            own, eff = costs(full)
+            old = {g: p.clone() for g, p in perms.items()}
+            if kind == "group":
+                perms[name] = _lsa(eff(name))
+            else:
+                _solve_family(name, families[name], comps, spec, perms, full, own, eff)
+            if all(torch.equal(perms[g], old[g]) for g in perms):
+                continue
+            val = total()
+            if val > best + 1e-9 * max(1.0, abs(best)):
+                best, improved = val, True
+            else:
+                perms.update(old)
+        history.append(best)
+        if not improved:
+            break
+    return MatchResult(perms=perms, iterations=len(history), objective=best, history=history)
+
+
+def _solve_family(outer: str, members: list[str], comps, spec, perms: Perms, full: Perms, own, eff) -> None:
+    """One block permutation and the per-block groups of the composites it moves (see
+    :func:`_structured_matching`)."""
+    fam = frozenset(members)
+    n_blocks, b = comps[members[0]].blocks, comps[members[0]].block
+    sigs: dict[tuple, torch.Tensor] = {}
+    for m in members:
+        c = comps[m]
+        if (c.blocks, c.block) != (n_blocks, b):
+            return
+        k = eff(m)
+        sigs[c.inner] = k if c.inner not in sigs else sigs[c.inner] + k
+    leaves = [x for sig in sigs for x in sig if x in spec.groups]
+    shared = len(leaves) != len(set(leaves))
+    direct = {x: eff(x, fam) for x in set(leaves)}
+    val = np.zeros((n_blocks, n_blocks))
+    best_inner: dict[tuple, dict[tuple[int, int], tuple[torch.Tensor, float]]] = {}
+    for sig, k in sigs.items():
+        table = best_inner.setdefault(sig, {})
+        for i in range(n_blocks):
+            x = sig[i]
+            for o in range(n_blocks):
+                blk = k[i * b : (i + 1) * b, o * b : (o + 1) * b]
+                if x in spec.groups and not shared:
+                    blk = blk + direct[x]
+                    c = np.ascontiguousarray(blk.numpy())
+                    p = _lsa(c)
+                    v = float(c[np.arange(b), p.numpy()].sum())
+                else:  # fixed within (None), a nested composite, or a group shared between blocks
+                    p = full[x] if x is not None else torch.arange(b)
+                    v = float(blk[torch.arange(b), p].sum())
+                table[(i, o)] = (p, v)
+                val[i, o] += v
+    if outer in spec.groups:
+        val += eff(outer, fam).numpy()
+    new_outer = _lsa(val)
+    perms[outer] = new_outer
+    if shared:  # each shared group: its blocks summed at the new block positions
+        acc: dict[str, torch.Tensor] = {}
+        for sig, k in sigs.items():
+            for i, x in enumerate(sig):
+                if x in spec.groups:
+                    o = int(new_outer[i])
+                    blk = k[i * b : (i + 1) * b, o * b : (o + 1) * b]
+                    acc[x] = blk.clone() if x not in acc else acc[x] + blk
+        for x, k in acc.items():
+            perms[x] = _lsa(k + direct[x])
+        return
+    for sig, table in best_inner.items():
+        for i, x in enumerate(sig):
+            if x in spec.groups:
+                perms[x] = table[(i, int(new_outer[i]))][0]
+
+
 def _work(t: torch.Tensor) -> torch.Tensor:
     """``t`` detached, in float32 unless it is float64 already (the precision of the products)."""
     t = t.detach()
@@ -195,7 +395,7 @@ def _work(t: torch.Tensor) -> torch.Tensor:
 
 def _objective(state_a, state_b, spec: PermutationSpec, perms: Perms, names: set[str]) -> float:
     """``sum_W <W_A, P(W_B)>`` over the parameters ``names`` (the weight-matching objective)."""
-    pb = apply_permutation({k: _work(state_b[k]) for k in names}, spec, perms)
+    pb = apply_permutation({k: _work(state_b[k]) for k in names}, spec, perms)  # composites too
     return float(sum((_work(state_a[k]) * pb[k]).sum(dtype=torch.float64) for k in names))
 
 

@@ -19,6 +19,16 @@ rule's ``permute`` in the graph layer's table, :mod:`analyses.core.graph.ops`):
   channel permutation acting on the ``C*H*W`` inputs of the next linear layer);
 - ``add`` / ``sub`` / ``mul`` of two permuted tensors *unify* their permutations: the blocks
   writing into one residual stream must share one permutation (union-find);
+- a reshape that splits a permuted axis over two axes (hidden units into attention heads and
+  head dimensions; a fused query/key/value projection into its three parts) makes the group
+  *structured* (:class:`Composite`): blocks permuted as wholes, each block within itself.
+  Attention joins query and key (one permutation of heads and of head dimensions) and the heads
+  of value; value's head dimensions go on to the output projection. GroupNorm splits its
+  channels into (groups, channels per group). Selecting one of the blocks (query out of q/k/v)
+  fixes the block permutation. Transposes, permutes, ``select``/``slice`` of other axes, ``cat``
+  of unpermuted axes, embeddings (a new group on the table's columns), positional tables and
+  class tokens (parameters added or concatenated to the stream) are followed as well
+  (:mod:`analyses.core.graph.ops_attention`);
 - a permutation that reaches the model output, or is added to an unpermuted tensor, is fixed
   to the identity (not a free group);
 - any other op receiving a permuted tensor raises :class:`NNVitalsError` naming the op and the
@@ -35,8 +45,17 @@ from torch import nn
 
 from ..core.errors import NNVitalsError
 from ..core.graph import NodeLoop, Perm, export_program, module_path, rule_for
+from ..core.graph.ops_attention import Multi, flow
 
-__all__ = ["AxisRef", "PermGroup", "PermutationSpec", "check_same_structure", "export_graph", "infer_spec"]
+__all__ = [
+    "AxisRef",
+    "Composite",
+    "PermGroup",
+    "PermutationSpec",
+    "check_same_structure",
+    "export_graph",
+    "infer_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +86,33 @@ class PermGroup:
 
 
 @dataclass
+class Composite:
+    """A structured permutation of ``blocks * block`` units: the blocks are permuted as wholes by
+    ``outer`` and block ``i`` (at its new position) within itself by ``inner[i]`` (names of free
+    groups or of other composites; None: that part is the identity). As a gather index,
+    ``p[i * block + j] = outer[i] * block + inner[i][j]``. Attention heads (blocks: heads, within:
+    head dimensions), group norm (blocks: groups) and a linear layer's output split into query,
+    key and value (``outer`` None) are composites."""
+
+    name: str
+    blocks: int
+    block: int
+    outer: str | None
+    inner: tuple[str | None, ...]
+    axes: list[AxisRef] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.blocks * self.block
+
+
+@dataclass
 class PermutationSpec:
-    """The permutation groups of a model (in graph order) and the axes each parameter has permuted."""
+    """The permutation groups of a model (in graph order) and the axes each parameter has permuted.
+
+    ``groups`` are the free permutations (what matching solves for, what ``perms`` dictionaries
+    hold); ``composites`` are structured permutations assembled from them (see :class:`Composite`).
+    """
 
     groups: dict[str, PermGroup]
     shapes: dict[str, tuple[int, ...]]
@@ -76,17 +120,21 @@ class PermutationSpec:
     has_batchnorm: bool = False
     #: state-dict entries that are buffers (running statistics), not learned parameters
     buffers: frozenset[str] = frozenset()
+    #: structured permutations (attention heads, group norm groups), by name
+    composites: dict[str, Composite] = field(default_factory=dict)
 
     def param_axes(self) -> dict[str, list[tuple[int, str, int]]]:
-        """``{param: [(axis, group, inner), ...]}`` for every parameter with a permuted axis."""
+        """``{param: [(axis, group, inner), ...]}`` for every parameter with a permuted axis
+        (``group`` names a free group or a composite)."""
         out: dict[str, list[tuple[int, str, int]]] = {}
-        for g in self.groups.values():
+        for g in [*self.groups.values(), *self.composites.values()]:
             for a in g.axes:
                 out.setdefault(a.param, []).append((a.axis, g.name, a.inner))
         return out
 
     def __repr__(self) -> str:
         parts = [f"{g.name}[{g.size}]{'*' if g.residual else ''}" for g in self.groups.values()]
+        parts += [f"{c.name}[{c.blocks}x{c.block}]" for c in self.composites.values()]
         return f"<PermutationSpec {len(self.groups)} groups: {', '.join(parts)}>"
 
 
@@ -115,8 +163,10 @@ def export_graph(module: nn.Module, example: torch.Tensor, label: str = "model")
 
 
 SUPPORTED = (
-    "linear, conv (groups 1 or depthwise), batch/instance/layer norm, element-wise activations, "
-    "add/sub/mul/div, pooling, reductions over other axes, flatten/view of trailing axes"
+    "linear, conv (groups 1 or depthwise), batch/instance/layer/RMS/group norm, element-wise activations, "
+    "softmax, add/sub/mul/div, pooling, reductions over other axes, reshape/view/transpose/permute, "
+    "select/slice/split/chunk/unbind/stack/expand, cat of unpermuted axes, embeddings, matmul, "
+    "scaled dot-product attention (heads)"
 )
 
 
@@ -138,6 +188,9 @@ class _Walker(NodeLoop):
         self.params: dict[str, str] = {}  # get_attr node name -> state-dict name
         self.has_bn = False
         self.shapes = {k: tuple(v.shape) for k, v in gm.state_dict().items()}
+        #: structured groups: root -> (blocks, block, outer gid, [inner gids])
+        self.splits: dict[int, tuple[int, int, int, list[int]]] = {}
+        self.parts: set[int] = set()
 
     # --- union-find
     def new(self, size: int, origin: str) -> int:
@@ -162,11 +215,80 @@ class _Walker(NodeLoop):
         self.parent[hi] = lo
         if hi in self.fixed:
             self.fixed.add(lo)
-        return lo
+        sl, sh = self.splits.pop(lo, None), self.splits.pop(hi, None)
+        if sl is not None and sh is not None:
+            if sl[:2] != sh[:2]:
+                self.fail(node, f"joins permutations split two ways ({sl[0]}x{sl[1]} vs {sh[0]}x{sh[1]})")
+            self.splits[lo] = sl
+            self.union(sl[2], sh[2], node)
+            for x, y in zip(sl[3], sh[3], strict=True):
+                self.union(x, y, node)
+        elif sl is not None or sh is not None:
+            self.splits[lo] = sl if sl is not None else sh
+        return self.find(lo)
 
-    def fix(self, ann: Perm | None) -> None:
+    def fix(self, ann: Perm | Multi | None) -> None:
         if isinstance(ann, Perm):
             self.fixed.add(self.find(ann.gid))
+        elif isinstance(ann, Multi):
+            for p in ann.places:
+                self.fix_gid(p.gid)
+
+    def fix_gid(self, g: int) -> None:
+        self.fixed.add(self.find(g))
+
+    # --- structured groups (attention heads, group norm): see ops_attention
+    def split(self, gid: int, a: int, b: int, node: torch.fx.Node) -> None:
+        """Group ``gid`` permutes ``a`` blocks of ``b`` (blocks as wholes, each within itself)."""
+        r = self.find(gid)
+        if r in self.splits:
+            if self.splits[r][:2] != (a, b):
+                have = self.splits[r]
+                self.fail(node, f"splits a permutation two ways ({have[0]}x{have[1]} vs {a}x{b})")
+            return
+        if self.size[r] != a * b:
+            self.fail(node, f"splits a permutation of {self.size[r]} units into {a}x{b}")
+        origin = self.origin[r]
+        outer = self.new(a, f"{origin}:blocks")
+        inner = [self.new(b, f"{origin}:{i}") for i in range(a)]
+        self.parts.update([outer, *inner])
+        self.splits[r] = (a, b, outer, inner)
+
+    def blocks_of(self, gid: int) -> list[int]:
+        return list(self.splits[self.find(gid)][3])
+
+    def groups_at(self, gid: int, path: tuple[str, ...]) -> list[int]:
+        """The groups acting on the part ``path`` of group ``gid`` (``("i",)``: one per block)."""
+        r = self.find(gid)
+        if not path:
+            return [r]
+        a, b, outer, inner = self.splits[r]
+        if path[0] == "o":
+            return self.groups_at(outer, path[1:])
+        return [g for x in inner for g in self.groups_at(x, path[1:])]
+
+    def size_at(self, gid: int, path: tuple[str, ...]) -> int:
+        r = self.find(gid)
+        for step in path:
+            a, b, outer, inner = self.splits[r]
+            r = self.find(outer if step == "o" else inner[0])
+        return self.size[r]
+
+    def union_at(
+        self, ga: int, pa: tuple[str, ...], gb: int, pb: tuple[str, ...], node: torch.fx.Node
+    ) -> None:
+        xs, ys = self.groups_at(ga, pa), self.groups_at(gb, pb)
+        if len(xs) != len(ys):
+            self.fail(node, "joins permutations of different structure")
+        for x, y in zip(xs, ys, strict=True):
+            self.union(x, y, node)
+
+    def view_of_param(self, node: torch.fx.Node, arg: Any) -> None:
+        """``node`` is a view of a parameter with the same axes (``expand``): a permutation met
+        there applies to the parameter."""
+        p = self.param(arg)
+        if p is not None:
+            self.params[node.name] = p
 
     def fail(self, node: torch.fx.Node, why: str = ""):
         op = str(node.target)
@@ -179,10 +301,10 @@ class _Walker(NodeLoop):
         )
 
     # --- what the rules ask
-    def ann(self, arg: Any) -> Perm | None:
+    def ann(self, arg: Any) -> Perm | Multi | None:
         if isinstance(arg, torch.fx.Node):
             a = self.env.get(arg.name)
-            return a if isinstance(a, Perm) else None
+            return a if isinstance(a, Perm | Multi) else None
         return None
 
     def param(self, arg: Any) -> str | None:
@@ -203,7 +325,9 @@ class _Walker(NodeLoop):
         self.params[node.name] = str(node.target)
 
     def call_function(self, node: torch.fx.Node) -> Any:
-        out = rule_for(node.target).permute(self, node)
+        out = flow(self, node)  # several permuted axes, reshapes, cat: the attention module's part
+        if out is NotImplemented:
+            out = rule_for(node.target).permute(self, node)
         for a in out if isinstance(out, list) else [out]:
             if isinstance(a, Perm):
                 self.node_anns.append((node.name, a.dim, a.gid, a.inner))
@@ -226,44 +350,98 @@ def infer_spec(
     gm = export_graph(module, example, label)
     w = _Walker(gm, label)
     w.run()
+    return _build(w, gm, label), gm
+
+
+def _build(w: _Walker, gm: torch.fx.GraphModule, label: str) -> PermutationSpec:
+    """The spec from the walk: free groups, composites, and the parameter axes of each."""
     shapes = w.shapes
     # groups touching a parameter that some unsupported consumer also reads must stay identity
     for pname, _axis, gid, _inner in w.assign:
         if pname in w.frozen:
             w.fixed.add(w.find(gid))
     fixed = {w.find(g) for g in w.fixed}
-    groups: dict[int, PermGroup] = {}
-    seen: set[tuple[str, int]] = set()
+    todo = list(fixed)
+    while todo:  # a fixed structured group fixes its parts
+        r = todo.pop()
+        if r in w.splits:
+            _, _, outer, inner = w.splits[r]
+            for g in [outer, *inner]:
+                if w.find(g) not in fixed:
+                    fixed.add(w.find(g))
+                    todo.append(w.find(g))
+    memo: dict[int, bool] = {}
+
+    def identity(r: int) -> bool:
+        if r not in memo:
+            if r in fixed or w.size[r] <= 1:
+                memo[r] = True
+            elif r in w.splits:
+                _, _, outer, inner = w.splits[r]
+                memo[r] = identity(w.find(outer)) and all(identity(w.find(g)) for g in inner)
+            else:
+                memo[r] = False
+        return memo[r]
+
+    roots = sorted({w.find(g) for g in range(len(w.parent))})
+    members: dict[int, list[str]] = {}
     for gid in range(len(w.parent)):
-        r = w.find(gid)
-        if r in fixed:
+        members.setdefault(w.find(gid), []).append(w.origin[gid])
+    names: dict[int, str] = {}
+    used: set[str] = set()
+    for r in roots:
+        if identity(r):
             continue
-        if r not in groups:
-            groups[r] = PermGroup(name=w.origin[r], size=w.size[r])
-        groups[r].members.append(w.origin[gid])
+        name = w.origin[r]
+        if r in w.parts:  # a part of a structured group: its members are not layers writing a stream
+            members[r] = [name]
+        elif len(members[r]) > 1:
+            name = f"{name}+{len(members[r]) - 1}"
+        base, k = name, 1
+        while name in used:
+            k += 1
+            name = f"{base}#{k}"
+        used.add(name)
+        names[r] = name
+    groups: dict[int, PermGroup] = {}
+    comps: dict[int, Composite] = {}
+    for r in roots:
+        if r not in names:
+            continue
+        if r in w.splits:
+            a, b, outer, inner = w.splits[r]
+            comps[r] = Composite(
+                name=names[r], blocks=a, block=b, outer=names.get(w.find(outer)),
+                inner=tuple(names.get(w.find(g)) for g in inner),
+            )  # fmt: skip
+        else:
+            groups[r] = PermGroup(name=names[r], size=w.size[r], members=members[r])
+    seen: set[tuple[str, int]] = set()
     for pname, axis, gid, inner in w.assign:
         r = w.find(gid)
-        if r not in groups or (pname, axis) in seen:
+        target = groups.get(r) or comps.get(r)
+        if target is None or (pname, axis) in seen:
             continue
         seen.add((pname, axis))
-        expect = groups[r].size * inner
+        expect = target.size * inner
         if shapes[pname][axis] != expect:
             raise NNVitalsError(
                 f"{label}: parameter '{pname}' axis {axis} has {shapes[pname][axis]} entries but its "
-                f"permutation group '{groups[r].name}' has {expect}; cannot align"
+                f"permutation group '{target.name}' has {expect}; cannot align"
             )
-        groups[r].axes.append(AxisRef(pname, axis, inner))
+        target.axes.append(AxisRef(pname, axis, inner))
     for name, dim, gid, inner in w.node_anns:
         r = w.find(gid)
         if r in groups:
             groups[r].nodes.append((name, dim, inner))
-    named: dict[str, PermGroup] = {}
-    for g in groups.values():
-        if g.residual:
-            g.name = f"{g.name}+{len(g.members) - 1}"
-        named[g.name] = g
     buffers = frozenset(k for k, _ in gm.named_buffers())
-    return PermutationSpec(groups=named, shapes=shapes, has_batchnorm=w.has_bn, buffers=buffers), gm
+    return PermutationSpec(
+        groups={g.name: g for g in groups.values()},
+        shapes=shapes,
+        has_batchnorm=w.has_bn,
+        buffers=buffers,
+        composites={c.name: c for c in comps.values()},
+    )
 
 
 def check_same_structure(

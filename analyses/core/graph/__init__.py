@@ -7,7 +7,7 @@ affine parts, interval and Lipschitz rules, and how a permutation passes through
 :mod:`.ops` the rules themselves. Nothing here imports an analysis family.
 """
 
-from . import ops  # noqa: F401 - registers the operator rules
+from . import ops, ops_attention  # noqa: F401 - registers the operator rules
 from .nodes import (
     NodeLoop,
     export_program,
