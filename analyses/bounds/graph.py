@@ -64,13 +64,17 @@ __all__ = [
     "trace",
 ]
 
-#: step kinds that are affine maps of their inputs (the built-in rules' kinds)
+#: step kinds that are affine maps of their inputs (the built-in rules' kinds; a rule says it itself
+#: through ``Rule.affine``, see :func:`is_affine`)
 AFFINE_KINDS = frozenset(
-    {"linear", "conv", "batchnorm", "avgpool", "adaptive_avgpool", "mean", "pad", "reshape", "add", "cat",
-     "scale", "shift"}
+    {"linear", "conv", "conv_transpose", "batchnorm", "avgpool", "adaptive_avgpool", "mean", "sum", "pad",
+     "upsample", "reshape", "add", "cat", "scale", "shift", "rsub"}
 )  # fmt: skip
-#: step kinds that are piecewise-linear, monotone activations / selections
-NONLINEAR_KINDS = frozenset({"relu", "leaky_relu", "maxpool"})
+#: built-in step kinds that are not affine: activations, selections, norms, products
+NONLINEAR_KINDS = frozenset(
+    {"relu", "leaky_relu", "maxpool", "hardtanh", "tanh", "sigmoid", "gelu", "silu", "hardswish", "layernorm",
+     "rmsnorm", "mul", "div"}
+)  # fmt: skip
 
 
 @dataclass
@@ -262,6 +266,18 @@ class _Reader(NodeLoop):
             with torch.no_grad():
                 const[node.name] = tgt(*node.args, **node.kwargs)
             return
+        val = node.meta.get("val")
+        if isinstance(val, torch.SymInt | torch.SymFloat | torch.SymBool) or (
+            not isinstance(tgt, torch._ops.OpOverload) and tgt is not operator.getitem
+        ):
+            # shape arithmetic on (symbolic) sizes, e.g. ``sym_size(x, 0) * 4`` for a view: the
+            # steps take their shapes from the traced metadata; the value the export traced is
+            # kept, so a constant expanded to the batch (a class token) still folds
+            if not isinstance(val, torch.Tensor):
+                hint = _hint(val)
+                if hint is not None:
+                    const[node.name] = hint
+                return
         if tgt is operator.getitem:
             parent, idx = node.args
             if idx != 0 and not node.users:  # e.g. a decomposed batch norm's unused saved statistics
@@ -300,6 +316,15 @@ class _Reader(NodeLoop):
     def output(self, node: torch.fx.Node) -> None:
         out_arg = node.args[0][0] if isinstance(node.args[0], tuple | list) else node.args[0]
         self.output_name = self.src(out_arg)
+
+
+def _hint(v: Any) -> Any:
+    """The value a (symbolic) size had in the traced example, or None when it has none."""
+    if isinstance(v, int | float | bool):
+        return v
+    node = getattr(v, "node", None)
+    hint = getattr(node, "hint", None)
+    return hint if isinstance(hint, int | float | bool) else None
 
 
 def _fold_pads(graph: Graph) -> Graph:

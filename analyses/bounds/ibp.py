@@ -7,8 +7,12 @@ Propagation" (ICLR 2024), section 3 (tightness), and the reference sheet, sectio
 
     r0 = (min(x + eps, hi) - max(x - eps, lo)) / 2,   c0 = (min(x + eps, hi) + max(x - eps, lo)) / 2
 
-*IBP* (Gowal et al. 2018) propagates (centre, radius): an affine step ``A x + b`` maps it to
-``(A c + b, |A| r)``; a monotone step (ReLU, LeakyReLU, max pooling) maps the ends ``c -+ r``.
+*IBP* (Gowal et al. 2018) propagates (centre, radius) through each operator's interval rule (the
+graph layer's table, :mod:`analyses.core.graph.ops`): an affine step ``A x + b`` maps it to
+``(A c + b, |A| r)``; a monotone one (ReLU, LeakyReLU, hardtanh/ReLU6, tanh, sigmoid, max pooling)
+maps the ends ``c -+ r``; GELU, SiLU and hardswish take their minimum where the interval holds the
+minimiser; a product of two tensors the extremes of the four corner products; layer norm as
+auto_LiRPA bounds its decomposition (mean, centring, square, variance, ``1/sqrt``, product).
 
 *Tightness* (Mao et al. 2024, Definition 3.1 and section 3.2): for a deep linear network
 ``f = W_L ... W_1``, per output ``k``::
@@ -19,7 +23,10 @@ the ratio of the optimal box radius to the IBP radius. For ReLU networks the *lo
 tightness fixes the activation pattern ``D_i`` at the clean input and uses the linear network
 ``W_L D_{L-1} W_{L-1} ... D_1 W_1`` in numerator and denominator (``relu="local"``); the
 *deep-linear counterpart* drops the activations (``relu="linear"``, ``D_i = I``). Max pooling
-is linearised as the selection of the clean input's maximum in both modes. The numerator is
+is linearised as the selection of the clean input's maximum in both modes; every other
+non-affine step (smooth activations, norms, products of two tensors) by its Jacobian ``J`` at the
+clean input, with ``|J|`` for the radii (``Rule.tangent`` / ``Rule.tangent_radius``), and in the
+deep-linear counterpart element-wise activations count as the identity. The numerator is
 ``|J_k| r0`` with ``J_k`` the Jacobian of step ``k`` of the linearised network, obtained by
 pushing the scaled identity basis ``diag(r0)`` through it (forward mode, batched over samples
 and basis vectors); the denominator pushes ``r0`` through ``|A|`` and ``|D_i|``.
@@ -38,7 +45,7 @@ from typing import Any
 import torch
 
 from ..core.graph import kind_rule
-from .graph import Graph, Step, abs_part, apply, is_affine, linear_part, maxpool, numel
+from .graph import Graph, Step, abs_part, apply, numel
 
 RELU_MODES = ("local", "linear")
 SPECS = ("margin", "identity")
@@ -217,47 +224,29 @@ def _to_records(rec: IBPRecords, sums: dict[str, dict[str, torch.Tensor]], width
 
 
 def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dict[str, Any]:
+    """One step of :func:`propagate`, through the operator's rule: the clean value, the IBP box
+    (:meth:`~analyses.core.graph.Rule.ibp`, any number of inputs), and the linearised network's
+    tangent ``J t`` and radius ``|J| rl`` (:meth:`~analyses.core.graph.Rule.tangent`,
+    :meth:`~analyses.core.graph.Rule.tangent_radius`) at the clean input. With ``relu="linear"``
+    element-wise activations count as the identity (the deep-linear counterpart)."""
+    rule = kind_rule(s.kind)
     out = {}
-    if is_affine(s):
-        out["x"] = apply(s, [v["x"] for v in ins])
+    xs = [v["x"] for v in ins]
+    out["x"] = apply(s, xs)
+    if rule.affine:
         out["c"] = apply(s, [v["c"] for v in ins])
         out["r"] = abs_part(s, [v["r"] for v in ins])
-        if tightness:
-            b = ins[0]["t"].shape[0]
-            out["t"] = _unflat(linear_part(s, [_flat(v["t"]) for v in ins]), b)
-            out["rl"] = abs_part(s, [v["rl"] for v in ins])
-        return out
-    v = ins[0]
-    xp, c, r = v["x"], v["c"], v["r"]
-    out["x"] = apply(s, [xp])
-    out["c"], out["r"] = kind_rule(s.kind).ibp(s, [(c, r)])
+    else:
+        out["c"], out["r"] = rule.ibp(s, [(v["c"], v["r"]) for v in ins])
     if not tightness:
         return out
-    t, rl = v["t"], v["rl"]
-    if s.kind == "maxpool":
-        # linearised max pooling: the clean input's maximum is selected in both modes
-        _, idx = maxpool(s, xp, return_indices=True)
-        out["rl"] = _gather(rl, idx)
-        b, d = t.shape[:2]
-        idx_t = idx.unsqueeze(1).expand((b, d) + tuple(idx.shape[1:]))
-        out["t"] = _unflat(_gather(_flat(t), _flat(idx_t)), b)
-    elif relu == "linear":
-        out["t"], out["rl"] = t, rl
+    ts, rls = [v["t"] for v in ins], [v["rl"] for v in ins]
+    if relu == "linear" and rule.elementwise:
+        out["t"], out["rl"] = ts[0], rls[0]
     else:
-        if s.kind == "relu":
-            slope = (xp > 0).to(t.dtype)
-        else:
-            a = s.params["slope"]
-            slope = torch.where(xp > 0, torch.ones_like(xp), torch.full_like(xp, a))
-        out["t"] = t * slope.unsqueeze(1)
-        out["rl"] = rl * slope.abs()
+        out["t"] = rule.tangent(s, xs, ts)
+        out["rl"] = rule.tangent_radius(s, xs, rls)
     return out
-
-
-def _gather(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Pick ``v``'s entries at max-pool ``idx`` (flat spatial indices per channel)."""
-    flat = v.flatten(2)
-    return flat.gather(2, idx.flatten(2)).reshape(idx.shape)
 
 
 def _output_linear(s: Step, v: dict[str, Any], y: torch.Tensor, tightness: bool) -> dict[str, Any]:

@@ -7,7 +7,9 @@ largest input-Jacobian norm over data), and the reference sheet, section 4.
 *Upper bound.* Every step gets its own constant ``L_s`` (:func:`layer_constant`) and the bound
 of a node is propagated through the graph: ``U(s) = L_s U(input)`` for a step with one input,
 ``U(a + alpha b) = U(a) + |alpha| U(b)`` for an addition (a residual block ``x + f(x)`` gives
-``U(x) (1 + L_f)``), ``U(cat(a, b)) = sqrt(U(a)^2 + U(b)^2)`` for a concatenation.
+``U(x) (1 + L_f)``; a branch broadcast to ``k`` times its size counts ``sqrt(k)`` times),
+``U(cat(a, b)) = sqrt(U(a)^2 + U(b)^2)`` for a concatenation, ``L sqrt(U(a)^2 + U(b)^2)`` for any other
+step of two inputs (``Rule.compose``, :func:`compose`).
 
 Layer constants (all exact operator norms unless noted):
 
@@ -22,11 +24,23 @@ Layer constants (all exact operator norms unless noted):
 * batch norm not folded into a conv: ``max |gamma / sqrt(var + eps)|``; folded: part of the conv;
 * average pooling, adaptive average pooling, padding, spatial means: their operator norms by
   power iteration with the autograd adjoint (``k x k``, stride ``k``: ``1 / k``);
-* ReLU: 1; LeakyReLU(a): ``max(1, |a|)``; reshapes: 1;
+* ReLU: 1; LeakyReLU(a): ``max(1, |a|)``; hardtanh / ReLU6 / clamp: 1; tanh: 1; sigmoid: 1/4;
+  GELU ``Phi(sqrt 2) + sqrt 2 phi(sqrt 2) ~ 1.1289``; SiLU ~1.0998; hardswish 3/2 (``sup |f'|``);
+  reshapes: 1; ``sum`` of ``k`` units: ``sqrt(k)``;
+* layer / RMS norm: ``max |gamma| / sqrt(eps)``, global but reached only at zero variance (huge,
+  and the table says so); a product or quotient of two tensors: none (``inf``, with the reason);
 * max pooling: 1 when windows do not overlap. Overlapping windows: each input lies in at most
   ``m = prod_d min(k_d, ceil((dil_d (k_d - 1) + 1) / s_d))`` windows, so
   ``||maxpool(x) - maxpool(y)||^2 <= sum_windows max_i |x_i - y_i|^2 <= m ||x - y||^2`` and the
   constant is ``sqrt(m)`` (an upper bound, not exact).
+
+*Local bounds* (:func:`network_bounds`): where a step has no useful global constant, the same
+composition runs per sample over the IBP boxes of the L-inf ball of radius ``eps`` around each
+sample (:func:`~analyses.bounds.ibp.interval_bounds`), each step contributing its constant on its
+input box (``Rule.local_lipschitz``: layer norm ``max |gamma| / sqrt(v + eps)`` with ``v`` the least
+variance over the box; ``a b``: ``sqrt(k_a max|b|^2 + k_b max|a|^2)``; smooth activations the largest
+slope over the box; otherwise the global constant). The result bounds the Lipschitz constant of
+the network on each sample's ball (not globally).
 
 Power iteration converges from below: the reported norm is within ``tol`` of the true one
 after convergence, and tests compare it with the exact FFT and dense-matrix values.
@@ -48,6 +62,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import NNVitalsError
 from ..core.graph import kind_rule
 from ..core.graph.ops import maxpool_constant
 from .graph import AFFINE_KINDS, Graph, Step, apply, numel
@@ -217,21 +232,102 @@ def layer_constant(step: Step, iters: int = 1000, tol: float = 1e-7, seed: int =
     return kind_rule(step.kind).lipschitz(step, _Norms(kw))
 
 
-def upper_bounds(graph: Graph, **kw) -> dict[str, tuple[float, str, float]]:
-    """``{step: (own constant, method, upper bound of the network up to it)}`` (module docstring)."""
-    up = {graph.input_name: 1.0}
-    out = {}
+def compose(step: Step, const, ups: list):
+    """The bound of the network up to ``step`` from its own constant and its inputs' bounds (numbers
+    or per-sample tensors), by the operator's rule: ``L U`` for one input, ``U_a + |alpha| U_b`` for an
+    addition, ``sqrt(sum U_i^2)`` for a concatenation (module docstring)."""
+    return kind_rule(step.kind).compose(step, const, ups)
+
+
+def local_constant(
+    step: Step,
+    boxes: list[tuple[torch.Tensor, torch.Tensor]],
+    iters: int = 1000,
+    tol: float = 1e-7,
+    seed: int = 0,
+) -> tuple[torch.Tensor | float, str]:
+    """``(L_b, method)``: the step's Lipschitz constant on each sample's input box (``boxes``: its
+    inputs' (lower, upper), batched), per sample, or one number when the global one is used."""
+    w = step.params.get("weight")
+    kw = dict(iters=iters, tol=tol, seed=seed)
+    if isinstance(w, torch.Tensor):
+        kw.update(device=w.device, dtype=w.dtype)
+    return kind_rule(step.kind).local_lipschitz(step, boxes, _Norms(kw))
+
+
+def network_bounds(
+    graph: Graph,
+    consts: dict[str, tuple[float, str]] | None = None,
+    x: torch.Tensor | None = None,
+    eps: float = 0.0,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    **kw,
+) -> dict[str, dict]:
+    """Per step: its own constant and method (``consts``, else :func:`layer_constant`), the global
+    upper bound of the network up to it (``upper``, ``inf`` after a step without a global constant,
+    whose ``method`` says why), and, with samples ``x``, the local bounds on the L-inf boxes of radius
+    ``eps`` around them (clipped to ``[lo, hi]``), through the IBP boxes of every step:
+    ``local_constant`` (largest over samples), ``local_method`` and ``local_upper`` (the largest over
+    samples of each sample's composed bound: a Lipschitz constant of the network on that sample's box).
+
+    Without ``x`` the local entries are NaN (only the global bound and the empirical lower bound
+    remain). Keys of each row: ``constant, method, upper, local_constant, local_method, local_upper``.
+    """
+    from .ibp import input_box, interval_bounds
+
+    consts = dict(consts or {})
     for s in graph.steps:
-        const, method = layer_constant(s, **kw)
-        if s.kind == "add":
-            u = up[s.inputs[0]] + abs(s.params["alpha"]) * up[s.inputs[1]]
-        elif s.kind == "cat":
-            u = math.sqrt(sum(up[i] ** 2 for i in s.inputs))
-        else:
-            u = const * up[s.inputs[0]]
-        up[s.name] = u
-        out[s.name] = (const, method, u)
-    return out
+        if s.name not in consts:
+            consts[s.name] = layer_constant(s, **kw)
+    up: dict[str, float] = {graph.input_name: 1.0}
+    rows: dict[str, dict] = {}
+    for s in graph.steps:
+        const, method = consts[s.name]
+        u = compose(s, const, [up[i] for i in s.inputs])
+        up[s.name] = float(u)
+        rows[s.name] = dict(
+            constant=const, method=method, upper=float(u), local_constant=math.nan, local_method="",
+            local_upper=math.nan,
+        )  # fmt: skip
+    if x is None:
+        return rows
+    with torch.no_grad():
+        c0, r0 = input_box(x, eps, lo, hi)
+        try:
+            boxes = interval_bounds(graph, c0 - r0, c0 + r0)
+        except NNVitalsError as e:  # e.g. a divisor whose interval holds 0: no local bound, say why
+            for row in rows.values():
+                row["local_method"] = str(e)
+            return rows
+        boxes[graph.input_name] = (c0 - r0, c0 + r0)
+        loc: dict[str, torch.Tensor] = {
+            graph.input_name: torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        }
+        for s in graph.steps:
+            gconst = consts[s.name][0]
+            lc, lm = local_constant(s, [boxes[i] for i in s.inputs], **kw)
+            if isinstance(lc, int | float) and math.isfinite(gconst) and lc > gconst:
+                lc = gconst  # the global constant is a local one too
+            elif isinstance(lc, torch.Tensor) and math.isfinite(gconst):
+                lc = lc.clamp_max(gconst)
+            u = compose(s, lc, [loc[i] for i in s.inputs])
+            loc[s.name] = (
+                u if isinstance(u, torch.Tensor) else torch.full_like(loc[graph.input_name], float(u))
+            )
+            row = rows[s.name]
+            row["local_constant"] = float(lc.max()) if isinstance(lc, torch.Tensor) else float(lc)
+            local = isinstance(lc, torch.Tensor) or lc != gconst or not math.isfinite(gconst)
+            row["local_method"] = lm if local else "global constant"
+            row["local_upper"] = float(loc[s.name].max())
+    return rows
+
+
+def upper_bounds(graph: Graph, **kw) -> dict[str, tuple[float, str, float]]:
+    """``{step: (own constant, method, upper bound of the network up to it)}`` (module docstring); an
+    ``inf`` constant (no global one: its method says why) makes every bound after it ``inf``."""
+    rows = network_bounds(graph, **kw)
+    return {k: (r["constant"], r["method"], r["upper"]) for k, r in rows.items()}
 
 
 # ---------------------------------------------------------------------------- Jacobian norms
@@ -375,6 +471,9 @@ def sharpen(
 __all__ = [
     "AFFINE_KINDS",
     "autograd_operator_norm",
+    "compose",
+    "local_constant",
+    "network_bounds",
     "conv_fft_norm",
     "conv_operator_norm",
     "jacobian_spectral_norms",

@@ -2,25 +2,37 @@
 
 Bounds steps (kind: ATen ops):
 
-========================  ==========================================================
-kind                      ATen ops
-========================  ==========================================================
-``linear``                ``linear``; ``addmm`` / ``mm`` with a constant weight (decomposed)
-``conv``                  ``conv1d``, ``conv2d``, ``convolution`` (not transposed), any
-                          stride / padding / dilation / groups
-``batchnorm``             ``batch_norm`` / ``_native_batch_norm_legit_no_training`` in
-                          eval mode, as a per-channel affine map
-``relu``, ``leaky_relu``  ``relu``, ``leaky_relu``
-``maxpool``, ``avgpool``  ``max_pool1d/2d`` (+ ``_with_indices``), ``avg_pool1d/2d``
-``adaptive_avgpool``      ``adaptive_avg_pool1d/2d``
-``mean``                  ``mean`` over non-batch dims
-``reshape``               ``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze``
-``add``                   ``add`` / ``sub`` of two tensors (residual connections)
-``cat``                   ``cat`` along a non-batch dim
-``scale``, ``shift``      ``mul`` / ``div`` / ``add`` / ``sub`` with a Python number
-``pad``                   ``pad``, ``constant_pad_nd``
-(alias)                   ``dropout`` (eval), ``clone``, ``contiguous``, ``alias``, ``detach``
-========================  ==========================================================
+==========================  ========================================================
+kind                        ATen ops
+==========================  ========================================================
+``linear``                  ``linear``; ``addmm`` / ``mm`` with a constant weight (decomposed)
+``conv``                    ``conv1d``, ``conv2d``, ``convolution`` (not transposed), any
+                            stride / padding / dilation / groups
+``conv_transpose``          ``conv_transpose1d/2d``, ``convolution`` (transposed)
+``batchnorm``               ``batch_norm`` / ``_native_batch_norm_legit_no_training`` in
+                            eval mode, as a per-channel affine map
+``layernorm``, ``rmsnorm``  ``layer_norm``, ``native_layer_norm``, ``rms_norm``
+``relu``, ``leaky_relu``    ``relu``, ``leaky_relu``
+``hardtanh``                ``hardtanh``, ``relu6``, ``clamp`` / ``clamp_min`` / ``clamp_max``
+                            with number bounds
+``tanh``, ``sigmoid``       ``tanh``, ``sigmoid``
+``gelu``, ``silu``,         ``gelu`` (exact and tanh), ``silu``, ``hardswish``: unimodal,
+``hardswish``               bounded at their minimiser
+``maxpool``, ``avgpool``    ``max_pool1d/2d`` (+ ``_with_indices``), ``avg_pool1d/2d``
+``adaptive_avgpool``        ``adaptive_avg_pool1d/2d``
+``upsample``                ``upsample_nearest1d/2d`` (+ exact), ``upsample_linear1d``,
+                            ``upsample_bilinear2d`` (``interpolate``)
+``mean``, ``sum``           ``mean`` / ``sum`` over non-batch dims
+``reshape``                 ``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze``
+``add``                     ``add`` / ``sub`` of two tensors (residuals; broadcasting in a sample)
+``mul``, ``div``            ``mul`` / ``div`` of two tensors (products of intervals)
+``cat``                     ``cat`` along a non-batch dim
+``scale``, ``shift``,       ``mul`` / ``div`` / ``add`` / ``sub`` with a number or a constant
+``rsub``                    tensor; ``c - x``
+``pad``                     ``pad``, ``constant_pad_nd``
+(alias)                     ``dropout`` (eval), ``clone``, ``contiguous``, ``alias``, ``detach``
+(nothing)                   ``_assert_tensor_metadata``, ``_assert_scalar``, ``sym_size`` (bookkeeping)
+==========================  ========================================================
 
 Permutations (Git Re-Basin's permutation specs, Ainsworth et al. 2023, Sec. 3 / App. A.1):
 ``linear`` / ``conv`` start a new permutation on their output axis and apply the input's to the
@@ -37,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import NNVitalsError
 from .nodes import full_shape, op_key, sample_shape
 from .rules import Perm, Rule, Step, register
 
@@ -70,14 +83,16 @@ class Elementwise(Rule):
 
 
 @register(
-    "gelu", "silu", "silu_", "sigmoid", "tanh", "elu", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid",
-    "softplus", "mish", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "pow", "_to_copy", "to",
-    "type_as", "feature_dropout", "alpha_dropout", "celu", "selu", "relu6", "clamp", "clamp_min",
-    "clamp_max", "log_sigmoid", "softmax", "log_softmax", "_softmax", "_log_softmax", "identity",
-    "native_dropout",
+    "elu", "softplus", "mish", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "pow", "celu", "selu", "log_sigmoid", "identity", "native_dropout", "hardsigmoid",
 )  # fmt: skip
 class Unary(Elementwise):
     """Element-wise activations the bounds do not take yet."""
+
+
+@register("softmax", "log_softmax", "_softmax", "_log_softmax", fallback=True)
+class SoftmaxPermute(Elementwise):
+    """Softmax over an axis commutes with a permutation of any axis (Connectivity only); a rule with
+    bounds for softmax (the attention operators' module) replaces this one."""
 
 
 @register("prelu")
@@ -92,37 +107,63 @@ class PRelu(Elementwise):
         return x
 
 
-@register("dropout", "clone", "contiguous", "alias", "detach", "lift_fresh_copy")
+@register(
+    "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "alias",
+    "detach", "lift_fresh_copy",
+)  # fmt: skip
 class Identity(Elementwise):
-    """Computes nothing (in eval mode): the bounds read it as its input."""
+    """Computes nothing (dropout in eval mode): the bounds read it as its input."""
 
     bounds_ops = frozenset({
-        aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
+        aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default,
+        aten.feature_alpha_dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
         aten.detach.default, aten.lift_fresh_copy.default,
     })  # fmt: skip
 
     def step(self, ctx):
-        if ctx.node.target is aten.dropout.default and ctx.args.get("train"):
-            raise ctx.error("dropout in training mode")
+        if "dropout" in op_key(ctx.node.target) and ctx.args.get("train"):
+            raise ctx.error("dropout in training mode", "; call model.eval()")
         return ctx.src(ctx.node.args[0])
 
 
-@register("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size")
+@register("to", "_to_copy", "type_as")
+class Cast(Elementwise):
+    """A cast between floating types (or to the same type and device): the bounds compute in the
+    graph's own type, so it reads as its input. A cast to an integer or boolean type is refused."""
+
+    def bounds_supported(self, target):
+        return True
+
+    def step(self, ctx):
+        x = ctx.node.args[0]
+        out, inp = ctx.node.meta.get("val"), x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if not (isinstance(out, torch.Tensor) and isinstance(inp, torch.Tensor)):
+            raise ctx.unsupported()
+        if not (out.is_floating_point() and inp.is_floating_point()) or out.shape != inp.shape:
+            raise ctx.error(f"unsupported cast {inp.dtype} -> {out.dtype}")
+        return ctx.src(x)
+
+
+@register(
+    "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range_for_size",
+    "sym_constrain_range", "_functional_assert_async",
+)  # fmt: skip
 class Ignore(Rule):
-    """Export bookkeeping (assertions): no value to follow."""
+    """Export bookkeeping (assertions): no value to follow, in every overload."""
+
+    def bounds_supported(self, target):
+        return True
+
+    def step(self, ctx):
+        return None
 
     def permute(self, w, node):
         return None
 
 
-@register("sym_size")
+@register("sym_size", "sym_numel", "sym_stride", "sym_storage_offset")
 class SymSize(Ignore):
     """The (dynamic) batch size a decomposed view takes: shapes come from the traced metadata."""
-
-    bounds_ops = frozenset({aten.sym_size.int})
-
-    def step(self, ctx):
-        return None
 
 
 @register("getitem")
@@ -142,12 +183,16 @@ class GetItem(Rule):
 class Relu(Elementwise):
     bounds_ops = frozenset({aten.relu.default, aten.relu_.default})
     kinds = ("relu",)
+    elementwise = True
 
     def step(self, ctx):
         return ctx.make("relu", (ctx.src(ctx.args["self"]),))
 
     def forward(self, step, xs):
         return F.relu(xs[0])
+
+    def slope(self, step, x):
+        return (x > 0).to(x.dtype)
 
     def lipschitz(self, step, norms):
         return 1.0, "1-Lipschitz"
@@ -157,6 +202,7 @@ class Relu(Elementwise):
 class LeakyRelu(Elementwise):
     bounds_ops = frozenset({aten.leaky_relu.default, aten.leaky_relu_.default})
     kinds = ("leaky_relu",)
+    elementwise = True
 
     def step(self, ctx):
         return ctx.make(
@@ -166,8 +212,235 @@ class LeakyRelu(Elementwise):
     def forward(self, step, xs):
         return F.leaky_relu(xs[0], step.params["slope"])
 
+    def slope(self, step, x):
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, step.params["slope"]))
+
     def lipschitz(self, step, norms):
         return max(1.0, abs(step.params["slope"])), "max(1, |slope|)"
+
+
+def _num(v: Any, default: float) -> float:
+    return default if v is None else float(v)
+
+
+@register("hardtanh", "hardtanh_", "relu6", "relu6_", "clamp", "clamp_", "clamp_min", "clamp_max")
+class HardTanh(Elementwise):
+    """``clamp(x, lo, hi)``: ``hardtanh`` (default [-1, 1]), ``relu6`` ([0, 6]), ``clamp`` with number
+    bounds. Monotone (IBP at the endpoints), 1-Lipschitz (0 when ``lo == hi``)."""
+
+    bounds_ops = frozenset({
+        aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default, aten.clamp.default,
+        aten.clamp_.default, aten.clamp_min.default, aten.clamp_max.default,
+    })  # fmt: skip
+    kinds = ("hardtanh",)
+    elementwise = True
+
+    def step(self, ctx):
+        a, op = ctx.args, op_key(ctx.node.target)
+        if op.startswith("relu6"):
+            lo, hi = 0.0, 6.0
+        elif op.startswith("hardtanh"):
+            lo, hi = _num(a.get("min_val"), -1.0), _num(a.get("max_val"), 1.0)
+        elif op == "clamp_min":
+            lo, hi = _num(a.get("min"), -math.inf), math.inf
+        elif op == "clamp_max":
+            lo, hi = -math.inf, _num(a.get("max"), math.inf)
+        else:
+            lo, hi = _num(a.get("min"), -math.inf), _num(a.get("max"), math.inf)
+        if hi < lo:
+            raise ctx.error(f"clamp with min {lo} above max {hi}")
+        return ctx.make("hardtanh", (ctx.src(ctx.node.args[0]),), dict(lo=lo, hi=hi))
+
+    def forward(self, step, xs):
+        p = step.params
+        return torch.clamp(
+            xs[0], None if p["lo"] == -math.inf else p["lo"], None if p["hi"] == math.inf else p["hi"]
+        )
+
+    def slope(self, step, x):
+        return ((x > step.params["lo"]) & (x < step.params["hi"])).to(x.dtype)
+
+    def lipschitz(self, step, norms):
+        if step.params["lo"] == step.params["hi"]:
+            return 0.0, "constant"
+        return 1.0, "1-Lipschitz (clamp)"
+
+
+@register("tanh", "tanh_", "sigmoid", "sigmoid_")
+class Sigmoidal(Elementwise):
+    """``tanh`` (Lipschitz 1) and ``sigmoid`` (1/4): monotone, IBP at the endpoints; locally the
+    largest slope over the box, at the point nearest 0."""
+
+    bounds_ops = frozenset(
+        {aten.tanh.default, aten.tanh_.default, aten.sigmoid.default, aten.sigmoid_.default}
+    )
+    kinds = ("tanh", "sigmoid")
+    elementwise = True
+
+    def step(self, ctx):
+        kind = "tanh" if op_key(ctx.node.target).startswith("tanh") else "sigmoid"
+        return ctx.make(kind, (ctx.src(ctx.node.args[0]),))
+
+    def forward(self, step, xs):
+        return torch.tanh(xs[0]) if step.kind == "tanh" else torch.sigmoid(xs[0])
+
+    def slope(self, step, x):
+        if step.kind == "tanh":
+            return 1 - torch.tanh(x) ** 2
+        s = torch.sigmoid(x)
+        return s * (1 - s)
+
+    def lipschitz(self, step, norms):
+        return (1.0, "sup |tanh'| = 1") if step.kind == "tanh" else (0.25, "sup |sigmoid'| = 1/4")
+
+    def local_lipschitz(self, step, boxes, norms):
+        lo, hi = boxes[0]
+        nearest = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        return self.slope(step, nearest).abs().flatten(1).amax(1), "max slope over the box"
+
+
+# ---------------------------------------------------------------------------- unimodal activations
+
+
+def _bisect(fn, a: float, b: float, iters: int = 200) -> float:
+    """A root of the increasing-through-zero scalar ``fn`` on ``[a, b]`` (``fn(a) < 0 < fn(b)``)."""
+    for _ in range(iters):
+        m = 0.5 * (a + b)
+        if fn(m) < 0:
+            a = m
+        else:
+            b = m
+    return 0.5 * (a + b)
+
+
+def _argmax(fn, a: float, b: float, iters: int = 200) -> float:
+    """The maximiser of a unimodal scalar ``fn`` on ``[a, b]`` (ternary search)."""
+    for _ in range(iters):
+        m1, m2 = a + (b - a) / 3, b - (b - a) / 3
+        if fn(m1) < fn(m2):
+            a = m1
+        else:
+            b = m2
+    return 0.5 * (a + b)
+
+
+def _d(fn, x: float) -> float:
+    """``fn'(x)`` in float64 by autograd."""
+    with torch.enable_grad():
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(fn(t), t)
+    return float(g)
+
+
+class _Shape:
+    """Facts about a smooth unimodal activation ``f`` (decreasing, then increasing), in float64:
+    its minimiser ``xmin`` (root of ``f'``, bisection), minimum ``fmin``, the points where ``f'`` is
+    extreme (``crit``: roots of ``f''``, or the ends of a linear piece), and the Lipschitz constant
+    ``L = sup |f'|`` (the larger ``|f'|`` there)."""
+
+    def __init__(self, fn, bracket: tuple[float, float], crit: tuple[float, ...], dfn=None):
+        self.fn = fn
+        self.dfn = dfn or (lambda x: _d(fn, x))
+        self.xmin = _bisect(self.dfn, *bracket)
+        self.fmin = float(fn(torch.tensor(self.xmin, dtype=torch.float64)))
+        self.crit = crit
+        self.crit_slopes = tuple(abs(self.dfn(c)) for c in crit)
+        self.lipschitz = max(self.crit_slopes)
+
+
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _crit_of(fn, lo: float, hi: float) -> float:
+    """The maximiser of ``|fn'|`` on a bracket where ``fn'`` is unimodal."""
+    return _argmax(lambda x: abs(_d(fn, x)), lo, hi)
+
+
+#: GELU (exact): ``f'' = phi(x) (2 - x^2)``, so ``f'`` is extreme at ``+-sqrt 2``; ``L = Phi(sqrt 2) + sqrt 2
+#: phi(sqrt 2) ~ 1.1289``; minimum ``-0.16997`` at ``-0.75179``
+GELU_SHAPE = _Shape(F.gelu, (-2.0, 0.0), (math.sqrt(2.0), -math.sqrt(2.0)))
+#: GELU (tanh approximation): the same facts found numerically
+GELU_TANH_SHAPE = _Shape(
+    _gelu_tanh, (-2.0, 0.0), (_crit_of(_gelu_tanh, 0.5, 3.0), _crit_of(_gelu_tanh, -3.0, -0.5))
+)
+#: SiLU: ``f' = s (1 + x (1 - s))``; ``L ~ 1.0998`` at ``x ~ 2.3994``; minimum ``-0.27846`` at ``-1.27846``
+SILU_SHAPE = _Shape(F.silu, (-3.0, 0.0), (_crit_of(F.silu, 0.5, 5.0), _crit_of(F.silu, -5.0, -0.5)))
+
+
+def _hardswish_slope(x: float) -> float:
+    """Hardswish's slope, closed at the kinks (the sup of ``|f'|`` near them): 0, ``(2x + 3) / 6``, 1."""
+    return 0.0 if x < -3 else (1.0 if x > 3 else (2 * x + 3) / 6)
+
+
+#: hardswish ``x relu6(x + 3) / 6``: minimum ``-3/8`` at ``-3/2``; ``L = 3/2`` (slope ``(2x+3)/6`` as x -> 3)
+HARDSWISH_SHAPE = _Shape(F.hardswish, (-2.9, 0.0), (3.0, -3.0), dfn=_hardswish_slope)
+
+
+@register("gelu", "gelu_", "silu", "silu_", "hardswish", "hardswish_")
+class Unimodal(Elementwise):
+    """GELU (exact and tanh), SiLU and hardswish: decreasing up to their minimiser ``x*``, increasing
+    after. IBP: the upper end is the larger of ``f(l)``, ``f(u)``; the lower end is ``f(x*)`` when
+    the interval contains ``x*``, else the smaller of ``f(l)``, ``f(u)`` (sound and exact per unit).
+    Lipschitz: ``sup |f'|`` (GELU ~1.1289, SiLU ~1.0998, hardswish 3/2); locally, the largest
+    ``|f'|`` over the box, at its ends or at ``f'``'s extreme points inside it."""
+
+    bounds_ops = frozenset({
+        aten.gelu.default, aten.gelu_.default, aten.silu.default, aten.silu_.default, aten.hardswish.default,
+        aten.hardswish_.default,
+    })  # fmt: skip
+    kinds = ("gelu", "silu", "hardswish")
+    elementwise = True
+
+    def step(self, ctx):
+        op = op_key(ctx.node.target).rstrip("_")
+        params = dict(approximate=str(ctx.args.get("approximate") or "none")) if op == "gelu" else {}
+        return ctx.make(op, (ctx.src(ctx.node.args[0]),), params)
+
+    @staticmethod
+    def shape(step: Step) -> _Shape:
+        if step.kind == "gelu":
+            return GELU_TANH_SHAPE if step.params.get("approximate") == "tanh" else GELU_SHAPE
+        return SILU_SHAPE if step.kind == "silu" else HARDSWISH_SHAPE
+
+    def forward(self, step, xs):
+        if step.kind == "gelu":
+            return F.gelu(xs[0], approximate=step.params.get("approximate", "none"))
+        return F.silu(xs[0]) if step.kind == "silu" else F.hardswish(xs[0])
+
+    def ibp(self, step, ins):
+        c, r = ins[0]
+        lo, hi = c - r, c + r
+        flo, fhi = self.forward(step, [lo]), self.forward(step, [hi])
+        sh = self.shape(step)
+        inside = (lo <= sh.xmin) & (hi >= sh.xmin)
+        lower = torch.where(inside, torch.full_like(flo, sh.fmin), torch.minimum(flo, fhi))
+        upper = torch.maximum(flo, fhi)
+        return (upper + lower) / 2, (upper - lower) / 2
+
+    def slope(self, step, x):
+        if step.kind == "hardswish":
+            return torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6)).to(x.dtype)
+        return Rule.slope(self, step, x)
+
+    def lipschitz(self, step, norms):
+        sh = self.shape(step)
+        name = {"gelu": "GELU", "silu": "SiLU", "hardswish": "hardswish"}[step.kind]
+        return sh.lipschitz, f"sup |{name}'| = {sh.lipschitz:.6g}"
+
+    def local_lipschitz(self, step, boxes, norms):
+        lo, hi = boxes[0]
+        sh = self.shape(step)
+        best = torch.maximum(self._abs_slope(step, lo), self._abs_slope(step, hi))
+        for c, sc in zip(sh.crit, sh.crit_slopes):
+            inside = (lo <= c) & (hi >= c)
+            best = torch.where(inside, torch.clamp_min(best, sc), best)
+        return best.flatten(1).amax(1), "max |f'| over the box"
+
+    def _abs_slope(self, step, x):
+        if step.kind == "hardswish":  # closed at the kinks: the sup of |f'| on a neighbourhood
+            return torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, ((2 * x + 3) / 6).abs())).to(x.dtype)
+        return self.slope(step, x).abs()
 
 
 # ============================================================================ layers
@@ -250,7 +523,7 @@ def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: dict[str,
 class Conv(Rule):
     bounds_ops = frozenset({
         aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding,
-        aten.convolution.default,
+        aten.convolution.default, aten.conv_transpose1d.default, aten.conv_transpose2d.input,
     })  # fmt: skip
     kinds = ("conv",)
     affine = True
@@ -258,11 +531,18 @@ class Conv(Rule):
     def step(self, ctx):
         a = ctx.args
         w = ctx.c(a["weight"])
+        if not isinstance(w, torch.Tensor) or ctx.src(a["input"]) in ctx.const:
+            raise ctx.error(f"unsupported op {ctx.node.target} (only constant weights)")
         nd = w.ndim - 2
-        if ctx.node.target is aten.convolution.default and (
-            a["transposed"] or any(a["output_padding"] or ())
+        if nd not in (1, 2):
+            raise ctx.error(
+                f"unsupported op {ctx.node.target} ({nd}-d convolution; 1-d and 2-d are supported)"
+            )
+        tgt = ctx.node.target
+        if tgt in (aten.conv_transpose1d.default, aten.conv_transpose2d.input) or (
+            tgt is aten.convolution.default and a["transposed"]
         ):
-            raise ctx.error("unsupported op transposed convolution")
+            return ConvTranspose.read(ctx, w, nd)
         pad = a["padding"]
         if isinstance(pad, str):
             dil = _ints(a["dilation"], nd)
@@ -342,6 +622,44 @@ class Conv(Rule):
         return out
 
 
+@register()
+class ConvTranspose(Rule):
+    """Transposed convolution ``conv_transpose(x, W) + b`` (kind ``conv_transpose``): affine, ``|W|``
+    maps radii; its operator norm by power iteration with the autograd adjoint (a convolution)."""
+
+    kinds = ("conv_transpose",)
+    affine = True
+
+    @staticmethod
+    def read(ctx, w: torch.Tensor, nd: int) -> Step:
+        a = ctx.args
+        params = dict(
+            weight=w, bias=ctx.c(a["bias"]), stride=_ints(a["stride"], nd), padding=_ints(a["padding"], nd),
+            output_padding=_ints(a["output_padding"], nd) or (0,) * nd, dilation=_ints(a["dilation"], nd),
+            groups=int(a["groups"]),
+        )  # fmt: skip
+        return ctx.make("conv_transpose", (ctx.src(a["input"]),), params)
+
+    @staticmethod
+    def _convt(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: dict[str, Any]) -> torch.Tensor:
+        fn = F.conv_transpose1d if w.ndim == 3 else F.conv_transpose2d
+        return fn(x, w, b, p["stride"], p["padding"], p["output_padding"], p["groups"], p["dilation"])
+
+    def forward(self, step, xs):
+        return self._convt(xs[0], step.params["weight"], step.params.get("bias"), step.params)
+
+    def linear(self, step, xs):
+        return self._convt(xs[0], step.params["weight"], None, step.params)
+
+    def radius(self, step, rs):
+        return self._convt(rs[0], step.params["weight"].abs(), None, step.params)
+
+    def lipschitz(self, step, norms):
+        return norms.autograd(lambda v: self.linear(step, [v]), step.in_shape), (
+            "power iteration (conv_transpose, autograd adjoint)"
+        )
+
+
 # ============================================================================ norms
 
 
@@ -396,8 +714,190 @@ class BatchNorm(Rule):
         return [x, None, None, None, None] if op.startswith(("_native", "native", "cudnn")) else x
 
 
+def min_variance(lo: torch.Tensor, hi: torch.Tensor, dims: tuple[int, ...], iters: int = 60) -> torch.Tensor:
+    """The least variance ``min_{x in [lo, hi]} mean((x - mean x)^2)`` over a box, per group (the
+    axes ``dims`` reduced, kept as size 1). Exact: ``n var(x) = min_c sum (x_i - c)^2``, so the minimum
+    over the box is ``min_c sum_i dist(c, [lo_i, hi_i])^2 / n``, a convex function of one number
+    ``c`` whose derivative ``sum relu(c - hi_i) - relu(lo_i - c)`` is found zero by bisection."""
+    a, b = lo.amin(dim=dims, keepdim=True), hi.amax(dim=dims, keepdim=True)
+    for _ in range(iters):
+        c = (a + b) / 2
+        g = (F.relu(c - hi) - F.relu(lo - c)).sum(dim=dims, keepdim=True)
+        a, b = torch.where(g < 0, c, a), torch.where(g < 0, b, c)
+    c = (a + b) / 2
+    return (F.relu(c - hi) ** 2 + F.relu(lo - c) ** 2).mean(dim=dims, keepdim=True)
+
+
+def _square_interval(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x^2`` over ``[lo, hi]``: ``[0, max(lo^2, hi^2)]`` when the interval contains 0."""
+    low = F.relu(lo) - F.relu(-hi)  # 0 when lo < 0 < hi, else the end nearest 0
+    return low * low, torch.maximum(lo * lo, hi * hi)
+
+
+def _mul_interval(
+    alo: torch.Tensor, ahi: torch.Tensor, blo: torch.Tensor, bhi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The product of two intervals: the least and greatest of the four corner products."""
+    p = (alo * blo, alo * bhi, ahi * blo, ahi * bhi)
+    return torch.minimum(torch.minimum(p[0], p[1]), torch.minimum(p[2], p[3])), torch.maximum(
+        torch.maximum(p[0], p[1]), torch.maximum(p[2], p[3])
+    )
+
+
+def _scale_interval(
+    lo: torch.Tensor, hi: torch.Tensor, w: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lo, hi] * w`` for a constant ``w`` (the ends swap where ``w < 0``)."""
+    if w is None:
+        return lo, hi
+    a, b = lo * w, hi * w
+    return torch.minimum(a, b), torch.maximum(a, b)
+
+
 @register("layer_norm", "native_layer_norm", "rms_norm")
 class LayerNorm(Rule):
+    """Layer norm ``gamma (x - mean x) / sqrt(var x + eps) + beta`` and RMS norm
+    ``w x / sqrt(mean x^2 + eps)`` over the last ``len(normalized_shape)`` axes (kinds ``layernorm``,
+    ``rmsnorm``).
+
+    IBP (layer norm, as auto_LiRPA bounds its decomposition ``mean -> sub -> square -> mean -> + eps
+    -> sqrt -> reciprocal -> mul -> affine``, each by interval arithmetic): ``m in [mean l, mean u]``,
+    ``d = x - m in [l - mean u, u - mean l]``, ``d^2`` by the square of an interval, ``var`` by its mean,
+    ``1 / sqrt(var + eps)`` monotone, ``d / sqrt(...)`` by the four corner products, then ``gamma``,
+    ``beta``. RMS norm the same way without the centring.
+
+    Lipschitz: the Jacobian of ``y = z / s`` (``z`` centred, ``s = sqrt(|z|^2 / n + eps)``) is
+    ``(I - y y^T / n) P / s``, of norm at most ``1 / s``, so the global constant is
+    ``max |gamma| / sqrt(eps)`` (reached at zero variance: honest but huge, e.g. 316 max|gamma| for
+    eps = 1e-5). On a box the bound is ``max |gamma| / sqrt(v + eps)`` with ``v`` the least variance
+    over the box (:func:`min_variance`; for RMS norm the least mean square), per sample."""
+
+    bounds_ops = frozenset({aten.layer_norm.default, aten.native_layer_norm.default, aten.rms_norm.default})
+    kinds = ("layernorm", "rmsnorm")
+
+    def step(self, ctx):
+        a, op = ctx.args, op_key(ctx.node.target)
+        x = ctx.node.args[0]
+        shape = a["normalized_shape"]
+        shape = [shape] if isinstance(shape, int) else list(shape)
+        ndim = x.meta["val"].ndim
+        if len(shape) >= ndim:
+            raise ctx.error("normalisation over the batch axis")
+        dims = tuple(range(ndim - len(shape), ndim))
+        w = ctx.c(a.get("weight"))
+        b = ctx.c(a.get("bias")) if op != "rms_norm" else None
+        eps = a.get("eps")
+        if eps is None:  # rms_norm's default: the dtype's machine epsilon
+            eps = torch.finfo(x.meta["val"].dtype).eps
+        kind = "rmsnorm" if op == "rms_norm" else "layernorm"
+        params = dict(weight=w, bias=b, eps=float(eps), dims=dims, shape=tuple(int(v) for v in shape))
+        return ctx.make(kind, (ctx.src(x),), params)
+
+    def forward(self, step, xs):
+        p = step.params
+        if step.kind == "rmsnorm":
+            x = xs[0]
+            y = x * torch.rsqrt((x * x).mean(dim=p["dims"], keepdim=True) + p["eps"])
+            return y * p["weight"] if p.get("weight") is not None else y
+        return F.layer_norm(xs[0], p["shape"], p.get("weight"), p.get("bias"), p["eps"])
+
+    def _normalised(self, step, x):
+        """``(y, s)``: the normalised input without the affine part, and ``s = sqrt(var + eps)``."""
+        p = step.params
+        if step.kind == "rmsnorm":
+            s = torch.sqrt((x * x).mean(dim=p["dims"], keepdim=True) + p["eps"])
+            return x / s, s
+        z = x - x.mean(dim=p["dims"], keepdim=True)
+        s = torch.sqrt((z * z).mean(dim=p["dims"], keepdim=True) + p["eps"])
+        return z / s, s
+
+    def ibp(self, step, ins):
+        p = step.params
+        c, r = ins[0]
+        lo, hi = c - r, c + r
+        dims = p["dims"]
+        if step.kind == "layernorm":
+            dlo = lo - hi.mean(dim=dims, keepdim=True)
+            dhi = hi - lo.mean(dim=dims, keepdim=True)
+        else:
+            dlo, dhi = lo, hi
+        sqlo, sqhi = _square_interval(dlo, dhi)
+        vlo, vhi = sqlo.mean(dim=dims, keepdim=True), sqhi.mean(dim=dims, keepdim=True)
+        ilo, ihi = 1.0 / torch.sqrt(vhi + p["eps"]), 1.0 / torch.sqrt(vlo + p["eps"])
+        ylo, yhi = _mul_interval(dlo, dhi, ilo, ihi)
+        ylo, yhi = _scale_interval(ylo, yhi, p.get("weight"))
+        if p.get("bias") is not None:
+            ylo, yhi = ylo + p["bias"], yhi + p["bias"]
+        return (yhi + ylo) / 2, (yhi - ylo) / 2
+
+    def tangent(self, step, xs, ts):
+        p = step.params
+        y, s = self._normalised(step, xs[0])
+        dims = tuple(d + 1 for d in p["dims"])  # the tangent's axes: (B, d, *shape)
+        y, s, t = y.unsqueeze(1), s.unsqueeze(1), ts[0]
+        if step.kind == "layernorm":
+            t = t - t.mean(dim=dims, keepdim=True)
+        out = (t - y * (y * t).mean(dim=dims, keepdim=True)) / s
+        return out * p["weight"] if p.get("weight") is not None else out
+
+    def tangent_radius(self, step, xs, rs):
+        """``|J| r`` exactly, per normalised group of ``n`` units. With ``J = diag(g) (I - 1 1^T / n -
+        y y^T / n) / s`` (layer norm) the off-diagonal entries are ``|1 + y_i y_j| / n``: sorting ``y``
+        splits each row's sum at ``y_j = -1 / y_i`` into two prefix sums (``O(n log n)``). RMS norm's
+        ``|y_i| |y_j| / n`` separates directly."""
+        p = step.params
+        y, s = self._normalised(step, xs[0])
+        r = rs[0]
+        dims = p["dims"]
+        lead = tuple(y.shape[: dims[0]])
+        n = math.prod(y.shape[dims[0] :])
+        yf, rf = y.reshape(lead + (n,)), r.reshape(lead + (n,))
+        if step.kind == "rmsnorm":
+            ay = yf.abs()
+            off = ay * ((ay * rf).sum(-1, keepdim=True) - ay * rf) / n
+            diag = (1 - yf * yf / n).abs() * rf
+        else:
+            ys, order = yf.sort(dim=-1)
+            rs_ = rf.gather(-1, order)
+            zero = torch.zeros(lead + (1,), dtype=yf.dtype, device=yf.device)
+            cr = torch.cat([zero, rs_.cumsum(-1)], -1)  # prefix sums of r and y r, sorted by y
+            cyr = torch.cat([zero, (ys * rs_).cumsum(-1)], -1)
+            tot_r, tot_yr = cr[..., -1:], cyr[..., -1:]
+            safe = torch.where(yf == 0, torch.ones_like(yf), yf)
+            k = torch.searchsorted(ys.contiguous(), (-1.0 / safe).contiguous())  # j < k: y_j < -1 / y_i
+            below_r, below_yr = cr.gather(-1, k), cyr.gather(-1, k)
+            above_r, above_yr = tot_r - below_r, tot_yr - below_yr
+            # y_i > 0: 1 + y_i y_j >= 0 iff y_j >= -1/y_i; y_i < 0: iff y_j <= -1/y_i; y_i = 0: always
+            pos = (above_r + yf * above_yr) - (below_r + yf * below_yr)
+            neg = (below_r + yf * below_yr) - (above_r + yf * above_yr)
+            full = torch.where(yf > 0, pos, torch.where(yf < 0, neg, tot_r.expand_as(yf)))
+            off = (full - (1 + yf * yf) * rf) / n  # every j, less the diagonal's |1 + y_i^2| r_i / n
+            diag = (1 - (1 + yf * yf) / n).abs() * rf
+        out = ((off + diag).reshape(y.shape)) / s
+        return out * p["weight"].abs() if p.get("weight") is not None else out
+
+    def _gamma(self, step) -> float:
+        w = step.params.get("weight")
+        return float(w.abs().max()) if w is not None else 1.0
+
+    def lipschitz(self, step, norms):
+        g, eps = self._gamma(step), step.params["eps"]
+        return g / math.sqrt(eps), (
+            f"max|gamma| / sqrt(eps) (eps = {eps:g}): global but loose, reached only at zero variance; "
+            "see the local bound over the data's boxes"
+        )
+
+    def local_lipschitz(self, step, boxes, norms):
+        p = step.params
+        lo, hi = boxes[0]
+        if step.kind == "layernorm":
+            v = min_variance(lo, hi, p["dims"])
+        else:
+            sq, _ = _square_interval(lo, hi)
+            v = sq.mean(dim=p["dims"], keepdim=True)
+        inv = torch.rsqrt(v + p["eps"]).flatten(1).amax(1)
+        return self._gamma(step) * inv, "max|gamma| / sqrt(least variance over the box + eps)"
+
     def unpermuted(self, w, node):
         pass
 
@@ -430,7 +930,7 @@ class Pool(Rule):
 
 @register(
     "max_pool3d", "avg_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "_adaptive_avg_pool2d", "upsample_nearest2d", "upsample_bilinear2d",
+    "_adaptive_avg_pool2d", "upsample_bicubic2d", "upsample_nearest3d", "upsample_trilinear3d",
 )  # fmt: skip
 class OtherPool(Pool):
     """Pooling and resampling the bounds do not take yet."""
@@ -444,6 +944,12 @@ def maxpool(step: Step, x: torch.Tensor, return_indices: bool = False):
     p = step.params
     fn = F.max_pool1d if p["dims"] == 1 else F.max_pool2d
     return fn(x, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"], return_indices)
+
+
+def _gather(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Pick ``v``'s entries at max-pool ``idx`` (flat spatial indices per channel)."""
+    flat = v.flatten(2)
+    return flat.gather(2, idx.flatten(2)).reshape(idx.shape)
 
 
 def maxpool_constant(params: dict[str, Any]) -> float:
@@ -474,6 +980,19 @@ class MaxPool(Pool):
 
     def forward(self, step, xs):
         return maxpool(step, xs[0])
+
+    def tangent(self, step, xs, ts):
+        """Linearised max pooling: the clean input's maximum is selected."""
+        _, idx = maxpool(step, xs[0], return_indices=True)
+        t = ts[0]
+        b, d = t.shape[:2]
+        idx_t = idx.unsqueeze(1).expand((b, d) + tuple(idx.shape[1:]))
+        flat = lambda v: v.reshape((-1,) + tuple(v.shape[2:]))  # noqa: E731
+        return _gather(flat(t), flat(idx_t)).reshape((b, d) + tuple(idx.shape[1:]))
+
+    def tangent_radius(self, step, xs, rs):
+        _, idx = maxpool(step, xs[0], return_indices=True)
+        return _gather(rs[0], idx)
 
     def lipschitz(self, step, norms):
         c = maxpool_constant(step.params)
@@ -561,6 +1080,40 @@ class Pad(LinearPool):
         return self._pad(xs[0], step.params, linear=True)
 
 
+_UPSAMPLE = (
+    "upsample_nearest1d", "upsample_nearest2d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d",
+    "upsample_linear1d", "upsample_bilinear2d",
+)  # fmt: skip
+
+
+@register(*_UPSAMPLE)
+class Upsample(LinearPool):
+    """``interpolate`` (nearest, nearest-exact, linear/bilinear): a linear map with non-negative
+    weights, so ``|A| r = A r``; called as the traced ATen op with its own arguments (the same
+    index arithmetic as the model); its operator norm by power iteration."""
+
+    bounds_ops = frozenset(getattr(getattr(aten, n), o) for n in _UPSAMPLE for o in ("default", "vec"))
+    kinds = ("upsample",)
+
+    def step(self, ctx):
+        tgt = ctx.node.target
+        rest = tuple(self._plain(a) for a in ctx.node.args[1:])
+        kwargs = {k: self._plain(v) for k, v in ctx.node.kwargs.items()}
+        params = dict(op=(op_key(tgt), tgt._overloadname), rest=rest, kwargs=kwargs)
+        return ctx.make("upsample", (ctx.src(ctx.node.args[0]),), params)
+
+    @staticmethod
+    def _plain(v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [int(t) if isinstance(t, torch.SymInt) else t for t in v]
+        return v
+
+    def linear(self, step, xs):
+        name, overload = step.params["op"]
+        fn = getattr(getattr(aten, name), overload)
+        return fn(xs[0], *step.params["rest"], **step.params["kwargs"])
+
+
 # ============================================================================ reductions, shapes
 
 
@@ -585,30 +1138,41 @@ class Reduce(Rule):
         return x if keep else Perm(x.dim - sum(d < x.dim for d in dims), x.gid, x.inner)
 
 
-@register("sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "norm", "linalg_vector_norm")
+@register("amax", "amin", "max", "min", "var", "std", "logsumexp", "norm", "linalg_vector_norm")
 class OtherReduce(Reduce):
     """Reductions the bounds do not take yet."""
 
 
-@register("mean")
+@register("mean", "sum")
 class Mean(Reduce):
-    bounds_ops = frozenset({aten.mean.dim})
-    kinds = ("mean",)
+    """``mean`` / ``sum`` over per-sample axes (kinds ``mean``, ``sum``): linear with non-negative
+    weights; Lipschitz ``1 / sqrt(k)`` and ``sqrt(k)`` for ``k`` units reduced into each output."""
+
+    bounds_ops = frozenset({aten.mean.dim, aten.sum.dim_IntList})
+    kinds = ("mean", "sum")
     affine = True
 
     def step(self, ctx):
         a = ctx.args
         ndim = ctx.node.args[0].meta["val"].ndim
         dims = a["dim"]
+        dims = [dims] if isinstance(dims, int) else dims
         dims = tuple(sorted(int(d) % ndim for d in (dims or range(ndim))))
         if 0 in dims:
-            raise ctx.error("mean over the batch axis")
-        return ctx.make("mean", (ctx.src(a["self"]),), dict(dims=dims, keepdim=bool(a["keepdim"])))
+            raise ctx.error(f"{op_key(ctx.node.target)} over the batch axis")
+        if a.get("dtype") is not None:
+            raise ctx.error(f"unsupported {op_key(ctx.node.target)} with a dtype")
+        kind = "sum" if op_key(ctx.node.target) == "sum" else "mean"
+        return ctx.make(kind, (ctx.src(a["self"]),), dict(dims=dims, keepdim=bool(a["keepdim"])))
 
     def linear(self, step, xs):
-        return xs[0].mean(dim=step.params["dims"], keepdim=step.params["keepdim"])
+        fn = torch.sum if step.kind == "sum" else torch.mean
+        return fn(xs[0], dim=step.params["dims"], keepdim=step.params["keepdim"])
 
     def lipschitz(self, step, norms):
+        if step.kind == "sum" and step.in_shape:
+            k = math.prod(step.in_shape[d - 1] for d in step.params["dims"])
+            return math.sqrt(k), f"sqrt({k}) (sum of {k} units)"
         return LinearPool.lipschitz(self, step, norms)
 
 
@@ -618,7 +1182,7 @@ class Reshape(Rule):
 
     bounds_ops = frozenset({
         aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-        aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default,
+        aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
     })  # fmt: skip
     kinds = ("reshape",)
     affine = True
@@ -667,6 +1231,10 @@ class Reshape(Rule):
 
 @register("cat")
 class Cat(Rule):
+    """``cat`` along a per-sample axis. A constant operand (a learned class token expanded to the
+    batch, the same for every sample) is kept per sample in ``const_<i>`` (``const_pos``: where it
+    goes): it adds no radius and no Lipschitz term."""
+
     bounds_ops = frozenset({aten.cat.default})
     kinds = ("cat",)
     affine = True
@@ -677,15 +1245,44 @@ class Cat(Rule):
         dim = int(ctx.args["dim"]) % nd
         if dim == 0:
             raise ctx.error("concatenation along the batch axis")
-        if any(ctx.src(t) in ctx.const for t in xs):
-            raise ctx.error("concatenation with a constant tensor")
-        return ctx.make("cat", tuple(ctx.src(t) for t in xs), dict(dim=dim))
+        params: dict[str, Any] = dict(dim=dim, const_pos=())
+        inputs = []
+        for i, t in enumerate(xs):
+            if ctx.src(t) not in ctx.const:
+                inputs.append(ctx.src(t))
+                continue
+            v = ctx.const[ctx.src(t)]
+            if not isinstance(v, torch.Tensor) or v.ndim != nd or not bool((v == v[:1]).all()):
+                raise ctx.error("concatenation with a constant tensor that differs between samples")
+            params[f"const_{i}"] = v[:1].detach()
+            params["const_pos"] += (i,)
+        if not inputs:
+            raise ctx.error("concatenation of constants only")
+        return ctx.make("cat", tuple(inputs), params)
+
+    def _cat(self, step, xs, fill):
+        pos, it, parts = step.params.get("const_pos", ()), iter(xs), []
+        n = len(xs) + len(pos)
+        b = xs[0].shape[0]
+        for i in range(n):
+            if i in pos:
+                c = step.params[f"const_{i}"]
+                parts.append(fill(c.to(xs[0].dtype).expand((b,) + tuple(c.shape[1:]))))
+            else:
+                parts.append(next(it))
+        return torch.cat(parts, dim=step.params["dim"])
+
+    def forward(self, step, xs):
+        return self._cat(step, xs, lambda c: c)
 
     def linear(self, step, xs):
-        return torch.cat(xs, dim=step.params["dim"])
+        return self._cat(step, xs, torch.zeros_like)
 
     def lipschitz(self, step, norms):
         return math.nan, "root sum of squares of branches"
+
+    def compose(self, step, const, ups):
+        return sum(u * u for u in ups) ** 0.5
 
 
 # ============================================================================ arithmetic
@@ -740,73 +1337,199 @@ class Binary(Rule):
         return result
 
 
-@register("mul_", "div_", "maximum", "minimum", "where")
+@register("maximum", "minimum", "where")
 class OtherBinary(Binary):
     """Binary ops the bounds do not take."""
 
 
-@register("add", "add_", "sub", "sub_", "mul", "div")
+def _per_sample_constant(o: torch.Tensor, sample: tuple[int, ...]) -> bool:
+    """Whether the constant ``o`` broadcasts against inputs of per-sample shape ``sample`` without
+    changing their shape or varying along the batch axis."""
+    full = (1,) + tuple(sample)
+    if o.ndim > len(full):
+        return False
+    try:
+        return tuple(torch.broadcast_shapes(o.shape, full)) == full
+    except RuntimeError:
+        return False
+
+
+def _expansion(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """How many output units each input unit is broadcast to (``numel(out) / numel(in)``)."""
+    return max(1, math.prod(out_shape) // max(1, math.prod(shape)))
+
+
+@register("add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_")
 class Arith(Binary):
-    """Residual ``add``/``sub`` of two tensors (kind ``add``); ``add``/``sub``/``mul``/``div`` by a
-    number (kinds ``shift``, ``scale``)."""
+    """``add``/``sub`` of two tensors (kind ``add``, broadcasting allowed: residuals, gates);
+    ``add``/``sub``/``mul``/``div`` by a number or a constant tensor (kinds ``shift``, ``scale``);
+    ``mul``/``div`` of two tensors (kinds ``mul``, ``div``: :class:`Product`)."""
 
     bounds_ops = frozenset({
         aten.add.Tensor, aten.sub.Tensor, aten.add_.Tensor, aten.sub_.Tensor, aten.mul.Tensor,
-        aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.add.Scalar, aten.sub.Scalar,
+        aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.add.Scalar, aten.sub.Scalar, aten.mul_.Tensor,
+        aten.div_.Tensor, aten.rsub.Scalar,
     })  # fmt: skip
-    kinds = ("add", "scale", "shift")
+    kinds = ("add", "scale", "shift", "rsub")
     affine = True
 
     def step(self, ctx):
         node, tgt, a = ctx.node, ctx.node.target, ctx.args
-        name = str(tgt).split(".")[1].rstrip("_")
+        name = op_key(tgt).rstrip("_")
         x, other = node.args[0], node.args[1]
         alpha = float(a.get("alpha") or 1.0)
         sign = -1.0 if name == "sub" else 1.0
-        src, tensor_in = ctx.src, ctx.tensor_in
-        if name in ("add", "sub") and len(tensor_in) == 2:
-            for arg in (x, other):  # shapes must agree: no broadcasting between branches
-                if sample_shape(arg) != ctx.fields["out_shape"]:
-                    raise ctx.error(f"unsupported broadcasting {name}")
-            return ctx.make("add", (src(x), src(other)), dict(alpha=sign * alpha))
+        src = ctx.src
+        # the operands that carry the input (``x * x`` names one node twice)
+        tensor_in = [src(v) for v in (x, other) if isinstance(v, torch.fx.Node) and src(v) not in ctx.const]
+        out_shape = ctx.fields["out_shape"]
+        if len(tensor_in) == 2:
+            full = full_shape(node)
+            for arg in (x, other):  # both carry the batch axis: broadcasting within a sample only
+                fs = full_shape(arg)
+                if full is None or fs is None or len(fs) != len(full) or fs[0] != full[0]:
+                    raise ctx.error(f"unsupported broadcasting {name} across the batch axis")
+            k = (_expansion(sample_shape(x), out_shape), _expansion(sample_shape(other), out_shape))
+            if name in ("add", "sub"):
+                return ctx.make("add", (src(x), src(other)), dict(alpha=sign * alpha, expand=k))
+            if name in ("mul", "div") and a.get("rounding_mode") is None:
+                return ctx.make(name, (src(x), src(other)), dict(expand=k))
         if len(tensor_in) == 1 and isinstance(x, torch.fx.Node) and src(x) == tensor_in[0]:
             o = other
             if isinstance(o, torch.fx.Node):
                 o = ctx.const[src(o)]
-                if o.numel() != 1:
-                    raise ctx.error(f"unsupported op {tgt} with a tensor constant")
-                o = float(o)
-            if isinstance(o, int | float):
+                if not isinstance(o, torch.Tensor):
+                    raise ctx.error(f"unsupported op {tgt} with a {type(o).__name__} operand")
+                if o.numel() == 1:
+                    o = float(o)
+                elif not _per_sample_constant(o, sample_shape(x)):
+                    raise ctx.error(f"unsupported op {tgt} with a constant that broadcasts over the batch")
+                else:
+                    o = o.detach()
+            if isinstance(o, int | float | torch.Tensor) and a.get("rounding_mode") is None:
                 if name in ("add", "sub"):
-                    return ctx.make("shift", (src(x),), dict(value=sign * alpha * float(o)))
+                    return ctx.make("shift", (src(x),), dict(value=sign * alpha * o))
                 if name == "mul":
-                    return ctx.make("scale", (src(x),), dict(value=float(o)))
-                if name == "div" and float(o) != 0.0:
-                    return ctx.make("scale", (src(x),), dict(value=1.0 / float(o)))
-        raise ctx.error(f"unsupported op {tgt} (only residual add/sub or scalars)")
+                    return ctx.make("scale", (src(x),), dict(value=o))
+                if name == "div" and bool((torch.as_tensor(o) != 0).all()):
+                    return ctx.make("scale", (src(x),), dict(value=1.0 / o))
+        if len(tensor_in) == 1 and name in ("sub", "rsub"):  # c - alpha x (a constant first)
+            c, xs = (x, other) if name == "sub" else (other, x)
+            if isinstance(xs, torch.fx.Node) and src(xs) == tensor_in[0]:
+                c = ctx.const[src(c)] if isinstance(c, torch.fx.Node) else c
+                if isinstance(c, torch.Tensor) and c.numel() == 1:
+                    c = float(c)
+                if isinstance(c, int | float):
+                    return ctx.make("rsub", (src(xs),), dict(value=-alpha, offset=float(c)))
+        raise ctx.error(f"unsupported op {tgt} (only add/sub/mul/div of two tensors or by constants)")
 
     def forward(self, step, xs):
         if step.kind == "shift":
             return xs[0] + step.params["value"]
+        if step.kind == "rsub":
+            return step.params["offset"] + step.params["value"] * xs[0]
         return self.linear(step, xs)
 
     def linear(self, step, xs):
         if step.kind == "add":
             return xs[0] + step.params["alpha"] * xs[1]
-        if step.kind == "scale":
+        if step.kind in ("scale", "rsub"):
             return xs[0] * step.params["value"]
         return xs[0]  # shift
 
     def radius(self, step, rs):
         if step.kind == "add":
             return rs[0] + abs(step.params["alpha"]) * rs[1]
-        if step.kind == "scale":
-            return rs[0] * abs(step.params["value"])
+        if step.kind in ("scale", "rsub"):
+            v = step.params["value"]
+            return rs[0] * (v.abs() if isinstance(v, torch.Tensor) else abs(v))
         return rs[0]
 
     def lipschitz(self, step, norms):
         if step.kind == "add":
             return math.nan, "sum of branches"
-        if step.kind == "scale":
-            return abs(step.params["value"]), "|scalar|"
+        if step.kind in ("scale", "rsub"):
+            v = step.params["value"]
+            if isinstance(v, torch.Tensor):
+                return float(v.abs().max()), "max |constant|"
+            return abs(v), "|scalar|"
         return 1.0, "translation"
+
+    def compose(self, step, const, ups):
+        if step.kind == "add":  # ||dA + alpha dB|| <= sqrt(k_a) U_a + |alpha| sqrt(k_b) U_b
+            ka, kb = step.params.get("expand", (1, 1))
+            return math.sqrt(ka) * ups[0] + abs(step.params["alpha"]) * math.sqrt(kb) * ups[1]
+        return Rule.compose(self, step, const, ups)
+
+
+@register()
+class Product(Rule):
+    """``a * b`` and ``a / b`` of two tensors (broadcasting within a sample).
+
+    IBP: the product of two intervals is bounded by the least and greatest of its four corner
+    products; ``a / b = a * (1 / b)`` with ``1 / b in [1 / u, 1 / l]`` where ``b``'s interval excludes 0
+    (else an error naming the step). ``x * x`` (one source) is the square of an interval.
+    Lipschitz: no global constant (``a b`` grows without bound); on a box, with ``k_a``, ``k_b`` the
+    broadcast factors, ``||J|| <= sqrt(k_a max|b|^2 + k_b max|a|^2)`` (for ``a / b``: ``max 1/|b|`` and
+    ``max |a| / b^2``)."""
+
+    kinds = ("mul", "div")
+
+    def forward(self, step, xs):
+        return xs[0] * xs[1] if step.kind == "mul" else xs[0] / xs[1]
+
+    def _recip(self, step, blo, bhi):
+        if bool(((blo <= 0) & (bhi >= 0)).any()):
+            lo = float(blo[(blo <= 0) & (bhi >= 0)].min())
+            hi = float(bhi[(blo <= 0) & (bhi >= 0)].max())
+            raise NNVitalsError(
+                f"IBP: the divisor of step {step.label!r} ({step.op}) can be 0 on the input box (its interval "
+                f"reaches [{lo:.4g}, {hi:.4g}]); interval bounds of a / b need b's interval to exclude 0",
+                hint="use a smaller eps, or keep the divisor away from 0 (e.g. add a constant)",
+            )
+        return 1.0 / bhi, 1.0 / blo
+
+    def ibp(self, step, ins):
+        (ca, ra), (cb, rb) = ins
+        alo, ahi, blo, bhi = ca - ra, ca + ra, cb - rb, cb + rb
+        if step.kind == "div":
+            blo, bhi = self._recip(step, blo, bhi)
+        if step.inputs[0] == step.inputs[1] and step.kind == "mul":
+            lo, hi = _square_interval(alo, ahi)
+        elif step.inputs[0] == step.inputs[1]:  # x / x = 1 (where defined)
+            lo = hi = torch.ones_like(alo)
+        else:
+            lo, hi = _mul_interval(alo, ahi, blo, bhi)
+        return (hi + lo) / 2, (hi - lo) / 2
+
+    def tangent(self, step, xs, ts):
+        a, b = xs[0].unsqueeze(1), xs[1].unsqueeze(1)
+        if step.kind == "mul":
+            return ts[0] * b + a * ts[1]
+        return ts[0] / b - a * ts[1] / (b * b)
+
+    def tangent_radius(self, step, xs, rs):
+        a, b = xs
+        if step.kind == "mul":
+            return rs[0] * b.abs() + a.abs() * rs[1]
+        return rs[0] / b.abs() + (a / (b * b)).abs() * rs[1]
+
+    def lipschitz(self, step, norms):
+        what = "product" if step.kind == "mul" else "quotient"
+        return (
+            math.inf,
+            f"no global constant: a {what} of two tensors; see the local bound over the data's boxes",
+        )
+
+    def local_lipschitz(self, step, boxes, norms):
+        (alo, ahi), (blo, bhi) = boxes
+        ka, kb = step.params.get("expand", (1, 1))
+        amax = torch.maximum(alo.abs(), ahi.abs()).flatten(1).amax(1)
+        if step.kind == "mul":
+            bmax = torch.maximum(blo.abs(), bhi.abs()).flatten(1).amax(1)
+            return torch.sqrt(ka * bmax**2 + kb * amax**2), "sqrt(k_a max|b|^2 + k_b max|a|^2) over the box"
+        rlo, rhi = self._recip(step, blo, bhi)
+        rmax = torch.maximum(rlo.abs(), rhi.abs()).flatten(1).amax(1)  # max 1/|b|
+        return torch.sqrt(ka * rmax**2 + kb * (amax * rmax**2) ** 2), (
+            "sqrt(k_a max 1/|b|^2 + k_b (max|a| / min b^2)^2) over the box"
+        )
