@@ -149,6 +149,13 @@ class Analysis(param.Parameterized):
     def _merge(self, subject: Subject, outputs: list[Any]) -> Result:
         raise NotImplementedError
 
+    def _run_notes(self, subject: Subject) -> list[str]:
+        """The notes of every model the run loaded (:attr:`Subject.notes`), each once, in order."""
+        cached = getattr(self, "_subjects_cache", None)
+        subjects = [subject, *(cached[1] if cached else [])]
+        notes = [n for s in subjects for n in s.notes]
+        return list(dict.fromkeys(notes))
+
     # ------------------------------------------------------------------ run
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> Result:
         """Compute (or fetch from the store) this analysis's result.
@@ -190,6 +197,9 @@ class Analysis(param.Parameterized):
             seconds=round(time.perf_counter() - t0, 4),
             cached=False,
         )
+        notes = list(dict.fromkeys([*result.meta.get("notes", []), *self._run_notes(subject)]))
+        if notes:  # e.g. how an export's fixed batch size was worked around
+            result.meta["notes"] = notes
         if key is not None:
             try:
                 self.store().put(key, result)

@@ -11,8 +11,9 @@ Sources (see :func:`as_dataset`):
   upsampled to 16x16 or 32x32 so image analyses (rotation, scale orbits) have room to work, named
   ``digits8``, ``digits16`` and ``digits32`` in every analysis (``digits`` is an alias of
   ``digits8``; a loaded 8x8 set keeps its name ``digits``/``digits-<split>``);
-* user data: a ``.npz`` file (:func:`load_npz`), a tuple ``(x, y)`` of tensors or arrays, or a
-  ``torch.utils.data.Dataset`` yielding ``(x, y)`` pairs.
+* user data: a ``.npz`` file (:func:`load_npz`), a ``.pt`` file (:func:`load_pt`), a tuple
+  ``(x, y)`` of tensors or arrays, or a ``torch.utils.data.Dataset`` yielding ``(x, y)`` pairs;
+  ``x`` holds images ``(N, C, H, W)``, 1-D signals ``(N, C, L)`` or vectors ``(N, D)``.
 
 Nothing is ever downloaded: the digits ship inside scikit-learn.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "builtin_name",
     "load_digits",
     "load_npz",
+    "load_pt",
     "stratified_split",
 ]
 
@@ -64,6 +66,8 @@ BUILTIN_DATASETS: dict[str, int] = {
 }
 
 _SPLITS = ("train", "test", "all")
+#: the shapes ``x`` may have, in words (every message about them says the same)
+SHAPES_TEXT = "(N, C, H, W) images, (N, C, L) 1-D signals or (N, D) vectors"
 # Labels are class indices; anything this large is a mistake (e.g. ids or hashes), and
 # would make ``classes`` absurd.
 _MAX_LABEL = 2**31 - 1
@@ -73,7 +77,8 @@ _MAX_LABEL = 2**31 - 1
 class Dataset:
     """An immutable labelled dataset held on the CPU.
 
-    ``x`` is ``float32`` with shape ``(N, C, H, W)`` (images) or ``(N, D)`` (vectors); ``y``
+    ``x`` is ``float32`` with shape ``(N, C, H, W)`` (images), ``(N, C, L)`` (1-D signals: channels
+    by length, as ``Conv1d`` takes them) or ``(N, D)`` (vectors); ``y``
     is ``int64`` class indices of shape ``(N,)`` in ``[0, classes)``. Floating ``x`` and
     integer ``y`` of other precisions are converted on construction; anything else is
     rejected, so every analysis can rely on these invariants.
@@ -100,9 +105,9 @@ class Dataset:
             raise NNVitalsError(f"Dataset {self.name!r}: x must be floating point, got {x.dtype}")
         if not _is_integer_dtype(y.dtype):
             raise NNVitalsError(f"Dataset {self.name!r}: y must hold integer labels, got {y.dtype}")
-        if x.ndim not in (2, 4):
+        if x.ndim not in (2, 3, 4):
             raise NNVitalsError(
-                f"Dataset {self.name!r}: x must have shape (N, C, H, W) or (N, D), got {tuple(x.shape)}"
+                f"Dataset {self.name!r}: x must have shape {SHAPES_TEXT}, got {tuple(x.shape)}"
             )
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise NNVitalsError(
@@ -136,8 +141,13 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, e.g. ``(1, 8, 8)`` or ``(64,)``."""
+        """Shape of one sample, e.g. ``(1, 8, 8)``, ``(2, 128)`` or ``(64,)``."""
         return tuple(self.x.shape[1:])
+
+    @property
+    def kind(self) -> str:
+        """What one sample is: ``'image'`` ``(C, H, W)``, ``'signal'`` ``(C, L)`` or ``'vector'`` ``(D,)``."""
+        return {4: "image", 3: "signal", 2: "vector"}[self.x.ndim]
 
     @cached_property
     def fingerprint(self) -> str:
@@ -305,11 +315,9 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
         y = np.asarray(y)
         y_ok, y_dtype = y.dtype.kind in "iu", str(y.dtype)
 
-    if x.ndim not in (2, 4):
-        hint = " (add a channel axis, e.g. x[:, None])" if x.ndim == 3 else ""
-        raise NNVitalsError(
-            f"{where}: x must have 4 dims (N, C, H, W) or 2 dims (N, D), got shape {tuple(x.shape)}{hint}"
-        )
+    if x.ndim not in (2, 3, 4):
+        hint = " (add a channel axis, e.g. x[:, None])" if x.ndim == 1 else ""
+        raise NNVitalsError(f"{where}: x must have shape {SHAPES_TEXT}, got shape {tuple(x.shape)}{hint}")
     if y.ndim != 1:
         raise NNVitalsError(f"{where}: y must have 1 dim (N,) of class labels, got shape {tuple(y.shape)}")
     if not x_ok:
@@ -490,7 +498,7 @@ def _read_npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, where
 def load_npz(path: str | Path) -> Dataset:
     """Load a user dataset from a ``.npz`` file with arrays ``x`` and ``y``.
 
-    ``x`` is floating point with shape ``(N, C, H, W)`` or ``(N, D)``; ``y`` holds integer
+    ``x`` is floating point with shape ``(N, C, H, W)``, ``(N, C, L)`` or ``(N, D)``; ``y`` holds integer
     class labels of shape ``(N,)``. ``classes`` is ``max(y) + 1``. The archive is read member by
     member with the sizes it declares checked first (:func:`_read_npz_member`): no pickle, no
     allocation or inflation past :data:`MAX_NPZ_ARRAY_BYTES`. Every problem is reported as a
@@ -547,6 +555,45 @@ def load_npz(path: str | Path) -> Dataset:
     return _from_arrays(x, y, where=where, name=p.stem)
 
 
+#: suffixes of torch data files (:func:`load_pt`)
+PT_SUFFIXES = (".pt", ".pth")
+
+
+def load_pt(path: str | Path) -> Dataset:
+    """Load a user dataset saved with ``torch.save``: a dict with tensors ``x`` and ``y`` (or an
+    ``(x, y)`` pair), read with ``torch.load(weights_only=True)`` (tensors and containers only: no
+    pickled code runs). The shapes and types are those of :func:`load_npz`; a file larger than twice
+    :data:`MAX_NPZ_ARRAY_BYTES` is refused before it is read."""
+    p = Path(path)
+    where = str(p)
+    how = "save one with torch.save({'x': x, 'y': y}, path)"
+    if not p.is_file():
+        what = "no such file" if not p.exists() else "not a file"
+        raise NNVitalsError(f"{where}: {what} (expected a torch file holding {{'x': ..., 'y': ...}})")
+    size = p.stat().st_size
+    if size > 2 * _array_budget():
+        raise NNVitalsError(
+            f"{where}: {_bytes_text(size)}; at most {_bytes_text(2 * _array_budget())} of data are read"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and unpickler errors of many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise NNVitalsError(f"{where}: not a readable torch data file ({first}); {how}") from None
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        x, y = obj["x"], obj["y"]
+    elif isinstance(obj, tuple | list) and len(obj) == 2:
+        x, y = obj
+    else:
+        found = ", ".join(repr(k) for k in list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+        raise NNVitalsError(f"{where}: holds {found}; expected tensors 'x' (inputs) and 'y' (labels); {how}")
+    if not isinstance(x, torch.Tensor | np.ndarray) or not isinstance(y, torch.Tensor | np.ndarray):
+        raise NNVitalsError(
+            f"{where}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}; {how}"
+        )
+    return _from_arrays(x, y, where=where, name=p.stem)
+
+
 def _from_torch_dataset(ds: torch.utils.data.Dataset) -> Dataset:
     """Stack every ``(x, y)`` item of a map-style torch dataset into one :class:`Dataset`."""
     where = f"data ({type(ds).__name__})"
@@ -599,7 +646,8 @@ def as_dataset(obj: Any, *, split: str = "all") -> Dataset:
     * ``"digits8"``, ``"digits16"``, ``"digits32"`` — the built-in digits at 8, 16 or 32
       pixels, restricted to ``split`` (``"train"``, ``"test"`` or ``"all"``); ``"digits"`` is an
       alias of ``"digits8"`` (:data:`DATASET_ALIASES`);
-    * a ``str`` or ``Path`` ending in ``.npz`` — see :func:`load_npz`;
+    * a ``str`` or ``Path`` ending in ``.npz`` — see :func:`load_npz`; ending in ``.pt``/``.pth``
+      — see :func:`load_pt`;
     * a tuple ``(x, y)`` of tensors or numpy arrays;
     * a ``torch.utils.data.Dataset`` whose items are ``(x, y)`` pairs (stacked).
 
@@ -613,6 +661,8 @@ def as_dataset(obj: Any, *, split: str = "all") -> Dataset:
         return load_digits(size=BUILTIN_DATASETS[obj], split=split)
     if isinstance(obj, str | Path) and str(obj).lower().endswith(".npz"):
         return load_npz(obj)
+    if isinstance(obj, str | Path) and str(obj).lower().endswith(PT_SUFFIXES) and Path(obj).is_file():
+        return load_pt(obj)  # (a missing one is named with every form data may take, below)
     if isinstance(obj, tuple) and len(obj) == 2:
         x, y = obj
         if isinstance(x, torch.Tensor | np.ndarray) and isinstance(y, torch.Tensor | np.ndarray):
@@ -623,6 +673,6 @@ def as_dataset(obj: Any, *, split: str = "all") -> Dataset:
     raise NNVitalsError(
         f"data: cannot use {shown[:80]} as a dataset; expected a Dataset, one of "
         f"{', '.join(map(repr, DIGITS_NAMES))} ('digits' = 'digits8'), a path to a .npz file with arrays "
-        "'x' and 'y', "
+        "'x' and 'y' (or a .pt file saved with torch.save({'x': x, 'y': y})), "
         "a tuple (x, y) of tensors or numpy arrays, or a torch.utils.data.Dataset of (x, y) pairs"
     )

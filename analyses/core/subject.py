@@ -5,7 +5,8 @@
 - a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``;
 - ``.safetensors`` files (streamed tensor by tensor, never loaded whole);
 - ``.pt/.pth/.bin`` state dicts (``torch.load(weights_only=True)`` only);
-- ``.pt2`` ``torch.export`` programs;
+- ``.pt2`` ``torch.export`` programs (one exported with a fixed batch size runs batches of any
+  size: :mod:`analyses.core.batching`; :attr:`Subject.notes` says how);
 - Hugging Face style directories (``config.json`` + ``*.safetensors`` or a state dict);
 - ``package.module:factory`` references (CLI and notebooks only);
 - demo model names from the registered demo source (:func:`analyses.core.demo_source`: the zoo
@@ -212,8 +213,15 @@ class Subject:
             self.__dict__["_fp"] = self._fingerprint()
         return self.__dict__["_fp"]
 
+    @property
+    def notes(self) -> list[str]:
+        """One-line notes on how the model is run, for the results (e.g. a fixed batch size worked
+        around); empty when there is nothing to say."""
+        return []
+
     def describe(self) -> dict[str, Any]:
-        return {"label": self.label, "source": self.source_kind, "fingerprint": self.fingerprint}
+        out = {"label": self.label, "source": self.source_kind, "fingerprint": self.fingerprint}
+        return out | ({"notes": self.notes} if self.notes else {})
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -382,14 +390,18 @@ class DemoSubject(SafetensorsSubject):
 
     source_kind = "demo"
 
+    def __init__(self, files: list[Path], label: str, **kw: Any):
+        super().__init__(files, label, **kw)
+        self.demo_name = label  # the label may change (two copies compared); the demo it is does not
+
     def _fingerprint(self) -> str:  # the same weights under another demo name are another model
-        return hashlib.sha256(f"demo:{self.label}|{super()._fingerprint()}".encode()).hexdigest()
+        return hashlib.sha256(f"demo:{self.demo_name}|{super()._fingerprint()}".encode()).hexdigest()
 
     def module(self) -> nn.Module:
         source = demo_source()
         if source is None:
             raise NNVitalsError(f"model {self.label}: no demo models are registered here")
-        return source.load(self.label)
+        return source.load(self.demo_name)
 
 
 class StateDictSubject(Subject):
@@ -432,7 +444,13 @@ class StateDictSubject(Subject):
 
 
 class ExportSubject(Subject):
-    """A ``torch.export`` program: weights plus a runnable graph (layer kinds from its ops)."""
+    """A ``torch.export`` program: weights plus a runnable graph (layer kinds from its ops).
+
+    A program exported with a fixed batch size (no ``dynamic_shapes``) runs batches of any size:
+    :meth:`program` is the program with its batch axis made dynamic where its graph allows, and
+    :meth:`module` otherwise cuts batches into chunks of the exported size
+    (:func:`analyses.core.batching.free_batch`); :attr:`notes` says which.
+    """
 
     source_kind = "export"
 
@@ -441,15 +459,35 @@ class ExportSubject(Subject):
         self.path = Path(path) if path is not None else None
         if program is not None:
             self.__dict__["_ep"] = program
-        self.program()
+        self.loaded_program()
 
-    def program(self):
+    def loaded_program(self):
+        """The program as it was saved (or given): the weights and the graph of the fingerprint."""
         if "_ep" not in self.__dict__:
             self.__dict__["_ep"] = load_exported(self.path)
         return self.__dict__["_ep"]
 
+    def batch_fix(self):
+        """How the program runs batches of any size (:class:`analyses.core.batching.BatchFix`),
+        worked out on first use."""
+        if "_fix" not in self.__dict__:
+            from .batching import free_batch
+
+            self.__dict__["_fix"] = free_batch(self.loaded_program(), self.label)
+        return self.__dict__["_fix"]
+
+    def program(self):
+        """The program to run and walk: with a dynamic batch axis where the saved one fixed it and
+        its graph allows (else the saved program, whose :meth:`module` runs in chunks)."""
+        return self.batch_fix().program
+
+    @property
+    def notes(self) -> list[str]:
+        fix = self.batch_fix()
+        return [fix.note] if fix.note else []
+
     def _infos(self) -> list[WeightRef]:
-        ep = self.program()
+        ep = self.loaded_program()
         kinds = exported_param_kinds(ep)
         return [
             WeightRef(
@@ -462,22 +500,29 @@ class ExportSubject(Subject):
         ]
 
     def tensor(self, name: str) -> torch.Tensor:
-        return self.program().state_dict[name].detach()
+        return self.loaded_program().state_dict[name].detach()
 
     def _fingerprint(self) -> str:
         if self.path is not None:  # the archive holds the graph as well as the weights
             return _sha256_files([self.path])
-        ep = self.program()
+        ep = self.loaded_program()
         h = hashlib.sha256(_sha256_tensors([*ep.state_dict.items(), *ep.constants.items()]).encode())
         h.update(ep.graph_module.code.encode())
         h.update(str(ep.graph_signature).encode())
         return h.hexdigest()
 
     def module(self) -> nn.Module:
-        return self.program().module()
+        """The program's module, for batches of any size (see the class docstring)."""
+        fix = self.batch_fix()
+        if fix.how == "chunks":
+            from .batching import FixedBatchModule
+
+            return FixedBatchModule(fix.program.module(), fix.fixed)
+        return fix.program.module()
 
     def __getstate__(self):
         state = super().__getstate__()
+        state.pop("_fix", None)  # worked out again where it is used
         if self.path is not None:
             state.pop("_ep", None)
         return state

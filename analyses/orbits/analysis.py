@@ -11,9 +11,19 @@ The knobs are bounded by what they cost, counted before anything is made: at mos
 elements, the rows of the result) and :data:`MAX_PIXELS` pixels to resample and run; past them
 the run is refused in one line that says which knob to lower. Within them tasks and element groups
 keep the working memory near :data:`TASK_BYTES` and :data:`GROUP_BYTES`. A ``.pt2`` program
-exported with a fixed batch size is run on batches padded to that size; a model that takes flat
-vectors (its recorded input, or a try on two images) gets each image flattened. A run stops within a
-batch of Cancel: the tasks check the run's cancel token between batches (:meth:`OrbitAnalysis.run`).
+exported with a fixed batch size runs any batch (:mod:`analyses.core.batching`: its batch axis made
+dynamic, or batches cut to its size; the result's ``meta["notes"]`` says which); a model that takes
+flat vectors (its recorded input, or a try on two images) gets each image flattened. A run stops
+within a batch of Cancel: the tasks check the run's cancel token between batches
+(:meth:`OrbitAnalysis.run`).
+
+Images may have 1 or 3 channels (any size); ``mean``/``std`` apply the model's input normalisation
+after each transform (the transforms act on pixels in [0, 1], filling with 0). With ``fit_input``
+the data are brought to the input a ``.pt2`` model records: resized (bilinear for images, linear
+for signals), a gray channel repeated for a 3-channel model. 1-D signals ``(N, C, L)`` walk the
+``time-*`` groups (``shift``, ``flip`` and ``scale`` name them too): shifts filled with zeros or
+wrapped around (``shift_fill``), time reversal and resampling. A model that takes token ids (integer
+inputs) is refused in one line: there is nothing to rotate or shift in a token id.
 
 :func:`setting_problems` checks settings before anything runs and reports every bad one at once.
 """
@@ -32,12 +42,13 @@ import param
 import torch
 
 from ..core.analysis import Analysis
+from ..core.batching import FixedBatchModule
 from ..core.data import Dataset, as_dataset, builtin_name
 from ..core.errors import Cancelled, NNVitalsError
-from ..core.graph import fixed_batch_size
+from ..core.graph import first_input, fixed_batch_size
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Task, parse_spec
-from ..core.subject import Subject, runnable_module
+from ..core.subject import ExportSubject, ModuleSubject, Subject, runnable_module
 from . import fitting
 from . import kernels as K
 
@@ -62,6 +73,9 @@ _KNOBS = {
     "shift": ("shift_range/shift_step", "lower shift_range or raise shift_step"),
     "scale": ("scale_range/scale_step", "narrow scale_range or raise scale_step"),
     "flip": ("group 'flip'", ""),
+    "time-shift": ("shift_range/shift_step", "lower shift_range or raise shift_step"),
+    "time-scale": ("scale_range/scale_step", "narrow scale_range or raise scale_step"),
+    "time-flip": ("group 'flip'", ""),
 }
 
 
@@ -138,12 +152,19 @@ class OrbitResult(Result):
             raise NNVitalsError(f"classes {classes}: no analysed sample has these labels")
         return s.mean(axis=0)
 
+    @property
+    def signals(self) -> bool:
+        """Whether the samples are 1-D signals ``(C, L)`` (a ``time-*`` group) rather than images."""
+        return self.group.startswith("time-")
+
     def transformed(self, row: int, element: int) -> np.ndarray:
-        """Sample ``row`` (position in this result) under element ``element``: ``(C, H, W)``."""
+        """Sample ``row`` (position in this result) under element ``element``: ``(C, H, W)`` (a signal:
+        ``(C, L)``), in the data's own range (before any normalisation)."""
         if self.images is None:
             raise NNVitalsError("this result did not keep its images (too large); rerun on fewer samples")
         x = torch.from_numpy(np.ascontiguousarray(self.images[row : row + 1]))
-        return K.transform(x, self.elements, [element])[0, 0].numpy()
+        fill = self.meta.get("shift_fill", "zeros")
+        return K.transform(x, self.elements, [element], fill=fill)[0, 0].numpy()
 
     @property
     def summary_table(self) -> pd.DataFrame:
@@ -164,36 +185,103 @@ class _Models:
         return "+".join(s.fingerprint for s in self.members)
 
 
-class _FixedBatch:
-    """An exported program specialised to one batch size, run on batches of any size: it sees
-    batches of exactly ``size`` images, the last one padded by repeating its final image, and the
-    padding's output rows are dropped (in eval mode every image's output is its own)."""
-
-    def __init__(self, module: Any, size: int, where: str):
-        self.module, self.size, self.where = module, int(size), where
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for start in range(0, len(x), self.size):
-            part = x[start : start + self.size]
-            n = len(part)
-            if n < self.size:
-                part = torch.cat([part, part[-1:].expand(self.size - n, *part.shape[1:])])
-            out = _logits_of(self.module(part), self.where)
-            if out.shape[0] != self.size:
-                raise NNVitalsError(
-                    f"model {self.where}: returned {out.shape[0]} rows for {self.size} images; "
-                    "expected one row of class scores per image"
-                )
-            outs.append(out[:n])
-        return torch.cat(outs)
-
-
 def _fixed_batch(subject: Subject, module: Any) -> int | None:
-    """The batch size a ``torch.export`` program (a ``.pt2`` file, or ``ExportedProgram.module()``
-    given as a module) was specialised to, when it is fixed (None when its batch axis is free)."""
+    """The batch size an ``ExportedProgram.module()`` given as a module was specialised to, when it
+    is fixed (None when its batch axis is free; a ``.pt2`` subject runs any batch already)."""
+    if isinstance(subject, ExportSubject) or isinstance(module, FixedBatchModule):
+        return None
+    return fixed_batch_size(module)
+
+
+def _fit_to(ds: Dataset, target: tuple[int, ...], where: str) -> tuple[Dataset, str]:
+    """``ds`` brought to the models' recorded sample shape ``target``: resized (bilinear images with
+    antialiasing, linear signals; clamped to [0, 1]) and a gray channel repeated for 3 channels (3
+    averaged for 1). Left as it is (the model check then says what it takes) when the ranks differ
+    or the channels are neither equal nor 1 and 3. Returns the data and a note saying what was done."""
+    x = ds.x
+    if len(target) != x.ndim - 1:
+        return ds, ""
+    c_from, c_to = int(x.shape[1]), int(target[0])
+    if c_from != c_to and {c_from, c_to} != {1, 3}:
+        return ds, ""
+    done = []
+    size = tuple(int(d) for d in target[1:])
+    if tuple(x.shape[2:]) != size:
+        mode = "bilinear" if x.ndim == 4 else "linear"
+        x = torch.nn.functional.interpolate(
+            x, size=size, mode=mode, align_corners=False, antialias=x.ndim == 4
+        )
+        x = x.clamp_(0.0, 1.0)
+        done.append(f"resized from {'x'.join(map(str, ds.x.shape[2:]))} to {'x'.join(map(str, size))}")
+    if c_from == 1 and c_to == 3:
+        x = x.expand(-1, 3, *x.shape[2:])
+        done.append("its gray channel repeated for 3 channels")
+    elif c_from == 3 and c_to == 1:
+        x = x.mean(dim=1, keepdim=True)
+        done.append("its 3 channels averaged into 1")
+    name = f"{ds.name} as {'x'.join(map(str, target))}"
+    note = f"data {where}: {' and '.join(done)}, the input the models record {fitting.shape_text(target)}"
+    return Dataset(x=x.contiguous(), y=ds.y, name=name, classes=ds.classes), note
+
+
+def _recorded_program(subject: Subject) -> Any:
+    """The export a subject runs (a ``.pt2`` program, or an ``ExportedProgram.module()`` given as a
+    module), or None: only exports record their input."""
     program = getattr(subject, "program", None)
-    return fixed_batch_size(program() if callable(program) else module)
+    if callable(program):
+        return program()
+    mod = subject._module if isinstance(subject, ModuleSubject) else None
+    return mod if isinstance(mod, torch.fx.GraphModule) else None
+
+
+def _recorded_shape(subject: Subject) -> tuple[int | None, ...] | None:
+    """The sample shape an export records for its input (batch axis dropped), else None."""
+    model = _recorded_program(subject)
+    val = first_input(model) if model is not None else None
+    if val is None or val.ndim < 1:
+        return None
+    return tuple(int(d) if isinstance(d, int) else None for d in val.shape[1:])
+
+
+def _integer_input(model: Any) -> bool:
+    """Whether an exported program (or its module) records an integer first input: token ids."""
+    val = first_input(model)
+    return val is not None and not val.dtype.is_floating_point and not val.dtype.is_complex
+
+
+def _takes_token_ids(subject: Subject) -> bool:
+    """Whether the model records token ids as its input: a ``.pt2`` program, or an
+    ``ExportedProgram.module()`` given as a module, with an integer first input. (A live module says
+    so when it fails on the data: see :func:`_embeds_first`.)"""
+    program = getattr(subject, "loaded_program", None)
+    if callable(program):
+        return _integer_input(program())
+    mod = subject._module if isinstance(subject, ModuleSubject) else None
+    return isinstance(mod, torch.fx.GraphModule) and _integer_input(mod)
+
+
+def _embeds_first(module: Any) -> bool:
+    """Whether the first layer with weights of a live module is an embedding (it takes token ids)."""
+    if not isinstance(module, torch.nn.Module):
+        return False
+    for m in module.modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            return isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag)
+    return False
+
+
+class _Normalised:
+    """A model whose input normalisation is applied outside it: it sees ``(x - mean) / std`` per
+    channel, the transforms having acted on the data's own values (in [0, 1])."""
+
+    def __init__(self, module: Any, mean: torch.Tensor, std: torch.Tensor):
+        self.module, self.mean, self.std = module, mean, std
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = self.mean.to(x.device, x.dtype).reshape(shape)
+        std = self.std.to(x.device, x.dtype).reshape(shape)
+        return self.module((x - mean) / std)
 
 
 class _Flattened:
@@ -208,16 +296,19 @@ class _Flattened:
 
 class _Runnable:
     """A subject's module, built once per process (pickles as the subject for Dask workers).
-    ``flatten``: the model takes flat vectors, so images are flattened before it sees them."""
+    ``flatten``: the model takes flat vectors, so images are flattened before it sees them;
+    ``norm``: ``(mean, std)`` per channel applied before (empty tuples: none)."""
 
-    def __init__(self, subject: Subject, where: str, flatten: bool = False):
-        self.subject, self.where, self.flatten, self._mod = subject, where, flatten, None
+    def __init__(self, subject: Subject, where: str, flatten: bool = False, norm: tuple = ((), ())):
+        self.subject, self.where, self.flatten, self.norm, self._mod = subject, where, flatten, norm, None
 
     def module(self, device: str = "cpu", dtype: str = "float32"):
         """The module on ``device`` in ``dtype``; a copy when it has to move (the user's stays put).
-        A program exported with a fixed batch size comes wrapped in :class:`_FixedBatch`, a model
-        over flat vectors in :class:`_Flattened`."""
-        if self._mod is None or self._mod[0] != (device, dtype, self.flatten):
+        An ``ExportedProgram.module()`` with a fixed batch size comes wrapped in
+        :class:`~analyses.core.batching.FixedBatchModule`, a model over flat vectors in
+        :class:`_Flattened`, one with its normalisation outside in :class:`_Normalised`."""
+        key = (device, dtype, self.flatten, self.norm)
+        if self._mod is None or self._mod[0] != key:
             try:
                 mod = runnable_module(self.subject)
             except NotImplementedError:  # ExportedProgram.module() given as a module: eval() is baked in
@@ -227,15 +318,23 @@ class _Runnable:
             if p is not None and (p.device != dev or (p.is_floating_point() and p.dtype != dt)):
                 mod = copy.deepcopy(mod).to(dev, dt)
             fixed = _fixed_batch(self.subject, mod)
+            if fixed is not None:
+                mod = FixedBatchModule(mod, fixed)
             if self.flatten:
                 mod = _Flattened(mod)
-            if fixed is not None:
-                mod = _FixedBatch(mod, fixed, self.where)
-            self._mod = ((device, dtype, self.flatten), mod)
+            mean, std = self.norm
+            if mean or std:
+                C = max(len(mean), len(std))
+                mean_t = torch.tensor(mean or [0.0] * C, dtype=torch.float64)
+                std_t = torch.tensor(std or [1.0] * C, dtype=torch.float64)
+                mod = _Normalised(mod, mean_t.expand(C) if len(mean_t) == 1 else mean_t,
+                                  std_t.expand(C) if len(std_t) == 1 else std_t)  # fmt: skip
+            self._mod = (key, mod)
         return self._mod[1]
 
     def __getstate__(self):
-        return {"subject": self.subject, "where": self.where, "flatten": self.flatten, "_mod": None}
+        return {"subject": self.subject, "where": self.where, "flatten": self.flatten, "norm": self.norm,
+                "_mod": None}  # fmt: skip
 
 
 def _cancel_check(cancel: Any) -> Callable[[], None]:
@@ -283,6 +382,7 @@ def _orbit_task(
     dtype: str,
     classes: int,
     cancel: Any = None,
+    fill: str = "zeros",
 ) -> dict[str, np.ndarray]:
     """Scores of one model on a chunk of samples at every element: arrays shaped (E, B[, K]).
 
@@ -305,7 +405,9 @@ def _orbit_task(
         for start in range(0, E, per_group):
             check()
             stop = min(E, start + per_group)
-            imgs = K.transform(xd, els, range(start, stop)).reshape((stop - start) * B, *x.shape[1:])
+            imgs = K.transform(xd, els, range(start, stop), fill=fill).reshape(
+                (stop - start) * B, *x.shape[1:]
+            )
             parts = []
             for i in range(0, len(imgs), batch_size):  # the model sees batch_size images at a time
                 check()
@@ -341,6 +443,23 @@ def _orbit_task(
     return out
 
 
+class _PerChannel(param.List):
+    """Numbers per channel: a list of floats; a tuple or a single number is taken as one."""
+
+    def __init__(self, **kw: Any):
+        super().__init__(default=[], item_type=float, **kw)
+
+    def __set__(self, obj: Any, val: Any) -> None:
+        if isinstance(val, int | float | np.number) and not isinstance(val, bool):
+            val = [val]
+        if isinstance(val, tuple | np.ndarray | torch.Tensor):
+            val = list(val.tolist() if hasattr(val, "tolist") else val)
+        if isinstance(val, list):
+            val = [float(v) if isinstance(v, int | float | np.number) and not isinstance(v, bool) else v
+                   for v in val]  # fmt: skip
+        super().__set__(obj, val)
+
+
 class OrbitAnalysis(Analysis):
     """NERO plots: where along a group orbit a model stops being equivariant.
 
@@ -353,37 +472,110 @@ class OrbitAnalysis(Analysis):
 
     model = param.Parameter(
         default=None,
+        label="Models",
         doc="One runnable model or a list of them to compare: a torch.nn.Module, a .pt2 export, "
-        "'package.module:factory' or a demo model name.",
+        "'package.module:factory' or a demo model name. Image classifiers with 1 or 3 channels, or "
+        "classifiers of 1-D signals; not models of token ids.",
     )
     data = param.Parameter(
         default="digits16",
+        label="Data",
         doc="Built-in 'digits16' (the bundled digits at 16x16: rotations need room), 'digits8' ('digits' "
-        "is the same) or 'digits32'; a .npz path with x (N,C,H,W) floats in [0, 1] and y ints, a Dataset, "
-        "or a tuple (x, y).",
+        "is the same) or 'digits32'; a .npz (or torch .pt) file with x floats in [0, 1], images "
+        "(N, C, H, W) with 1 or 3 channels or 1-D signals (N, C, L), and y ints; a Dataset, or a tuple (x, y).",
     )
     split = param.Selector(
-        default="test", objects=["test", "train", "all"], doc="Part of the built-in digits to use."
+        default="test",
+        objects=["test", "train", "all"],
+        label="Digits split",
+        doc="Part of the built-in digits to use.",
     )
-    group = param.Selector(default="rotation", objects=list(K.GROUPS), doc="The group whose orbit to walk.")
+    group = param.Selector(
+        default="rotation",
+        objects=list(K.GROUPS),
+        label="Group",
+        doc="The group whose orbit to walk. On 1-D signals shift, flip and scale are time-shift, "
+        "time-flip (time reversal) and time-scale (resampling); rotations need images.",
+    )
     steps = param.Integer(
-        default=72, bounds=(1, 3600), doc="Rotation: this many evenly spaced angles starting at 0 degrees."
+        default=72,
+        bounds=(1, 3600),
+        label="Rotation angles (from 0°)",
+        doc="Rotation: this many evenly spaced angles starting at 0 degrees.",
     )
-    shift_range = param.Number(default=4.0, bounds=(0, None), doc="Shift: largest |dx|, |dy| in pixels.")
-    shift_step = param.Number(default=1.0, bounds=(0.01, None), doc="Shift: grid step in pixels.")
-    scale_range = param.NumericTuple(default=(0.5, 1.5), length=2, doc="Scale: smallest and largest zoom.")
-    scale_step = param.Number(default=0.05, bounds=(0.001, None), doc="Scale: step between zooms.")
-    score = param.Selector(default="probability", objects=list(K.SCORES), doc="What each point records.")
-    classes = param.List(default=[], item_type=int, doc="Only samples of these classes (empty: all).")
+    shift_range = param.Number(
+        default=4.0,
+        bounds=(0, None),
+        label="Shift: largest |dx|, |dy| (px)",
+        doc="Shift: largest |dx|, |dy| in pixels (signals: the largest shift in samples).",
+    )
+    shift_step = param.Number(
+        default=1.0,
+        bounds=(0.01, None),
+        label="Shift step (px)",
+        doc="Shift: grid step in pixels (signals: in samples).",
+    )
+    shift_fill = param.Selector(
+        default="zeros",
+        objects=list(K.FILLS),
+        label="Shift fill (signals)",
+        doc="What a shift of a 1-D signal brings in: zeros, or the samples it pushed out at the other end "
+        "(circular). Images are always filled with zeros.",
+    )
+    scale_range = param.NumericTuple(
+        default=(0.5, 1.5),
+        length=2,
+        label="Scale range (smallest, largest)",
+        doc="Scale: smallest and largest zoom (signals: resampling factor in time).",
+    )
+    scale_step = param.Number(
+        default=0.05, bounds=(0.001, None), label="Scale step", doc="Scale: step between zooms."
+    )
+    score = param.Selector(
+        default="probability", objects=list(K.SCORES), label="Score", doc="What each point records."
+    )
+    classes = param.List(
+        default=[],
+        item_type=int,
+        label="Classes (empty: all)",
+        doc="Only samples of these classes (empty: all).",
+    )
     max_samples = param.Integer(
-        default=None, allow_None=True, bounds=(1, None), doc="Analyse at most this many samples (seeded)."
+        default=None,
+        allow_None=True,
+        bounds=(1, None),
+        label="At most this many samples",
+        doc="Analyse at most this many samples (seeded).",
     )
-    seed = param.Integer(default=0, doc="Seed of the sample subset when max_samples is set.")
-    batch_size = param.Integer(default=256, bounds=(1, None), doc="Images per forward pass.")
+    seed = param.Integer(default=0, label="Seed", doc="Seed of the sample subset when max_samples is set.")
+    mean = _PerChannel(
+        label="Input mean (per channel)",
+        doc="The model's input normalisation, applied after each transform: it sees (x - mean) / std. "
+        "One number for every channel or one per channel (e.g. 0.485, 0.456, 0.406 for ImageNet "
+        "models); empty: 0. The data stay in [0, 1]: the transforms fill with 0 there.",
+    )
+    std = _PerChannel(
+        label="Input std (per channel)",
+        doc="The model's input normalisation, applied after each transform: it sees (x - mean) / std. "
+        "One positive number for every channel or one per channel (e.g. 0.229, 0.224, 0.225 for "
+        "ImageNet models); empty: 1.",
+    )
+    fit_input = param.Boolean(
+        default=True,
+        label="Fit the data to the model's input",
+        doc="When a .pt2 model records its input shape: resize the data to it (bilinear for images, "
+        "linear for signals) and repeat a gray channel for a 3-channel model (or average 3 channels "
+        "for a 1-channel one). A gray model of a built-in digits size is not fed other digits "
+        "resampled: give the digits of its size (a failure names them). Off: the data go in as they are.",
+    )
+    batch_size = param.Integer(
+        default=256, bounds=(1, None), label="Images per forward pass", doc="Images per forward pass."
+    )
     num_workers = param.Integer(
         default=1,
         allow_None=True,
         bounds=(1, 256),
+        label="Tasks at once",
         doc="Tasks run at once by the local runner. 1 (the default): batches run one after another and "
         "each forward pass uses all of torch's threads, which is faster for convolutions than one "
         "thread per task.",
@@ -407,11 +599,13 @@ class OrbitAnalysis(Analysis):
         return _Models(subjects)
 
     def dataset(self) -> tuple[Dataset, np.ndarray]:
-        """The analysed samples (class subset and max_samples applied, validated as images in [0, 1])
-        and their indices in the input data."""
+        """The analysed samples (class subset and max_samples applied, validated as images or 1-D
+        signals in [0, 1], fitted to the models' recorded input with ``fit_input``) and their indices
+        in the input data."""
         cached = getattr(self, "_data_cache", None)
+        target = self._input_target() if self.fit_input else None
         key = (id(self.data), self.data if isinstance(self.data, str) else None, self.split,
-               tuple(self.classes), self.max_samples, self.seed)  # fmt: skip
+               tuple(self.classes), self.max_samples, self.seed, target)  # fmt: skip
         if cached is not None and cached[0] == key:
             return cached[1]
         data = self.data
@@ -421,17 +615,23 @@ class OrbitAnalysis(Analysis):
             ds = as_dataset(data)
         x = ds.x
         where = str(data) if isinstance(data, str | Path) else ds.name
-        if x.ndim != 4:
+        if x.ndim not in (3, 4):
             raise NNVitalsError(
-                f"data {where}: orbits need images of shape (N, C, H, W), got {tuple(x.shape)}"
+                f"data {where}: orbits need images of shape (N, C, H, W) or 1-D signals (N, C, L), "
+                f"got {tuple(x.shape)}"
             )
-        if x.shape[-1] < 2 or x.shape[-2] < 2:
+        if x.ndim == 4 and (x.shape[-1] < 2 or x.shape[-2] < 2):
             raise NNVitalsError(f"data {where}: images must be at least 2 x 2 pixels, got {tuple(x.shape)}")
+        if x.ndim == 3 and x.shape[-1] < 2:
+            raise NNVitalsError(
+                f"data {where}: signals must be at least 2 samples long, got {tuple(x.shape)}"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < -1e-6 or hi > 1 + 1e-6 or not math.isfinite(lo + hi):
+            what = "pixel values" if x.ndim == 4 else "signal values"
             raise NNVitalsError(
-                f"data {where}: pixel values must lie in [0, 1] (transforms fill with 0), "
-                f"got range [{lo:.3g}, {hi:.3g}]"
+                f"data {where}: {what} must lie in [0, 1] (transforms fill with 0; give the model's "
+                f"normalisation as mean and std), got range [{lo:.3g}, {hi:.3g}]"
             )
         idx = np.arange(len(ds))
         if self.classes:
@@ -447,12 +647,64 @@ class OrbitAnalysis(Analysis):
             rng = np.random.default_rng(self.seed)
             idx = np.sort(rng.choice(idx, self.max_samples, replace=False))
         sub = ds if len(idx) == len(ds) else ds.subset(idx)
+        self._fit_notes = []
+        if target is not None and tuple(sub.x.shape[1:]) != target and not self._digits_fit(target):
+            sub, note = _fit_to(sub, target, where)
+            self._fit_notes = [note] if note else []
         self._data_cache = (key, (sub, idx))
         return sub, idx
 
-    def element_count(self) -> int:
-        """How many group elements the knobs ask for, refused in one line past :data:`MAX_ELEMENTS`
-        (counted before anything is made)."""
+    def _digits_fit(self, target: tuple[int, ...]) -> bool:
+        """Whether the data are built-in digits and other built-in digits fit ``target`` as they are
+        (gray, of a digits size): those are used rather than these resampled (the model check names
+        them when it fails)."""
+        if builtin_name(self.data) is None or len(target) != 3:
+            return False
+        c, h, w = target
+        return c == 1 and h == w and h in fitting.DIGITS
+
+    def _input_target(self) -> tuple[int, ...] | None:
+        """The sample shape the models record as their input (``(C, H, W)`` or ``(C, L)``, from
+        ``.pt2`` programs), when they record one; refused in one line when they disagree."""
+        shapes = {}
+        for s in self.subject().members:
+            shape = _recorded_shape(s)
+            if shape is not None and len(shape) in (2, 3) and all(d is not None for d in shape):
+                shapes[s.label] = tuple(int(d) for d in shape)
+        if len(set(shapes.values())) > 1:
+            which = ", ".join(f"{k} takes {fitting.shape_text(v)}" for k, v in shapes.items())
+            raise NNVitalsError(
+                f"models: take inputs of different shapes ({which}); compare models of one input"
+            )
+        return next(iter(shapes.values()), None)
+
+    def acting_group(self, kind: str | None = None) -> str:
+        """The group that acts on the data: ``group`` itself, or its ``time-*`` counterpart on 1-D
+        signals (``kind='signal'``; by default the data's). Refused in one line when the group does not
+        act on that kind of data."""
+        if kind is None:
+            kind = "signal" if self.dataset()[0].x.ndim == 3 else "image"
+        g = self.group
+        if kind == "signal":
+            if g in K.SIGNAL_GROUPS:
+                return K.SIGNAL_GROUPS[g]
+            if g.startswith("time-"):
+                return g
+            raise NNVitalsError(
+                f"group {g!r}: acts on images; data {self._data_where()} holds 1-D signals (N, C, L): "
+                "use shift, flip or scale (time-shift, time-flip, time-scale)"
+            )
+        if g.startswith("time-"):
+            raise NNVitalsError(
+                f"group {g!r}: acts on 1-D signals (N, C, L); data {self._data_where()} holds images: use "
+                f"{', '.join(K.IMAGE_GROUPS)}"
+            )
+        return g
+
+    def element_count(self, group: str | None = None) -> int:
+        """How many group elements the knobs ask for (of ``group``, by default the ``group`` setting),
+        refused in one line past :data:`MAX_ELEMENTS` (counted before anything is made)."""
+        group = group or self.group
         lo, hi = self.scale_range
         if not 0 < lo <= hi or not math.isfinite(hi):
             raise NNVitalsError(
@@ -462,24 +714,50 @@ class OrbitAnalysis(Analysis):
             if not math.isfinite(getattr(self, name)):
                 raise NNVitalsError(f"{name}: expected a finite number, got {getattr(self, name)}")
         n = K.count_elements(
-            self.group, steps=self.steps, shift_range=self.shift_range, shift_step=self.shift_step,
+            group, steps=self.steps, shift_range=self.shift_range, shift_step=self.shift_step,
             scale_range=(lo, hi), scale_step=self.scale_step,
         )  # fmt: skip
         if n > MAX_ELEMENTS:
-            knobs, advice = _KNOBS[self.group]
+            knobs, advice = _KNOBS[group]
             raise NNVitalsError(
                 f"{knobs}: {n:,} group elements; at most {MAX_ELEMENTS:,} are sampled (their parameters and "
                 f"sampling grids are held at once): {advice}"
             )
         return n
 
-    def check_budget(self, samples: int, image_shape: tuple[int, ...], models: int = 1) -> None:
+    def channel_norm(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` as given, checked against the data's ``channels`` (one number, or one per
+        channel; std positive); one line naming the setting when they do not fit."""
+        for name in ("mean", "std"):
+            v = list(getattr(self, name))
+            if len(v) not in (0, 1, channels):
+                raise NNVitalsError(
+                    f"{name}: expected one number or {channels} (one per channel of the data), got {len(v)}"
+                )
+            if not all(math.isfinite(t) for t in v) or (name == "std" and any(t <= 0 for t in v)):
+                what = "positive numbers" if name == "std" else "finite numbers"
+                raise NNVitalsError(f"{name}: expected {what}, got {', '.join(map(_number_text, v))}")
+        return tuple(self.mean), tuple(self.std)
+
+    def refuse_token_models(self) -> None:
+        """One line when a model takes token ids (integer inputs): Orbits does not apply to it."""
+        for s in self.subject().members:
+            if _takes_token_ids(s):
+                raise NNVitalsError(
+                    f"model {s.label}: takes token ids (integer inputs); Orbits transforms images and "
+                    "1-D signals and does not apply to it"
+                )
+
+    def check_budget(
+        self, samples: int, image_shape: tuple[int, ...], models: int = 1, group: str | None = None
+    ) -> None:
         """Refuse, in one line saying what to lower, an orbit whose result (models x samples x
         elements points) or work (points x image size) is past :data:`MAX_POINTS` / :data:`MAX_PIXELS`."""
-        n = self.element_count()
+        group = group or self.group
+        n = self.element_count(group)
         points = models * samples * n
         pixels = points * math.prod(image_shape)
-        knobs, advice = _KNOBS[self.group]
+        knobs, advice = _KNOBS[group]
         who = f"{samples:,} samples" + (f" x {models} models" if models > 1 else "")
 
         def fix(budget: int, per_point: int) -> str:
@@ -501,10 +779,12 @@ class OrbitAnalysis(Analysis):
             )
 
     def group_elements(self) -> K.Elements:
-        self.element_count()
+        """The sampled elements of the group acting on the data (:meth:`acting_group`)."""
+        group = self.acting_group()
+        self.element_count(group)
         lo, hi = self.scale_range
         return K.elements(
-            self.group,
+            group,
             steps=self.steps,
             shift_range=self.shift_range,
             shift_step=self.shift_step,
@@ -549,9 +829,15 @@ class OrbitAnalysis(Analysis):
                     out = forward()
                 except Exception:
                     runnable.flatten, out = False, None
-            if out is None:
+            if out is None and _embeds_first(runnable.subject.module()):
                 raise NNVitalsError(
-                    f"model {runnable.where}: failed on images of shape {tuple(xs.shape)} ({first[:200]})"
+                    f"model {runnable.where}: takes token ids (its first layer is an embedding); Orbits "
+                    "transforms images and 1-D signals and does not apply to it"
+                ) from None
+            if out is None:
+                what = "images" if xs.ndim == 4 else "signals"
+                raise NNVitalsError(
+                    f"model {runnable.where}: failed on {what} of shape {tuple(xs.shape)} ({first[:200]})"
                     f"{self._fit_hint(runnable.subject, shape)}"
                 ) from None
         logits = _logits_of(out, runnable.where)
@@ -593,6 +879,7 @@ class OrbitAnalysis(Analysis):
         """Compute (or fetch from the store) the result; ``cancel`` is also checked by the tasks
         between batches when they run in this process (threads), so Cancel stops a long run at once."""
         self._cancel = cancel
+        self.refuse_token_models()
         try:
             return super().run(progress=progress, cancel=cancel)
         finally:
@@ -602,14 +889,16 @@ class OrbitAnalysis(Analysis):
         ds, _ = self.dataset()
         # a token lives in this process: Dask workers are stopped by the runner between tasks instead
         cancel = getattr(self, "_cancel", None) if parse_spec(self.runner) == "threads" else None
-        self.check_budget(len(ds), tuple(ds.x.shape[1:]), len(subject.members))
+        group = self.acting_group()
+        self.check_budget(len(ds), tuple(ds.x.shape[1:]), len(subject.members), group)
+        norm = self.channel_norm(int(ds.x.shape[1]))
         els = self.group_elements()
         E, N = len(els), len(ds)
         tasks = []
         self._n_classes = []
         labels_max = int(ds.y.max()) + 1
         for s in subject.members:
-            runnable = _Runnable(s, s.label)
+            runnable = _Runnable(s, s.label, norm=norm)
             k = self._check_model(runnable, ds.x, labels_max)
             self._n_classes.append(k)
             keep = N * E * k <= KEEP_FLOATS
@@ -639,7 +928,7 @@ class OrbitAnalysis(Analysis):
                             self.dtype,
                             k,
                         ),  # fmt: skip
-                        kwargs={"cancel": cancel} if cancel is not None else {},
+                        kwargs={"fill": self.shift_fill} | ({"cancel": cancel} if cancel is not None else {}),
                         label=f"{s.label}: samples {sl.start}-{sl.stop - 1}",
                     )
                 )
@@ -693,20 +982,24 @@ class OrbitAnalysis(Analysis):
             del scores, pred
         table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
         del tables
+        group = els.group
         summary = {
-            "group": self.group,
+            "group": group,
             "score": self.score,
             "elements": E,
             "samples": N,
             "data": ds.name,
             "models": summaries,
         }
-        return OrbitResult(
-            table=table,
-            summary=summary,
-            arrays=arrays,
-            meta={"models": [s.label for s in subject.members], "group": self.group, "score": self.score},
-        )
+        meta = {"models": [s.label for s in subject.members], "group": group, "score": self.score}
+        if group == "time-shift":
+            meta["shift_fill"] = self.shift_fill
+        if self.mean or self.std:
+            meta["normalisation"] = {"mean": list(self.mean), "std": list(self.std)}
+        notes = [n for s in subject.members for n in s.notes] + list(getattr(self, "_fit_notes", []))
+        if notes:
+            meta["notes"] = notes
+        return OrbitResult(table=table, summary=summary, arrays=arrays, meta=meta)
 
     @staticmethod
     def _model_summary(scores: np.ndarray, pred: np.ndarray, labels: np.ndarray, els: K.Elements) -> dict:
@@ -787,6 +1080,11 @@ def setting_problems(values: dict[str, Any]) -> dict[str, str]:
             setattr(scratch, name, value)
         except (ValueError, TypeError):
             problems[name] = f"expected {_expected(p)}, got {_shown(value)}"
+    for name in ("mean", "std"):
+        if name not in problems and not all(math.isfinite(v) for v in getattr(scratch, name)):
+            problems[name] = f"expected finite numbers, got {_shown(getattr(scratch, name))}"
+    if "std" not in problems and any(v <= 0 for v in scratch.std):
+        problems["std"] = f"expected positive numbers (one, or one per channel), got {_shown(scratch.std)}"
     if "scale_range" not in problems:
         lo, hi = scratch.scale_range
         if not (0 < lo <= hi and math.isfinite(hi)):

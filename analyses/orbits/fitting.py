@@ -79,8 +79,8 @@ def input_shape(model: Any) -> tuple[int | None, ...] | None:
     """The input shape a ``torch.export`` program recorded for its first user input, without the
     batch axis (``None`` for an axis left free), e.g. ``(1, 8, 8)``; None when there is no record
     (an ordinary module, weights only). ``model``: a Subject, an ``ExportedProgram`` or a module."""
-    if isinstance(model, Subject):
-        program = getattr(model, "program", None)
+    if isinstance(model, Subject):  # the program as saved: its per-sample shape (no re-export needed)
+        program = getattr(model, "loaded_program", None) or getattr(model, "program", None)
         model = program() if callable(program) else model.module()
     val = first_input(model)
     if val is not None and val.ndim >= 1:

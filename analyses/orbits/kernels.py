@@ -18,6 +18,12 @@ Conventions (image rows grow downwards, as displayed):
 - shift ``(dx, dy)`` moves the content ``dx`` pixels right and ``dy`` pixels down;
 - scale ``s`` zooms about the image centre (``s > 1`` enlarges);
 - flip ``1`` mirrors left-right; in rotation x flip the mirror is applied first, then the rotation.
+
+1-D signals ``(B, C, L)`` (time along the last axis) have groups of their own, named after the image
+groups they mirror (:data:`SIGNAL_GROUPS`): ``time-shift`` moves the signal ``s`` samples later,
+filling with zeros or wrapping around (``fill='circular'``); ``time-flip`` reverses time;
+``time-scale`` resamples by ``s`` about the centre (``s > 1`` stretches, zero fill). Integer shifts and
+the reversal are exact permutations; the rest is linear interpolation between neighbouring samples.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "FILLS",
     "GROUPS",
+    "IMAGE_GROUPS",
+    "SIGNAL_GROUPS",
     "SCORES",
     "Elements",
     "consensus_scores",
@@ -38,6 +47,7 @@ __all__ = [
     "elements",
     "label_scores",
     "transform",
+    "transform_signals",
 ]
 
 #: groups and the parameter columns each element carries
@@ -47,7 +57,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "scale": ("scale",),
     "flip": ("flip",),
     "rotation-flip": ("angle", "flip"),
+    "time-shift": ("shift",),
+    "time-flip": ("flip",),
+    "time-scale": ("scale",),
 }
+#: groups acting on images (B, C, H, W) and on 1-D signals (B, C, L)
+IMAGE_GROUPS: tuple[str, ...] = ("rotation", "shift", "scale", "flip", "rotation-flip")
+SIGNAL_GROUPS: dict[str, str] = {"shift": "time-shift", "flip": "time-flip", "scale": "time-scale"}
+#: how a shift of a signal fills the samples it uncovers
+FILLS: tuple[str, ...] = ("zeros", "circular")
 
 #: what one element of each group is, in words (slider and axis titles)
 ELEMENT_TITLES: dict[str, str] = {
@@ -56,6 +74,9 @@ ELEMENT_TITLES: dict[str, str] = {
     "scale": "Scale factor",
     "flip": "Flip",
     "rotation-flip": "Rotation angle, flip",
+    "time-shift": "Time shift (samples)",
+    "time-flip": "Time reversal",
+    "time-scale": "Time scale factor",
 }
 
 #: score names: what ``score`` holds for each sample and element
@@ -83,16 +104,21 @@ class Elements:
     def label(self, i: int) -> str:
         """Element ``i`` in the group's own units: a rotation in degrees (``'45°'``), a shift as
         (dx, dy) in pixels (``'(2, -1) px'``), a scale as its factor (``'×1.25'``), a flip by name
-        (``'mirrored'``); rotation x flip as both (``'45°, mirrored'``)."""
+        (``'mirrored'``); rotation x flip as both (``'45°, mirrored'``). Signals: a time shift in
+        samples (``'shift -2'``), a time scale as its factor, the reversal by name (``'reversed'``)."""
         p = {col: float(self.params[col][i]) for col in self.columns()}
         parts = []
         if "angle" in p:
             parts.append(f"{p['angle']:g}°")
         if "dx" in p:
             parts.append(f"({p['dx']:g}, {p['dy']:g}) px")
+        if "shift" in p:
+            parts.append(f"shift {p['shift']:g}")  # in samples: the group's title says so
         if "scale" in p:
             parts.append(f"×{p['scale']:g}")
-        if "flip" in p:
+        if "flip" in p and self.group == "time-flip":
+            parts.append("reversed" if p["flip"] else "forward")
+        elif "flip" in p:
             parts.append("mirrored" if p["flip"] else "upright")
         return ", ".join(parts)
 
@@ -121,11 +147,11 @@ def count_elements(
     and steps positive (``ValueError`` otherwise)."""
     if group in ("rotation", "rotation-flip"):
         return int(steps) * (2 if group == "rotation-flip" else 1)
-    if group == "flip":
+    if group in ("flip", "time-flip"):
         return 2
-    if group == "shift":
+    if group in ("shift", "time-shift"):
         lo, hi, step = -float(shift_range), float(shift_range), float(shift_step)
-    elif group == "scale":
+    elif group in ("scale", "time-scale"):
         lo, hi, step = float(scale_range[0]), float(scale_range[1]), float(scale_step)
     else:
         raise ValueError(f"unknown group {group!r}")
@@ -136,6 +162,8 @@ def count_elements(
     n = math.floor((hi - lo) / step + 1e-9) + 1
     if group == "shift":
         return n * n
+    if group == "time-shift":
+        return n
     v = _grid_values(lo, hi, step) if n <= 10_000_000 else None  # is 1 on the grid? (only when affordable)
     return n + int(lo <= 1.0 <= hi and (v is None or not np.any(np.isclose(v, 1.0))))
 
@@ -154,7 +182,9 @@ def elements(
     rotation: ``steps`` angles ``360 k / steps`` degrees, k = 0 .. steps-1 (starting at 0);
     shift: the grid ``dx, dy in [-shift_range, shift_range]`` with ``shift_step``;
     scale: ``[lo, hi]`` with ``scale_step`` (1 is always included);
-    flip: upright and mirrored; rotation-flip: every angle, upright then mirrored.
+    flip: upright and mirrored; rotation-flip: every angle, upright then mirrored;
+    time-shift: ``s in [-shift_range, shift_range]`` samples with ``shift_step``; time-flip: forward and
+    reversed; time-scale: as scale.
     """
     if group == "rotation":
         return Elements(group, {"angle": np.arange(steps) * (360.0 / steps)})
@@ -167,13 +197,15 @@ def elements(
         v = _grid_values(-shift_range, shift_range, shift_step)
         dy, dx = np.meshgrid(v, v, indexing="ij")
         return Elements(group, {"dx": dx.ravel(), "dy": dy.ravel()})
-    if group == "scale":
+    if group == "time-shift":
+        return Elements(group, {"shift": _grid_values(-shift_range, shift_range, shift_step)})
+    if group in ("scale", "time-scale"):
         lo, hi = scale_range
         v = _grid_values(lo, hi, scale_step)
         if not np.any(np.isclose(v, 1.0)) and lo <= 1.0 <= hi:
             v = np.sort(np.append(v, 1.0))
         return Elements(group, {"scale": v})
-    if group == "flip":
+    if group in ("flip", "time-flip"):
         return Elements(group, {"flip": np.array([0, 1])})
     raise ValueError(f"unknown group {group!r}")
 
@@ -292,13 +324,72 @@ def _inverse_map(p: dict[str, float], H: int, W: int, dtype, device) -> torch.Te
     return _inverse_maps({k: np.array([v]) for k, v in p.items()}, H, W, dtype, device)[0]
 
 
-def transform(x: torch.Tensor, els: Elements, which: list[int] | None = None) -> torch.Tensor:
-    """All samples under the chosen elements: ``(len(which), B, C, H, W)`` from ``x`` ``(B, C, H, W)``.
+def _signal_positions(params: dict[str, np.ndarray], L: int, dtype, device) -> torch.Tensor:
+    """For each of R elements and each output sample, the input position it reads: ``(R, L)``."""
+
+    def col(name: str) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(params[name], dtype=np.float64), device=device)[:, None]
+
+    n = len(next(iter(params.values())))
+    t = torch.arange(L, dtype=torch.float64, device=device)[None].expand(n, L)
+    c = (L - 1) / 2
+    if "shift" in params:
+        t = t - col("shift")
+    if "scale" in params:
+        t = c + (t - c) / col("scale")
+    if "flip" in params:
+        t = torch.where(col("flip") != 0, (L - 1) - t, t)
+    return t
+
+
+def transform_signals(
+    x: torch.Tensor, els: Elements, which: list[int] | None = None, fill: str = "zeros"
+) -> torch.Tensor:
+    """Signals ``x`` ``(B, C, L)`` under the chosen elements of a ``time-*`` group: ``(len(which), B,
+    C, L)``. Each output sample reads the input at its position (:func:`_signal_positions`), linearly
+    interpolated between the two neighbouring samples; positions outside the signal read 0, or wrap
+    around with ``fill='circular'``. Integer positions (shifts by whole samples, the reversal) copy
+    samples exactly."""
+    if x.ndim != 3:
+        raise ValueError(f"expected signals (B, C, L), got shape {tuple(x.shape)}")
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; expected one of {', '.join(FILLS)}")
+    B, C, L = x.shape
+    which = np.arange(len(els)) if which is None else np.asarray(list(which), dtype=np.int64)
+    params = {k: np.asarray(v)[which] for k, v in els.params.items()}
+    if not len(which):
+        return x.new_empty((0, B, C, L))
+    pos = _signal_positions(params, L, x.dtype, x.device)
+    lo = torch.floor(pos)
+    w = (pos - lo).to(x.dtype)
+    i0 = lo.to(torch.int64)
+    flat = x.reshape(B * C, L)
+    parts = []
+    for idx, weight in ((i0, 1 - w), (i0 + 1, w)):
+        if fill == "circular":
+            vals = flat[:, idx.remainder(L)]
+        else:
+            inside = ((idx >= 0) & (idx < L)).to(x.dtype)
+            vals = flat[:, idx.clamp(0, L - 1)] * inside
+        parts.append(vals * weight)  # (B*C, R, L)
+    exact = w == 0  # whole-sample positions: the sample itself, untouched by the interpolation
+    out = torch.where(exact, parts[0], parts[0] + parts[1])
+    return out.reshape(B, C, len(which), L).permute(2, 0, 1, 3).contiguous()
+
+
+def transform(
+    x: torch.Tensor, els: Elements, which: list[int] | None = None, fill: str = "zeros"
+) -> torch.Tensor:
+    """All samples under the chosen elements: ``(len(which), B, C, H, W)`` from ``x`` ``(B, C, H, W)``
+    (``(len(which), B, C, L)`` from signals ``(B, C, L)`` under a ``time-*`` group, see
+    :func:`transform_signals`; ``fill`` is theirs).
 
     Exact elements are permutations of pixels; the others are resampled bilinearly in one
     ``grid_sample`` call whose batch axis runs over elements and whose channel axis holds every
     sample's channels (their sampling grids made together, :func:`_inverse_maps`).
     """
+    if els.group.startswith("time-"):
+        return transform_signals(x, els, which, fill)
     if x.ndim != 4:
         raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape

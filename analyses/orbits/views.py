@@ -73,6 +73,12 @@ LEGEND_CHAR_PX, LEGEND_ENTRY_PX = 6.0, 40
 NAME_CHARS = 22
 
 
+#: the groups whose two elements are drawn as bars
+FLIPS = ("flip", "time-flip")
+#: x axis titles of the line plots, by element column
+AXIS_LABELS = {"scale": "scale factor", "angle": "angle (degrees)", "shift": "shift (samples)"}
+
+
 def _check(result) -> None:
     if not hasattr(result, "scores") or not hasattr(result, "elements"):
         raise NNVitalsError(
@@ -253,17 +259,17 @@ def aggregate_plot(result, classes: list[int] | None = None, models: list[str] |
                         None if result.group == "rotation" else ("mirrored" if f else "upright"),
                     )
                 )
-        elif result.group == "flip":
+        elif result.group in FLIPS:
             df = pd.DataFrame(
                 {"flip": [els.label(j) for j in range(len(els))], "score": curve, "model": name}
             )
             curves.append(df)
         else:
-            x = els.params["scale"] if result.group == "scale" else els.params["angle"]
-            xl = "scale factor" if result.group == "scale" else "angle (degrees)"
+            col = els.columns()[0]
+            x, xl = els.params[col], AXIS_LABELS.get(col, col)
             line = hv.Curve((x, curve), xl, ylabel, label=name)
             curves.append(apply_opts(style_line(line, _color(i), 2.0), bokeh=dict(tools=["hover"])))
-    if result.group == "flip":
+    if result.group in FLIPS:
         df = pd.concat(curves, ignore_index=True)
         # grouped by model (its name has room under its pair of bars), coloured as in the other plots
         df["color"] = df["model"].map({m: _color(result.models.index(m)) for m in models})
@@ -444,9 +450,9 @@ def individual_plot(
                     apply_opts(dot, dict(color=_color(i)), dict(size=11, line_color="black"), dict(s=60))
                 )
         else:
-            x = np.arange(len(els)) if result.group == "flip" else els.params[els.columns()[0]]
-            xl = {"scale": "scale factor", "angle": "angle (degrees)"}.get(els.columns()[0], els.columns()[0])
-            ticks = [(j, els.label(j)) for j in range(len(els))] if result.group == "flip" else None
+            x = np.arange(len(els)) if result.group in FLIPS else els.params[els.columns()[0]]
+            xl = AXIS_LABELS.get(els.columns()[0], els.columns()[0])
+            ticks = [(j, els.label(j)) for j in range(len(els))] if result.group in FLIPS else None
             parts.append(
                 apply_opts(
                     style_line(hv.Curve((x, vals), xl, _score_label(result), label=name), _color(i), 2.0),
@@ -480,6 +486,8 @@ def transformed_image(result, row: int, element: int = 0):
     what = f"Sample {int(result.samples[row])} at {els.label(element)}"
     if result.images is None:
         return message_panel(what, "the result did not keep its images").opts(backend="bokeh", **IMAGE_SIZE)
+    if getattr(result, "signals", False):
+        return _signal_panel(result.transformed(row, element), what)
     gray = result.transformed(row, element).mean(axis=0)
     h, w = gray.shape
     im = hv.Image(gray[::-1], bounds=(0, 0, w, h), kdims=["x", "y"], vdims=["intensity"])
@@ -491,6 +499,19 @@ def transformed_image(result, row: int, element: int = 0):
     )
     im = style_panel(im, what, "", "", legend=None, padding=0, show_grid=False)
     return im.opts(backend="bokeh", toolbar=None, **IMAGE_SIZE)
+
+
+def _signal_panel(sig: np.ndarray, what: str):
+    """A transformed 1-D signal ``(C, L)``: one line per channel against the sample index."""
+    t = np.arange(sig.shape[-1])
+    lines = [
+        style_line(hv.Curve((t, sig[c]), "sample", "value", label=f"channel {c}"), _color(c), 1.6)
+        for c in range(sig.shape[0])
+    ]
+    over = style_panel(
+        hv.Overlay(lines), what, "sample", "value", legend="bottom" if len(lines) > 1 else None
+    )
+    return over.opts(backend="bokeh", **IMAGE_SIZE)
 
 
 def _mpl_bar_colors(plot, element) -> None:
@@ -649,7 +670,7 @@ def main_figures(result) -> dict[str, Any]:
         figs[f"samples_{i}"] = sample_scatter(result, name)
         if result.group == "shift":
             figs[f"heatmap_{i}"] = heatmap(result, name)
-    if result.group in ("rotation", "rotation-flip", "scale", "flip"):
+    if result.group != "shift":
         # the sample with the widest swing along the orbit, in the first model
         row = int(np.argmax(np.ptp(result.scores(0), axis=1)))
         figs["individual_widest"] = individual_plot(result, row)

@@ -266,12 +266,18 @@ def test_interpolated_module_of_a_pt2_pair(pair_results, models, files):
         assert (mod(x) - ref.interpolated_module(0.5, "naive")(x)).abs().max().item() < 1e-4
 
 
-def test_connectivity_refuses_a_fixed_batch_export_in_one_line(files):
-    with pytest.raises(NNVitalsError) as info:
-        _run(ModeConnectivity, model_a=str(files["cnn0_fixed"]), model_b=str(files["cnn1"]), points=3)
-    msg = str(info.value)
-    assert "\n" not in msg and "cnn0_fixed.pt2" in msg and "fixed batch size of 4" in msg
-    assert "torch.export.Dim" in msg
+def test_connectivity_runs_a_fixed_batch_export_as_the_module(pair_results, files):
+    """An export with a fixed batch size (issue 13) runs: its batch axis is freed or it runs in chunks."""
+    got = _run(
+        ModeConnectivity,
+        model_a=str(files["cnn0_fixed"]),
+        model_b=str(files["cnn1"]),
+        points=5,
+        match="weights",
+    )
+    ref = pair_results["module"].summary
+    for k in ("barrier_naive", "barrier_matched", "l2_before", "l2_after"):
+        assert got.summary[k] == pytest.approx(ref[k], rel=TOL, abs=TOL), k
 
 
 def test_connectivity_refuses_a_training_mode_export_in_one_line(models, tmp_path):
@@ -291,7 +297,16 @@ def test_cli_connectivity_on_two_pt2_files(pair_results, files, tmp_path):
     env = {"NNVITALS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cases = {
         "pair": [files["cnn0"], files["cnn1"], "--points", "5", "--formats", "svg", "--out", out],
-        "fixed": [files["cnn0_fixed"], files["cnn1"], "--out", out / "x"],
+        "fixed": [
+            files["cnn0_fixed"],
+            files["cnn1"],
+            "--points",
+            "5",
+            "--formats",
+            "svg",
+            "--out",
+            out / "x",
+        ],
     }
     procs = {  # both at once: each spends most of its time starting up
         k: subprocess.Popen(
@@ -313,10 +328,11 @@ def test_cli_connectivity_on_two_pt2_files(pair_results, files, tmp_path):
     table = pd.read_csv(out / "connectivity.csv")
     _close(_curves_of(table), _curves(pair_results["module"]), ["loss", "accuracy"])
 
-    code, err = procs["fixed"].returncode, errs["fixed"]
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1, err
-    assert lines[0].startswith("nnvitals: error:") and "fixed batch size" in lines[0]
+    code, err = procs["fixed"].returncode, errs["fixed"]  # a fixed batch size runs too (issue 13)
+    assert code == 0 and "Traceback" not in err, err
+    fixed = json.loads((out / "x" / "summary.json").read_text())["summary"]
+    for k in ("barrier_naive", "barrier_matched", "l2_before", "l2_after"):
+        assert fixed[k] == pytest.approx(ref[k], rel=TOL, abs=TOL), k
 
 
 def _curves_of(table: pd.DataFrame) -> pd.DataFrame:

@@ -118,7 +118,7 @@ def test_dataset_is_frozen_and_normalises_dtypes():
         (torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 1),
         (torch.zeros(4, 3), torch.zeros(4), 1),
         (torch.zeros(4, 3), torch.zeros(5, dtype=torch.int64), 1),
-        (torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.int64), 1),
+        (torch.zeros(4, 3, 2, 2, 2), torch.zeros(4, dtype=torch.int64), 1),
         (torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), 3),
         (np.zeros((4, 3), np.float32), np.zeros(4, np.int64), 1),
     ],
@@ -194,7 +194,7 @@ def _bad_npz_cases(tmp_path: Path) -> dict[str, Path]:
     specs = {
         "no_x": {"inputs": good_x, "y": good_y},
         "no_y": {"x": good_x, "labels": good_y},
-        "x_3d": {"x": good_x[:, 0], "y": good_y},
+        "x_5d": {"x": good_x[..., None], "y": good_y},
         "y_2d": {"x": good_x, "y": good_y[:, None]},
         "x_int": {"x": good_x.astype(np.int64), "y": good_y},
         "y_float": {"x": good_x, "y": good_y.astype(np.float32)},
@@ -239,7 +239,7 @@ def test_bad_npz_messages_say_what_was_expected(tmp_path):
     assert "damaged" in message("corrupt") and "object arrays" in message("object")
     assert "'inputs'" in message("no_x") and "'x'" in message("no_x")
     assert "'labels'" in message("no_y")
-    assert "(N, C, H, W)" in message("x_3d")
+    assert "(N, C, H, W)" in message("x_5d") and "(N, C, L)" in message("x_5d")
     assert "floating point" in message("x_int")
     assert "integer" in message("y_float")
     assert "4 samples but y has 3" in message("length")
