@@ -93,6 +93,8 @@ class Dataset:
     y: torch.Tensor
     name: str
     classes: int
+    #: ``x`` holds integer token ids of shape ``(N, T)`` (a language model's input), kept as int64
+    tokens: bool = False
 
     def __post_init__(self) -> None:
         x, y = self.x, self.y
@@ -101,7 +103,15 @@ class Dataset:
                 f"Dataset {self.name!r}: x and y must be torch tensors, got "
                 f"{type(x).__name__} and {type(y).__name__} (use as_dataset() for arrays)"
             )
-        if not x.is_floating_point():
+        if self.tokens:
+            if not _is_integer_dtype(x.dtype) or x.ndim != 2:
+                raise NNVitalsError(
+                    f"Dataset {self.name!r}: token ids must be integers of shape (N, T), "
+                    f"got {x.dtype} with shape {tuple(x.shape)}"
+                )
+            if x.numel() and int(x.min()) < 0:
+                raise NNVitalsError(f"Dataset {self.name!r}: token ids must be >= 0, found {int(x.min())}")
+        elif not x.is_floating_point():
             raise NNVitalsError(f"Dataset {self.name!r}: x must be floating point, got {x.dtype}")
         if not _is_integer_dtype(y.dtype):
             raise NNVitalsError(f"Dataset {self.name!r}: y must hold integer labels, got {y.dtype}")
@@ -126,7 +136,9 @@ class Dataset:
                 f"got range [{int(y.min())}, {int(y.max())}]"
             )
         # Frozen dataclass: normalise through object.__setattr__ once, here.
-        object.__setattr__(self, "x", x.detach().to("cpu", torch.float32).contiguous())
+        object.__setattr__(
+            self, "x", x.detach().to("cpu", torch.int64 if self.tokens else torch.float32).contiguous()
+        )
         object.__setattr__(self, "y", y.detach().to("cpu", torch.int64).contiguous())
         object.__setattr__(self, "classes", classes)
 
@@ -146,7 +158,10 @@ class Dataset:
 
     @property
     def kind(self) -> str:
-        """What one sample is: ``'image'`` ``(C, H, W)``, ``'signal'`` ``(C, L)`` or ``'vector'`` ``(D,)``."""
+        """What one sample is: ``'image'`` ``(C, H, W)``, ``'signal'`` ``(C, L)``, ``'vector'`` ``(D,)``
+        or ``'tokens'`` ``(T,)`` (integer token ids)."""
+        if self.tokens:
+            return "tokens"
         return {4: "image", 3: "signal", 2: "vector"}[self.x.ndim]
 
     @cached_property
@@ -192,7 +207,9 @@ class Dataset:
                     f"got range [{int(index.min())}, {int(index.max())}]"
                 )
             index = index.to(torch.int64) if index.dtype != torch.bool else index
-        return Dataset(x=self.x[index], y=self.y[index], name=self.name, classes=self.classes)
+        return Dataset(
+            x=self.x[index], y=self.y[index], name=self.name, classes=self.classes, tokens=self.tokens
+        )
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` batches of at most ``batch_size`` samples, in dataset order.
@@ -292,7 +309,7 @@ def _is_integer_dtype(dtype: torch.dtype) -> bool:
     return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
-def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
+def _from_arrays(x: Any, y: Any, *, where: str, name: str, tokens: bool = False) -> Dataset:
     """Validate user-supplied ``x``/``y`` (numpy arrays or tensors) and build a :class:`Dataset`.
 
     ``where`` names the source (a file path or the ``data`` argument) in every message, so
@@ -320,9 +337,16 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
         raise NNVitalsError(f"{where}: x must have shape {SHAPES_TEXT}, got shape {tuple(x.shape)}{hint}")
     if y.ndim != 1:
         raise NNVitalsError(f"{where}: y must have 1 dim (N,) of class labels, got shape {tuple(y.shape)}")
+    if tokens:
+        x_ok = (x.dtype.kind in "iu") if isinstance(x, np.ndarray) else _is_integer_dtype(x.dtype)
+        if not x_ok or x.ndim != 2:
+            raise NNVitalsError(
+                f"{where}: ids must be integer token ids of shape (N, T), got {x_dtype} {tuple(x.shape)}"
+            )
     if not x_ok:
+        hint = "; token ids go in an array named 'ids' instead of 'x'" if x.ndim == 2 else ""
         raise NNVitalsError(
-            f"{where}: x must be floating point (e.g. float32 scaled to [0, 1]), got {x_dtype}"
+            f"{where}: x must be floating point (e.g. float32 scaled to [0, 1]), got {x_dtype}{hint}"
         )
     if not y_ok:
         raise NNVitalsError(f"{where}: y must hold integer class labels, got {y_dtype}")
@@ -331,7 +355,15 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
     if x.shape[0] == 0 or any(d == 0 for d in x.shape[1:]):
         raise NNVitalsError(f"{where}: the dataset is empty (x has shape {tuple(x.shape)})")
 
-    if isinstance(x, torch.Tensor):
+    if tokens:
+        xt = (
+            x.detach().to("cpu", torch.int64)
+            if isinstance(x, torch.Tensor)
+            else torch.from_numpy(x.astype(np.int64))
+        )
+        if int(xt.min()) < 0:
+            raise NNVitalsError(f"{where}: token ids must be >= 0, found {int(xt.min())}")
+    elif isinstance(x, torch.Tensor):
         xt = x.detach().to("cpu", torch.float32)
     else:
         with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
@@ -351,7 +383,7 @@ def _from_arrays(x: Any, y: Any, *, where: str, name: str) -> Dataset:
         if isinstance(y, torch.Tensor)
         else torch.from_numpy(y.astype(np.int64))
     )
-    return Dataset(x=xt, y=yt, name=name, classes=y_max + 1)
+    return Dataset(x=xt, y=yt, name=name, classes=y_max + 1, tokens=tokens)
 
 
 #: most bytes one array of a ``.npz`` may hold, as stored and as float32 (None: an eighth of the
@@ -539,7 +571,8 @@ def load_npz(path: str | Path) -> Dataset:
         by_key: dict[str, zipfile.ZipInfo] = {}
         for info in infos:  # numpy's keys: the member name without ".npy"
             by_key.setdefault(info.filename.removesuffix(".npy"), info)
-        missing = [k for k in ("x", "y") if k not in by_key]
+        tokens = "x" not in by_key and "ids" in by_key  # token ids (a language model's input)
+        missing = [k for k in ("ids" if tokens else "x", "y") if k not in by_key]
         if missing:
             names = sorted(k for k in by_key if _NAME_RE.match(k))
             others = len(by_key) - len(names)
@@ -548,11 +581,11 @@ def load_npz(path: str | Path) -> Dataset:
                 found += f" and {others + max(0, len(names) - 8)} more"
             raise NNVitalsError(
                 f"{where}: missing array {' and '.join(map(repr, missing))} (found {found}); "
-                "expected arrays 'x' (inputs) and 'y' (labels)"
+                "expected arrays 'x' (inputs) and 'y' (labels), or 'ids' (token ids) and 'y'"
             )
-        x = _read_npz_member(zf, by_key["x"], "x", where)
+        x = _read_npz_member(zf, by_key["ids" if tokens else "x"], "ids" if tokens else "x", where)
         y = _read_npz_member(zf, by_key["y"], "y", where)
-    return _from_arrays(x, y, where=where, name=p.stem)
+    return _from_arrays(x, y, where=where, name=p.stem, tokens=tokens)
 
 
 #: suffixes of torch data files (:func:`load_pt`)
@@ -580,8 +613,9 @@ def load_pt(path: str | Path) -> Dataset:
     except Exception as exc:  # noqa: BLE001 - pickle, zip and unpickler errors of many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise NNVitalsError(f"{where}: not a readable torch data file ({first}); {how}") from None
-    if isinstance(obj, dict) and "x" in obj and "y" in obj:
-        x, y = obj["x"], obj["y"]
+    tokens = isinstance(obj, dict) and "ids" in obj and "x" not in obj
+    if isinstance(obj, dict) and ("ids" if tokens else "x") in obj and "y" in obj:
+        x, y = obj["ids" if tokens else "x"], obj["y"]
     elif isinstance(obj, tuple | list) and len(obj) == 2:
         x, y = obj
     else:
@@ -591,7 +625,7 @@ def load_pt(path: str | Path) -> Dataset:
         raise NNVitalsError(
             f"{where}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}; {how}"
         )
-    return _from_arrays(x, y, where=where, name=p.stem)
+    return _from_arrays(x, y, where=where, name=p.stem, tokens=tokens)
 
 
 def _from_torch_dataset(ds: torch.utils.data.Dataset) -> Dataset:
