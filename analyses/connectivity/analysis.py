@@ -43,6 +43,7 @@ from ..core.result import Result
 from ..core.runner import Task
 from ..core.store import make_key
 from ..core.subject import Subject
+from ..core.threads import TRACE_LOCK
 from .barrier import accuracy_barrier, loss_barrier, loss_barrier_mean
 from .exported import as_layers, check_exported, fixed_batch_size, is_exported
 from .matching import (
@@ -597,7 +598,8 @@ class ModeConnectivity(Analysis):
         example = next(iter(splits.values())).x[:2].to(getattr(torch, self.dtype))
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         try:
-            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+            with TRACE_LOCK:
+                program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
         except Exception as e:  # a model torch.export cannot trace: say so in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NNVitalsError(

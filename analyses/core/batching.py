@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .errors import NNVitalsError
+from .threads import TRACE_LOCK
 
 __all__ = ["BatchFix", "FixedBatchModule", "free_batch", "recorded_batch", "strip_guards"]
 
@@ -249,7 +250,7 @@ def _dynamic(program: torch.export.ExportedProgram, val: torch.Tensor, batch: in
     _infer_batch(gm, batch, expand)
     trace_at = max(batch, 2)  # torch.export specialises axes of size 0 and 1
     example = _example(val, trace_at)
-    with _quiet(), torch.no_grad():
+    with TRACE_LOCK, _quiet(), torch.no_grad():
         new = torch.export.export(gm, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
     if recorded_batch(new) is not None:
         return None

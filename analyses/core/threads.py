@@ -7,6 +7,10 @@ The same holds for the BLAS that SciPy ships (used through :mod:`analyses.spectr
 limited with threadpoolctl. Both settings are process-wide, so :func:`single_threaded_kernels` is
 reference-counted: the first concurrent pool sets one thread, the last one restores the
 caller's setting (overlapping runs from several app sessions are safe).
+
+``torch.export`` is not thread-safe either: two traces at once in one process break each other
+("ProxyTorchDispatchMode slot already occupied"), as two app sessions or a Trajectory's parallel
+checkpoints would. Every ``torch.export.export`` call of nnvitals holds :data:`TRACE_LOCK`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import threading
 import torch
 
 _lock = threading.Lock()
+#: held by every ``torch.export.export`` call (re-entrant: an export may export inside)
+TRACE_LOCK = threading.RLock()
 _users = 0
 _saved: tuple[int, object] | None = None
 
