@@ -3,11 +3,12 @@
 An entry names its analysis class, the ``nnvitals`` command that runs it and the command's
 positional arguments, which of the class's parameters are basic (shown first, in this order;
 every other parameter the CLI offers is advanced), the file stem of its outputs, its views (the
-figures a batch run writes, the summary text it prints) and its page in the app. Everything is
-named by import path (``"module:attribute"``) so that reading the registry imports nothing: the
-CLI's ``--help`` stays instant and ``analyses`` never imports Panel. ``analyses/__init__.py``,
-the CLI (``dashboard/cli.py``) and the app's navigation read it; adding an analysis is one
-entry here plus its family package.
+figures a batch run writes, the summary text it prints), its headline numbers and its page in
+the app (None: a command only, no page). Everything is named by import path
+(``"module:attribute"``) so that reading the registry imports nothing: the CLI's ``--help``
+stays instant and ``analyses`` never imports Panel. ``analyses/__init__.py``, the CLI
+(``dashboard/cli.py``) and the app's navigation read it; adding an analysis is one entry here
+plus its family package.
 
 A parameter's command-line option is ``--`` + its name with ``-`` for ``_`` (a Boolean whose
 default is True: ``--no-NAME``) unless :data:`CLI_NAMES` or the entry's ``cli_names`` says
@@ -47,7 +48,11 @@ class Positional:
 @dataclass(frozen=True)
 class Entry:
     """One analysis: see the module docstring. ``page_of``/``tab``: the app shows it on another
-    entry's page, on this tab (IBP and Lipschitz share the Bounds page)."""
+    entry's page, on this tab (IBP and Lipschitz share the Bounds page). ``page`` None: no page
+    of its own (yet): the app's navigation skips the entry, the CLI still offers its command.
+    ``numbers``: the keys of its result's summary that are its headline numbers (``nnvitals
+    report``; a nested ``models`` dict is read for its first model). ``runnable``: it needs a
+    model it can run (a .pt2 export, a demo name or ``module:factory``), not weights alone."""
 
     command: str
     family: str
@@ -61,8 +66,10 @@ class Entry:
     stem: str
     figures: str
     summary: str
-    page: str
+    page: str | None = None
     headline: str = ""
+    numbers: tuple[str, ...] = ()
+    runnable: bool = False
     tab: str | None = None
     page_of: str | None = None
     cli_names: dict[str, str] = field(default_factory=dict)
@@ -114,6 +121,16 @@ ENTRIES: tuple[Entry, ...] = (
         stem="spectra",
         figures="analyses.spectra.views:main_figures",
         summary="analyses.spectra.views:summary_text",
+        numbers=(
+            "alpha",
+            "alpha_weighted",
+            "log_norm",
+            "log_spectral_norm",
+            "stable_rank",
+            "layers_analysed",
+            "over_trained",
+            "under_trained",
+        ),
         page="dashboard.pages.spectra:SpectraPage",
     ),
     Entry(
@@ -144,6 +161,8 @@ ENTRIES: tuple[Entry, ...] = (
         figures="analyses.orbits.views:main_figures",
         summary="analyses.orbits.views:summary_text",
         headline="{group} orbit, {elements} elements x {samples} samples of {data}:",
+        runnable=True,
+        numbers=("gap", "mean_score", "accuracy", "accuracy_gap", "best", "worst", "elements", "samples"),
         page="dashboard.pages.orbits:OrbitsPage",
     ),
     Entry(
@@ -177,6 +196,14 @@ ENTRIES: tuple[Entry, ...] = (
         figures="analyses.connectivity.views:main_figures",
         summary="analyses.connectivity.views:summary_text",
         headline="connectivity of {model} (A) and {model_b} (B), {points} points per path:",
+        numbers=(
+            "barrier_naive",
+            "barrier_matched",
+            "acc_barrier_naive",
+            "acc_barrier_matched",
+            "l2_before",
+            "l2_after",
+        ),
         page="dashboard.pages.connectivity:ConnectivityPage",
     ),
     Entry(
@@ -195,6 +222,8 @@ ENTRIES: tuple[Entry, ...] = (
         figures="analyses.bounds.views:ibp_figures",
         summary="analyses.bounds.views:ibp_summary_text",
         headline="IBP tightness of {model} on {data}:",
+        runnable=True,
+        numbers=("certified_accuracy", "clean_accuracy", "tightness", "unstable_fraction", "eps", "samples"),
         page="dashboard.pages.bounds:BoundsPage",
         tab="ibp",
     ),
@@ -214,9 +243,37 @@ ENTRIES: tuple[Entry, ...] = (
         figures="analyses.bounds.views:lipschitz_figures",
         summary="analyses.bounds.views:lipschitz_summary_text",
         headline="Lipschitz bounds of {model} on {data}:",
+        runnable=True,
+        numbers=("upper", "lower", "ratio", "lower_mean"),
         page="dashboard.pages.bounds:BoundsPage",
         tab="lipschitz",
         page_of="ibp",
+    ),
+    Entry(
+        command="track",
+        family="trajectory",
+        title="Trajectory",
+        cls="analyses.trajectory.analysis:Trajectory",
+        result="analyses.trajectory.result:TrajectoryResult",
+        help="vital signs over training: the analyses on every checkpoint of a series",
+        description="Runs the chosen analyses (default: every one that applies) on every checkpoint of "
+        "CHECKPOINTS (a directory named by step or epoch, a series.json, or checkpoint files), each "
+        "through the result store; writes DIR/trajectory.csv (checkpoint, step, analysis, metric, layer, "
+        "value; with --baseline also delta), DIR/summary.json, DIR/trajectory.nnv, the figures and "
+        "DIR/report.html (an offline HTML report).",
+        positional=(
+            Positional(
+                "series",
+                "CHECKPOINTS",
+                "a directory of checkpoints, a series.json, or several checkpoint files",
+                nargs="+",
+            ),
+        ),
+        basic=("architecture", "analyses", "baseline", "data", "overrides"),
+        stem="trajectory",
+        figures="analyses.trajectory.views:main_figures",
+        summary="analyses.trajectory.views:summary_text",
+        numbers=("computed", "from_store"),
     ),
 )
 

@@ -153,7 +153,7 @@ class Analysis(param.Parameterized):
         """The notes of every model the run loaded (:attr:`Subject.notes`), each once, in order."""
         cached = getattr(self, "_subjects_cache", None)
         subjects = [subject, *(cached[1] if cached else [])]
-        notes = [n for s in subjects for n in s.notes]
+        notes = [n for s in subjects for n in getattr(s, "notes", [])]  # a model group has none of its own
         return list(dict.fromkeys(notes))
 
     # ------------------------------------------------------------------ run

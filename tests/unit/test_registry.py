@@ -52,12 +52,61 @@ def test_commands_and_options_are_unique():
         assert not {"--out", "--formats", "--quiet", "--help"} & set(flags)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=COMMANDS)
+PAGED = [e for e in ENTRIES if e.page is not None]
+
+
+@pytest.mark.parametrize("entry", PAGED, ids=[e.command for e in PAGED])
 def test_every_page_path_imports(entry):
     page = resolve(entry.page)
     assert isinstance(page, type) and page.__module__.startswith("dashboard.pages.")
     if entry.page_of is not None:
-        assert entry.page_of in COMMANDS
+        assert entry.page_of in {e.command for e in PAGED}
+
+
+def test_only_the_trajectory_has_no_page_yet_and_nothing_points_at_it():
+    """An entry without a page (the navigation skips it) is a command only: no tab, no page_of,
+    and no other entry is shown on its page."""
+    pageless = [e.command for e in ENTRIES if e.page is None]
+    assert pageless == ["track"]
+    for e in ENTRIES:
+        if e.page is None:
+            assert e.tab is None and e.page_of is None
+        assert e.page_of not in pageless
+
+
+def test_track_entry_and_its_options():
+    entry = cli.COMMANDS["track"]
+    assert entry.analysis_class.__name__ == "Trajectory" and entry.stem == "trajectory"
+    assert [(p.param, p.nargs) for p in entry.positional] == [("series", "+")]
+    basic, execution, advanced = entry.options()
+    assert basic == ["architecture", "analyses", "baseline", "data", "overrides"]
+    assert "model" not in basic + execution + advanced and "series" not in basic + execution + advanced
+    args = cli.build_parser("track").parse_args(
+        ["track", "a", "b", "--analyses", "spectra,ibp", "--baseline", "10", "--architecture", "mlp",
+         "--overrides", '{"ibp": {"eps": 0.05}}', "--out", "o"]
+    )  # fmt: skip
+    assert args.series == ["a", "b"] and args.analyses == ["spectra", "ibp"] and args.baseline == 10
+    assert args.overrides == {"ibp": {"eps": 0.05}} and args.architecture == "mlp"
+    kw = cli._parameters(entry, args)
+    cli._track_kwargs(args, kw)
+    assert kw["series"] == ["a", "b"]
+    one = cli.build_parser("track").parse_args(["track", "runs/ckpts", "--out", "o"])
+    kw = cli._parameters(entry, one)
+    cli._track_kwargs(one, kw)
+    assert kw["series"] == "runs/ckpts" and kw["overrides"] == {} and kw["analyses"] == []
+
+
+@pytest.mark.parametrize("text", ["{bad", "[1, 2]", '"ibp"', "3"])
+def test_overrides_must_be_a_json_object(text, capsys):
+    with pytest.raises(cli.UsageError, match="argument --overrides: expected a JSON object"):
+        cli.build_parser("track").parse_args(["track", "d", "--overrides", text, "--out", "o"])
+
+
+def test_the_report_runs_every_entry_that_takes_one_model():
+    assert [e.command for e in cli.REPORTED] == [e.command for e in ENTRIES if e.command != "track"]
+    assert {e.command for e in ENTRIES if e.runnable} == {"orbits", "ibp", "lipschitz"}
+    for e in cli.REPORTED:
+        assert e.numbers and len(set(e.numbers)) == len(e.numbers), e.command
 
 
 def test_reading_the_registry_imports_neither_torch_nor_panel():
