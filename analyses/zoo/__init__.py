@@ -16,6 +16,9 @@ trained normally (``std-cnn``) and with IBP certified training (``ibp-cnn``); th
 records their IBP-certified test accuracy at eps 0.1. Three pairs for linear mode
 connectivity, each the same recipe run from two initialisation and batch-order seeds: MLPs at
 two widths (``mlp-w64-a``/``-b``, ``mlp-w512-a``/``-b``) and a BatchNorm CNN (``bn-cnn-a``/``-b``).
+Two more pairs on the 16x16 digits carry norms and attention: a small vision transformer
+(``vit-a``/``-b``: LayerNorm, multi-head self-attention, GELU MLPs) and a narrow ResNet-20 with
+LayerNorm over the channels, the Git Re-Basin CIFAR LayerNorm setting (``resnet20-ln-a``/``-b``).
 
 The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
 :mod:`analyses.zoo.recipe`).
@@ -73,6 +76,10 @@ DEMO_MODELS: dict[str, str] = {
     "mlp-w512-b": "MLP 64-512-512-10 on 8x8 digits, seed b: other init and batch order than mlp-w512-a",
     "bn-cnn-a": "CNN (conv-BatchNorm-ReLU)x2 32-64, avgpool, fc10 on 8x8 digits, seed a (pairs with bn-cnn-b)",
     "bn-cnn-b": "CNN (conv-BatchNorm-ReLU)x2 32-64, avgpool, fc10 on 8x8 digits, seed b: other init and batch order",
+    "vit-a": "ViT (4x4 patches, width 32, 2 blocks: LayerNorm, 4-head attention, GELU MLP) on 16x16 digits, seed a",
+    "vit-b": "the vit-a architecture on 16x16 digits, seed b: other init and batch order (pairs with vit-a)",
+    "resnet20-ln-a": "ResNet-20 8-16-32 with channel LayerNorm (Git Re-Basin's setting) on 16x16 digits, seed a",
+    "resnet20-ln-b": "the resnet20-ln-a architecture, seed b: other init and batch order (pairs with resnet20-ln-a)",
 }
 
 

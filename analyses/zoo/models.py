@@ -7,6 +7,14 @@ demos use the digits upsampled to 16x16, which gives rotations room to work).
 demos) and :class:`DigitsBNCNN` (conv-BatchNorm-ReLU blocks; a connectivity demo) take the
 8x8 digits.
 
+Two models are not sequential and take the digits upsampled to 16x16 (any size divisible by
+their patch or by 4): :class:`DigitsViT`, a small vision transformer (pre-norm blocks of
+LayerNorm, multi-head self-attention written out as matmul-softmax-matmul, and a GELU MLP; mean
+pooling over the tokens), and :class:`DigitsResNet20`, the ResNet-20 of the Git Re-Basin CIFAR
+experiments narrowed, with LayerNorm over the channels at every position (what Flax's
+``nn.LayerNorm()`` does on NHWC activations there; :class:`ChannelLayerNorm`) or GroupNorm.
+Both are demo pairs for linear mode connectivity through norms and attention.
+
 The plain models are ``nn.Sequential`` subclasses with named children, so parameter names
 are short and stable (``fc1.weight``, ``conv2.bias``) and layer-walking analyses (interval
 bound propagation, Lipschitz products, permutation alignment) can iterate the layers in
@@ -32,11 +40,14 @@ from torch import nn
 
 __all__ = [
     "ARCHITECTURES",
+    "ChannelLayerNorm",
     "DigitsBNCNN",
     "DigitsCNN",
     "DigitsGlobalPoolCNN",
     "DigitsMLP",
+    "DigitsResNet20",
     "DigitsStrideCNN",
+    "DigitsViT",
     "GroupAveraged",
 ]
 
@@ -215,6 +226,196 @@ class GroupAveraged(nn.Module):
         return torch.sort(logits, dim=0).values.sum(dim=0) / self.order
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of ``(N, C, H, W)`` activations, at every position.
+
+    ``y[n, :, h, w] = (x[n, :, h, w] - mean) / sqrt(var + eps) * weight + bias`` with the mean
+    and (biased) variance over the ``C`` channels: Flax's ``nn.LayerNorm()`` (normalised axis
+    -1) applied to the NHWC activations of the Git Re-Basin ResNet-20 (Ainsworth et al. 2023,
+    ``src/resnet20.py``). Computed as permute to NHWC, ``layer_norm`` over ``C``, permute back,
+    so a channel permutation passes through it with its per-channel ``weight`` and ``bias``.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(int(channels), eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _norm2d(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(int(groups), channels), channels)
+    raise ValueError(f"norm must be 'layer' or 'group', got {kind!r}")
+
+
+class _ResBlock(nn.Module):
+    """``relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))``; the shortcut is the identity,
+    or a strided 3x3 convolution and a norm where the block halves the resolution (Git Re-Basin's
+    choice, so every channel axis is a plain permutable one)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _norm2d(norm, c_out, groups)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = _norm2d(norm, c_out, groups)
+        if stride != 1 or c_in != c_out:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), _norm2d(norm, c_out, groups)
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.relu1(self.norm1(self.conv1(x)))))
+        return self.relu2(y + self.shortcut(x))
+
+
+class DigitsResNet20(nn.Module):
+    """ResNet-20 (3 stages of ``blocks`` residual blocks, 6 * blocks + 2 layers) for ``(N, C, H, W)``.
+
+    ``conv1 (3x3, no bias) -> norm1 -> relu1 -> layer1 (widths[0]) -> layer2 (widths[1], stride 2)
+    -> layer3 (widths[2], stride 2) -> mean over positions -> fc``: the CIFAR ResNet-20 of the Git
+    Re-Basin experiments (REFERENCES.md section 5), there 16-32-64 channels wide and here narrower
+    for the 16x16 digits. ``norm`` is ``'layer'`` (:class:`ChannelLayerNorm`, their LayerNorm
+    setting) or ``'group'`` (``nn.GroupNorm`` with ``groups`` groups). No BatchNorm: a linear path
+    between two such models needs no statistics reset.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (8, 16, 32),
+        blocks: int = 3,
+        norm: str = "layer",
+        groups: int = 4,
+        in_channels: int = 1,
+        classes: int = 10,
+    ):
+        super().__init__()
+        w = [int(c) for c in widths]
+        if len(w) != 3:
+            raise ValueError(f"widths must give 3 stage widths, got {widths!r}")
+        self.conv1 = nn.Conv2d(int(in_channels), w[0], 3, padding=1, bias=False)
+        self.norm1 = _norm2d(norm, w[0], groups)
+        self.relu1 = nn.ReLU()
+        stages = []
+        c_in = w[0]
+        for c, stride in zip(w, (1, 2, 2)):
+            stage = [
+                _ResBlock(c_in if b == 0 else c, c, stride if b == 0 else 1, norm, groups)
+                for b in range(int(blocks))
+            ]
+            stages.append(nn.Sequential(*stage))
+            c_in = c
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(w[2], int(classes))
+        self.config: dict[str, Any] = {
+            "widths": w,
+            "blocks": int(blocks),
+            "norm": str(norm),
+            "groups": int(groups),
+            "in_channels": int(in_channels),
+            "classes": int(classes),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.norm1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention with separate query, key, value and output projections.
+
+    ``softmax(q k^T / sqrt(d)) v`` per head, written out (matmul, softmax, matmul) so the graph
+    shows each step; heads are contiguous blocks of ``d = dim / heads`` features of ``q``, ``k``
+    and ``v`` (Vaswani et al. 2017).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, dim = x.shape
+        q, k, v = (f(x).reshape(n, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, dim))
+
+
+class _TransformerBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + fc2(gelu(fc1(norm2(x))))``."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(mlp, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.gelu(self.fc1(self.norm2(x))))
+
+
+class DigitsViT(nn.Module):
+    """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images.
+
+    ``patch`` (a ``patch x patch`` convolution with that stride: one token per patch) -> ``+ pos``
+    (a learned table, one row per token) -> ``depth`` pre-norm blocks (:class:`_TransformerBlock`)
+    -> ``norm`` -> mean over the tokens -> ``head``. Mean pooling instead of a class token keeps
+    every token's row of the residual stream alike.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 16,
+        patch: int = 4,
+        dim: int = 32,
+        depth: int = 2,
+        heads: int = 4,
+        mlp: int = 64,
+        in_channels: int = 1,
+        classes: int = 10,
+    ):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} is not divisible by patch {patch}")
+        tokens = (int(image_size) // int(patch)) ** 2
+        self.patch = nn.Conv2d(int(in_channels), int(dim), int(patch), stride=int(patch))
+        self.pos = nn.Parameter(torch.randn(1, tokens, int(dim)) * 0.02)
+        self.blocks = nn.Sequential(
+            *(_TransformerBlock(int(dim), int(heads), int(mlp)) for _ in range(int(depth)))
+        )
+        self.norm = nn.LayerNorm(int(dim))
+        self.head = nn.Linear(int(dim), int(classes))
+        self.config: dict[str, Any] = {
+            "image_size": int(image_size),
+            "patch": int(patch),
+            "dim": int(dim),
+            "depth": int(depth),
+            "heads": int(heads),
+            "mlp": int(mlp),
+            "in_channels": int(in_channels),
+            "classes": int(classes),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
 #: Architecture names as written in the zoo manifest, mapped to their classes.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "DigitsMLP": DigitsMLP,
@@ -223,4 +424,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "GroupAveraged": GroupAveraged,
     "DigitsStrideCNN": DigitsStrideCNN,
     "DigitsBNCNN": DigitsBNCNN,
+    "DigitsViT": DigitsViT,
+    "DigitsResNet20": DigitsResNet20,
 }

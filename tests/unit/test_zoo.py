@@ -37,6 +37,10 @@ REQUIRED_ACCURACY = {
     "rot-cnn-c4": 0.93,
     "std-cnn": 0.95,
     "ibp-cnn": 0.95,
+    "vit-a": 0.95,
+    "vit-b": 0.95,
+    "resnet20-ln-a": 0.95,
+    "resnet20-ln-b": 0.95,
     "mlp-w64-a": 0.95,
     "mlp-w64-b": 0.95,
     "mlp-w512-a": 0.96,
@@ -51,7 +55,13 @@ ROTATION = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
 #: The certified-training demos: one architecture and seed, standard and IBP training.
 CERTIFIED = ["std-cnn", "ibp-cnn"]
 #: The connectivity pairs: one recipe, two initialisation and batch-order seeds.
-PAIRS = [("mlp-w64-a", "mlp-w64-b"), ("mlp-w512-a", "mlp-w512-b"), ("bn-cnn-a", "bn-cnn-b")]
+PAIRS = [
+    ("mlp-w64-a", "mlp-w64-b"),
+    ("mlp-w512-a", "mlp-w512-b"),
+    ("bn-cnn-a", "bn-cnn-b"),
+    ("vit-a", "vit-b"),
+    ("resnet20-ln-a", "resnet20-ln-b"),
+]
 
 
 def test_names_manifest_and_recipes_agree():
@@ -108,7 +118,7 @@ def test_demo_loads_in_eval_mode_and_recomputes_its_accuracy(name):
     model = load_demo(name)
     assert not model.training
     data = demo_data(name)
-    size = 16 if name in ROTATION else 8
+    size = RECIPES[name].size
     assert manifest()["models"][name]["data"]["size"] == size and data.input_shape == (1, size, size)
     assert data.fingerprint == load_digits(size=size, split="test").fingerprint
     acc = accuracy(model, data)
