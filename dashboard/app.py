@@ -21,7 +21,6 @@ import ctypes
 import dataclasses
 import gc
 import html
-import importlib
 import logging
 import os
 import secrets
@@ -39,6 +38,8 @@ import panel as pn
 import param
 from panel.io.state import set_curdoc
 from tornado.ioloop import IOLoop
+
+from analyses import registry
 
 from .components import jobs
 from .components.model_picker import ModelPicker
@@ -70,25 +71,34 @@ class PageSpec:
     tab: str | None = None
 
 
-def _lazy(module: str, cls: str) -> Callable[..., Any]:
-    """A page constructor that imports its module on first use (a session loads only the pages it opens)."""
+def _lazy(path: str) -> Callable[..., Any]:
+    """A constructor of the page class at ``"module:Class"`` that imports its module on first use
+    (a session loads only the pages it opens)."""
 
     def make(*args: Any, **kwargs: Any) -> Any:
-        mod = importlib.import_module(f"{__package__}.pages.{module}")
-        return getattr(mod, cls)(*args, **kwargs)
+        return registry.resolve(path)(*args, **kwargs)
 
-    make.__name__ = cls
+    make.__name__ = path.rpartition(":")[2]
     return make
 
 
 def page_specs() -> list[PageSpec]:
-    """The analysis pages, in navigation order (Spectra first: the landing page)."""
+    """The navigation, from the registry's entries (:mod:`analyses.registry`): each entry's title,
+    page and tab. An entry with a page of its own has its family's slug (``?page=bounds``), one shown
+    on another entry's page its command's (``?page=lipschitz``). Analyses of one model come first,
+    in the registry's order (Spectra, the landing page, first), then those of a pair of models; an
+    entry without a page (a command-line analysis) has no entry."""
+    entries = sorted((e for e in registry.ENTRIES if e.page), key=lambda e: len(e.positional))
+    slugs = {e.command: e.command if e.page_of else e.family for e in entries}
     return [
-        PageSpec("spectra", "Spectra", _lazy("spectra", "SpectraPage")),
-        PageSpec("orbits", "Orbits", _lazy("orbits", "OrbitsPage")),
-        PageSpec("bounds", "IBP tightness", _lazy("bounds", "BoundsPage"), tab="ibp"),
-        PageSpec("lipschitz", "Lipschitz", _lazy("bounds", "BoundsPage"), page_of="bounds", tab="lipschitz"),
-        PageSpec("connectivity", "Connectivity", _lazy("connectivity", "ConnectivityPage")),
+        PageSpec(
+            slugs[e.command],
+            e.title,
+            _lazy(e.page),
+            page_of=slugs[e.page_of] if e.page_of else None,
+            tab=e.tab,
+        )
+        for e in entries
     ]
 
 

@@ -1,8 +1,23 @@
-"""What every analysis page shares: its frame (heading, job panel, summary, tabs) and plot panes.
+"""What every analysis page shares: its settings, Run button, job panel, picker wiring, export and
+frame (heading, summary, tabs), and plot panes.
 
-A page (``dashboard/pages/<family>.py``) subclasses :class:`AnalysisPage` and builds ``controls``
-(its sidebar settings) and ``main`` (with :func:`page_main`); in the app the sidebar holds the
-controls, in a notebook the page shows both side by side.
+A page (``dashboard/pages/<family>.py``) subclasses :class:`AnalysisPage` (its registry entry is
+the one that names it as its page) and adds only its own layout, extra controls and linked views. The
+base class owns:
+
+- the analysis's setting widgets, generated from its Param parameters (:meth:`settings_form`,
+  :mod:`dashboard.components.settings_form`): the entry's basic ones, the rest in a collapsed
+  "Advanced" card, each widget's kind from the parameter's type (``widget_types`` where a page
+  wants another), its label from the parameter's ``label``;
+- the Run button and the sidebar column (:meth:`controls_column`), the :class:`JobPanel`
+  (progress, Cancel, errors) and :meth:`run`: invalid settings are listed instead of running,
+  else the page's :meth:`job` runs in the job panel and :meth:`show` draws its result;
+- the sidebar's picker: a new model goes to :meth:`on_picker`, new sources to :meth:`on_sources`;
+- the export panel (:attr:`export_panel`, :meth:`export`) over the page's :meth:`figures` and
+  :meth:`tables`.
+
+``controls`` is the sidebar column and ``main`` the page's main column (:func:`page_main`); in the
+app the sidebar holds the controls, in a notebook the page shows both side by side.
 
 While the page's job panel runs a new analysis, the result still on show is marked stale: the job
 panel says "Showing the previous result — running …" and the rest of the page (summary, plots,
@@ -19,16 +34,22 @@ and the page never name different models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import panel as pn
+import param
 
+from analyses import registry
+from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS
 
 from .. import style
 from ..settings import AppSettings
+from .export import ExportPanel, export_item, model_stem
 from .jobs import JobPanel
+from .settings_form import SettingsForm
 
 #: how a stale result is drawn (added to the parts' own styles while their job panel runs)
 STALE_STYLE = {"opacity": "0.45", "filter": "grayscale(60%)", "transition": "opacity 0.2s"}
@@ -36,6 +57,8 @@ STALE_STYLE = {"opacity": "0.45", "filter": "grayscale(60%)", "transition": "opa
 STALE_CLASS = "nnv-stale"
 #: CSS class of the page's "Analysing: …" line
 ANALYSING_CLASS = "nnv-analysing"
+#: narrowest a plot gets in the pages' two-column grids (they wrap to one column below that)
+PLOT_MIN_WIDTH = 380
 #: parts of a page's main column never dimmed while a run is under way
 UNDIMMED = ("nnv-page-head", "nnv-jobs", ANALYSING_CLASS)
 
@@ -47,15 +70,38 @@ def model_label(model: Any) -> str:
     return type(model).__name__
 
 
+#: what a job runs: ``work(progress, cancel)``
+Work = Callable[[Any, Any], Any]
+
+
 class AnalysisPage(pn.viewable.Viewer):
-    """Base of the analysis pages: ``controls`` and ``main`` are set by the subclass.
+    """Base of the analysis pages (see the module docstring); ``controls`` and ``main`` are set by
+    the subclass.
 
     ``picker``: the app's model picker (None in a notebook); ``settings``: the app's settings.
     """
 
+    slug: str = ""
+    title: str = ""
+    #: parameters the page sets with controls of its own (no generated widget)
+    own: tuple[str, ...] = ()
+    #: parameters of the entry's basic ones that this page shows under "Advanced"
+    advanced: tuple[str, ...] = ()
+    #: widget kinds (or options) that differ from what the parameter's type gives
+    widget_types: dict[str, Any] = {}
+
     controls: pn.Column
 
-    def __init__(self, picker: Any = None, settings: AppSettings | None = None, **params: Any):
+    def __init__(
+        self,
+        model: Any = None,
+        picker: Any = None,
+        settings: AppSettings | None = None,
+        run: bool = True,
+        **params: Any,
+    ):
+        """``model``: what to analyse (a page comparing models takes a list; None: the picker's);
+        ``run``: run at once (in the background when served)."""
         super().__init__(**params)
         self.picker = picker
         self.settings = settings or AppSettings()
@@ -68,6 +114,147 @@ class AnalysisPage(pn.viewable.Viewer):
             self.param.watch(self._update_analysing, watched)
         if picker is not None:
             picker.param.watch(self._update_analysing, ["model", "sources"])
+        self.jobs = JobPanel()
+        self._summary = summary_pane()
+        self.forms: list[SettingsForm] = []
+        self._run_button = pn.widgets.Button(
+            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        )
+        self._run_button.on_click(lambda _e: self.run())
+        self.export_panel = ExportPanel(
+            self.figures, self.tables, prefix=self.slug, subject=self.export_subject
+        )
+        self.build(model)
+        self.start(run)
+
+    def build(self, model: Any) -> None:
+        """Make the page's analysis object(s), ``controls`` and ``main`` for ``model``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ settings and controls
+    @classmethod
+    def entry(cls) -> registry.Entry:
+        """The page's registry entry (:mod:`analyses.registry`): the first that names this page."""
+        path = f"{cls.__module__}:{cls.__name__}"
+        return next(e for e in registry.ENTRIES if e.page == path)
+
+    def settings_form(
+        self, analysis: param.Parameterized, command: str | None = None, **kw: Any
+    ) -> SettingsForm:
+        """The generated setting widgets of ``analysis``, from the registry entry ``command`` (else
+        the page's); ``kw`` overrides the page's ``own``, ``advanced`` and ``widget_types``."""
+        kw.setdefault("own", self.own)
+        kw.setdefault("advanced", self.advanced)
+        kw.setdefault("widget_types", self.widget_types)
+        entry = registry.entry(command) if command else self.entry()
+        form = SettingsForm(analysis, entry, **kw)
+        self.forms.append(form)
+        return form
+
+    def controls_column(self, heading: str, *parts: Any) -> pn.Column:
+        """The sidebar: ``#### heading``, ``parts``, the list of invalid settings, the Run button."""
+        return pn.Column(
+            pn.pane.Markdown(f"#### {heading}", margin=(5, 10, 0, 10)),
+            *parts,
+            *(form.problems for form in self.forms),
+            self._run_button,
+            sizing_mode="stretch_width",
+            css_classes=["nnv-controls"],
+        )
+
+    def main_column(self, heading: str, text: str, *tabs: Any) -> pn.Column:
+        """The page's main column (:func:`page_main`): ``## heading`` and ``text``, the job panel, the
+        summary, then ``self.tabs``: ``tabs`` with Export last (:func:`page_tabs`), or the page's own."""
+        if tabs:
+            self.tabs = page_tabs(*tabs, export=self.export_panel)
+        return page_main(self.slug, heading, text, self.jobs, self._summary, self.tabs)
+
+    def start(self, run: bool) -> None:
+        """Follow the sidebar's picker from now on and, with ``run``, run (once the page is built)."""
+        if self.picker is not None:
+            self.picker.param.watch(self.on_picker, ["model"])
+            self.picker.param.watch(self.on_sources, ["sources"])
+        if run:
+            self.run(wait=0.3)
+
+    def on_picker(self, event: Any) -> None:
+        """The sidebar's model changed: analyse it."""
+        self.set_model(event.obj.model)
+
+    def on_sources(self, *_: Any) -> None:
+        """The sidebar's models on offer changed (an upload, a rescan)."""
+
+    def set_model(self, model: Any, run: bool = True) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ runs
+    def setting_problems(self) -> list[str]:
+        """Every invalid setting, one line each (label: what was expected, what was typed)."""
+        return [line for form in self.forms for line in form.problem_lines()]
+
+    def run(self, wait: float = 0.0) -> None:
+        """Run the analysis with the current settings (in the background when served); with invalid
+        settings show every problem instead (one line each), with another problem its one line.
+
+        ``wait``: seconds to wait for a quick result (from the result store) to show it at once.
+        """
+        problems = self.setting_problems()
+        if problems:
+            self.jobs.cancel(quiet=True)
+            head = (
+                "Not run: fix this setting first"
+                if len(problems) == 1
+                else "Not run: fix these settings first"
+            )
+            self.jobs.show_error(head + "\n" + "\n".join(f"- {p}" for p in problems))
+            return
+        try:
+            job = self.job()
+        except NNVitalsError as e:
+            self.jobs.show_error(str(e))
+            return
+        if job is not None:
+            label, work = job
+            self.jobs.submit(label, work, self.show, wait=wait)
+
+    def job(self) -> tuple[str, Work] | None:
+        """What Run runs: (its label, ``work(progress, cancel)``), or None when the page said why not.
+        An :class:`NNVitalsError` is shown as the run's error."""
+        raise NotImplementedError
+
+    def show(self, result: Any) -> None:
+        """Show a finished run's result."""
+        raise NotImplementedError
+
+    @staticmethod
+    def snapshot(analysis: param.Parameterized, **overrides: Any) -> Any:
+        """A copy of ``analysis`` with its current settings (widgets may change while it runs)."""
+        values = {k: v for k, v in analysis.param.values().items() if k != "name"}
+        values.update(overrides)
+        return type(analysis)(**values)
+
+    @staticmethod
+    def work(analysis: Any) -> Work:
+        """``analysis.run`` as a job's work."""
+        return lambda progress, cancel: analysis.run(progress=progress, cancel=cancel)
+
+    # ------------------------------------------------------------------ export
+    def figures(self) -> dict[str, Any]:
+        """Figure builders by title (built when exported)."""
+        return {}
+
+    def tables(self) -> dict[str, Any]:
+        """Table builders by title (CSV)."""
+        return {}
+
+    def export_subject(self) -> str:
+        """The models of the page, for the export files' names ('rot-cnn-vs-rot-cnn-c4')."""
+        return "-vs-".join(model_stem(model_label(m)) for m in self.analysed_models())
+
+    def export(self, what: str, path: str | Path) -> Path:
+        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`, or its
+        file-name form) to ``path``; the suffix picks the format (svg, png, pdf, html; csv)."""
+        return export_item(self.figures(), self.tables(), what, path)
 
     # ------------------------------------------------------------------ which model(s)
     @property
@@ -130,6 +317,19 @@ def holoviews_pane(obj: Any, **kw: Any) -> pn.pane.HoloViews:
     """A bokeh pane for one plot, its axes never linked to other panes' plots."""
     kw.setdefault("sizing_mode", "fixed")
     return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, **kw)
+
+
+def plot_pane(obj: Any, css_class: str, stretch: bool = True) -> pn.pane.HoloViews:
+    """A bokeh pane filling its grid cell (``stretch``; one plot: a bokeh grid plot of several
+    panels drawn in a hidden tab collapses to a few pixels) or at the plot's own size."""
+    if not stretch:  # sized by the plot itself (its frame)
+        return holoviews_pane(obj, css_classes=[css_class], sizing_mode=None)
+    return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
+
+
+def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
+    """Plots two per row, filling the page's width (one column below :data:`PLOT_MIN_WIDTH` each)."""
+    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
 
 
 def note_pane(text: str) -> pn.pane.Markdown:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -33,18 +32,8 @@ from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
 from analyses.orbits.fitting import fitting_data
 
-from ..components.export import ExportPanel, export_item
-from ..components.jobs import JobPanel
-from ..components.page import (
-    AnalysisPage,
-    holoviews_pane,
-    model_label,
-    note_pane,
-    page_main,
-    page_tabs,
-    summary_pane,
-)
-from ..settings import AppSettings
+from ..components.page import PLOT_MIN_WIDTH, AnalysisPage, model_label, note_pane, plot_grid, plot_pane
+from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
 
@@ -54,8 +43,6 @@ _DATA_NAMES = {8: "digits", 16: "digits16", 32: "digits32"}
 #: the sizes tried on a model that records no input shape (8x8 first: the cheapest bounds)
 _FIT_CANDIDATES = ("digits8", "digits16", "digits32")
 TABS = {"ibp": 0, "lipschitz": 1, "export": 2}
-#: narrowest a plot gets in the page's two-column grids (they wrap to one column below that)
-PLOT_MIN_WIDTH = 380
 DEFAULT_SWEEP = [0.001, 0.003, 0.01, 0.03, 0.1]
 BINS = 20
 
@@ -97,23 +84,14 @@ def parse_eps_list(text: str) -> list[float]:
         ) from None
 
 
-def plot_pane(obj: Any, css_class: str, stretch: bool = True) -> pn.pane.HoloViews:
-    """A bokeh pane filling its grid cell (``stretch``) or at the plot's own size."""
-    if not stretch:  # sized by the plot itself (its frame: see views.bin_samples)
-        return holoviews_pane(obj, css_classes=[css_class], sizing_mode=None)
-    return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
-
-
-def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
-    """Plots two per row, filling the page's width."""
-    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
-
-
 class BoundsPage(AnalysisPage):
     """IBP tightness and Lipschitz bounds (see the module docstring): ``BoundsPage(model="cnn")``."""
 
     slug = "bounds"
     title = "IBP tightness & Lipschitz"
+    #: set once for both analyses by the page's own controls (the seed stays the analyses' default)
+    own = ("data", "data_range", "max_samples", "seed")
+    widget_types = {"spec": RADIO, "relu": RADIO}
     question = "How loose are interval bounds through this network, and how smooth is the function?"
 
     model = param.Parameter(default=None, doc="The model analysed (runnable: demo name, .pt2, module).")
@@ -121,17 +99,9 @@ class BoundsPage(AnalysisPage):
     lip_result = param.Parameter(default=None, doc="The current LipschitzResult.")
     bar = param.Integer(default=0, doc="Selected bar of the Jacobian-norm histogram.")
 
-    def __init__(
-        self,
-        model: Any = None,
-        picker: Any = None,
-        settings: AppSettings | None = None,
-        run: bool = True,
-        **params: Any,
-    ):
-        super().__init__(picker=picker, settings=settings, **params)
+    def build(self, model: Any) -> None:
         if model is None:
-            model = picker.model if picker is not None else self.settings.default_model
+            model = self.picker.model if self.picker is not None else self.settings.default_model
         data, self._fit_problem = data_fit(model)
         common = dict(
             model=model,
@@ -143,69 +113,39 @@ class BoundsPage(AnalysisPage):
         self.ibp = IBPTightness(eps=0.01, eps_sweep=list(DEFAULT_SWEEP), **common)
         self.lip = LipschitzBounds(mixes=128, **common)
         self.explorer: views.JacobianExplorer | None = None
-        self.jobs = JobPanel()
         self._build_controls()
         self._build_main()
         self.model = model
-        if picker is not None:
-            picker.param.watch(self._on_picker, ["model"])
-        if run:
-            self.run(wait=0.3)
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        w = 230
-        self._data = pn.widgets.Select(name="Data", options=DATA_CHOICES, value=self.ibp.data, width=w)
-        self._eps = pn.widgets.FloatInput(name="eps (L-inf input radius)", value=0.01, step=0.005, width=w)
-        self._sweep = pn.widgets.TextInput(
-            name="Also at eps (tightness vs eps)", value=", ".join(f"{e:g}" for e in DEFAULT_SWEEP), width=w
-        )
+        w, p = WIDGET_WIDTH, self.ibp.param
+        self._data = pn.widgets.Select(name=p.data.label, options=DATA_CHOICES, value=self.ibp.data, width=w)
         self._lo = pn.widgets.FloatInput(name="Data range: low", value=0.0, width=110)
         self._hi = pn.widgets.FloatInput(name="high", value=1.0, width=110)
-        ibp_knobs = pn.Param(
-            self.ibp,
-            parameters=["spec", "relu"],
-            widgets={
-                "spec": {"type": pn.widgets.RadioButtonGroup, "button_style": "outline", "width": w},
-                "relu": {"type": pn.widgets.RadioButtonGroup, "button_style": "outline", "width": w},
-            },
-            show_name=False,
-            width=250,
+        self._samples = pn.widgets.IntInput(name=p.max_samples.label, value=128, start=1, width=w)
+        # eps and its sweep are read when Run is pressed: the analysis says what is wrong with them
+        self._eps = pn.widgets.FloatInput(name=p.eps.label, value=0.01, step=0.005, width=w)
+        self._sweep = pn.widgets.TextInput(
+            name=p.eps_sweep.label, value=", ".join(f"{e:g}" for e in DEFAULT_SWEEP), width=w
         )
-        self._samples = pn.widgets.IntInput(name="Samples per split", value=128, start=1, width=w)
-        lip_knobs = pn.Param(
-            self.lip,
-            parameters=["mixes", "per_layer", "sharpen"],
-            widgets={
-                "mixes": {"type": pn.widgets.IntInput, "name": "Midpoints of random pairs", "width": w},
-                "per_layer": {"name": "Lower bound at every layer"},
-                "sharpen": {"name": "Sharpen by gradient ascent"},
-            },
-            show_name=False,
-            width=250,
-        )
-        self._run_button = pn.widgets.Button(
-            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
-        )
-        self._run_button.on_click(lambda _e: self.run())
-        self.controls = pn.Column(
-            pn.pane.Markdown("#### Bounds settings", margin=(5, 10, 0, 10)),
+        ibp = self.settings_form(self.ibp, custom={"eps": self._eps, "eps_sweep": self._sweep})
+        # the Lipschitz bounds run on the IBP settings' dtype and device
+        lip = self.settings_form(self.lip, "lipschitz", own=(*self.own, "dtype", "device"))
+        self.controls = self.controls_column(
+            "Bounds settings",
             self._data,
             pn.Row(self._lo, self._hi),
             self._samples,
             pn.pane.Markdown("**IBP tightness**", margin=(5, 10, 0, 10)),
-            self._eps,
-            self._sweep,
-            ibp_knobs,
+            ibp.basic,
+            ibp.advanced,
             pn.pane.Markdown("**Lipschitz**", margin=(5, 10, 0, 10)),
-            lip_knobs,
-            self._run_button,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-controls"],
+            lip.basic,
+            lip.advanced,
         )
 
     def _build_main(self) -> None:
-        self._summary = summary_pane()
         running = "*The analysis is running …*"
         self._ibp_plots = plot_grid(pn.pane.Markdown(running), css_classes=["nnv-bounds-ibp"])
         self._lip_plots = plot_grid(pn.pane.Markdown(running), css_classes=["nnv-bounds-lip"])
@@ -241,23 +181,13 @@ class BoundsPage(AnalysisPage):
             sizing_mode="stretch_width",
             name="Lipschitz",
         )
-        self.export_panel = ExportPanel(
-            self.figures, self.tables, prefix="bounds", subject=lambda: model_label(self.model)
-        )
-        self.tabs = page_tabs(
-            ibp_tab,
-            lip_tab,
-            export=self.export_panel,
-        )
-        self.main = page_main(
-            "bounds",
+        self.main = self.main_column(
             "IBP tightness & Lipschitz bounds",
             f"{self.question} Interval bound propagation tightness "
             "(Understanding Certified Training with IBP, ICLR 2024) and Lipschitz upper vs lower bounds "
             "(Some Intriguing Aspects about Lipschitz Continuity of Neural Networks, ICLR 2024).",
-            self.jobs,
-            self._summary,
-            self.tabs,
+            ibp_tab,
+            lip_tab,
         )
 
     def show_tab(self, name: str) -> None:
@@ -267,9 +197,6 @@ class BoundsPage(AnalysisPage):
         self.tabs.active = TABS[name]
 
     # ------------------------------------------------------------------ model
-    def _on_picker(self, event) -> None:
-        self.set_model(event.obj.model)
-
     def set_model(self, model: Any, run: bool = True) -> None:
         """Analyse ``model`` on the digits it takes (see :func:`data_fit`) and run."""
         self.model = model
@@ -293,27 +220,22 @@ class BoundsPage(AnalysisPage):
         ivals = {k: v for k, v in self.ibp.param.values().items() if k != "name"}
         ivals.update(shared, eps=float(eps), eps_sweep=parse_eps_list(self._sweep.value))
         lvals = {k: v for k, v in self.lip.param.values().items() if k != "name"}
-        lvals.update(shared)
+        lvals.update(shared, dtype=self.ibp.dtype, device=self.ibp.device)
         return IBPTightness(**ivals), LipschitzBounds(**lvals)
 
-    def run(self, wait: float = 0.0) -> None:
-        """Run both analyses with the current settings (in the background when served)."""
-        try:
-            if self._fit_problem:  # no built-in digits fit the model: say which data it needs
-                raise NNVitalsError(self._fit_problem)
-            ibp, lip = self._analyses()
-        except NNVitalsError as e:
-            self.jobs.show_error(str(e))
-            return
+    def job(self):
+        if self._fit_problem:  # no built-in digits fit the model: say which data it needs
+            raise NNVitalsError(self._fit_problem)
+        ibp, lip = self._analyses()
 
         def work(progress, cancel):
             a = ibp.run(progress=progress, cancel=cancel)
             b = lip.run(progress=progress, cancel=cancel)
             return a, b
 
-        self.jobs.submit(f"Bounds of {model_label(self.model)}", work, self._show, wait=wait)
+        return f"Bounds of {model_label(self.model)}", work
 
-    def _show(self, results) -> None:
+    def show(self, results) -> None:
         ibp, lip = results
         self.ibp_result, self.lip_result = ibp, lip
         if ibp.meta.get("cached") and lip.meta.get("cached"):
@@ -439,7 +361,3 @@ class BoundsPage(AnalysisPage):
             bar = self.bar
             out["selected samples"] = lambda: views.samples_in_bin(lip, bar, None, BINS)
         return out
-
-    def export(self, what: str, path: str | Path) -> Path:
-        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
-        return export_item(self.figures(), self.tables(), what, path)

@@ -40,49 +40,15 @@ from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from ..components.export import ExportPanel, export_item, model_stem
-from ..components.jobs import JobPanel, how_obtained, in_server
-from ..components.page import (
-    AnalysisPage,
-    holoviews_pane,
-    model_label,
-    note_pane,
-    page_main,
-    page_tabs,
-    summary_pane,
-)
-from ..settings import AppSettings
+from ..components.jobs import how_obtained, in_server
+from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
+from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
 
-#: the knobs shown as widgets (generated from ModeConnectivity's parameters)
-KNOBS = ["match", "points", "bn_reset", "repair"]
-ADVANCED_KNOBS = [
-    "seed",
-    "max_iter",
-    "batch_size",
-    "act_samples",
-    "engine",
-    "top_k",
-    "plane_points",
-    "device",
-]
 #: demo pairs (same architecture, different seeds), the first one present is the page's default
 DEMO_PAIRS = (("mlp-w64-a", "mlp-w64-b"), ("mlp-w512-a", "mlp-w512-b"), ("bn-cnn-a", "bn-cnn-b"))
 DATA_CHOICES = {"digits 8x8": "digits", "digits 16x16": "digits16", "digits 32x32": "digits32"}
-#: narrowest a plot gets in the page's two-column grids (they wrap to one column below that)
-PLOT_MIN_WIDTH = 380
-
-
-def plot_pane(obj: Any, css_class: str) -> pn.pane.HoloViews:
-    """A bokeh pane filling its grid cell (one plot: a bokeh grid plot of several panels drawn in a
-    hidden tab collapses to a few pixels)."""
-    return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
-
-
-def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
-    """Plots two per row, filling the page's width."""
-    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
 
 
 def panels_of(obj: Any) -> list[Any]:
@@ -114,6 +80,9 @@ class ConnectivityPage(AnalysisPage):
 
     slug = "connectivity"
     title = "Connectivity"
+    #: the page's own controls: model B and more models (the sidebar's sources), the data
+    own = ("models", "data")
+    widget_types = {"match": RADIO, "bn_reset": RADIO}
     question = "Is there a low-loss linear path between two models, before and after permutation alignment?"
 
     models = param.List(default=[], doc="Model A, model B and any further models (pairwise, plane).")
@@ -123,24 +92,16 @@ class ConnectivityPage(AnalysisPage):
     )
     picked = param.Parameter(default=None, doc="The last interpolated model saved (its file path).")
 
-    def __init__(
-        self,
-        model: Any = None,
-        picker: Any = None,
-        settings: AppSettings | None = None,
-        run: bool = True,
-        **params: Any,
-    ):
-        super().__init__(picker=picker, settings=settings, **params)
+    def build(self, model: Any) -> None:
         self._tmp: Path | None = None
         self._own_pick: str | None = None
         pair = next((p for p in DEMO_PAIRS if all(m in DEMO_MODELS for m in p)), None)
-        if model is None and picker is not None:
+        if model is None and self.picker is not None:
             # model A is the sidebar's model: the demo pair's A while nobody chose a model (the
             # picker then shows it), else the model picked
             if pair is not None:
-                picker.suggest(pair[0])
-            model = [picker.model]
+                self.picker.suggest(pair[0])
+            model = [self.picker.model]
         elif model is None:
             model = list(pair) if pair is not None else [self.settings.default_model]
         models = list(model) if isinstance(model, list | tuple) else [model, None]
@@ -150,72 +111,34 @@ class ConnectivityPage(AnalysisPage):
             show_progress=False, runner=self.settings.runner, data=self._data_for(models)
         )
         self._views: dict[str, Any] = {}
-        self.jobs = JobPanel()
         self._build_controls()
         self._build_main()
         self.models = models
         self._sync_choices()
-        if picker is not None:
-            picker.param.watch(self._on_picker, ["model"])
-            picker.param.watch(self._on_sources, ["sources"])
-            if in_server():
-                pn.state.on_session_destroyed(lambda _ctx: self.close())
-        if run:
-            self.run(wait=0.3)
+        if self.picker is not None and in_server():
+            pn.state.on_session_destroyed(lambda _ctx: self.close())
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        widgets = {
-            "match": {"type": pn.widgets.RadioButtonGroup, "name": "Alignment", "button_style": "outline"},
-            "points": {"type": pn.widgets.IntInput, "name": "Points along the path"},
-            "bn_reset": {"type": pn.widgets.RadioButtonGroup, "name": "Reset BatchNorm statistics",
-                         "button_style": "outline"},
-            "repair": {"type": pn.widgets.Checkbox, "name": "REPAIR (models without BatchNorm)"},
-            "seed": {"type": pn.widgets.IntInput},
-            "max_iter": {"type": pn.widgets.IntInput, "name": "Matching: at most this many sweeps"},
-            "batch_size": {"type": pn.widgets.IntInput, "name": "Samples per forward pass"},
-            "act_samples": {"type": pn.widgets.IntInput, "name": "Samples for activation statistics"},
-            "engine": {"type": pn.widgets.Select, "name": "Path evaluation"},
-            "top_k": {"type": pn.widgets.IntInput, "name": "Top singular vectors per layer"},
-            "plane_points": {"type": pn.widgets.IntInput, "name": "Plane grid points per side"},
-            "device": {"type": pn.widgets.TextInput},
-        }  # fmt: skip
-        for name in KNOBS + ADVANCED_KNOBS:
-            widgets.setdefault(name, {}).setdefault("width", 230)
-        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
-        self._advanced = pn.Card(
-            pn.Param(self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240),
-            title="Advanced",
-            collapsed=True,
-            width=255,
-        )
-        self._model_b = pn.widgets.Select(name="Model B (same architecture)", options={}, width=230)
+        self.form = self.settings_form(self.analysis)
+        p = self.analysis.param
+        self._model_b = pn.widgets.Select(name="Model B (same architecture)", options={}, width=WIDGET_WIDTH)
         self._model_b.param.watch(self._on_model_b, "value")
-        self._more = pn.widgets.MultiChoice(
-            name="More models (pairwise, merge, plane)", options={}, width=230
-        )
+        self._more = pn.widgets.MultiChoice(name=p.models.label, options={}, width=WIDGET_WIDTH)
         self._more.param.watch(self._on_more, "value")
-        self._data = pn.widgets.Select(name="Data (train and test)", options=DATA_CHOICES, width=230)
+        self._data = pn.widgets.Select(name=p.data.label, options=DATA_CHOICES, width=WIDGET_WIDTH)
         self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
-        self._run_button = pn.widgets.Button(
-            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
-        )
-        self._run_button.on_click(lambda _e: self.run())
-        self.controls = pn.Column(
-            pn.pane.Markdown("#### Connectivity settings", margin=(5, 10, 0, 10)),
+        self.controls = self.controls_column(
+            "Connectivity settings",
             note_pane("Model A is the sidebar's model; choose model B here."),
             self._model_b,
             self._more,
             self._data,
-            self._knobs,
-            self._advanced,
-            self._run_button,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-controls"],
+            self.form.basic,
+            self.form.advanced,
         )
 
     def _build_main(self) -> None:
-        self._summary = summary_pane()
         self._paths = plot_grid(
             pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-conn-paths"]
         )
@@ -242,12 +165,6 @@ class ConnectivityPage(AnalysisPage):
             None, index=False, float_format="{:.4f}".format, sizing_mode="stretch_width"
         )
         self._many = plot_grid(css_classes=["nnv-conn-many"])
-        self.export_panel = ExportPanel(
-            self.figures,
-            self.tables,
-            prefix="connectivity",
-            subject=lambda: "-vs-".join(model_stem(model_label(m)) for m in self.models if m is not None),
-        )
         path_tab = pn.Column(
             note_pane(
                 "Each point is the model θ(λ) = (1 − λ) θ_A + λ θ_B. Dashed: B as it is (naive); solid: B with "
@@ -261,7 +178,10 @@ class ConnectivityPage(AnalysisPage):
             sizing_mode="stretch_width",
             name="Path",
         )
-        self.tabs = page_tabs(
+        self.main = self.main_column(
+            "Connectivity",
+            f"{self.question} Linear mode connectivity with Git Re-Basin weight matching "
+            "(Ainsworth et al., ICLR 2023).",
             path_tab,
             pn.Column(
                 note_pane(
@@ -284,16 +204,6 @@ class ConnectivityPage(AnalysisPage):
                 sizing_mode="stretch_width",
             ),
             pn.Column(self._many, name="Pairwise & plane", sizing_mode="stretch_width"),
-            export=self.export_panel,
-        )
-        self.main = page_main(
-            "connectivity",
-            "Connectivity",
-            f"{self.question} Linear mode connectivity with Git Re-Basin weight matching "
-            "(Ainsworth et al., ICLR 2023).",
-            self.jobs,
-            self._summary,
-            self.tabs,
         )
 
     # ------------------------------------------------------------------ models and data
@@ -319,10 +229,10 @@ class ConnectivityPage(AnalysisPage):
         finally:
             self._syncing = False
 
-    def _on_sources(self, *_: Any) -> None:
+    def on_sources(self, *_: Any) -> None:
         self._sync_choices()
 
-    def _on_picker(self, event) -> None:
+    def on_picker(self, event) -> None:
         if event.new is None or (self._own_pick is not None and event.new == self._own_pick):
             return  # the interpolated model this page just handed to the other pages
         b = self.models[1] if len(self.models) > 1 else None
@@ -360,24 +270,17 @@ class ConnectivityPage(AnalysisPage):
             return ModeConnectivity(models=[a, b, *more], **values)
         return ModeConnectivity(model_a=a, model_b=b, **values)
 
-    def run(self, wait: float = 0.0) -> None:
-        """Run the analysis with the current settings (in the background when served)."""
+    def job(self):
         if len(self.models) < 2 or self.models[0] is None or self.models[1] is None:
             self._summary.object = (
                 "**Choose model B** in the settings: a model of the same architecture as model A "
                 f"({model_label(self.models[0]) if self.models else 'none'}), e.g. the same network trained from another seed."
             )
-            return
-        analysis = self._analysis()
+            return None
         labels = " vs ".join(model_label(m) for m in self.models)
-        self.jobs.submit(
-            f"Connectivity of {labels}",
-            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
-            self._show,
-            wait=wait,
-        )
+        return f"Connectivity of {labels}", self.work(self._analysis())
 
-    def _show(self, result) -> None:
+    def show(self, result) -> None:
         self.result = result
         self.point = None
         meta = result.meta
@@ -552,7 +455,3 @@ class ConnectivityPage(AnalysisPage):
                 r.pairwise("barrier_matched" if r.summary.get("match") != "none" else "barrier_naive")
             )
         return out
-
-    def export(self, what: str, path: str | Path) -> Path:
-        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
-        return export_item(self.figures(), self.tables(), what, path)

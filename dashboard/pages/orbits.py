@@ -28,8 +28,6 @@ the sidebar then shows ``rot-cnn`` too. The page computes nothing itself: :class
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -43,47 +41,19 @@ from analyses.orbits.analysis import OrbitAnalysis, setting_problems
 from analyses.orbits.fitting import common_data
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
-from ..components.export import ExportPanel, export_item, model_stem
-from ..components.jobs import JobPanel, how_obtained
+from ..components.export import model_stem
+from ..components.jobs import how_obtained
 from ..components.model_picker import list_data_files
-from ..components.page import (
-    AnalysisPage,
-    holoviews_pane,
-    model_label,
-    note_pane,
-    page_main,
-    page_tabs,
-    summary_pane,
-)
-from ..settings import AppSettings
+from ..components.page import AnalysisPage, holoviews_pane, model_label, note_pane
+from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
 
-#: the knobs shown as widgets (generated from OrbitAnalysis's parameters)
-KNOBS = ["group", "steps", "score", "split", "max_samples"]
-ADVANCED_KNOBS = ["shift_range", "shift_step", "scale_range", "scale_step", "seed", "batch_size", "device"]
 #: the demo comparison the page opens on: plain, augmented and C4-averaged CNNs
 DEMO_SET = ["rot-cnn", "rot-cnn-aug", "rot-cnn-c4"]
 #: the page's first run: a quick look (10-degree steps, 200 samples); the settings raise both
 PAGE_DEFAULTS = {"steps": 36, "max_samples": 200}
 DATA_CHOICES = {"digits 16x16": "digits16", "digits 8x8": "digits8", "digits 32x32": "digits32"}
-#: the setting widgets' labels (their kind, choices and help come from OrbitAnalysis's parameters)
-LABELS = {
-    "group": "Group",
-    "steps": "Rotation angles (from 0°)",
-    "score": "Score",
-    "split": "Digits split",
-    "max_samples": "At most this many samples",
-    "shift_range": "Shift: largest |dx|, |dy| (px)",
-    "shift_step": "Shift step (px)",
-    "scale_range": "Scale range (smallest, largest)",
-    "scale_step": "Scale step",
-    "seed": "Seed",
-    "batch_size": "Images per forward pass",
-    "device": "Device",
-}
-#: width of a setting widget in the sidebar
-WIDGET_WIDTH = 230
 
 
 def _element_labels(labels: list[str]) -> CustomJSTickFormatter:
@@ -91,34 +61,6 @@ def _element_labels(labels: list[str]) -> CustomJSTickFormatter:
     return CustomJSTickFormatter(
         args={"labels": labels}, code="return labels[Math.round(tick)] ?? String(tick)"
     )
-
-
-def setting_widget(p: param.Parameter, label: str, value: Any, **kw: Any) -> pn.widgets.Widget:
-    """A widget for one analysis parameter: its kind from the parameter's type, its choices from
-    the parameter's objects, its help from the doc. Numbers get no start/end: the browser would clamp
-    a typed value to them without a word (0 angles became 1, or the last good value); the page checks
-    the value instead and says what is wrong."""
-    kw = {"name": label, "description": p.doc, "width": WIDGET_WIDTH, **kw}
-    if isinstance(p, param.Selector):
-        return pn.widgets.Select(options=list(p.objects), value=value, **kw)
-    if isinstance(p, param.Integer):
-        return pn.widgets.IntInput(value=value, **kw)
-    if isinstance(p, param.Number):
-        return pn.widgets.FloatInput(value=value, **kw)
-    if isinstance(p, param.NumericTuple):
-        return pn.widgets.TextInput(value=", ".join(f"{v:g}" for v in value), **kw)
-    return pn.widgets.TextInput(value="" if value is None else str(value), **kw)
-
-
-def _tuple_value(text: Any) -> Any:
-    """``'0.5, 1.5'`` as ``(0.5, 1.5)``; anything else as typed (the check then says what is wrong)."""
-    if not isinstance(text, str):
-        return text
-    try:
-        parts = tuple(float(t) for t in text.replace("(", "").replace(")", "").split(","))
-    except ValueError:
-        return text
-    return parts if len(parts) == 2 else text
 
 
 def demo_data_name(model: Any) -> str | None:
@@ -131,6 +73,11 @@ class OrbitsPage(AnalysisPage):
 
     slug = "orbits"
     title = "Orbits"
+    #: the page's own controls: the data (with the server's files) and the class subset (a view choice)
+    own = ("data", "classes")
+    #: settings of one group each: under Advanced
+    advanced = ("shift_range", "shift_step", "scale_range", "scale_step")
+    widget_types = {"split": RADIO}
     question = (
         "Where along a group orbit (rotation, shift, scale, flip) does the model stop being equivariant?"
     )
@@ -143,23 +90,15 @@ class OrbitsPage(AnalysisPage):
     row = param.Integer(default=0, doc="Selected sample (position in the result).")
     element = param.Integer(default=0, doc="Selected group element.")
 
-    def __init__(
-        self,
-        model: Any = None,
-        picker: Any = None,
-        settings: AppSettings | None = None,
-        run: bool = True,
-        **params: Any,
-    ):
-        super().__init__(picker=picker, settings=settings, **params)
+    def build(self, model: Any) -> None:
         demo_ready = all(m in DEMO_MODELS for m in DEMO_SET)
-        if model is None and picker is not None:
+        if model is None and self.picker is not None:
             # the sidebar's model first; the demo set while nobody chose a model (the picker then
             # shows its first model: one truth)
-            if demo_ready and picker.suggest(DEMO_SET[0]):
+            if demo_ready and self.picker.suggest(DEMO_SET[0]):
                 model = list(DEMO_SET)
             else:
-                model = picker.model
+                model = self.picker.model
         elif model is None:
             model = list(DEMO_SET) if demo_ready else self.settings.default_model
         models = list(model) if isinstance(model, list | tuple) else [model]
@@ -172,113 +111,33 @@ class OrbitsPage(AnalysisPage):
             **PAGE_DEFAULTS,
         )
         self.explorer: views.OrbitExplorer | None = None
-        self.jobs = JobPanel()
         self._build_controls()
         self._build_main()
         self.models = models
         self._sync_compare()
-        if picker is not None:
-            picker.param.watch(self._on_picker, ["model"])
-            picker.param.watch(self._on_sources, ["sources"])
         self.param.watch(self._redraw_explorer, ["color", "method", "classes"])
         self.param.watch(self._on_element, ["element"])
-        if run:
-            self.run(wait=0.3)
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        a = self.analysis
-        self._settings: dict[str, pn.widgets.Widget] = {}
-        for name in KNOBS + ADVANCED_KNOBS:
-            kw: dict[str, Any] = {}
-            if name == "split":
-                w = pn.widgets.RadioButtonGroup(
-                    name=LABELS[name], options=list(a.param[name].objects), value=a.split,
-                    button_style="outline", width=WIDGET_WIDTH,
-                )  # fmt: skip
-            else:
-                w = setting_widget(a.param[name], LABELS[name], getattr(a, name), **kw)
-            w.param.watch(self._on_setting, "value")
-            self._settings[name] = w
-        # set in Python (a notebook, a test): the widgets follow
-        a.param.watch(self._from_analysis, list(self._settings))
-        self._problems = pn.pane.Alert(
-            "", alert_type="danger", visible=False, css_classes=["nnv-setting-problems"], margin=(5, 10)
+        self.form = self.settings_form(self.analysis, check=setting_problems)
+        self._settings = self.form.widgets
+        self._problems = self.form.problems
+        self._data = pn.widgets.Select(
+            name=self.analysis.param.data.label, options=self._data_options(), width=WIDGET_WIDTH
         )
-        self._knobs = pn.Column(*(self._settings[n] for n in KNOBS), width=250)
-        self._advanced = pn.Card(
-            pn.Column(*(self._settings[n] for n in ADVANCED_KNOBS), width=240),
-            title="Advanced",
-            collapsed=True,
-            width=255,
-        )
-        self._data = pn.widgets.Select(name="Data", options=self._data_options(), width=WIDGET_WIDTH)
         self._data.param.watch(lambda e: setattr(self.analysis, "data", e.new), "value")
         self._compare = pn.widgets.MultiChoice(name="Compare with", options={}, width=WIDGET_WIDTH)
         self._compare.param.watch(self._on_compare, "value")
         self._classes = pn.widgets.MultiChoice(
-            name="Classes (empty: all)", options=[str(i) for i in range(10)], width=WIDGET_WIDTH
+            name=self.analysis.param.classes.label, options=[str(i) for i in range(10)], width=WIDGET_WIDTH
         )
         self._classes.param.watch(self._on_classes, "value")
-        self._run_button = pn.widgets.Button(
-            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
+        self.controls = self.controls_column(
+            "Orbit settings", self._compare, self._data, self.form.basic, self._classes, self.form.advanced
         )
-        self._run_button.on_click(lambda _e: self.run())
-        self.controls = pn.Column(
-            pn.pane.Markdown("#### Orbit settings", margin=(5, 10, 0, 10)),
-            self._compare,
-            self._data,
-            self._knobs,
-            self._classes,
-            self._advanced,
-            self._problems,
-            self._run_button,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-controls"],
-        )
-
-    # ------------------------------------------------------------------ settings
-    def setting_values(self) -> dict[str, Any]:
-        """The settings as the widgets hold them (typed values, valid or not)."""
-        values = {name: w.value for name, w in self._settings.items()}
-        values["scale_range"] = _tuple_value(values["scale_range"])
-        return values
-
-    def _label(self, key: str) -> str:
-        return " / ".join(LABELS.get(k, k) for k in key.split("/"))
-
-    def _in_words(self, text: str) -> str:
-        """A message naming parameters, with the widgets' labels instead ('lower “Shift step (px)”')."""
-        names = "|".join(sorted(LABELS, key=len, reverse=True))
-        return re.sub(rf"\b({names})\b", lambda m: f"“{LABELS[m.group(1)]}”", text)
-
-    def setting_problems(self) -> list[str]:
-        """Every invalid setting, one line each (label: what was expected, what was typed)."""
-        problems = setting_problems(self.setting_values())
-        return [f"{self._label(k)}: {self._in_words(msg)}" for k, msg in problems.items()]
-
-    def _from_analysis(self, *events: Any) -> None:
-        for e in events:
-            w = self._settings[e.name]
-            shown = ", ".join(f"{v:g}" for v in e.new) if e.name == "scale_range" else e.new
-            if w.value != shown and self.setting_values()[e.name] != e.new:
-                w.value = shown
-
-    def _on_setting(self, *_: Any) -> None:
-        """A setting changed: keep the valid ones in the analysis, list every invalid one (the
-        widget keeps what was typed; nothing is replaced)."""
-        values = self.setting_values()
-        problems = setting_problems(values)
-        bad = {k for key in problems for k in key.split("/")}
-        good = {k: v for k, v in values.items() if k not in bad and getattr(self.analysis, k) != v}
-        if good:
-            self.analysis.param.update(**good)
-        lines = [f"{self._label(k)}: {self._in_words(msg)}" for k, msg in problems.items()]
-        self._problems.object = "\n".join(f"- {line}" for line in lines)
-        self._problems.visible = bool(lines)
 
     def _build_main(self) -> None:
-        self._summary = summary_pane()
         self._aggregate = pn.Column(
             pn.pane.Markdown("*The analysis is running …*"), css_classes=["nnv-orbit-aggregate"]
         )
@@ -308,7 +167,6 @@ class OrbitsPage(AnalysisPage):
                 self.param.method, button_style="outline", width=140, align="end"
             ),
         )
-        self.export_panel = ExportPanel(self.figures, self.tables, prefix="orbits", subject=self._subject)
         explore = pn.Column(
             note_pane(
                 "Polar plots: the direction is the rotation angle, the distance from the centre the mean "
@@ -329,21 +187,14 @@ class OrbitsPage(AnalysisPage):
             sizing_mode="stretch_width",
             name="Orbits",
         )
-        self.tabs = page_tabs(
-            explore,
-            export=self.export_panel,
-        )
-        self.main = page_main(
-            "orbits",
+        self.main = self.main_column(
             "Orbits",
             f"{self.question} NERO plots (Evaluating ML Models with NERO, 2023): model scores on "
             "every sample transformed along the orbit.",
-            self.jobs,
-            self._summary,
-            self.tabs,
+            explore,
         )
 
-    def _subject(self) -> str:
+    def export_subject(self) -> str:
         """The models of the result on show, for the export files' names ('rot-cnn-vs-rot-cnn-c4')."""
         names = self.result.models if self.result is not None else [model_label(m) for m in self.models]
         return "-vs-".join(model_stem(n) for n in names)
@@ -388,13 +239,13 @@ class OrbitsPage(AnalysisPage):
         if reset_data:  # the data the models were made for (their input size)
             self._sync_data()
 
-    def _on_sources(self, *_: Any) -> None:
+    def on_sources(self, *_: Any) -> None:
         current = self._data.value
         options = self._data_options()  # the server's files may have changed (Rescan)
         self._data.param.update(options=options, value=current if current in options.values() else None)
         self._sync_compare(reset_data=self._data.value is None)
 
-    def _on_picker(self, event) -> None:
+    def on_picker(self, event) -> None:
         self.set_models([event.obj.model])
 
     def _on_compare(self, event) -> None:
@@ -414,33 +265,20 @@ class OrbitsPage(AnalysisPage):
             self.run()
 
     # ------------------------------------------------------------------ runs
-    def run(self, wait: float = 0.0) -> None:
-        """Run the analysis with the current settings (in the background when served); with invalid
-        settings, or data the models cannot run on, show every problem instead (one line each)."""
-        problems = self.setting_problems()
+    def setting_problems(self) -> list[str]:
+        """Every invalid setting, and data the models cannot run on, one line each."""
+        problems = super().setting_problems()
         if self._fit_problem and self._data.value in DATA_CHOICES.values():
             problems.append(self._fit_problem)
-        if problems:
-            self.jobs.cancel(quiet=True)
-            head = (
-                "Not run: fix this setting first"
-                if len(problems) == 1
-                else "Not run: fix these settings first"
-            )
-            self.jobs.show_error(head + "\n" + "\n".join(f"- {p}" for p in problems))
-            return
+        return problems
+
+    def job(self):
         values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
         values["model"] = list(self.models)
-        analysis = OrbitAnalysis(**values)
         labels = ", ".join(model_label(m) for m in self.models)
-        self.jobs.submit(
-            f"Orbits of {labels}",
-            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
-            self._show,
-            wait=wait,
-        )
+        return f"Orbits of {labels}", self.work(OrbitAnalysis(**values))
 
-    def _show(self, result) -> None:
+    def show(self, result) -> None:
         self.result = result
         s = result.summary
         meta = result.meta
@@ -537,7 +375,3 @@ class OrbitsPage(AnalysisPage):
             return r.table.groupby(cols, observed=True)[["score", "correct"]].mean().reset_index()
 
         return {"orbits": lambda: r.table, "summary": lambda: r.summary_table, "aggregate": per_element}
-
-    def export(self, what: str, path: str | Path) -> Path:
-        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`) to ``path``."""
-        return export_item(self.figures(), self.tables(), what, path)

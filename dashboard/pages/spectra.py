@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import holoviews as hv
@@ -36,26 +35,12 @@ from analyses.spectra import views
 from analyses.spectra.analysis import SpectralAnalysis
 from analyses.zoo import DEMO_MODELS
 
-from .. import style
-from ..components.export import ExportPanel, export_item
 from ..components.jobs import JobPanel
-from ..components.page import AnalysisPage, model_label, note_pane
-from ..settings import AppSettings
+from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
+from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
 
-#: the knobs shown as widgets (generated from SpectralAnalysis's parameters); the layer-name
-#: pattern has a widget of its own, first in the Advanced card (see ``_build_layers_input``)
-KNOBS = ["xmin_rule", "farms", "farms_rows", "farms_q_ratio", "farms_windows", "randomize", "seed"]
-ADVANCED_KNOBS = [
-    "layer_types",
-    "min_evals",
-    "max_evals",
-    "max_N",
-    "conv2d_norm",
-    "dtype",
-    "device",
-]
 #: metrics offered for the metric-by-layer plot
 METRICS = [
     "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
@@ -113,12 +98,6 @@ def _warning_css(value: Any) -> str:
     return WARNING_STYLE.get(str(value), "")
 
 
-def _holoviews(obj: Any, **kw: Any) -> pn.pane.HoloViews:
-    """A bokeh pane that fills its grid cell; axes never linked to other panes' plots."""
-    kw.setdefault("sizing_mode", "stretch_width")
-    return pn.pane.HoloViews(obj, backend="bokeh", linked_axes=False, min_width=380, **kw)
-
-
 def _live(plot: Any) -> bool:
     """Whether a rendered plot is shown live (a server session, or a notebook's running event loop):
     only then does a change of its bokeh models reach a browser (and HoloViews' callbacks, which
@@ -148,15 +127,12 @@ def _set_selection(doc: Any, selected: Any, index: list[int]) -> None:
         push()
 
 
-def _grid(*objects: Any, **kw: Any) -> pn.GridBox:
-    return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)
-
-
 class SpectraPage(AnalysisPage):
     """Spectral analysis page (see the module docstring): ``SpectraPage(model="mlp")``."""
 
     slug = "spectra"
     title = "Spectra"
+    widget_types = {"xmin_rule": RADIO, "farms_q_ratio": {"step": 0.5}}
     question = "How heavy-tailed is each layer's eigenvalue spectrum (ESD), free of aspect-ratio bias?"
 
     model = param.Parameter(default="mlp", doc="The model: a demo name, a checkpoint path or a module.")
@@ -168,83 +144,32 @@ class SpectraPage(AnalysisPage):
     compare_metric = param.Selector(default="alpha", objects=list(views.COMPARE_METRICS))
     compare_result = param.Parameter(default=None, doc="SpectralResult of the second model.")
 
-    def __init__(
-        self,
-        model: Any = None,
-        picker: Any = None,
-        settings: AppSettings | None = None,
-        run: bool = True,
-        **params: Any,
-    ):
-        super().__init__(picker=picker, settings=settings, **params)
-        if picker is not None and model is None:
-            model = picker.model
+    def build(self, model: Any) -> None:
+        if self.picker is not None and model is None:
+            model = self.picker.model
         model = self.settings.default_model if model is None else model
         self.analysis = SpectralAnalysis(model=model, show_progress=False, runner=self.settings.runner)
         self.explorer: views.LinkedExplorer | None = None
         self._syncing = False
         self._compare_labels: tuple[str, str] = ("A", "B")
-        self.jobs = JobPanel()
         self.compare_jobs = JobPanel()
         self._build_controls()
         self._build_main()
-        self._set_model(model, picker.label if picker is not None else None, run=False)
-        if picker is not None:
-            picker.param.watch(self._on_picker, ["model"])
-            picker.param.watch(self._on_sources, ["sources"])
-        self._on_sources()
+        self._set_model(model, self.picker.label if self.picker is not None else None, run=False)
+        self.on_sources()
         self.param.watch(self._on_metric, "metric")
-        if run:
-            self.run(wait=0.3)
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        self._run_button = pn.widgets.Button(
-            name="Run", button_type="primary", sizing_mode="stretch_width", css_classes=["nnv-run"]
-        )
-        self._run_button.on_click(lambda _e: self.run())
-        widgets = {
-            "xmin_rule": {
-                "type": pn.widgets.RadioButtonGroup,
-                "button_style": "outline",
-                "name": "xmin rule",
-            },
-            "farms": {"name": "FARMS alpha (fixed-aspect-ratio windows)"},
-            "farms_rows": {"name": "FARMS window rows"},
-            "farms_q_ratio": {"type": pn.widgets.FloatInput, "name": "FARMS window cols / rows", "step": 0.5},
-            "farms_windows": {"type": pn.widgets.IntInput, "name": "FARMS windows per axis"},
-            "randomize": {"name": "Also the shuffled-matrix ESD"},
-            "conv2d_norm": {"name": "Halve Conv2d eigenvalues (WW conv2d_norm)"},
-            "min_evals": {"name": "min eigenvalues"},
-            "max_evals": {"name": "max eigenvalues"},
-            "layer_types": {"type": pn.widgets.MultiChoice, "name": "Layer kinds"},
-            "max_N": {"name": "max N (longer side)"},
-            "device": {"type": pn.widgets.TextInput},
-        }
-        for name in KNOBS + ADVANCED_KNOBS:  # the sidebar is 300 px wide
-            widgets.setdefault(name, {}).setdefault("width", 230)
-        self._knobs = pn.Param(self.analysis, parameters=KNOBS, widgets=widgets, show_name=False, width=250)
-        # the advanced widgets join the page when the card is first opened (a lighter first page)
-        self._advanced_knobs = pn.Param(
-            self.analysis, parameters=ADVANCED_KNOBS, widgets=widgets, show_name=False, width=240
-        )
         self._build_layers_input()
-        self._advanced = pn.Card(title="Advanced", collapsed=True, width=255)
-        self._advanced.param.watch(self._open_advanced, "collapsed")
+        self.form = self.settings_form(self.analysis, custom={"layers": self._layers_input})
         parts: list[Any] = []
         if self.picker is None:  # standalone (a notebook): a model choice of its own
             self._model_select = pn.widgets.Select(name="Model", options=list(DEMO_MODELS), width=280)
             self._model_select.param.watch(lambda e: self._set_model(e.new), "value")
             parts.append(self._model_select)
-        self.controls = pn.Column(
-            *parts,
-            pn.pane.Markdown("#### Spectra settings", margin=(5, 10, 0, 10)),
-            self._knobs,
-            self._advanced,
-            self._run_button,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-controls"],
-        )
+        self.controls = self.controls_column("Spectra settings", self.form.basic, self.form.advanced)
+        self.controls.objects = [*parts, *self.controls.objects]
 
     def _build_layers_input(self) -> None:
         """The layer-name pattern: checked as it is typed (linear-time matcher, analyses.core.pattern);
@@ -253,7 +178,7 @@ class SpectraPage(AnalysisPage):
         p = self.analysis.param.layers
         self._layers_error = ""
         self._layers_input = pn.widgets.TextInput(
-            name="Layer names (regex)", placeholder="e.g. ^fc", value=self.analysis.layers, width=230,
+            name=p.label, placeholder="e.g. ^fc", value=self.analysis.layers, width=WIDGET_WIDTH,
             description=p.doc, css_classes=["nnv-layers"],
         )  # fmt: skip
         self._layers_input.param.watch(self._on_layers_input, "value")
@@ -283,9 +208,6 @@ class SpectraPage(AnalysisPage):
         return False
 
     def _build_main(self) -> None:
-        self._summary = pn.pane.Markdown(
-            "", css_classes=["nnv-summary"], styles=style.SUMMARY, sizing_mode="stretch_width"
-        )
         waiting = pn.pane.Markdown("*The analysis is running …*", css_classes=["nnv-waiting"])
         # Layers tab
         self._metric_select = pn.widgets.Select.from_param(
@@ -294,7 +216,7 @@ class SpectraPage(AnalysisPage):
         self._selection_text = pn.pane.Markdown(
             "", css_classes=["nnv-selection"], sizing_mode="stretch_width"
         )
-        self._plots = _grid(waiting, css_classes=["nnv-plots"])
+        self._plots = plot_grid(waiting, css_classes=["nnv-plots"])
         self._grid = pn.Column(sizing_mode="stretch_width", css_classes=["nnv-esd-grid"])
         self._table = pn.widgets.Tabulator(
             pd.DataFrame(),
@@ -330,7 +252,7 @@ class SpectraPage(AnalysisPage):
             name="Run with FARMS", button_type="primary", button_style="outline", width=180
         )
         self._farms_button.on_click(lambda _e: self.run(farms=True))
-        self._farms_plots = _grid()
+        self._farms_plots = plot_grid()
         self._farms_note = pn.pane.Markdown(
             "This run has no FARMS alpha yet: **Run with FARMS** to compare it with the plain alpha.",
             css_classes=["nnv-farms-missing"],
@@ -358,7 +280,7 @@ class SpectraPage(AnalysisPage):
             name="Compare", button_type="primary", width=120, align="end"
         )
         self._compare_button.on_click(lambda _e: self.compare())
-        self._compare_plot = _grid()
+        self._compare_plot = plot_grid()
         self._compare_table = pn.widgets.Tabulator(
             pd.DataFrame(), disabled=True, show_index=False, sizing_mode="stretch_width", max_height=360,
             layout="fit_data_table", visible=False,
@@ -376,10 +298,6 @@ class SpectraPage(AnalysisPage):
             sizing_mode="stretch_width",
         )
         self.param.watch(self._redraw_compare, "compare_metric")
-        # Export tab
-        self.export_panel = ExportPanel(
-            self.figures, self.tables, prefix="spectra", subject=lambda: self.label
-        )
         # Compare and Export join the page when their tab is first opened (Panel's own dynamic
         # tabs would do it, but their placeholders load CSS from Panel's CDN)
         self._lazy_tabs = {
@@ -398,28 +316,15 @@ class SpectraPage(AnalysisPage):
         self._farms_drawn = None
         self.tabs.param.watch(self._draw_farms_plots, "active")
         self.tabs.param.watch(self._open_tab, "active")
-        self.main = pn.Column(
-            pn.pane.Markdown(
-                f"## Spectra\n{self.question} Heavy-tailed self-regularisation metrics (WeightWatcher) "
-                "with FARMS on request.",
-                css_classes=["nnv-page-head"],
-                sizing_mode="stretch_width",
-            ),
-            self.jobs,
-            self._summary,
-            self.tabs,
-            sizing_mode="stretch_width",
-            css_classes=["nnv-page", "nnv-spectra"],
+        self.main = self.main_column(
+            "Spectra",
+            f"{self.question} Heavy-tailed self-regularisation metrics (WeightWatcher) with FARMS on request.",
         )
 
     def _open_tab(self, event) -> None:
         content = self._lazy_tabs.pop(event.new, None)
         if content is not None:
             self.tabs[event.new].objects = [content]
-
-    def _open_advanced(self, event) -> None:
-        if not event.new and not self._advanced.objects:
-            self._advanced.objects = [self._layers_input, self._advanced_knobs]
 
     # ------------------------------------------------------------------ model and runs
     def _set_model(self, model: Any, label: str | None = None, run: bool = True) -> None:
@@ -435,38 +340,28 @@ class SpectraPage(AnalysisPage):
         if run:
             self.run()
 
-    def _on_picker(self, event) -> None:
+    def on_picker(self, event) -> None:
         self._set_model(event.obj.model, event.obj.label)
 
-    def _on_sources(self, *_: Any) -> None:
+    def on_sources(self, *_: Any) -> None:
         options = self.sources()
         current = self.compare_with if self.compare_with in options.values() else None
         current = current or _twin(self.model) or next(iter(options.values()), None)
         self._compare_select.param.update(options=options, value=current)
         self.compare_with = current
 
-    def _snapshot(self, **overrides: Any) -> SpectralAnalysis:
-        """A copy of the analysis with its current settings: widgets may change while it runs."""
-        values = {k: v for k, v in self.analysis.param.values().items() if k != "name"}
-        values.update(overrides)
-        return SpectralAnalysis(**values)
-
     def run(self, farms: bool | None = None, wait: float = 0.0) -> None:
-        """Run the analysis with the current settings (in the background when served).
-
-        ``wait``: seconds to wait for a quick result (from the result store) to show it at once.
-        """
+        """Run the analysis with the current settings (in the background when served); ``farms``:
+        with FARMS alpha or not (the FARMS tab's button). ``wait``: seconds to wait for a quick
+        result (from the result store) to show it at once."""
         if farms is not None:
             self.analysis.farms = farms
+        super().run(wait=wait)
+
+    def job(self):
         if self._pattern_refused(self.jobs):
-            return
-        analysis = self._snapshot()
-        self.jobs.submit(
-            f"Spectra of {self.label}",
-            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
-            self._show,
-            wait=wait,
-        )
+            return None
+        return f"Spectra of {self.label}", self.work(self.snapshot(self.analysis))
 
     def compare(self) -> None:
         """Run the same analysis on the second model and show both side by side."""
@@ -481,7 +376,7 @@ class SpectraPage(AnalysisPage):
             return
         label_b = next((k for k, v in self._compare_select.options.items() if v == other), str(other))
         label_a = self.label if self.label != label_b else f"{self.label} (A)"
-        analysis = self._snapshot(model=other)
+        analysis = self.snapshot(self.analysis, model=other)
         result_a = self.result
 
         def on_done(result_b):
@@ -490,14 +385,10 @@ class SpectraPage(AnalysisPage):
             self.compare_result = result_b
             self._redraw_compare()
 
-        self.compare_jobs.submit(
-            f"Spectra of {label_b}",
-            lambda progress, cancel: analysis.run(progress=progress, cancel=cancel),
-            on_done,
-        )
+        self.compare_jobs.submit(f"Spectra of {label_b}", self.work(analysis), on_done)
 
     # ------------------------------------------------------------------ showing a result
-    def _show(self, result) -> None:
+    def show(self, result) -> None:
         previous = list(self.selected)
         self.result = result
         self.compare_result = None
@@ -550,9 +441,7 @@ class SpectraPage(AnalysisPage):
         self.explorer = ex
         self._shown = None
         items = list(ex.layout)
-        self._plots.objects = [
-            _holoviews(item, css_classes=[f"nnv-plot-{i}"]) for i, item in enumerate(items)
-        ]
+        self._plots.objects = [plot_pane(item, f"nnv-plot-{i}") for i, item in enumerate(items)]
         ex.stream.add_subscriber(self._on_stream)
         names = [n for n in keep if n in ex.names]
         if names and names != ex.names[:1]:
@@ -579,7 +468,7 @@ class SpectraPage(AnalysisPage):
         plots = [views.alpha_vs_aspect(result)]
         if self._farms_note.visible is False:
             plots.insert(0, views.farms_vs_plain(result))
-        self._farms_plots.objects = [_holoviews(p, css_classes=["nnv-farms-plot"]) for p in plots]
+        self._farms_plots.objects = [plot_pane(p, "nnv-farms-plot") for p in plots]
 
     def _redraw_compare(self, *_: Any) -> None:
         pair = getattr(self, "_compare_pair", None)
@@ -590,7 +479,7 @@ class SpectraPage(AnalysisPage):
         fig = views.compare_models(a, b, metric, self._compare_labels)
         # one pane per panel: a bokeh grid plot added to a live page does not draw
         panels = list(fig) if isinstance(fig, hv.Layout) else [fig]
-        self._compare_plot.objects = [_holoviews(p, css_classes=["nnv-compare-plot"]) for p in panels]
+        self._compare_plot.objects = [plot_pane(p, "nnv-compare-plot") for p in panels]
         table = views.compare_table(a, b)
         for c in table.columns:
             if table[c].dtype.kind == "f":
@@ -698,15 +587,16 @@ class SpectraPage(AnalysisPage):
         # one pane per ESD, two per row
         self._grid.objects = [
             pn.pane.Markdown(f"#### ESDs of the selected layers{note}", margin=(10, 10, 0, 10)),
-            _grid(
-                *[_holoviews(views.esd_plot(self.result, n), css_classes=["nnv-grid-plot"]) for n in shown]
-            ),
+            plot_grid(*[plot_pane(views.esd_plot(self.result, n), "nnv-grid-plot") for n in shown]),
         ]
 
     def _on_metric(self, *_: Any) -> None:
         self._draw_explorer(keep=list(self.selected))
 
     # ------------------------------------------------------------------ export (app and notebooks)
+    def export_subject(self) -> str:
+        return self.label
+
     def figures(self) -> dict[str, Any]:
         """What can be exported now: title -> function building the HoloViews object."""
         res = self.result
@@ -746,8 +636,3 @@ class SpectraPage(AnalysisPage):
         if pair is not None and self.compare_result is not None:
             out["Comparison table"] = lambda: views.compare_table(*pair)
         return out
-
-    def export(self, what: str, path: str | Path) -> Path:
-        """Save figure or table ``what`` (a title from :meth:`figures`/:meth:`tables`, or its
-        file-name form) to ``path``; the suffix picks the format (svg, png, pdf, html; csv)."""
-        return export_item(self.figures(), self.tables(), what, path)
