@@ -10,8 +10,14 @@ in ``data_range``.
   IBP box width and the shares of stable-active / stable-inactive / unstable ReLUs; summary:
   the output tightness, clean and IBP-certified accuracy at ``eps``; optional ``eps_sweep``.
 * :class:`LipschitzBounds` (Khromov & Singh, ICLR 2024): per layer, its own constant, the
-  certified upper bound of the network up to it, and lower bounds from input-Jacobian norms
-  (max, mean, RMS over train / test samples and convex combinations of pairs).
+  certified upper bound of the network up to it (each operator's composition rule:
+  ``Rule.compose``), and lower bounds from input-Jacobian norms (max, mean, RMS over train /
+  test samples and convex combinations of pairs). Where a layer has no global constant
+  (dot-product attention, products of tensors: ``inf``, the reason in ``method``) or only a
+  loose one (layer/group norms), also the *local* bound over the IBP boxes of radius
+  ``local_eps`` around every probed sample (columns ``local_constant``, ``local_upper``,
+  ``local_method``; summary ``local_upper``, ``local_ratio``, ``local_meaning``, ``no_global``);
+  networks with tight global constants get the table without those columns.
 """
 
 from __future__ import annotations
@@ -274,7 +280,7 @@ class IBPResult(Result):
     @property
     def layers(self) -> pd.DataFrame:
         """Rows of the weighted layers, activations and pools (reshapes, adds, cats left out)."""
-        return self.table[~self.table["kind"].isin(["reshape", "shift", "scale"])]
+        return self.table[~self.table["kind"].isin(["reshape", "shift", "scale", "relayout"])]
 
 
 def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: IBPSettings) -> dict[str, Any]:
@@ -432,6 +438,10 @@ def tightness_over_checkpoints(models: list[Any], labels: list[str] | None = Non
 # ============================================================================ Lipschitz
 
 
+#: steps whose global constant holds but is loose (reached only at zero variance): a local bound too
+_LOOSE_KINDS = frozenset({"layernorm", "rmsnorm", "groupnorm"})
+
+
 class LipschitzResult(Result):
     """Result of :class:`LipschitzBounds`: per-step table, summary, per-sample Jacobian norms."""
 
@@ -496,7 +506,7 @@ class LipschitzBounds(_BoundsAnalysis):
     """
 
     analysis_name = "lipschitz"
-    analysis_version = "2"
+    analysis_version = "3"
 
     iters = param.Integer(
         default=1000,
@@ -537,6 +547,15 @@ class LipschitzBounds(_BoundsAnalysis):
     )
     sharpen_steps = param.Integer(
         default=20, bounds=(1, None), label="Gradient-ascent steps", doc="Gradient-ascent steps."
+    )
+    local_eps = param.Number(
+        default=0.0,
+        bounds=(0, None),
+        label="Local bound radius (L-inf)",
+        doc="Where a layer has no global Lipschitz constant (attention, products of tensors) or only a loose "
+        "one (layer/group norms), also bound the network locally: over the IBP boxes of the L-inf ball of "
+        "this radius around each sample (clipped to data_range). 0: at the samples themselves (a bound "
+        "on each sample's Jacobian norm, to compare with the lower bound).",
     )
     keep_inputs = param.Integer(
         default=2_000_000,
@@ -589,14 +608,12 @@ class LipschitzBounds(_BoundsAnalysis):
                     norms.setdefault(name, {}).setdefault(split, []).append(arr)
         up = {g.input_name: 1.0}
         rows = []
+        local = self._local_bounds(g, consts)
         for st in g.steps:
             const, method = consts[st.name]
-            if st.kind == "add":
-                u = up[st.inputs[0]] + abs(st.params["alpha"]) * up[st.inputs[1]]
-            elif st.kind == "cat":
-                u = math.sqrt(sum(up[i] ** 2 for i in st.inputs))
-            else:
-                u = const * up[st.inputs[0]]
+            # the operator's own composition rule: sqrt(k) for a branch broadcast k times, every input
+            # of a step of several
+            u = float(L.compose(st, const, [up[i] for i in st.inputs]))
             up[st.name] = u
             allv = np.concatenate(
                 [np.concatenate(v) for v in norms.get(st.name, {}).values()] or [np.empty(0)]
@@ -610,6 +627,12 @@ class LipschitzBounds(_BoundsAnalysis):
                 is_output=st.name == g.output_name,
             )  # fmt: skip
             row["ratio"] = row["upper"] / row["lower_max"] if row["lower_max"] > 0 else math.nan
+            if local is not None:
+                lr = local[st.name]
+                row.update(
+                    local_constant=lr["local_constant"], local_upper=lr["local_upper"],
+                    local_method=lr["local_method"],
+                )  # fmt: skip
             rows.append(row)
         table = pd.DataFrame(rows)
         out_norms = {k: np.concatenate(v) for k, v in norms.get(g.output_name, {}).items()}
@@ -630,7 +653,57 @@ class LipschitzBounds(_BoundsAnalysis):
             lower = max(lower, float(sharp.max()))
         summary["lower"] = lower
         summary["ratio"] = upper / lower if lower > 0 else None
+        if local is not None:
+            lu = local[g.output_name]["local_upper"]
+            summary["local_upper"] = lu
+            summary["local_eps"] = float(self.local_eps)
+            summary["local_ratio"] = lu / lower if lower > 0 and math.isfinite(lu) else None
+            summary["local_meaning"] = self._local_meaning()
+            reasons = {r["name"]: r["method"] for r in rows if math.isinf(r["constant"])}
+            if reasons:
+                summary["no_global"] = reasons
         return LipschitzResult(table=table, summary=summary, arrays=arrays)
+
+    def _local_meaning(self) -> str:
+        if self.local_eps > 0:
+            return (
+                f"the network is local_upper-Lipschitz (2-norm) on the L-inf ball of radius {self.local_eps:g} "
+                "around each probed sample (clipped to data_range), through its IBP boxes"
+            )
+        return "the input-Jacobian norm at each probed sample is at most local_upper (boxes of radius 0)"
+
+    def _local_bounds(self, g: Graph, consts: dict[str, tuple[float, str]]) -> dict[str, dict] | None:
+        """Local bounds (:func:`~analyses.bounds.lipschitz.network_bounds`) over the boxes of radius
+        ``local_eps`` around the data's samples, when a step has no global constant (attention, a
+        product of tensors) or only a loose one (a norm's, reached at zero variance); None otherwise,
+        so networks with tight global bounds give the table they always did."""
+        loose = any(math.isinf(c) for c, _ in consts.values()) or any(
+            st.kind in _LOOSE_KINDS for st in g.steps
+        )
+        if not loose:
+            return None
+        lo, hi = self._range()
+        dt = torch.float64
+        gd = g.to("cpu", dt)
+        x = torch.cat([v.to(dt) for v in self.sample_sets().values()])
+        rows: dict[str, dict] | None = None
+        with torch.no_grad():
+            for i in range(0, len(x), 128):
+                part = L.network_bounds(
+                    gd, consts, x=x[i : i + 128].to(dt), eps=float(self.local_eps), lo=lo, hi=hi,
+                    iters=self.iters, tol=float(self.tol), seed=self.seed,
+                )  # fmt: skip
+                if rows is None:
+                    rows = part
+                    continue
+                for name, r in part.items():
+                    old = rows[name]
+                    for k in ("local_constant", "local_upper"):
+                        if not (old[k] >= r[k]):  # NaN-safe max
+                            old[k] = r[k]
+                    if r["local_method"] and not old["local_method"]:
+                        old["local_method"] = r["local_method"]
+        return rows
 
     def _kept_inputs(self) -> dict[str, np.ndarray]:
         """The samples behind the per-sample norms (``inputs/<split>``, ``labels/<split>``), so a

@@ -16,8 +16,21 @@ came from). A ``pad`` feeding only a conv (circular, reflect, replicate, zero) i
 into that step.
 
 Nodes computed from weights only (e.g. a weight-norm parametrisation) are constant-folded.
-Every op acts per sample (the batch axis stays axis 0), so a graph exported with a batch of 2
-runs on any batch size: reshapes keep the traced per-sample shape.
+Every step acts per sample, and every value the kernels see is *batch-first* (axis 0 the batch),
+so per-sample reductions, tangents and local bounds need no layout of their own. Where the model
+moves the batch (``nn.MultiheadAttention`` transposes it to axis 1, merges it with the heads into
+``(L, B * H, d)`` and with the sequence into ``(L * B, d)``), the reader follows it through the
+program's symbolic batch size: each value's *layout* ``(axis, outer, inner)`` says which axis holds
+the batch and how it is merged (``outer * B * inner`` entries, the batch in the middle; a reshape
+keeps the batch's flat stride). A value's batch-first form takes the batch factor to the front
+(:func:`~analyses.core.graph.ops_attention.to_canonical`); shape steps of moved values run in the
+model's own layout between the two forms (kind ``relayout``), and other steps of such values run
+on the batch-first form with their axis arguments renumbered (softmax, norms, means; steps on
+trailing axes, such as linear layers and attention, need none), or are refused when they act on
+the batch's axis. A model exported with a fixed batch size keeps the batch on axis 0 (a reshape
+that moves it is refused: export with a dynamic batch). Graphs of live modules are exported with a
+dynamic batch axis (when the model allows it), so a graph traced on a batch of 2 runs on any batch
+size.
 
 Each step knows three maps used by the kernels (:func:`apply`, :func:`linear_part`,
 :func:`abs_part`): for affine steps ``f(x) = A x + b`` they are ``A x + b``, ``A x`` and
@@ -47,6 +60,7 @@ from ..core.graph import (
     sample_shape,
     set_mode,
 )
+from ..core.graph import ops_attention as oa
 from ..core.graph.ops import maxpool
 
 __all__ = [
@@ -75,6 +89,13 @@ NONLINEAR_KINDS = frozenset(
     {"relu", "leaky_relu", "maxpool", "hardtanh", "tanh", "sigmoid", "gelu", "silu", "hardswish", "layernorm",
      "rmsnorm", "mul", "div"}
 )  # fmt: skip
+
+#: shape steps: where the batch is not axis 0 they run in the model's own layout (``relayout``)
+_SHAPE_KINDS = frozenset({"reshape", "reshape_any", "transpose", "select", "chunk", "stack", "expand"})
+#: steps that act on trailing axes only: a batch on an earlier axis passes through them
+_TRAILING_KINDS = frozenset(
+    {"linear", "matmul", "matmul_const", "sdpa", "add", "mul", "div", "scale", "shift", "rsub", "masked_fill"}
+)
 
 
 @dataclass
@@ -178,6 +199,7 @@ def _export(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedPr
         purpose=f"it on an input of shape {tuple(example.shape)}",
         hint="bounds need a model torch.export can trace, with the data's input shape",
         eval_mode=True,
+        dynamic_batch=True,
         strict=False,
     )
 
@@ -243,6 +265,15 @@ class _Reader(NodeLoop):
         self.by_name: dict[str, Step] = {}
         self.input_name, self.x_shape = input_name, x_shape
         self.output_name = ""
+        #: batch layouts of the steps whose batch is not plain axis 0 (standard when absent)
+        self.lay: dict[str, tuple[int, int, int]] = {}
+        #: the stand-in of the symbolic batch size (None: a fixed batch, every step batch-first)
+        self.batch: int | None = None
+        ph = next((n for n in graph.nodes if n.op == "placeholder" and n.name == input_name), None)
+        val = ph.meta.get("val") if ph is not None else None
+        if isinstance(val, torch.Tensor) and val.ndim and not isinstance(val.shape[0], int):
+            if getattr(val.shape[0].node.expr, "free_symbols", None):  # not specialised by the export
+                self.batch = oa._shape(ph)[0]
 
     def src(self, a: Any) -> str:
         return self.alias.get(a.name, a.name)
@@ -282,9 +313,28 @@ class _Reader(NodeLoop):
             parent, idx = node.args
             if idx != 0 and not node.users:  # e.g. a decomposed batch norm's unused saved statistics
                 return
-            if idx != 0 or self.src(parent) not in self.by_name:
+            pstep = self.by_name.get(self.src(parent))
+            if pstep is None:
                 raise NNVitalsError(f"model graph: unsupported use of output {idx} of {self.where(node)}")
-            self.alias[node.name] = self.src(parent)
+            if idx == 0:
+                self.alias[node.name] = pstep.name
+                return
+            inner = pstep.params["inner"] if pstep.kind == "relayout" else pstep
+            item = getattr(kind_rule(inner.kind), "item", None)
+            if item is None:
+                raise NNVitalsError(f"model graph: unsupported use of output {idx} of {self.where(node)}")
+            st = item(inner, int(idx), node.name)
+            st.out_shape = sample_shape(node)
+            if pstep.kind == "relayout":  # in the parent's input layouts
+                lin = pstep.params["lin"]
+                lout = self.lay[node.name] = self._layout_of(node, lin[0], "chunk")
+                full = _whole_shape(node)
+                st.out_shape = oa.canonical_shape(
+                    [d // self.batch if d % self.batch == 0 else d for d in full], lout
+                )
+                st = self._wrap(st, lin, lout)
+            st.in_shape = pstep.in_shape
+            self._add(st)
             return
         fields = dict(
             name=node.name, position=self.position, module=module_path(node), op=str(tgt),
@@ -308,14 +358,146 @@ class _Reader(NodeLoop):
         if isinstance(out, str):
             self.alias[node.name] = out
             return
+        if self.batch is not None:
+            out = self._relayout(ctx, out)
+        elif out.kind == "reshape_any" and _keeps_axis0(node):  # a fixed batch: the batch is axis 0
+            out.params["shape"] = [-1] + list(out.params["shape"][1:])
+        elif out.kind == "reshape_any":
+            raise ctx.error(
+                "reshape across the batch axis", " (export the model with a dynamic batch axis to follow it)"
+            )
         first = out.inputs[0]
         out.in_shape = self.x_shape if first == self.input_name else self.by_name[first].out_shape
-        self.steps.append(out)
-        self.by_name[out.name] = out
+        self._add(out)
+
+    def _add(self, step: Step) -> None:
+        self.steps.append(step)
+        self.by_name[step.name] = step
+
+    # ------------------------------------------------------------------ batch layouts
+    def _layout_of(self, node: torch.fx.Node, lay_in: tuple, kind: str, in_node: Any = None) -> tuple:
+        """The batch layout ``(axis, outer, inner)`` of a node's value (see
+        :data:`~analyses.core.graph.ops_attention.STANDARD`), from its traced shape (the batch size is
+        a symbol: the one axis its stand-in divides) and its input's layout ``lay_in``: a reshape
+        keeps the batch's flat stride; any other step keeps its outer and inner factors."""
+        shape = _whole_shape(node)
+        where = self.where(node)
+        if shape is None:
+            raise NNVitalsError(f"model graph: no traced shape at {where}")
+        axes = [k for k, d in enumerate(shape) if d % self.batch == 0]
+        if len(axes) != 1:
+            what = "loses the batch axis" if not axes else "spreads the batch over several axes"
+            raise NNVitalsError(f"model graph: the step {what} at {where}")
+        k = axes[0]
+        ax, o, i = lay_in
+        if kind in ("reshape", "reshape_any") and in_node is not None:
+            xs = _whole_shape(in_node)
+            stride = i * math.prod(xs[ax + 1 :])
+            tail = math.prod(shape[k + 1 :])
+            if stride % tail or shape[k] % (self.batch * (stride // tail)):
+                raise NNVitalsError(f"model graph: a reshape splits the batch axis at {where}")
+            i = stride // tail
+            o = shape[k] // (self.batch * i)
+        elif shape[k] != self.batch * o * i:
+            raise NNVitalsError(f"model graph: the step changes the axis that holds the batch at {where}")
+        return (k, o, i)
+
+    def _wrap(self, step: Step, lin: list, lout: tuple) -> Step:
+        p = dict(inner=step, lin=tuple(lin), lout=lout)
+        return Step(
+            name=step.name, kind="relayout", inputs=step.inputs, params=p, out_shape=step.out_shape,
+            position=step.position, module=step.module, op=step.op,
+        )  # fmt: skip
+
+    def _relayout(self, ctx: StepContext, step: Step) -> Step:
+        """Keep every value batch-first (module docstring): a shape step of values whose batch is
+        elsewhere is wrapped (kind ``relayout``); any other step of such values runs on their
+        batch-first form, its axis arguments renumbered, or is refused."""
+        node = ctx.node
+        lin = [self.lay.get(i, oa.STANDARD) for i in step.inputs]
+        first = next((a for a in node.all_input_nodes if self.src(a) == step.inputs[0]), None)
+        if step.kind in _SHAPE_KINDS:
+            lout = self._layout_of(node, lin[0], step.kind, first)
+        else:
+            lout = self._layout_of(node, lin[0], step.kind)
+        self.lay[step.name] = lout
+        if all(lay == oa.STANDARD for lay in lin) and lout == oa.STANDARD:
+            return step
+        full = _whole_shape(node)
+        canon = oa.canonical_shape([d // self.batch if d % self.batch == 0 else d for d in full], lout)
+        if step.kind in _SHAPE_KINDS:
+            if step.kind == "reshape":
+                step = oa.reshape_step(ctx)
+            step.out_shape = canon
+            return self._wrap(step, lin, lout)
+        if any(lay != lin[0] for lay in lin):
+            raise ctx.error("an op of tensors whose batch axes differ")
+        ax, o, i = lin[0]
+        nd = len(_whole_shape(first)) if first is not None else len(full)
+        kept = o * i > 1
+
+        def axis(a: int) -> int:  # a model axis -> its batch-first axis
+            a %= nd
+            if a == ax:
+                raise ctx.error(f"{step.kind} over the axis that holds the batch")
+            return a + 1 if a < ax or kept else a
+
+        p = step.params
+        if step.kind == "softmax":
+            p["dim"] = axis(p["dim"])
+        elif step.kind in ("layernorm", "rmsnorm", "mean", "sum"):
+            p["dims"] = tuple(axis(d) for d in p["dims"])
+            if step.kind in ("layernorm", "rmsnorm") and any(a < ax for a in range(nd - len(p["dims"]), nd)):
+                raise ctx.error(f"{step.kind} over the axis that holds the batch")
+        elif step.kind == "cat" and not p.get("const_pos"):
+            p["dim"] = axis(p["dim"])
+        elif step.kind in ("matmul", "matmul_const", "sdpa") and ax >= nd - 2:
+            raise ctx.error(f"{step.kind} over the axis that holds the batch")
+        elif step.kind == "masked_fill" and _rank(p["mask"]) > nd - 1 - ax:
+            raise ctx.error("masked_fill with a mask over the axis that holds the batch")
+        elif step.kind in ("scale", "shift", "rsub"):
+            v = p.get("value")
+            if isinstance(v, torch.Tensor) and _rank(v) > nd - 1 - ax:
+                raise ctx.error(f"{step.kind} by a constant over the axis that holds the batch")
+        elif step.kind not in _TRAILING_KINDS and not kind_rule(step.kind).elementwise:
+            raise ctx.error(f"{step.kind} of a tensor whose batch is on axis {ax}")
+        step.out_shape = canon
+        return step
 
     def output(self, node: torch.fx.Node) -> None:
         out_arg = node.args[0][0] if isinstance(node.args[0], tuple | list) else node.args[0]
         self.output_name = self.src(out_arg)
+        if self.lay.get(self.output_name, oa.STANDARD) != oa.STANDARD:
+            raise NNVitalsError("model graph: the output's batch is not its axis 0")
+
+
+def _rank(t: torch.Tensor) -> int:
+    """The axes a broadcast constant really has (its leading axes of size 1 left out)."""
+    shape = list(t.shape)
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return len(shape)
+
+
+def _keeps_axis0(node: torch.fx.Node) -> bool:
+    """Whether a reshape's input and output have the same axis 0 (a fixed batch stays there)."""
+    x = node.all_input_nodes[0].meta.get("val") if node.all_input_nodes else None
+    y = node.meta.get("val")
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and x.ndim
+        and y.ndim
+        and x.shape[0] == y.shape[0]
+    )
+
+
+def _whole_shape(node: Any) -> list[int] | None:
+    """A node's whole shape, its symbolic sizes as stand-ins (the first output's for a node of several)."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if isinstance(val, list | tuple) and val:
+        val = val[0]
+    return oa._shape_of(val)
 
 
 def _hint(v: Any) -> Any:

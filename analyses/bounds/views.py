@@ -72,7 +72,7 @@ SPLIT_COLORS = {"train": "#4477AA", "test": "#228833", "data": "#4477AA", "mix":
 #: how the probed sample sets are named to a reader
 SPLIT_NAMES = {"mix": "midpoint", "sharpened": "sharpened", "train": "train", "test": "test", "data": "data"}
 #: rows that repeat their input (reshapes) or carry no layer (scalar shifts) are left out of per-layer plots
-SKIP_KINDS = ("reshape", "shift", "scale")
+SKIP_KINDS = ("reshape", "shift", "scale", "relayout")
 
 
 def _check_ibp(result) -> None:
@@ -340,12 +340,26 @@ def lipschitz_plot(result) -> hv.Overlay:
             apply_opts(band, dict(color="#4477AA", alpha=0.15), dict(line_alpha=0), dict(linewidth=0))
         )
     vd = ["upper", "name", "kind", "constant", "method"]
-    up = hv.Curve(rows, "layer", "upper", label="upper: product of layer constants")
+    # a layer without a global constant (attention) leaves no finite upper bound after it: the
+    # table gives the reason, the local bound (when computed) is drawn instead
+    fin = rows[np.isfinite(rows["upper"].astype(float))]
+    up = hv.Curve(fin, "layer", "upper", label="upper: product of layer constants")
     parts.append(style_line(up, "#4477AA", 2.2))
     tips = _tips(("up to layer", "@{name} (@{kind})"), ("upper bound", "@{upper}{0.00}"),
                  ("this layer's constant", "@{constant}{0.00} (@{method})"))  # fmt: skip
-    parts.append(apply_opts(hv.Scatter(rows, "layer", vd, label="upper: product of layer constants"),
+    parts.append(apply_opts(hv.Scatter(fin, "layer", vd, label="upper: product of layer constants"),
                        dict(color="#4477AA"), dict(size=6, **tips), dict(s=20)))  # fmt: skip
+    loc = rows.iloc[0:0]
+    if "local_upper" in rows:
+        loc = rows[np.isfinite(rows["local_upper"].astype(float))]
+        if len(loc):
+            vdl = ["local_upper", "name", "local_constant", "local_method"]
+            parts.append(style_line(hv.Curve(loc, "layer", "local_upper", label="upper: local (IBP boxes)"),
+                                    "#228833", 1.6, "dashed"))  # fmt: skip
+            tips = _tips(("up to layer", "@{name}"), ("local upper bound", "@{local_upper}{0.00}"),
+                         ("this layer's local constant", "@{local_constant}{0.00} (@{local_method})"))  # fmt: skip
+            parts.append(apply_opts(hv.Scatter(loc, "layer", vdl, label="upper: local (IBP boxes)"),
+                                    dict(color="#228833"), dict(size=5, **tips), dict(s=16)))  # fmt: skip
     if len(has):
         vdl = ["lower_max", "name", "lower_mean", "ratio"]
         lo = hv.Curve(has, "layer", "lower_max", label="lower: max Jacobian norm")
@@ -357,7 +371,10 @@ def lipschitz_plot(result) -> hv.Overlay:
         mean = hv.Curve(has, "layer", "lower_mean", label="mean Jacobian norm")
         parts.append(style_line(mean, "#EE6677", 1.2, "dashed"))
     ratio = format_number(result.summary.get("ratio"), ".2f")
-    values = np.concatenate([rows["upper"].to_numpy(float), has["lower_mean"].to_numpy(float)])
+    values = np.concatenate([
+        fin["upper"].to_numpy(float), has["lower_mean"].to_numpy(float),
+        loc["local_upper"].to_numpy(float) if len(loc) else np.empty(0),
+    ])  # fmt: skip
     return style_panel(
         hv.Overlay(parts), f"Lipschitz bounds per layer (gap {ratio}x)", "layer",
         "Lipschitz constant (2-norm)", **_y_scale(values, include=(0.0,)), **_tick_opts(rows),
@@ -574,11 +591,20 @@ def lipschitz_summary_text(result) -> str:
     s = result.summary
     names = {"mix": "midpoints of pairs", "sharpened": "sharpened"}
     per = ", ".join(f"{names.get(k, k)} {format_number(s.get(f'lower_{k}'), '.4g')}" for k in result.splits)
-    return (
+    text = (
         f"upper bound {format_number(s.get('upper'), '.4g')}, lower bound {format_number(s.get('lower'), '.4g')}: "
         f"gap {format_number(s.get('ratio'), '.2f')}x\n"
         f"largest Jacobian norm ‖J(x)‖ by samples: {per}; mean over all {format_number(s.get('lower_mean'), '.4g')}"
     )
+    if s.get("local_upper") is not None:
+        why = "; ".join(f"{k}: {v}" for k, v in (s.get("no_global") or {}).items())
+        text += (
+            f"\nlocal upper bound {format_number(s.get('local_upper'), '.4g')} "
+            f"(gap {format_number(s.get('local_ratio'), '.2f')}x): {s.get('local_meaning', '')}"
+        )
+        if why:
+            text += f"\nno global bound at {why}"
+    return text
 
 
 def lipschitz_figures(result) -> dict[str, Any]:

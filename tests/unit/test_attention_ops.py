@@ -304,3 +304,110 @@ def test_interval_product_matches_exhaustive_corners_for_small_sums():
         b = torch.tensor([[(bl, bu)[b0][0, 0]], [(bl, bu)[b1][1, 0]]])
         vals.append(float(a @ b))
     assert float(lo) == pytest.approx(min(vals), abs=1e-6) and float(hi) == pytest.approx(max(vals), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- batch layouts, local constants
+
+
+@pytest.mark.parametrize("layout", [(0, 1, 1), (1, 1, 1), (2, 1, 1), (0, 5, 1), (1, 1, 2), (1, 3, 2)])
+def test_batch_layouts_round_trip(layout):
+    """A batch-first tensor taken to a model layout and back is unchanged; in the model layout the
+    batch factor has its place in the merged axis (outer, batch, inner)."""
+    ax, o, i = layout
+    per = [4, 3]
+    if o * i > 1:
+        per.insert(ax, o * i)
+    c = torch.randn([2] + per)
+    a = oa.to_actual(c, layout)
+    assert a.shape[ax] == o * 2 * i
+    assert oa.canonical_shape(a.shape, layout) == tuple(per)
+    torch.testing.assert_close(oa.to_canonical(a, layout), c, atol=0, rtol=0)
+    # sample b's entries sit at (outer, b, inner) positions of the batch axis
+    m = a.movedim(ax, 0).reshape((o, 2, i) + tuple(a.movedim(ax, 0).shape[1:]))
+    want = c[1].movedim(ax, 0).reshape((o, i) + tuple(m.shape[3:])) if o * i > 1 else c[1]
+    torch.testing.assert_close(m[:, 1].reshape(want.shape), want, atol=0, rtol=0)
+
+
+class MHA(nn.Module):
+    """``nn.MultiheadAttention``, sequence-first: the batch sits on axis 1 and merges with the heads."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads)
+        self.fc = nn.Linear(d, 3)
+
+    def forward(self, x):  # x: (N, L, d)
+        a = x.transpose(0, 1)
+        return self.fc(self.attn(a, a, a, need_weights=False)[0].mean(0))
+
+
+def _dynamic(model, x):
+    return torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=512)},))
+
+
+def test_multihead_attention_moves_the_batch_and_the_graph_follows_it():
+    torch.manual_seed(5)
+    model = MHA().eval()
+    x = torch.randn(3, 4, 8)
+    g = trace(_dynamic(model, x), x)
+    moved = [s for s in g.steps if s.kind == "relayout"]
+    assert moved and all(s.params["lout"] != oa.STANDARD or s.params["lin"][0] != oa.STANDARD for s in moved)
+    with torch.no_grad():
+        for n in (1, 2, 7):  # any batch size
+            z = torch.randn(n, 4, 8)
+            torch.testing.assert_close(g.forward(z), model(z), atol=1e-5, rtol=1e-5)
+    eps = 0.05
+    points = [x + eps * (2 * torch.rand_like(x) - 1) for _ in range(30)]
+    points += [x + eps * torch.sign(torch.randn_like(x)) for _ in range(15)]
+    _check_sound(g, x - eps, x + eps, points)
+    # the same model exported with a fixed batch: refused in one line, not computed wrongly
+    fixed = torch.export.export(model, (x,))
+    with pytest.raises(Exception, match="reshape across the batch axis.*dynamic batch"):
+        trace(fixed, x)
+
+
+def test_a_product_that_mixes_samples_is_refused():
+    class Mix(nn.Module):
+        def forward(self, x):
+            return F.linear(x, x)  # (N, N): every sample meets every other
+
+    x = torch.randn(3, 4)
+    with pytest.raises(Exception, match="batch"):
+        trace(_dynamic(Mix(), x), x)
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_local_constants_of_attention_and_products_bound_their_jacobians_on_the_box(manual):
+    """On every step without a global constant (attention, products of two tensors), the local constant
+    over the IBP boxes is at least the spectral norm of the step's Jacobian (with respect to all its
+    inputs) at points of those boxes."""
+    torch.manual_seed(6)
+    model = Attention(manual=manual, causal=True).eval().double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    g = trace(model, x)
+    eps = 0.05
+    boxes = interval_bounds(g, x - eps, x + eps)
+    boxes[g.input_name] = (x - eps, x + eps)
+    steps = [s for s in g.steps if s.kind in ("sdpa", "matmul")]
+    assert steps
+    gen = torch.Generator().manual_seed(0)
+    for s in steps:
+        rule = kind_rule(s.kind)
+        assert math.isinf(rule.lipschitz(s, None)[0])
+        lc, how = rule.local_lipschitz(s, [boxes[i] for i in s.inputs], None)
+        assert "over the box" in how and lc.shape == (2,)
+        for _ in range(5):
+            ins = []
+            for i in s.inputs:
+                lo, hi = boxes[i]
+                ins.append(lo + torch.rand(lo.shape, generator=gen, dtype=lo.dtype) * (hi - lo))
+            for b in range(2):
+                one = [t[b : b + 1] for t in ins]
+                sizes = [t.numel() for t in one]
+
+                def f(flat, one=one, sizes=sizes, s=s, rule=rule):
+                    parts = [p.reshape(t.shape) for p, t in zip(flat.split(sizes), one)]
+                    return rule.forward(s, parts).reshape(-1)
+
+                jac = torch.func.jacrev(f)(torch.cat([t.reshape(-1) for t in one]))
+                assert float(torch.linalg.matrix_norm(jac, ord=2)) <= float(lc[b]) * (1 + 1e-9)

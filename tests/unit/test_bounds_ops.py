@@ -539,6 +539,26 @@ def test_ops_that_mix_samples_are_refused():
         trace(Bad(), torch.rand(3, 4))
 
 
+@pytest.mark.parametrize("x_first", [True, False])
+def test_where_with_a_constant_mask_is_a_masked_fill(x_first):
+    """``where(cond, x, c)`` (GPT-2's causal mask) and ``where(cond, c, x)``: a ``masked_fill`` step that
+    computes the model and whose boxes hold random points; a condition computed from the input is refused."""
+    mask = torch.tensor([[True, False, True, True, False, True]])
+
+    def fn(h):
+        return torch.where(mask, h, -3.0) if x_first else torch.where(mask, 2.5, h)
+
+    model = _prepare(Fn(fn, nn.Linear(6, 6)))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    g, _ = _assert_sound(model, x, 0.1)
+    step = next(s for s in g.steps if s.kind == "masked_fill")
+    assert step.params["value"] == (-3.0 if x_first else 2.5)
+    taken = step.params["mask"] > 0.5  # the entries where the number is taken
+    assert bool((taken == (~mask if x_first else mask)).all())
+    with pytest.raises(NNVitalsError, match=r"^model graph: unsupported op aten.gt"):  # a computed condition
+        trace(Fn(lambda h: torch.where(h > 0, h, 0.0)), x)
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

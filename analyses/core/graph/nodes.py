@@ -210,7 +210,16 @@ def sample_shape(node: Any) -> tuple[int, ...]:
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
     if not isinstance(val, torch.Tensor):
         return ()
-    return tuple(int(d) for d in val.shape[1:])
+    return tuple(_int(d) for d in val.shape[1:])
+
+
+def _int(d: Any) -> int:
+    """A size as an int; a symbolic one by the value it had when traced (``int()`` of a symbolic size
+    would specialise it in the program's shape environment: every later shape would read it fixed)."""
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    return int(hint) if hint is not None else int(d)
 
 
 def full_shape(node: Any) -> tuple | None:

@@ -5,7 +5,9 @@ Bounds steps (kind: ATen ops):
 ==========================  ========================================================
 kind                        ATen ops
 ==========================  ========================================================
-``linear``                  ``linear``; ``addmm`` / ``mm`` with a constant weight (decomposed)
+``linear``                  ``linear``; ``addmm`` / ``mm`` with a constant weight (decomposed);
+                            with a weight computed from the input: a ``matmul`` step
+                            (:func:`.ops_attention.tensor_product_step`)
 ``conv``                    ``conv1d``, ``conv2d``, ``convolution`` (not transposed), any
                             stride / padding / dilation / groups
 ``conv_transpose``          ``conv_transpose1d/2d``, ``convolution`` (transposed)
@@ -23,7 +25,11 @@ kind                        ATen ops
 ``upsample``                ``upsample_nearest1d/2d`` (+ exact), ``upsample_linear1d``,
                             ``upsample_bilinear2d`` (``interpolate``)
 ``mean``, ``sum``           ``mean`` / ``sum`` over non-batch dims
-``reshape``                 ``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze``
+``reshape``                 ``flatten``, ``view``, ``reshape``, ``squeeze``, ``unsqueeze`` (a
+                            reshape that moves or merges the batch axis: ``reshape_any``,
+                            :func:`.ops_attention.reshape_step`)
+``masked_fill``             ``where(cond, x, c)`` / ``where(cond, c, x)`` with a constant
+                            condition and a number ``c`` (GPT-2's causal mask)
 ``add``                     ``add`` / ``sub`` of two tensors (residuals; broadcasting in a sample)
 ``mul``, ``div``            ``mul`` / ``div`` of two tensors (products of intervals)
 ``cat``                     ``cat`` along a non-batch dim
@@ -50,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NNVitalsError
+from . import ops_attention
 from .nodes import full_shape, op_key, sample_shape
 from .rules import Perm, Rule, Step, register
 
@@ -454,6 +461,10 @@ class Linear(Rule):
 
     def step(self, ctx):
         a = ctx.args
+        if _computed(ctx, a["weight"]):  # a weight computed from the input: a product of two tensors
+            return ops_attention.tensor_product_step(
+                ctx, a["input"], a["weight"], transpose_b=True, bias=a["bias"]
+            )
         return ctx.make(
             "linear", (ctx.src(a["input"]),), dict(weight=ctx.c(a["weight"]), bias=ctx.c(a["bias"]))
         )
@@ -490,6 +501,11 @@ class Linear(Rule):
         return out
 
 
+def _computed(ctx, arg: Any) -> bool:
+    """Whether a node argument is computed from the model's input (not a constant)."""
+    return isinstance(arg, torch.fx.Node) and ctx.src(arg) not in ctx.const
+
+
 @register("addmm", "mm")
 class MatMulLinear(Rule):
     """``x @ W.T + b`` in a decomposed graph: a linear layer when ``W`` and ``b`` are constants."""
@@ -498,6 +514,10 @@ class MatMulLinear(Rule):
 
     def step(self, ctx):
         a, tgt = ctx.args, ctx.node.target
+        if _computed(ctx, a["mat2"]) and float(a.get("beta", 1)) == 1.0 and float(a.get("alpha", 1)) == 1.0:
+            # ``x @ M`` with ``M`` computed from the input: a product of two tensors
+            bias = a["self"] if tgt is aten.addmm.default else None
+            return ops_attention.tensor_product_step(ctx, a["mat1"], a["mat2"], bias=bias)
         wt = ctx.c(a["mat2"])
         bias = ctx.c(a["self"]) if tgt is aten.addmm.default else None
         if (
@@ -1158,7 +1178,10 @@ class Mean(Reduce):
         dims = a["dim"]
         dims = [dims] if isinstance(dims, int) else dims
         dims = tuple(sorted(int(d) % ndim for d in (dims or range(ndim))))
-        if 0 in dims:
+        shape = ctx.node.args[0].meta["val"].shape
+        symbolic = [not isinstance(d, int) for d in shape]
+        # the batch axis: the symbolic size (the bounds reader follows it), else axis 0
+        if (any(symbolic) and any(symbolic[d] for d in dims)) or (not any(symbolic) and 0 in dims):
             raise ctx.error(f"{op_key(ctx.node.target)} over the batch axis")
         if a.get("dtype") is not None:
             raise ctx.error(f"unsupported {op_key(ctx.node.target)} with a dtype")
@@ -1176,6 +1199,12 @@ class Mean(Reduce):
         return LinearPool.lipschitz(self, step, norms)
 
 
+def _batch_first(val: torch.Tensor) -> bool:
+    """Whether a traced value's axis 0 is its batch axis (a symbolic size, or every size fixed)."""
+    symbolic = [not isinstance(d, int) for d in val.shape]
+    return not any(symbolic) or (symbolic[0] and str(val.shape[0]).isidentifier())
+
+
 @register("view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze")
 class Reshape(Rule):
     """A reshape of the per-sample axes (the batch axis stays axis 0)."""
@@ -1190,8 +1219,12 @@ class Reshape(Rule):
     def step(self, ctx):
         x = ctx.node.all_input_nodes[0]
         xval, oval = x.meta.get("val"), ctx.node.meta.get("val")
-        if xval is None or oval is None or oval.ndim == 0 or oval.shape[0] != xval.shape[0]:
+        if xval is None or oval is None or oval.ndim == 0:
             raise ctx.error("reshape across the batch axis")
+        if oval.shape[0] != xval.shape[0] or not (_batch_first(xval) and _batch_first(oval)):
+            # the batch moves or merges with other axes (nn.MultiheadAttention): the model's own
+            # shapes, the batch size left to the input (the bounds reader tracks where it is)
+            return ops_attention.reshape_step(ctx)
         return ctx.make("reshape", (ctx.src(x),))
 
     def linear(self, step, xs):
@@ -1337,9 +1370,45 @@ class Binary(Rule):
         return result
 
 
-@register("maximum", "minimum", "where")
+@register("maximum", "minimum")
 class OtherBinary(Binary):
     """Binary ops the bounds do not take."""
+
+
+@register("where")
+class Where(Binary):
+    """``where(cond, x, value)`` / ``where(cond, value, x)`` with a constant condition and a constant
+    number: ``x`` with the entries where the number is taken set to it (a ``masked_fill`` step, as
+    Hugging Face GPT-2 applies its causal mask). Anything else is refused."""
+
+    bounds_ops = frozenset(
+        {aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar}
+    )
+
+    def step(self, ctx):
+        node = ctx.node
+        cond, a, b = node.args[:3]
+        if _computed(ctx, cond):
+            raise ctx.error("where with a condition computed from the input")
+        ta, tb = _computed(ctx, a), _computed(ctx, b)
+        if ta == tb:
+            raise ctx.error("where of two tensors computed from the input (only a tensor and a constant)")
+        x, value = (a, b) if ta else (b, a)
+        value = ctx.c(value)
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ctx.error("where with a constant tensor (only a number)")
+            value = float(value)
+        mask = ctx.c(cond).to(torch.bool)
+        mask = ~mask if ta else mask  # the entries where the number is taken
+        out, xval = node.meta.get("val"), x.meta.get("val")
+        if not isinstance(out, torch.Tensor) or not isinstance(xval, torch.Tensor) or out.ndim != xval.ndim:
+            raise ctx.error("where that broadcasts its tensor operand")
+        if mask.ndim > out.ndim or any(m not in (1, o) for m, o in zip(mask.shape[::-1], out.shape[::-1])):
+            raise ctx.error("where with a condition that does not broadcast to the tensor")
+        if mask.ndim == out.ndim and mask.shape[0] != 1:
+            raise ctx.error("where with a condition that differs between samples")
+        return ctx.make("masked_fill", (ctx.src(x),), dict(mask=mask.to(torch.float32), value=float(value)))
 
 
 def _per_sample_constant(o: torch.Tensor, sample: tuple[int, ...]) -> bool:

@@ -55,10 +55,15 @@ import torch
 import torch.nn.functional as F
 
 from .nodes import full_shape, op_key
-from .rules import Perm, Rule, Step, register
+from .rules import Perm, Rule, Step, kind_rule, register
 
 __all__ = [
+    "STANDARD",
     "Multi",
+    "Relayout",
+    "canonical_shape",
+    "to_actual",
+    "to_canonical",
     "Place",
     "flow",
     "interval_matmul",
@@ -854,6 +859,8 @@ class Select(_Flow):
         size = x.meta["val"].shape[dim]
         start, end, stp = a.get("start"), a.get("end"), int(a.get("step") or 1)
         start = 0 if start is None else int(start)
+        if isinstance(end, int) and end >= 2**62:  # ``x[a:]`` on a symbolic size: to the end
+            end = None
         end = None if end is None or (isinstance(size, int) and int(end) >= size) else int(end)
         if _is_batch(x, dim) and (start, end, stp) != (0, None, 1):
             raise ctx.error("slice along the batch axis")
@@ -1125,6 +1132,23 @@ class MatMul(_Flow):
     def lipschitz(self, step, norms):
         return math.inf, "no global bound: product of two tensors (dot-product attention)"
 
+    def local_lipschitz(self, step, boxes, norms):
+        """``d(AB) = dA B + A dB`` matrix by matrix, so ``||J|| <= sqrt(k_A max ||B||^2 + k_B max ||A||^2)``
+        over the box, each ``||.||_2`` bounded by the Frobenius norm of the largest magnitudes and
+        ``k`` the copies a broadcast operand makes (a constant operand adds no term)."""
+        (al, au), (bl, bu) = _operand_boxes(step, [(((lo + hi) / 2), (hi - lo) / 2) for lo, hi in boxes])
+        if step.params["tb"]:
+            bl, bu = bl.transpose(-1, -2), bu.transpose(-1, -2)
+        const = step.params.get("const") or ()
+        a2 = torch.maximum(al.abs(), au.abs()).square().sum((-1, -2))
+        b2 = torch.maximum(bl.abs(), bu.abs()).square().sum((-1, -2))
+        lead = torch.broadcast_shapes(a2.shape, b2.shape)
+        n = max(1, math.prod(lead[1:]))
+        ka = n // max(1, math.prod(a2.shape[1:])) if 0 not in const else 0
+        kb = n // max(1, math.prod(b2.shape[1:])) if 1 not in const else 0
+        tot = ka * b2.broadcast_to(lead) + kb * a2.broadcast_to(lead)
+        return tot.reshape(lead[0], -1).amax(1).sqrt(), "sqrt(k_A max||B||^2 + k_B max||A||^2) over the box"
+
 
 @register()
 class MatMulConst(Rule):
@@ -1183,12 +1207,25 @@ class Attention(_Flow):
         return ctx.make("sdpa", inputs, _constants(params, const))
 
     def forward(self, step, xs):
-        q, k, v = _operands(step, xs)
+        return self._math(step, *xs)
+
+    def _math(self, step, *xs):
+        """``scaled_dot_product_attention`` written out (softmax of the scaled, masked scores, times
+        ``v``; the same function to rounding): the fused kernels have neither a forward-mode
+        derivative nor a second derivative on every device, which tangents and Jacobian norms need."""
+        q, k, v = _operands(step, list(xs))
         p = step.params
-        kw = {"enable_gqa": True} if p["gqa"] else {}
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=p["mask"], dropout_p=0.0, is_causal=p["causal"], scale=p["scale"], **kw
-        )
+        if p["gqa"] and k.shape[-3] != q.shape[-3]:
+            rep = q.shape[-3] // k.shape[-3]
+            k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+        scale = p["scale"] if p["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+        s = (q @ k.transpose(-1, -2)) * scale
+        if p["causal"]:
+            keep = torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool, device=s.device).tril()
+            s = s.masked_fill(~keep, -math.inf)
+        if p["mask"] is not None:
+            s = s + p["mask"].to(s.dtype)
+        return torch.softmax(s, -1) @ v
 
     def ibp(self, step, ins):
         (ql, qu), (kl, ku), (vl, vu) = _operand_boxes(step, ins)
@@ -1212,6 +1249,47 @@ class Attention(_Flow):
 
     def lipschitz(self, step, norms):
         return math.inf, "no global bound: dot-product attention"
+
+    def local_lipschitz(self, step, boxes, norms):
+        """Over the box, head by head: ``d out = dP V + P dV`` and ``dP = J dS`` with ``||J|| <= 1/2``
+        (softmax) and ``dS = s (dq k^T + q dk^T)``, so ``||J_attn|| <= sqrt((s/2)^2 ||V||^2 (||K||^2 +
+        ||Q||^2) + ||P||^2)``; ``||Q||``, ``||K||``, ``||V||`` by the Frobenius norm of the largest
+        magnitudes, ``||P|| <= sqrt(max column sum)`` of the upper probabilities (rows sum to 1);
+        key and value heads shared by ``g`` query heads count ``g`` times."""
+        ins = [((lo + hi) / 2, (hi - lo) / 2) for lo, hi in boxes]
+        (ql, qu), (kl, ku), (vl, vu) = _operand_boxes(step, ins)
+        p = step.params
+        const = p.get("const") or ()
+        rep = 1
+        if p["gqa"] and kl.shape[-3] != ql.shape[-3]:
+            rep = ql.shape[-3] // kl.shape[-3]
+            kl, ku, vl, vu = (t.repeat_interleave(rep, dim=-3) for t in (kl, ku, vl, vu))
+        scale = p["scale"] if p["scale"] is not None else 1.0 / math.sqrt(ql.shape[-1])
+        fro2 = lambda lo, hi: torch.maximum(lo.abs(), hi.abs()).square().sum((-1, -2))  # noqa: E731
+        q2, k2, v2 = fro2(ql, qu), fro2(kl, ku), fro2(vl, vu)
+        # the probabilities' box, as ibp() computes it
+        sl, su = interval_matmul(ql, qu, kl.transpose(-1, -2), ku.transpose(-1, -2))
+        sl, su = sl * abs(scale), su * abs(scale)
+        if scale < 0:
+            sl, su = -su, -sl
+        neg = torch.tensor(-math.inf, dtype=sl.dtype, device=sl.device)
+        if p["causal"]:
+            keep = torch.ones(sl.shape[-2], sl.shape[-1], dtype=torch.bool, device=sl.device).tril()
+            sl, su = torch.where(keep, sl, neg), torch.where(keep, su, neg)
+        if p["mask"] is not None:
+            sl, su = sl + p["mask"], su + p["mask"]
+        _, pu = softmax_interval(sl, su, -1)
+        p2 = pu.sum(-2).amax(-1).clamp_max(pu.shape[-2])  # ||P||_2^2 <= ||P||_1 ||P||_inf = max col sum
+        half = (scale / 2) ** 2 * v2
+        tot = torch.zeros_like(half)
+        if 0 not in const:
+            tot = tot + half * k2
+        if 1 not in const:
+            tot = tot + rep * half * q2
+        if 2 not in const:
+            tot = tot + rep * p2
+        per_sample = tot.reshape(tot.shape[0], -1).amax(1).sqrt()
+        return per_sample, "sqrt((s/2)^2 ||V||^2 (||K||^2 + ||Q||^2) + ||P||^2) over the box"
 
 
 @register("group_norm", "native_group_norm")
@@ -1325,6 +1403,15 @@ class Embedding(Rule):
         out = self.forward(step, [c])
         return out, r.unsqueeze(-1).expand(out.shape).to(out.dtype)
 
+    def tangent(self, step, xs, ts):
+        """Linearised as IBP reads it: a token's perturbation moves every coordinate of its row."""
+        e = step.params["weight"].shape[-1]
+        return ts[0].unsqueeze(-1).expand(tuple(ts[0].shape) + (e,)).to(step.params["weight"].dtype)
+
+    def tangent_radius(self, step, xs, rs):
+        e = step.params["weight"].shape[-1]
+        return rs[0].unsqueeze(-1).expand(tuple(rs[0].shape) + (e,)).to(step.params["weight"].dtype)
+
     def lipschitz(self, step, norms):
         return 1.0, "identity on the embedding output (token ids are discrete; perturbation applied there)"
 
@@ -1339,3 +1426,78 @@ class Embedding(Rule):
         g = w.new(shape[-1], wt.removesuffix(".weight"))
         w.put(wt, 1, Perm(1, g))
         return Perm(len(shape) - 1, g)
+
+
+# ============================================================================ batch layouts
+
+#: a value's batch layout ``(axis, outer, inner)``: the batch is the middle factor of axis ``axis``,
+#: whose entries are ordered ``(outer, batch, inner)``; ``(0, 1, 1)`` is the usual batch-first layout
+STANDARD = (0, 1, 1)
+
+
+def canonical_shape(shape: tuple[int, ...] | list[int], layout: tuple[int, int, int]) -> tuple[int, ...]:
+    """The per-sample shape of a value of whole ``shape`` (batch size included) in ``layout``: the
+    batch factor taken out of its axis, which is dropped when nothing else is left in it."""
+    ax, o, i = layout
+    shape = tuple(int(s) for s in shape)
+    return shape[:ax] + ((o * i,) if o * i > 1 else ()) + shape[ax + 1 :]
+
+
+def to_actual(c: torch.Tensor, layout: tuple[int, int, int]) -> torch.Tensor:
+    """A batch-first (canonical) tensor ``(B, *per-sample)`` in the model's own ``layout``."""
+    ax, o, i = layout
+    if (ax, o, i) == STANDARD:
+        return c
+    if o * i == 1:
+        return c.movedim(0, ax)
+    s = tuple(c.shape)
+    c = c.reshape(s[: ax + 1] + (o, i) + s[ax + 2 :]).movedim(0, ax + 1)
+    return c.reshape(s[1 : ax + 1] + (o * s[0] * i,) + s[ax + 2 :])
+
+
+def to_canonical(x: torch.Tensor, layout: tuple[int, int, int]) -> torch.Tensor:
+    """The inverse of :func:`to_actual`: the batch factor of axis ``layout[0]`` moved to the front."""
+    ax, o, i = layout
+    if (ax, o, i) == STANDARD:
+        return x
+    if o * i == 1:
+        return x.movedim(ax, 0)
+    s = tuple(x.shape)
+    b = s[ax] // (o * i)
+    x = x.reshape(s[:ax] + (o, b, i) + s[ax + 1 :]).movedim(ax + 1, 0)
+    return x.reshape((b,) + s[:ax] + (o * i,) + s[ax + 1 :])
+
+
+@register()
+class Relayout(Rule):
+    """A shape step (reshape, transpose, selection, split, stack, expand) of values whose batch is
+    not axis 0 (``nn.MultiheadAttention`` moves it to axis 1 and merges it with the heads; kind
+    ``relayout``). The graph keeps every value batch-first (its *canonical* layout: the batch
+    factor of its axis moved to the front); this step takes its inputs to the model's own layouts
+    (``lin``), runs the shape step ``inner`` there, and takes the result back from ``lout``. Every
+    shape step is affine and acts per sample, so ``|A| r`` is the step itself and its Lipschitz
+    constant is the inner step's."""
+
+    kinds = ("relayout",)
+    affine = True
+
+    def _run(self, step, xs, fn):
+        p = step.params
+        inner = p["inner"]
+        out = fn(inner, [to_actual(x, lay) for x, lay in zip(xs, p["lin"])])
+        return to_canonical(out, p["lout"])
+
+    def forward(self, step, xs):
+        return self._run(step, xs, lambda s, a: kind_rule(s.kind).forward(s, a))
+
+    def linear(self, step, xs):
+        return self._run(step, xs, lambda s, a: kind_rule(s.kind).linear(s, a))
+
+    def radius(self, step, rs):
+        return self._run(step, rs, lambda s, a: kind_rule(s.kind).radius(s, a))
+
+    def lipschitz(self, step, norms):
+        return kind_rule(step.params["inner"].kind).lipschitz(step.params["inner"], norms)
+
+    def compose(self, step, const, ups):
+        return kind_rule(step.params["inner"].kind).compose(step.params["inner"], const, ups)

@@ -117,10 +117,12 @@ class StepContext:
     def unsupported(self) -> NNVitalsError:
         return NNVitalsError(
             f"model graph: unsupported op {self.node.target} at {self.where}",
-            hint="supported: linear, conv1d/2d and transposed, batch/layer/RMS norm, ReLU/LeakyReLU/ReLU6/"
-            "hardtanh, GELU, SiLU, tanh, sigmoid, hardswish, max/avg/adaptive-avg pooling, interpolate "
-            "(nearest/bilinear), pad, mean/sum over axes, flatten/reshape/view/squeeze/unsqueeze, cat, "
-            "add/sub/mul/div of two tensors or by constants, dropout (eval)",
+            hint="supported: linear, conv1d/2d and transposed, batch/layer/RMS/group norm, ReLU/LeakyReLU/"
+            "ReLU6/hardtanh, GELU, SiLU, tanh, sigmoid, hardswish, softmax, max/avg/adaptive-avg pooling, "
+            "interpolate (nearest/bilinear), pad, mean/sum over axes, flatten/reshape/view/squeeze/unsqueeze, "
+            "transpose/permute, select/slice/split/chunk/unbind, cat/stack/expand, matmul/bmm, "
+            "scaled_dot_product_attention (and nn.MultiheadAttention), embedding, masked_fill/where with a "
+            "constant mask, add/sub/mul/div of two tensors or by constants, dropout (eval)",
         )
 
 
