@@ -15,7 +15,7 @@ Layer constants (all exact operator norms unless noted):
 
 * linear: spectral norm ``||W||_2``;
 * convolution: the norm of the convolution *operator* on the traced input size, never of the
-  reshaped kernel. Power iteration on ``A^T A`` with ``conv`` and ``conv_transpose`` (the
+  reshaped kernel. Lanczos iteration on ``A^T A`` with ``conv`` and ``conv_transpose`` (the
   adjoint; ``output_padding`` restores the input size) for any zero padding, stride, dilation
   and groups. With circular padding and stride 1 the operator is block-circulant and its norm
   is exact by FFT (Sedghi, Gupta & Long 2019, Theorem 6: the maximum over frequencies of the
@@ -42,8 +42,12 @@ variance over the box; ``a b``: ``sqrt(k_a max|b|^2 + k_b max|a|^2)``; smooth ac
 slope over the box; otherwise the global constant). The result bounds the Lipschitz constant of
 the network on each sample's ball (not globally).
 
-Power iteration converges from below: the reported norm is within ``tol`` of the true one
-after convergence, and tests compare it with the exact FFT and dense-matrix values.
+The iterative norms (Lanczos on ``A^T A``, :func:`lanczos_top`, called "power iteration" in the
+method column) converge from below: the top Ritz pair of ``A^T A`` has a relative residual of at
+most ``tol`` after convergence, and tests compare it with the exact FFT and
+dense-matrix values. Norms are cached by the step's shapes and its parameters' fingerprints
+(:func:`layer_constants`: a layer seen again costs one hash), convolutions of one shape run as one
+grouped convolution, and each shape's last top singular vector warm-starts the next one.
 
 *Lower bound.* ``max_x ||J_f(x)||_2`` over samples (also mean and RMS), for every node: the
 spectral norm of each sample's input Jacobian, batched over samples (the Jacobians of
@@ -56,7 +60,9 @@ outputs: batched power iteration on ``J^T J`` with ``torch.func.vjp`` for ``J^T 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -70,6 +76,79 @@ from .graph import AFFINE_KINDS, Graph, Step, apply, numel
 # ---------------------------------------------------------------------------- operator norms
 
 
+def lanczos_top(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    iters: int = 1000,
+    tol: float = 1e-7,
+    max_basis: int | None = None,
+    reorth: str = "local",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenpairs of ``G`` symmetric positive semi-definite operators ``M_g`` at once (Lanczos).
+
+    ``matvec`` maps a ``(G, n)`` batch to ``(M_1 v_1, ..., M_G v_G)``; ``start`` (``(G, n)``) holds the
+    start vectors. Lanczos with full re-orthogonalisation builds the Krylov basis ``v, M v, M^2 v, ...``
+    of each operator and takes the top Ritz value of the tridiagonal matrix: the largest Rayleigh
+    quotient over that subspace, which never exceeds ``lambda_max`` and is at least the one block
+    power iteration reaches from the same vector in as many products (Chebyshev acceleration: clustered
+    top eigenvalues, common for convolutions, cost far fewer products). Each operator stops counting
+    when its top Ritz pair ``(theta, y)`` satisfies ``||M y - theta y|| <= tol * theta`` (the residual
+    ``rho`` is ``beta_k |s_k|``, no extra product) or after ``iters`` products. ``reorth="local"``
+    (default) orthogonalises each new vector against the last two only (the three-term recurrence):
+    the extreme Ritz values of Lanczos in floating point stay inside the spectrum and the top one
+    converges as with full re-orthogonalisation (Paige 1976; lost orthogonality only adds copies of
+    converged values), at ``O(n)`` per step instead of ``O(k n)`` memory traffic over the basis;
+    ``reorth="full"`` orthogonalises against the whole basis. (Stopping on an
+    estimate of the value's error instead, ``rho^2`` over the gap to the next Ritz value, stops early
+    on a near-double top singular value: the gap of the Ritz values is not the true one.) A full
+    basis (``max_basis`` vectors) restarts from the top Ritz vector. Returns ``(theta, y)``, shapes ``(G,)`` and ``(G, n)``.
+    """
+    g, n = start.shape
+    dt = start.dtype
+    if max_basis is None:  # the basis of all G operators within ~512 MiB
+        max_basis = max(32, int(512 * 2**20 // (start.element_size() * n * g)))
+    q = start / start.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    best = torch.zeros(g, dtype=torch.float64)
+    vec = q.clone()
+    done = torch.zeros(g, dtype=torch.bool)
+    steps = 0
+    while steps < iters and not bool(done.all()):
+        m = min(max_basis, n, iters - steps)
+        basis = torch.zeros((g, m + 1, n), dtype=dt, device=start.device)
+        basis[:, 0] = q
+        alpha = torch.zeros((g, m), dtype=torch.float64)
+        beta = torch.zeros((g, m), dtype=torch.float64)
+        s = torch.ones((g, 1), dtype=torch.float64)
+        k = 0
+        for j in range(m):
+            w = matvec(basis[:, j])
+            steps += 1
+            alpha[:, j] = (w * basis[:, j]).sum(1).double().cpu()
+            # against the whole basis (``full``) or the last two vectors (``local``: the three-term
+            # recurrence; twice is enough either way)
+            prev = basis[:, : j + 1] if reorth == "full" else basis[:, max(0, j - 1) : j + 1]
+            for _ in range(2):
+                w = w - torch.einsum("gkn,gk->gn", prev, torch.einsum("gkn,gn->gk", prev, w))
+            b = w.norm(dim=1)
+            beta[:, j] = b.double().cpu()
+            k = j + 1
+            tri = torch.diag_embed(alpha[:, :k])
+            if k > 1:
+                tri = tri + torch.diag_embed(beta[:, : k - 1], 1) + torch.diag_embed(beta[:, : k - 1], -1)
+            ev, evec = torch.linalg.eigh(tri)
+            theta, s = ev[:, -1], evec[:, :, -1]
+            best = torch.where(done, best, torch.maximum(best, theta))
+            resid = beta[:, j] * s[:, -1].abs()
+            scale = theta.abs().clamp_min(1e-300)
+            done = done | (resid <= tol * scale) | (theta <= 0) | (beta[:, j] <= 1e-13 * scale)
+            basis[:, j + 1] = w / b.clamp_min(1e-300).unsqueeze(1)
+            if bool(done.all()) or steps >= iters:
+                break
+        vec = torch.einsum("gk,gkn->gn", s.to(dt).to(start.device), basis[:, :k])
+        q = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return best.clamp_min(0), vec
+
+
 def power_iteration(
     forward: Callable[[torch.Tensor], torch.Tensor],
     adjoint: Callable[[torch.Tensor], torch.Tensor],
@@ -79,51 +158,31 @@ def power_iteration(
     seed: int = 0,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    block: int = 6,
-) -> float:
-    """Largest singular value of a linear operator ``A`` given ``A`` and ``A^T``.
+    block: int = 1,
+    start: torch.Tensor | None = None,
+) -> float | torch.Tensor:
+    """Largest singular value of a linear operator ``A`` given ``A`` and ``A^T``: the square root of
+    the top eigenvalue of ``A^T A`` by :func:`lanczos_top` (Krylov iteration from a seeded random
+    vector, or ``start``), within ``tol`` (its stopping rule).
 
-    Block power (subspace) iteration: ``block`` orthonormal vectors go through ``A^T A`` as one
-    batch and are re-orthonormalised (QR); the estimate is the top singular value of ``A V``
-    (Rayleigh-Ritz), which never exceeds ``||A||`` and converges at the rate
-    ``(sigma_{block+1} / sigma_1)^2`` per step, so clustered top singular values (common for
-    convolutions) do not stall it. Stops when the top Ritz vector ``v`` satisfies
-    ``||A^T A v - s^2 v|| <= tol * s^2`` (the error of ``s^2`` is of the order of the residual
-    squared), or after ``iters`` steps.
+    ``block > 1`` runs ``block`` operators at once: ``forward`` and ``adjoint`` then take and return
+    ``(block, *shape)`` batches whose row ``g`` belongs to operator ``g`` (e.g. several convolutions
+    stacked as one grouped convolution), and the result is a tensor of ``block`` norms.
     """
     n = math.prod(in_shape)
-    p = max(1, min(block, n))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn((n, p), generator=gen, dtype=torch.float64)
-    v = torch.linalg.qr(v).Q.T.to(device, dtype)  # (p, n) orthonormal rows
-    best = 0.0
+    g = max(1, block)
+    if start is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        start = torch.randn((1, n), generator=gen, dtype=torch.float64).expand(g, n)
+    start = start.reshape(g, n).to(device, dtype)
+
+    def matvec(v):
+        return adjoint(forward(v.reshape(g, *in_shape))).reshape(g, n)
+
     with torch.no_grad():
-        for _ in range(iters):
-            u = forward(v.reshape(p, *in_shape))  # (p, *out)
-            uf = u.reshape(p, -1)
-            w = adjoint(u).reshape(p, -1)  # rows of A^T A V
-            pl, sv = _ritz(uf @ uf.T)  # Ritz pairs: (A V)(A V)^T = P diag(s^2) P^T
-            s2 = float(sv[0])
-            best = max(best, math.sqrt(max(s2, 0.0)))
-            if s2 <= 0.0:
-                return 0.0
-            top = pl[:, 0]
-            resid = float((top @ w - s2 * (top @ v)).norm())
-            if resid <= tol * s2:
-                break
-            v = torch.linalg.qr(w.T.double()).Q.T.to(dtype)
-    return best
-
-
-def _ritz(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SVD of the small ``p x p`` Ritz matrix: ``(P, s^2)``. On an accelerator it goes to the host
-    (its top value is needed there anyway): a device SVD of a 6 x 6 matrix per iteration is a
-    solver launch and a synchronisation for nothing."""
-    if gram.device.type == "cpu":
-        pl, sv, _ = torch.linalg.svd(gram)
-        return pl, sv
-    pl, sv, _ = torch.linalg.svd(gram.cpu())
-    return pl.to(gram.device), sv
+        theta, _ = lanczos_top(matvec, start, iters=iters, tol=tol)
+    sig = theta.sqrt()
+    return sig if block > 1 else float(sig[0])
 
 
 def autograd_operator_norm(
@@ -131,9 +190,9 @@ def autograd_operator_norm(
 ) -> float:
     """Operator norm of a linear ``fn`` (batch of one ``in_shape`` sample), adjoint by autograd."""
     dev, dt = kw.get("device", "cpu"), kw.get("dtype", torch.float32)
-    p = max(1, min(kw.get("block", 6), math.prod(in_shape)))  # the block power_iteration uses
+    kw = {k: v for k, v in kw.items() if k != "block"}
     with torch.no_grad():  # torch.func.vjp ignores no_grad; parameters of fn stay out of autograd
-        _, adj = torch.func.vjp(fn, torch.zeros((p, *in_shape), device=dev, dtype=dt))
+        _, adj = torch.func.vjp(fn, torch.zeros((1, *in_shape), device=dev, dtype=dt))
     return power_iteration(fn, lambda u: adj(u)[0], in_shape, **kw)
 
 
@@ -158,24 +217,60 @@ def conv_operator_norm(
 ) -> float:
     """Spectral norm of the zero-padded convolution operator on inputs of shape ``in_shape``.
 
-    Power iteration with ``conv`` as ``A`` and ``conv_transpose`` (same weight, stride,
+    Lanczos iteration on ``A^T A`` with ``conv`` as ``A`` and ``conv_transpose`` (same weight, stride,
     padding, dilation, groups, matching ``output_padding``) as ``A^T`` (module docstring).
     """
-    nd = weight.ndim - 2
+    return float(conv_operator_norms([weight], in_shape, stride, padding, dilation, groups, **kw)[0][0])
+
+
+def conv_operator_norms(
+    weights: list[torch.Tensor],
+    in_shape: tuple[int, ...],
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    iters: int = 1000,
+    tol: float = 1e-7,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conv_operator_norm` of ``G`` convolutions of one shape at once: ``(norms (G,), top right
+    singular vectors (G, n))``. The ``G`` kernels are stacked into one grouped convolution (``G *
+    groups`` groups on ``G`` stacked inputs), so every Lanczos step is one ``conv`` and one
+    ``conv_transpose`` call for all of them; each operator's iteration is the one it would run alone
+    (the same start vector: ``start`` (``(n,)``, a warm start) or the seeded random one)."""
+    w0 = weights[0]
+    nd = w0.ndim - 2
     rep = lambda v: (v,) * nd if isinstance(v, int) else tuple(v)  # noqa: E731
     stride, padding, dilation = rep(stride), rep(padding), rep(dilation)
     conv = F.conv1d if nd == 1 else F.conv2d
     convt = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
-    w = weight.to(kw.get("device", "cpu"), kw.get("dtype", torch.float32))
+    g = len(weights)
+    w = torch.cat([wi.to(device, dtype) for wi in weights]) if g > 1 else w0.to(device, dtype)
+    cin = in_shape[0]
     probe = torch.zeros((1, *in_shape), device=w.device, dtype=w.dtype)
-    out_size = tuple(conv(probe, w, None, stride, padding, dilation, groups).shape[2:])
-    op = conv_output_padding(tuple(in_shape[1:]), out_size, w.shape[2:], stride, padding, dilation)
-    return power_iteration(
-        lambda v: conv(v, w, None, stride, padding, dilation, groups),
-        lambda u: convt(u, w, None, stride, padding, op, groups, dilation),
-        tuple(in_shape),
-        **kw,
-    )
+    out_size = tuple(conv(probe, w0.to(device, dtype), None, stride, padding, dilation, groups).shape[2:])
+    op = conv_output_padding(tuple(in_shape[1:]), out_size, w0.shape[2:], stride, padding, dilation)
+    n = math.prod(in_shape)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rand = torch.randn((n,), generator=gen, dtype=torch.float64)
+    if start is not None:  # a warm start, with a little of the random vector: no direction is missing
+        warm = start.reshape(n).double().cpu()
+        rand = warm / warm.norm().clamp_min(1e-300) + 1e-2 * rand / rand.norm()
+    start = rand.reshape(1, n).expand(g, n).to(w.device, w.dtype)
+    spatial = tuple(in_shape[1:])
+
+    def matvec(v):
+        u = conv(v.reshape(1, g * cin, *spatial), w, None, stride, padding, dilation, g * groups)
+        back = convt(u, w, None, stride, padding, op, g * groups, dilation)
+        return back.reshape(g, n)
+
+    with torch.no_grad():
+        theta, vec = lanczos_top(matvec, start, iters=iters, tol=tol)
+    return theta.sqrt(), vec
 
 
 def conv_fft_norm(weight: torch.Tensor, spatial: tuple[int, ...], dilation=1, groups: int = 1) -> float:
@@ -206,10 +301,14 @@ class _Norms:
     """The operator-norm estimators a rule's :meth:`~analyses.core.graph.Rule.lipschitz` uses,
     with this run's settings (iterations, tolerance, seed, and the weight's device and dtype)."""
 
-    def __init__(self, kw: dict):
+    def __init__(self, kw: dict, convs: dict | None = None):
         self.kw = kw
+        self.convs = convs or {}  # norms already computed in a batch: {request key: norm}
 
     def conv(self, weight, in_shape, stride, padding, dilation, groups) -> float:
+        hit = self.convs.get(_conv_request(weight, in_shape, stride, padding, dilation, groups))
+        if hit is not None:
+            return hit
         return conv_operator_norm(weight, in_shape, stride, padding, dilation, groups, **self.kw)
 
     def conv_fft(self, weight, spatial, dilation, groups) -> float:
@@ -219,17 +318,153 @@ class _Norms:
         return autograd_operator_norm(fn, in_shape, **self.kw)
 
 
+class _Collect(_Norms):
+    """Records the convolution norms a rule asks for, computing nothing (NaN): the first pass of
+    :func:`layer_constants`, which then computes them in batches of one shape."""
+
+    def __init__(self, kw: dict):
+        super().__init__(kw)
+        self.requests: list[tuple] = []
+        self.used = False  # whether the rule asked for any norm (else its first answer is final)
+
+    def conv(self, weight, in_shape, stride, padding, dilation, groups) -> float:
+        self.used = True
+        self.requests.append((weight, tuple(in_shape), stride, padding, dilation, groups))
+        return math.nan
+
+    def conv_fft(self, weight, spatial, dilation, groups) -> float:
+        self.used = True
+        return math.nan
+
+    def autograd(self, fn, in_shape) -> float:
+        self.used = True
+        return math.nan
+
+
+def _conv_request(weight, in_shape, stride, padding, dilation, groups) -> tuple:
+    return (id(weight), tuple(in_shape), _plain(stride), _plain(padding), _plain(dilation), int(groups))
+
+
+def _plain(v):
+    return tuple(v) if isinstance(v, list | tuple) else v
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """Content hash of a tensor (shape, dtype, device, bytes): the cache key of its operator norm."""
+    data = t.detach().reshape(-1).contiguous().cpu()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(t.shape), str(t.dtype), t.device.type)).encode())
+    h.update(data.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+#: operator norms by (step signature, weight fingerprints, settings): a layer seen again (the same
+#: weights, in another run, task or checkpoint) costs one hash
+_CACHE: dict[tuple, tuple[float, str]] = {}
+#: the last top singular vector per convolution shape: the warm start of the next one of that shape
+_WARM: dict[tuple, torch.Tensor] = {}
+_CACHE_MAX = 4096
+_LOCK = threading.Lock()  # tasks of a run may share the cache from several threads
+
+
+def clear_norm_cache() -> None:
+    """Forget every cached operator norm and warm start."""
+    _CACHE.clear()
+    _WARM.clear()
+
+
+def _step_key(step: Step, iters: int, tol: float, seed: int) -> tuple | None:
+    """``(kind, shapes, every parameter: tensors by fingerprint, others by value, settings)``; ``None``
+    when a parameter has no stable value (never cached)."""
+    parts = []
+    for k in sorted(step.params):
+        v = step.params[k]
+        if isinstance(v, torch.Tensor):
+            parts.append((k, fingerprint(v)))
+        elif v is None or isinstance(v, int | float | str | bool | tuple | list):
+            parts.append((k, repr(v)))
+        else:
+            return None
+    return (step.kind, tuple(step.in_shape), tuple(step.out_shape), tuple(parts), iters, float(tol), seed)
+
+
+def _settings(step: Step, iters: int, tol: float, seed: int) -> dict:
+    w = step.params.get("weight")
+    kw = dict(iters=iters, tol=tol, seed=seed)
+    if isinstance(w, torch.Tensor):
+        kw.update(device=w.device, dtype=w.dtype)
+    return kw
+
+
 def layer_constant(step: Step, iters: int = 1000, tol: float = 1e-7, seed: int = 0) -> tuple[float, str]:
     """``(L_s, method)``: the step's own Lipschitz constant (2-norm) and how it was computed
-    (the operator's rule in the graph layer's table).
+    (the operator's rule in the graph layer's table). Cached by the step's shapes and parameters'
+    fingerprints (:func:`layer_constants`).
 
     Additions and concatenations have no constant of their own (NaN): they combine branches.
     """
-    w = step.params.get("weight")
-    kw = dict(iters=iters, tol=tol, seed=seed)
-    if w is not None:
-        kw.update(device=w.device, dtype=w.dtype)
-    return kind_rule(step.kind).lipschitz(step, _Norms(kw))
+    return layer_constants([step], iters=iters, tol=tol, seed=seed)[step.name]
+
+
+def layer_constants(
+    steps: list[Step], iters: int = 1000, tol: float = 1e-7, seed: int = 0, warm: bool = True
+) -> dict[str, tuple[float, str]]:
+    """:func:`layer_constant` of many steps: ``{name: (L_s, method)}``, the same numbers, faster.
+
+    Cached ones cost a hash; of the others, every convolution norm a rule asks for is computed in one
+    batch with the others of its shape (:func:`conv_operator_norms`), warm-started (``warm``) from
+    the last top singular vector of that shape, then the rules run with those norms.
+    """
+    out: dict[str, tuple[float, str]] = {}
+    todo: list[tuple[Step, tuple | None, dict]] = []
+    for s in steps:
+        key = _step_key(s, iters, tol, seed)
+        if key is not None and key in _CACHE:
+            out[s.name] = _CACHE[key]
+        else:
+            todo.append((s, key, _settings(s, iters, tol, seed)))
+    # requests hold their weight tensors until the rules' second pass is over, so a request key (the
+    # weight's id) cannot be taken by a new tensor meanwhile
+    groups: dict[tuple, list[tuple]] = {}
+    first: dict[str, tuple[float, str]] = {}
+    for s, _, kw in todo:
+        col = _Collect(kw)
+        res = kind_rule(s.kind).lipschitz(s, col)
+        if not col.used:
+            first[s.name] = res
+        for req in col.requests:
+            weight, in_shape, stride, padding, dilation, gr = req
+            if not isinstance(weight, torch.Tensor):
+                continue
+            sig = (
+                tuple(weight.shape), in_shape, _plain(stride), _plain(padding), _plain(dilation), int(gr),
+                str(kw.get("device", "cpu")), kw.get("dtype", torch.float32),
+            )  # fmt: skip
+            groups.setdefault(sig, []).append(req)
+    done: dict[tuple, float] = {}
+    for sig, reqs in groups.items():
+        uniq = {_conv_request(*r): r for r in reqs}
+        reqs = list(uniq.values())
+        weight, in_shape, stride, padding, dilation, gr = reqs[0]
+        dev, dt = sig[-2], sig[-1]
+        start = _WARM.get(sig) if warm else None
+        norms, vecs = conv_operator_norms(
+            [r[0] for r in reqs], in_shape, stride, padding, dilation, gr, iters=iters, tol=tol, seed=seed,
+            device=dev, dtype=dt, start=start,
+        )  # fmt: skip
+        with _LOCK:
+            _WARM[sig] = vecs[int(norms.argmax())].detach().clone()
+        for r, v in zip(reqs, norms.tolist()):
+            done[_conv_request(*r)] = v
+    for s, key, kw in todo:
+        res = first[s.name] if s.name in first else kind_rule(s.kind).lipschitz(s, _Norms(kw, done))
+        out[s.name] = res
+        if key is not None:
+            with _LOCK:
+                while len(_CACHE) >= _CACHE_MAX:
+                    _CACHE.pop(next(iter(_CACHE)))
+                _CACHE[key] = res
+    return out
 
 
 def compose(step: Step, const, ups: list):
@@ -277,9 +512,9 @@ def network_bounds(
     from .ibp import input_box, interval_bounds
 
     consts = dict(consts or {})
-    for s in graph.steps:
-        if s.name not in consts:
-            consts[s.name] = layer_constant(s, **kw)
+    missing = [s for s in graph.steps if s.name not in consts]
+    if missing:
+        consts.update(layer_constants(missing, **kw))
     up: dict[str, float] = {graph.input_name: 1.0}
     rows: dict[str, dict] = {}
     for s in graph.steps:
@@ -373,6 +608,42 @@ def jacobian_spectral_norms(
             break
     (u,) = jvp_fn(v)
     return torch.maximum(_norms(u), sigma)
+
+
+def jacobian_start(
+    graph: Graph, x: torch.Tensor, upto: str | None = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``(fn, z)``: the map whose input Jacobian the lower bound measures, and the batch to measure it at.
+
+    Usually ``(graph.forward up to upto, x)``. A model on integer token ids (an embedding reads the
+    input) has a zero Jacobian with respect to the ids, so the map starts at the embedding's output,
+    where the perturbation lives (the embedding rule's constant is the identity there): ``z`` is the
+    looked-up batch and ``fn`` runs the rest of the graph from it, every other reader of the ids
+    taking them as constants. With several embeddings of the ids the first one (in graph order) is
+    the start.
+    """
+    emb = [s for s in graph.steps if s.kind == "embedding" and graph.input_name in s.inputs]
+    if not emb:
+        if upto is None or upto == graph.output_name:
+            return graph.forward, x
+        return (lambda z: graph.forward(z, upto=upto)), x
+    first = emb[0]
+    with torch.no_grad():
+        z = apply(first, [x]).detach()
+    target = upto or graph.output_name
+
+    def fn(e: torch.Tensor) -> torch.Tensor:
+        env = {graph.input_name: x, first.name: e}
+        if target == first.name:
+            return e
+        for s in graph.steps:
+            if s.name != first.name:
+                env[s.name] = apply(s, [env[i] for i in s.inputs])
+            if s.name == target:
+                return env[s.name]
+        return env[graph.output_name]
+
+    return fn, z
 
 
 def _matrix_2norms(jac: torch.Tensor) -> torch.Tensor:
@@ -477,7 +748,13 @@ __all__ = [
     "conv_fft_norm",
     "conv_operator_norm",
     "jacobian_spectral_norms",
+    "jacobian_start",
+    "clear_norm_cache",
+    "conv_operator_norms",
+    "fingerprint",
+    "lanczos_top",
     "layer_constant",
+    "layer_constants",
     "maxpool_constant",
     "power_iteration",
     "sharpen",
