@@ -54,7 +54,7 @@ from .matching import (
     merge_many,
     weight_matching,
 )
-from .path import ENGINES, PathEvaluator, batchnorm_modules, interpolate, linear_path, repair_path
+from .path import ENGINES, PathEvaluator, as_input, batchnorm_modules, interpolate, linear_path, repair_path
 from .spec import PermutationSpec, check_same_structure, export_graph, infer_spec
 
 __all__ = ["ConnectivityResult", "ConnectivitySettings", "ModeConnectivity"]
@@ -595,16 +595,25 @@ class ModeConnectivity(Analysis):
         analysis can run (Spectra reads its weights; Lipschitz, IBP and Orbits run it)."""
         module = self.interpolated_module(lam, path, result)
         splits = self.datasets()
-        example = next(iter(splits.values())).x[:2].to(getattr(torch, self.dtype))
-        batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        try:
-            with TRACE_LOCK:
-                program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-        except Exception as e:  # a model torch.export cannot trace: say so in one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise NNVitalsError(
-                f"theta({lam:.3f}): torch.export cannot trace this model ({first[:200]})"
-            ) from None
+        example = as_input(next(iter(splits.values())).x[:2], "cpu", getattr(torch, self.dtype))
+        # a model from a .pt2 keeps the batch range it was exported with (torch.export's default
+        # bound is 2**16): the widest range first, then that one, then whatever export infers
+        batches = [torch.export.Dim("batch", min=1, max=m) for m in (1 << 20, 1 << 16)] + [
+            torch.export.Dim.AUTO
+        ]
+        program = None
+        for batch in batches:
+            try:
+                with TRACE_LOCK:
+                    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+                break
+            except Exception as e:  # a model torch.export cannot trace: say so in one line
+                if batch is not batches[-1] and "Constraints violated" in str(e):
+                    continue
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise NNVitalsError(
+                    f"theta({lam:.3f}): torch.export cannot trace this model ({first[:200]})"
+                ) from None
         file = Path(file)
         torch.export.save(program, str(file))
         return file
@@ -621,7 +630,7 @@ class ModeConnectivity(Analysis):
         labels = [f"{lab} {sub.label}" for lab, sub in zip(self._labels(), self.subjects(), strict=True)]
         name, ds = next(iter(splits.items()))
         p = next((t for t in module.parameters() if t.is_floating_point()), None)
-        x = ds.x[:2].to(p.dtype if p is not None else torch.float32)
+        x = as_input(ds.x[:2], "cpu", p.dtype if p is not None else torch.float32)
         where = self._data_where(name, ds)
         width = None
         for lab, st in zip(labels, states, strict=True):

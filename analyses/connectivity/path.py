@@ -210,7 +210,7 @@ class PathEvaluator:
         first = reset_on if reset_on is not None else next(iter(splits.values()), None)
         if first is None:
             return {}, stacked
-        peak = chain.peak_features(first.x[:1].to(self.device, self.dtype), floats)
+        peak = chain.peak_features(as_input(first.x[:1], self.device, self.dtype), floats)
         sums = {n: self._zeros(n_pts) for n in splits}
 
         def chunks(rows: int, most: int | None = None) -> list[slice]:  # points per pass: cache-sized
@@ -264,7 +264,7 @@ class PathEvaluator:
             for sl in chunks(self.batch_size):
                 stats: State = {}
                 chain.reset_streaming(
-                    lambda: (x.to(self.device, self.dtype) for x, _ in reset_on.batches(self.batch_size)),
+                    lambda: (as_input(x, self.device, self.dtype) for x, _ in reset_on.batches(self.batch_size)),
                     {k: v[sl] for k, v in floats.items()}, stats, endpoints=ends(sl),
                 )  # fmt: skip
                 for k, v in stats.items():
@@ -308,7 +308,7 @@ class PathEvaluator:
         keys = [f"{n}.{s}" if n else s for n in bns for s in ("running_mean", "running_var")]
         new = {k: floats[k].clone() for k in keys}  # the hooks write each point's statistics here
         n_pts = self.points(stacked)
-        probe = train.x[: min(len(train), self.batch_size)].to(self.device, self.dtype)  # >= 2 samples
+        probe = as_input(train.x[: min(len(train), self.batch_size)], self.device, self.dtype)  # >= 2 samples
 
         def state(i: int) -> State:
             return {**{k: v[i] for k, v in floats.items()}, **{k: new[k][i] for k in keys}, **fixed}
@@ -326,7 +326,7 @@ class PathEvaluator:
         scored = (
             next((n for n, ds in splits.items() if ds is train), None) if fused and not batch_stats else None
         )
-        x = train.x.to(self.device, self.dtype) if fused else None
+        x = as_input(train.x, self.device, self.dtype) if fused else None
         y = train.y.to(self.device)
         with torch.no_grad():
             for i in range(n_pts):
@@ -337,7 +337,7 @@ class PathEvaluator:
                 else:
                     bnreset.reset_streamed(
                         self.module, state(i),
-                        lambda: (b.to(self.device, self.dtype).clone() for b, _ in train.batches(self.batch_size)),
+                        lambda: (as_input(b, self.device, self.dtype).clone() for b, _ in train.batches(self.batch_size)),
                         order,
                     )  # fmt: skip
         out = dict(stacked)
@@ -368,7 +368,14 @@ class PathEvaluator:
                 for x, y in self._batches(data):
                     if self.vectorize:
                         xb = self._fresh(x) if self.device.type == "cuda" else x  # cached batches stay intact
-                        logits = vmap(run, in_dims=(0, None))(p, xb)  # (points, batch, classes)
+                        try:
+                            logits = vmap(run, in_dims=(0, None))(p, xb)  # (points, batch, classes)
+                        except RuntimeError as e:  # an op vmap cannot batch (a view of a vmapped attention)
+                            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                            raise NNVitalsError(
+                                f"engine 'vmap': torch.func.vmap cannot run this model ({first[:160]}); "
+                                "use engine 'per-point' or 'auto'"
+                            ) from None
                     else:
                         n_here = next(iter(p.values())).shape[0]
                         logits = torch.stack(
@@ -388,17 +395,23 @@ _device_data: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 _device_data_lock = threading.Lock()
 
 
+def as_input(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Model inputs ``x`` on ``device``: float inputs in the run's ``dtype``, integer ones (token
+    ids, which an embedding indexes by) kept integer."""
+    return x.to(device, dtype) if x.is_floating_point() else x.to(device)
+
+
 def device_batches(data: Dataset, batch_size: int, device: torch.device, dtype: torch.dtype):
     """``data``'s ``(x, y)`` batches on ``device`` in ``dtype``. On CUDA the batches are copied
     once and kept while the dataset lives (every path and pair of a run evaluates the same
     splits: the copies, each a synchronisation from pageable memory, are made once)."""
     if device.type != "cuda" or data.x.numel() * data.x.element_size() > DEVICE_DATA_BYTES:
-        return ((x.to(device, dtype), y.to(device)) for x, y in data.batches(batch_size))
+        return ((as_input(x, device, dtype), y.to(device)) for x, y in data.batches(batch_size))
     key = (id(data), str(device), dtype, int(batch_size))
     with _device_data_lock:
         hit = _device_data.get(key)
         if hit is None:
-            hit = [(x.to(device, dtype), y.to(device)) for x, y in data.batches(batch_size)]
+            hit = [(as_input(x, device, dtype), y.to(device)) for x, y in data.batches(batch_size)]
             _device_data[key] = hit
             weakref.finalize(data, _device_data.pop, key, None)
     return iter(hit)

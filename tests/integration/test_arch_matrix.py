@@ -45,11 +45,8 @@ EXPECTED: dict[tuple[str, str], str] = {(arch, analysis): RUNS for arch in ARCHS
 #: A refusal's line names why: the kind of input (token ids, integers) the analysis cannot take.
 REFUSAL_REASON = re.compile(r"token|integer", re.IGNORECASE)
 
-_INT_IN = "token ids fed to the model as integers along the path (issue 13: embedding, integer inputs)"
 #: Cells that fail today for an operator or input kind another part of issue 13 is adding.
-PENDING: dict[tuple[str, str], str] = {
-    ("gpt", "connectivity"): _INT_IN,
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 #: The outcome of every cell run so far: (architecture, analysis) -> archs.Outcome.
 MATRIX: dict[tuple[str, str], archs.Outcome] = {}
