@@ -20,6 +20,13 @@ Two more pairs on the 16x16 digits carry norms and attention: a small vision tra
 (``vit-a``/``-b``: LayerNorm, multi-head self-attention, GELU MLPs) and a narrow ResNet-20 with
 LayerNorm over the channels, the Git Re-Basin CIFAR LayerNorm setting (``resnet20-ln-a``/``-b``).
 
+One demo *checkpoint series* records a training run: ``cnn-train``, a 2,152-parameter strided CNN
+(:func:`analyses.zoo.models.series_cnn`) trained on the 8x8 digits, saved at steps 0 (its
+initialisation), 25, 50, 100, 200, 400, 800 and 1600 (the final one) as
+``assets/zoo/series/cnn-train/step_XXXX.safetensors`` with a ``series.json`` that lists the steps
+and names the architecture (``analyses.zoo.models:series_cnn``). :func:`demo_series` gives its
+directory, which :class:`analyses.trajectory.Trajectory` takes as its ``series``.
+
 The checkpoints are rebuilt with ``python -m analyses.zoo.recipe`` (see
 :mod:`analyses.zoo.recipe`).
 
@@ -46,13 +53,17 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_MODELS",
     "MANIFEST_NAME",
+    "SERIES_DIR",
+    "SERIES_NAMES",
     "ZOO_DIR",
     "demo_data",
     "demo_image_size",
     "demo_names",
     "demo_path",
+    "demo_series",
     "load_demo",
     "manifest",
+    "series_names",
 ]
 
 #: ``ZOO_DIR``: where the shipped checkpoints and their manifest live (``<repo>/assets/zoo``),
@@ -83,6 +94,15 @@ DEMO_MODELS: dict[str, str] = {
 }
 
 
+#: Demo checkpoint series (``assets/zoo/series/<name>/``) mapped to a one-line description.
+SERIES_NAMES: dict[str, str] = {
+    "cnn-train": (
+        "one training run of a 2,152-parameter strided CNN on 8x8 digits, 8 checkpoints from the "
+        "initialisation (step 0) to the final one (step 1600)"
+    ),
+}
+
+
 def _zoo_dir() -> Path:
     """``ZOO_DIR``, made and kept the first time it is asked for."""
     if "ZOO_DIR" not in globals():
@@ -95,6 +115,8 @@ def _zoo_dir() -> Path:
 def __getattr__(name: str) -> Any:
     if name == "ZOO_DIR":
         return _zoo_dir()
+    if name == "SERIES_DIR":
+        return _zoo_dir() / "series"
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -112,6 +134,28 @@ def _check_name(name: str) -> str:
 def demo_path(name: str) -> Path:
     """Path of the demo model's checkpoint, ``assets/zoo/<name>.safetensors``."""
     return _zoo_dir() / f"{_check_name(name)}.safetensors"
+
+
+def series_names() -> list[str]:
+    """Names of the demo checkpoint series."""
+    return list(SERIES_NAMES)
+
+
+def demo_series(name: str) -> Path:
+    """Directory of the demo checkpoint series ``name`` (``assets/zoo/series/<name>``).
+
+    It holds ``step_XXXX.safetensors`` state dicts and a ``series.json`` listing their steps and
+    naming their architecture, so ``Trajectory(series=demo_series("cnn-train"))`` runs as is.
+    Raises :class:`NNVitalsError` for an unknown name or a missing directory.
+    """
+    if not isinstance(name, str) or name not in SERIES_NAMES:
+        raise NNVitalsError(f"unknown demo series {name!r}; expected one of: {', '.join(SERIES_NAMES)}")
+    path = _zoo_dir() / "series" / name
+    if not (path / "series.json").is_file():
+        raise NNVitalsError(
+            f"{path}: demo series missing; rebuild it with `python -m analyses.zoo.recipe {name}`"
+        )
+    return path
 
 
 def manifest() -> dict[str, Any]:

@@ -49,6 +49,8 @@ __all__ = [
     "DigitsStrideCNN",
     "DigitsViT",
     "GroupAveraged",
+    "SERIES_CNN_KWARGS",
+    "series_cnn",
 ]
 
 
@@ -427,3 +429,17 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "DigitsViT": DigitsViT,
     "DigitsResNet20": DigitsResNet20,
 }
+
+#: Constructor arguments of the training-series CNN (``assets/zoo/series/cnn-train``): a
+#: :class:`DigitsStrideCNN` narrowed to 2,152 parameters so that its eight checkpoints fit the
+#: zoo's size budget (about 9 kB each).
+SERIES_CNN_KWARGS: dict[str, Any] = {"channels": [4, 6], "hidden": 16, "classes": 10}
+
+
+def series_cnn() -> DigitsStrideCNN:
+    """The architecture of the demo checkpoint series ``cnn-train``, freshly initialised.
+
+    A weights-only series names it as ``analyses.zoo.models:series_cnn`` (its ``series.json``
+    does), so every checkpoint's state dict is run in this module.
+    """
+    return DigitsStrideCNN(**SERIES_CNN_KWARGS)

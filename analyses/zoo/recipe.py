@@ -30,6 +30,10 @@ section 5) are one recipe run twice with different initialisation seeds *and* di
 batch-order seeds (``data_seed``), the setting in which linear mode connectivity is studied.
 The pairs with norms and attention (``vit-a/b``, ``resnet20-ln-a/b``) train the same way on the
 digits upsampled to 16x16; each takes about a minute on one CPU core (the ViT a quarter of that).
+
+The demo checkpoint series (:data:`SERIES`, ``cnn-train``) is one seeded run of a tiny strided CNN
+saved at several steps (:func:`train_series`, :func:`write_series`): ``python -m analyses.zoo.recipe
+cnn-train`` rewrites ``assets/zoo/series/cnn-train/`` only (a plain run rebuilds it with the models).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,19 +54,23 @@ from torch import nn
 
 from analyses.core.data import Dataset, load_digits
 from analyses.core.errors import NNVitalsError
-from analyses.zoo import DEMO_MODELS, MANIFEST_NAME, ZOO_DIR
-from analyses.zoo.models import ARCHITECTURES
+from analyses.zoo import DEMO_MODELS, MANIFEST_NAME, SERIES_NAMES, ZOO_DIR
+from analyses.zoo.models import ARCHITECTURES, SERIES_CNN_KWARGS
 
 __all__ = [
     "DATA",
     "RECIPES",
+    "SERIES",
     "Recipe",
+    "SeriesRecipe",
     "accuracy",
     "build",
     "certified_accuracy",
     "main",
     "rotate",
     "train",
+    "train_series",
+    "write_series",
     "write_zoo",
 ]
 
@@ -220,7 +228,10 @@ def _deterministic() -> Iterator[None]:
 
 def build(name: str, seed: int | None = None) -> nn.Module:
     """The freshly initialised architecture of demo model ``name`` (seeded with ``seed`` or the recipe's)."""
-    recipe = _recipe(name)
+    return _build(_recipe(name), seed)
+
+
+def _build(recipe: Recipe, seed: int | None = None) -> nn.Module:
     # Seed the global generator that nn initialisers draw from, without leaking the new
     # state to the caller.
     with torch.random.fork_rng(devices=[]):
@@ -260,13 +271,25 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
     cross-entropy, mixed with the IBP robust loss for a recipe with ``ibp_eps > 0`` (see
     :class:`Recipe`).
     """
-    recipe = _recipe(name)
+    return _train(_recipe(name), seed, steps)
+
+
+def _train(
+    recipe: Recipe,
+    seed: int | None = None,
+    steps: int | None = None,
+    snapshot: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """:func:`train` for a recipe; ``snapshot(step, model)`` is called at step 0 and after every
+    optimiser step (the model in train mode; a snapshot must not change it)."""
     seed = recipe.seed if seed is None else int(seed)
     steps = recipe.steps if steps is None else int(steps)
     if steps < 0:
         raise NNVitalsError(f"steps must be >= 0, got {steps}")
     with _deterministic():
-        model = build(name, seed)
+        model = _build(recipe, seed)
+        if snapshot is not None:
+            snapshot(0, model)
         if steps == 0:
             return model.eval()
         data = _digits("train", recipe.size)
@@ -305,6 +328,8 @@ def train(name: str, seed: int | None = None, *, steps: int | None = None) -> nn
                 optimizer.step()
                 schedule.step()
                 step += 1
+                if snapshot is not None:
+                    snapshot(step, model)
                 if step == steps:
                     break
     return model.eval()
@@ -482,23 +507,162 @@ def write_zoo(out_dir: Path = ZOO_DIR, names: list[str] | None = None) -> dict[s
     return result
 
 
+# --------------------------------------------------------------------------- checkpoint series
+
+
+@dataclass(frozen=True)
+class SeriesRecipe:
+    """How a demo checkpoint series is made: one training run of ``recipe`` from its
+    initialisation (step 0) to ``recipe.steps``, saved at ``snapshots`` (the last one the final
+    step). ``factory`` is the ``package.module:factory`` the series runs its state dicts in."""
+
+    recipe: Recipe
+    snapshots: tuple[int, ...]
+    factory: str
+    description: str
+
+
+#: Demo checkpoint series (``assets/zoo/series/<name>/``), by name.
+SERIES: dict[str, SeriesRecipe] = {
+    "cnn-train": SeriesRecipe(
+        recipe=Recipe("DigitsStrideCNN", dict(SERIES_CNN_KWARGS), seed=3, steps=1600, lr=1e-2, data_seed=103),
+        snapshots=(0, 25, 50, 100, 200, 400, 800, 1600),
+        factory="analyses.zoo.models:series_cnn",
+        description=SERIES_NAMES["cnn-train"],
+    ),
+}
+
+
+def _series_recipe(name: str) -> SeriesRecipe:
+    if name not in SERIES:
+        raise NNVitalsError(f"unknown demo series {name!r}; expected one of: {', '.join(SERIES)}")
+    return SERIES[name]
+
+
+def train_series(name: str) -> dict[int, dict[str, torch.Tensor]]:
+    """Train demo series ``name`` once; its state dicts at the recipe's snapshot steps, by step."""
+    spec = _series_recipe(name)
+    wanted = set(spec.snapshots)
+    if max(wanted) != spec.recipe.steps or min(wanted) != 0:
+        raise NNVitalsError(
+            f"series {name!r}: snapshots must run from 0 to the recipe's {spec.recipe.steps} steps"
+        )
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(step: int, model: nn.Module) -> None:
+        if step in wanted:
+            states[step] = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+    _train(spec.recipe, snapshot=keep)
+    return states
+
+
+def write_series(out_dir: Path | None = None, names: list[str] | None = None) -> dict[str, Any]:
+    """Train the demo series ``names`` (default: all) and write ``<out_dir>/<name>/step_XXXX.safetensors``
+    and ``<out_dir>/<name>/series.json`` (default ``out_dir``: ``assets/zoo/series``).
+
+    ``series.json`` lists every checkpoint with its step (what
+    :func:`analyses.trajectory.series.load_series` reads), names the architecture
+    (``package.module:factory``) and records the recipe, each checkpoint's test accuracy, size
+    and sha256. Returns ``{name: series.json contents}``.
+    """
+    from safetensors.torch import save_file
+
+    from analyses.zoo import SERIES_DIR
+
+    out_dir = Path(SERIES_DIR if out_dir is None else out_dir)
+    written: dict[str, Any] = {}
+    for name in names or list(SERIES):
+        spec = _series_recipe(name)
+        recipe = spec.recipe
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("step_*.safetensors"):
+            old.unlink()
+        test, n_train = _digits("test", recipe.size), len(_digits("train", recipe.size))
+        started = time.perf_counter()
+        states = train_series(name)
+        seconds = time.perf_counter() - started
+        checkpoints = []
+        for step in sorted(states):
+            model = ARCHITECTURES[recipe.architecture](**recipe.kwargs)
+            model.load_state_dict(states[step], strict=True)
+            acc = accuracy(model, test)
+            path = folder / f"step_{step:04d}.safetensors"
+            save_file(
+                states[step],
+                str(path),
+                metadata={"series": name, "arch": recipe.architecture, "seed": str(recipe.seed),
+                          "step": str(step), "test_accuracy": f"{acc:.6f}"},
+            )  # fmt: skip
+            _canonicalise_header(path)
+            path.chmod(0o644)
+            checkpoints.append(
+                {"file": path.name, "step": step, "test_accuracy": round(acc, 6),
+                 "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            )  # fmt: skip
+            print(f"{name} step {step:5d}: test accuracy {acc:.4f}", flush=True)
+        doc = {
+            "format": 1,
+            "name": name,
+            "description": spec.description,
+            "architecture": spec.factory,
+            "architecture_class": recipe.architecture,
+            "kwargs": recipe.kwargs,
+            "parameters": sum(v.numel() for v in states[0].values()),
+            "seed": recipe.seed,
+            "rebuild": f"python -m analyses.zoo.recipe {name}",
+            "training": {
+                "steps": recipe.steps,
+                "optimizer": recipe.optimizer,
+                "lr": recipe.lr,
+                "weight_decay": recipe.weight_decay,
+                "batch_size": recipe.batch_size,
+                "schedule": f"{recipe.schedule} decay to 0 over all steps",
+                "loss": "cross-entropy",
+                "batch_order": "seeded torch.randperm per epoch, last partial batch dropped",
+                "data_seed": recipe.data_seed,
+                "snapshots": "state dict after that many optimiser steps (step 0: the initialisation)",
+            },
+            "data": {**DATA, "size": recipe.size, "train_split": "train", "test_split": "test"}
+            | {"n_train": n_train, "n_test": len(test)},
+            "reproducibility": (
+                "Seeded and run with torch.use_deterministic_algorithms(True); weights are not "
+                "guaranteed bitwise identical across machines, CPU thread counts or PyTorch versions."
+            ),
+            "built_with": {"torch": torch.__version__, "python": platform.python_version()},
+            "checkpoints": checkpoints,
+        }
+        (folder / "series.json").write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"{name}: {len(checkpoints)} checkpoints in {folder} ({seconds:.1f} s)", flush=True)
+        written[name] = doc
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: rebuild the demo checkpoints and manifest."""
+    """Command-line entry point: rebuild the demo checkpoints and manifest, and the demo series."""
     parser = argparse.ArgumentParser(
         prog="python -m analyses.zoo.recipe", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"output folder (default: {ZOO_DIR})")
     parser.add_argument(
-        "names", nargs="*", help=f"models to build (default: all of {', '.join(DEMO_MODELS)})"
+        "names",
+        nargs="*",
+        help=f"models or series to build (default: all of {', '.join([*DEMO_MODELS, *SERIES])})",
     )
     args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in DEMO_MODELS]
+    unknown = [n for n in args.names if n not in DEMO_MODELS and n not in SERIES]
     if unknown:
         parser.error(
-            f"unknown demo model(s) {', '.join(unknown)}; expected some of: {', '.join(DEMO_MODELS)}"
+            f"unknown demo model(s) {', '.join(unknown)}; expected some of: {', '.join([*DEMO_MODELS, *SERIES])}"
         )
+    models = [n for n in args.names if n in DEMO_MODELS]
+    series = [n for n in args.names if n in SERIES]
     started = time.perf_counter()
-    write_zoo(args.out, args.names or None)
+    if models or not args.names:
+        write_zoo(args.out, models or None)
+    if series or not args.names:
+        write_series(args.out / "series", series or None)
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
 
 

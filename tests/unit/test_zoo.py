@@ -417,3 +417,109 @@ def test_batch_order_follows_data_seed(monkeypatch):
     other = train("mlp-w64-a", steps=4)
     assert torch.equal(build("mlp-w64-a").fc1.weight, build("mlp-w64-a", seed=1).fc1.weight)
     assert not torch.equal(base.fc1.weight, other.fc1.weight)
+
+
+# --------------------------------------------------------------------------- checkpoint series
+
+
+def test_whole_zoo_tree_fits_the_size_budget():
+    """Every file under assets/zoo, the checkpoint series and manifests included, in one budget."""
+    files = [p for p in ZOO_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.parent.name == "cnn-train" for p in files)
+    assert sum(p.stat().st_size for p in files) < 6_000_000
+
+
+def test_demo_series_is_shipped_ordered_and_loads():
+    from analyses.trajectory.series import ArchitectureSubject, load_series
+    from analyses.zoo import SERIES_NAMES, demo_series, series_names
+    from analyses.zoo.models import SERIES_CNN_KWARGS, series_cnn
+    from analyses.zoo.recipe import SERIES, _build
+
+    assert series_names() == list(SERIES_NAMES) == list(SERIES) == ["cnn-train"]
+    path = demo_series("cnn-train")
+    assert path == ZOO_DIR / "series" / "cnn-train" and path.is_dir()
+    doc = json.loads((path / "series.json").read_text())
+    spec = SERIES["cnn-train"]
+    assert doc["architecture"] == spec.factory == "analyses.zoo.models:series_cnn"
+    assert doc["kwargs"] == spec.recipe.kwargs == SERIES_CNN_KWARGS and doc["seed"] == spec.recipe.seed
+    assert doc["training"]["steps"] == spec.recipe.steps == spec.snapshots[-1]
+    # The only checkpoints in the folder are the listed ones, named by their step.
+    on_disk = sorted(p.name for p in path.glob("*.safetensors"))
+    assert on_disk == sorted(f"step_{s:04d}.safetensors" for s in spec.snapshots)
+    assert [c["file"] for c in doc["checkpoints"]] == on_disk
+
+    series = load_series(path)
+    assert series.steps == list(spec.snapshots) == [0, 25, 50, 100, 200, 400, 800, 1600]
+    assert all(a < b for a, b in zip(series.steps, series.steps[1:]))
+    assert series.unit == "step" and series.arch().label == spec.factory
+    # Named by the steps in the file names alone, the folder orders the same way.
+    by_names = load_series(sorted(path.glob("*.safetensors")), architecture=spec.factory)
+    assert by_names.steps == series.steps
+
+    data = doc["data"]
+    test = load_digits(
+        size=data["size"], split="test", seed=data["seed"], test_fraction=data["test_fraction"]
+    )
+    assert test.input_shape == (1, 8, 8) and len(test) == data["n_test"]
+    init = _build(spec.recipe).state_dict()
+    previous = None
+    for checkpoint, entry in zip(series, doc["checkpoints"], strict=True):
+        file = checkpoint.source
+        assert entry["step"] == checkpoint.step and file.name == entry["file"]
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == entry["sha256"]
+        assert file.stat().st_size == entry["bytes"] < 12_000
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata()
+        assert int(meta["step"]) == checkpoint.step and meta["series"] == "cnn-train"
+        weights, runnable = series.open(checkpoint)
+        assert isinstance(runnable, ArchitectureSubject)
+        model = runnable.module()
+        assert type(model) is type(series_cnn()) and not model.training
+        state = model.state_dict()
+        assert sum(v.numel() for v in state.values()) == doc["parameters"] < 3000
+        acc = accuracy(model, test)
+        assert acc == pytest.approx(entry["test_accuracy"], abs=1.5 / len(test))
+        if checkpoint.step == 0:  # the recipe's seeded initialisation, bit for bit
+            assert all(torch.equal(state[k], init[k]) for k in init)
+            assert acc < 0.25
+        if previous is not None:  # every checkpoint moved from the one before
+            assert not torch.equal(state["fc1.weight"], previous["fc1.weight"])
+        previous = state
+    assert doc["checkpoints"][-1]["test_accuracy"] >= 0.93
+    assert doc["checkpoints"][-1]["test_accuracy"] > doc["checkpoints"][1]["test_accuracy"] + 0.3
+
+
+@pytest.mark.parametrize("bad", ["cnn", "cnn_train", "", None])
+def test_unknown_demo_series_lists_the_series(bad):
+    from analyses.zoo import demo_series
+
+    with pytest.raises(NNVitalsError, match="cnn-train"):
+        demo_series(bad)
+
+
+def test_series_recipe_snapshots_one_seeded_run_and_rebuilds(tmp_path, monkeypatch):
+    from analyses.trajectory.series import load_series
+    from analyses.zoo import recipe as zoo_recipe
+
+    spec = zoo_recipe.SERIES["cnn-train"]
+    short = replace(spec, recipe=replace(spec.recipe, steps=6), snapshots=(0, 2, 6))
+    monkeypatch.setitem(zoo_recipe.SERIES, "cnn-train", short)
+    states = zoo_recipe.train_series("cnn-train")
+    assert list(states) == [0, 2, 6]
+    # The snapshots are of one run: the last equals a plain run of the same recipe and steps.
+    final = zoo_recipe._train(short.recipe).state_dict()
+    assert all(torch.equal(states[6][k], final[k]) for k in final)
+    two = zoo_recipe._train(short.recipe, steps=2).state_dict()  # cosine schedule over 2, not 6 steps
+    assert not all(torch.equal(states[2][k], two[k]) for k in two)
+    again = zoo_recipe.train_series("cnn-train")
+    assert all(torch.equal(again[s][k], states[s][k]) for s in states for k in states[s])
+
+    zoo_recipe.main(["--out", str(tmp_path), "cnn-train"])
+    folder = tmp_path / "series" / "cnn-train"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "series.json", "step_0000.safetensors", "step_0002.safetensors", "step_0006.safetensors"
+    ]  # fmt: skip
+    assert not (tmp_path / "manifest.json").exists()  # the demo models were not rebuilt
+    series = load_series(folder)
+    assert series.steps == [0, 2, 6] and series.arch().label == short.factory
+    assert series.open(series.checkpoints[-1])[1].module()(demo_data("cnn").x[:3]).shape == (3, 10)
