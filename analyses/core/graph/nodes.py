@@ -29,6 +29,7 @@ from torch import nn
 from torch.fx.operator_schemas import normalize_function
 
 from ..errors import NNVitalsError
+from ..threads import TRACE_LOCK
 
 __all__ = [
     "NodeLoop",
@@ -97,6 +98,7 @@ def export_program(
     was_training = module.training
     if eval_mode:
         set_mode(module, False)
+    TRACE_LOCK.acquire()  # torch.export is not thread-safe (analyses.core.threads)
     try:
         if dynamic_batch:
             try:
@@ -114,6 +116,7 @@ def export_program(
             hint=hint,
         ) from None
     finally:
+        TRACE_LOCK.release()
         if eval_mode:
             set_mode(module, was_training)
 
