@@ -575,15 +575,16 @@ def _read_config(config: Path) -> dict:
 HF_INDEX = "model.safetensors.index.json"
 
 
-def _read_json(path: Path, what: str) -> Any:
-    """A small JSON file (bounded, one clear line when it is not JSON)."""
+def read_json(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Any:
+    """A small JSON file of at most ``limit`` bytes (one clear line naming ``path`` and ``what`` was
+    expected when it is unreadable, too large or not JSON)."""
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+            raw = f.read(limit + 1)
     except OSError as e:
         raise NNVitalsError(f"{path}: cannot read ({e.strerror})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise NNVitalsError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; expected {what}")
+    if len(raw) > limit:
+        raise NNVitalsError(f"{path}: larger than {limit // 2**20} MiB; expected {what}")
     try:
         return json.loads(raw)
     except RecursionError:
@@ -595,7 +596,7 @@ def _read_json(path: Path, what: str) -> Any:
 def _read_index(index: Path) -> dict[str, str]:
     """The ``weight_map`` (tensor name -> shard file name) of a sharded checkpoint's index."""
     what = "a Hugging Face safetensors index with a weight_map"
-    doc = _read_json(index, what)
+    doc = read_json(index, what)
     wmap = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wmap, dict) or not wmap:
         raise NNVitalsError(f"{index}: no weight_map object; expected {what}")

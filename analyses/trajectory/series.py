@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +35,6 @@ import torch
 from torch import nn
 
 from ..core.errors import NNVitalsError
-from ..core.formats import open_regular
 from ..core.subject import (
     ExportSubject,
     ModuleSubject,
@@ -45,6 +42,7 @@ from ..core.subject import (
     WeightRef,
     architecture_fingerprint,
     load_subject,
+    read_json,
     runnable_module,
 )
 
@@ -342,25 +340,8 @@ class CheckpointSeries:
 
 
 # --------------------------------------------------------------------------- listing
-def _read_manifest(path: Path) -> Any:
-    try:
-        with os.fdopen(open_regular(path), "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as e:
-        raise NNVitalsError(f"{path}: cannot read ({e.strerror})") from None
-    what = 'a list of {"file": ..., "step": ...}'
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise NNVitalsError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB; expected {what}")
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise NNVitalsError(f"{path}: nested too deeply; expected {what}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise NNVitalsError(f"{path}: not valid JSON; expected {what}") from None
-
-
 def _from_manifest(path: Path, architecture: Any) -> CheckpointSeries:
-    doc = _read_manifest(path)
+    doc = read_json(path, 'a list of {"file": ..., "step": ...}', MAX_MANIFEST_BYTES)
     what = 'a list of {"file": ..., "step": ...} (or {"checkpoints": [...], "architecture": ...})'
     if isinstance(doc, dict):
         if architecture is None and isinstance(doc.get("architecture"), str):
