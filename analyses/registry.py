@@ -277,6 +277,22 @@ ENTRIES: tuple[Entry, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class View:
+    """A page of the app that is not one analysis's: it reads several (the Vitals landing page, built
+    from the store's results of every analysis). Its class is built with ``picker``, ``settings`` and
+    ``app`` (the session's :class:`dashboard.app.NNVitalsApp`: ``app.page = slug`` opens another page,
+    ``app.get_page(slug)`` gives it)."""
+
+    slug: str
+    title: str
+    page: str
+
+
+#: pages of several analyses, shown before the analyses' own pages (the first is the landing page)
+VIEWS: tuple[View, ...] = ()
+
 #: entries by command name
 BY_COMMAND: dict[str, Entry] = {e.command: e for e in ENTRIES}
 

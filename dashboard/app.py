@@ -69,6 +69,7 @@ class PageSpec:
     factory: Callable[..., Any]
     page_of: str | None = None
     tab: str | None = None
+    view: bool = False
 
 
 def _lazy(path: str) -> Callable[..., Any]:
@@ -86,11 +87,13 @@ def page_specs() -> list[PageSpec]:
     """The navigation, from the registry's entries (:mod:`analyses.registry`): each entry's title,
     page and tab. An entry with a page of its own has its family's slug (``?page=bounds``), one shown
     on another entry's page its command's (``?page=lipschitz``). Analyses of one model come first,
-    in the registry's order (Spectra, the landing page, first), then those of a pair of models; an
-    entry without a page (a command-line analysis) has no entry."""
+    in the registry's order, then those of a pair of models; an entry without a page (a command-line
+    analysis) has no entry. The registry's views (pages reading several analyses) come first: the
+    first page is the landing page."""
     entries = sorted((e for e in registry.ENTRIES if e.page), key=lambda e: len(e.positional))
     slugs = {e.command: e.command if e.page_of else e.family for e in entries}
-    return [
+    views = [PageSpec(v.slug, v.title, _lazy(v.page), view=True) for v in registry.VIEWS]
+    return views + [
         PageSpec(
             slugs[e.command],
             e.title,
@@ -123,11 +126,13 @@ class NNVitalsApp(pn.viewable.Viewer):
     server's event loop); otherwise the page is built now.
     """
 
-    page = param.Selector(default="spectra", objects=["spectra"], doc="Slug of the page shown.")
+    page = param.Selector(default=None, objects=[], doc="Slug of the page shown (default: the landing page).")
 
     def __init__(self, settings: AppSettings | None = None, defer: bool = False, **params: Any):
         self.specs = {s.slug: s for s in page_specs()}
         self.param.page.objects = list(self.specs)
+        self.param.page.default = next(iter(self.specs))
+        params.setdefault("page", self.param.page.default)
         super().__init__(**params)
         self.settings = settings or AppSettings()
         self.picker = ModelPicker(
@@ -168,7 +173,8 @@ class NNVitalsApp(pn.viewable.Viewer):
                 page = self.get_page(spec.page_of)
             else:
                 if slug not in self.pages:
-                    self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings)
+                    extra = {"app": self} if spec.view else {}
+                    self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings, **extra)
                 page = self.pages[slug]
         if spec.tab is not None and hasattr(page, "show_tab"):
             page.show_tab(spec.tab)
