@@ -1,4 +1,4 @@
-"""Login, logout and HTTP hardening of ``nnvitals serve`` (wired in by :func:`dashboard.app.serve`).
+"""Login, logout and HTTP hardening of ``nnvitals serve`` (wired in by :func:`dashboard.server.serve`).
 
 With ``--basic-auth`` the server takes :class:`PasswordAuth` as its auth provider (Panel's
 :class:`~panel.auth.BasicAuthProvider` with our own login and logout handlers):

@@ -232,7 +232,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "jwt_user": args.oauth_jwt_user,
         "optional": args.oauth_optional,
     }
-    from .app import serve
+    from .server import serve
 
     try:
         serve(

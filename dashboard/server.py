@@ -1,0 +1,352 @@
+"""The server around the app: sessions under load, and serving.
+
+Sessions under load: the page builder thread (pages are built off the event loop), every
+stylesheet served by this server whatever the load (:func:`serve_locally`), a new session kept
+until its browser connects, and memory handed back once sessions close. Serving: :func:`serve`
+runs :func:`dashboard.app.build_app` with Panel's server, its logging, BLAS threads, warm-up and
+hardening (:mod:`dashboard.auth`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+from tornado.ioloop import IOLoop
+
+from .components import jobs
+from .settings import AppSettings
+
+log = logging.getLogger("nnvitals.app")
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# --------------------------------------------------------------------------- sessions under load
+#: seconds a session built for a page request is kept for its browser's websocket: a busy server
+#: sends the page's scripts late, and the unused-session reaper (4 s) would otherwise drop the
+#: session before the browser connects (Bokeh then builds another one for the websocket)
+CONNECT_GRACE_S = 30.0
+#: longest wait of the page builder for the event loop to show a page it built
+ATTACH_WAIT_S = 30.0
+#: seconds after the last session closed before unreachable objects are collected and freed
+#: memory handed back to the system
+RELEASE_AFTER_S = 5.0
+
+_builder: ThreadPoolExecutor | None = None
+_builder_lock = threading.Lock()
+
+
+def page_builder() -> ThreadPoolExecutor:
+    """The thread that builds the sessions' pages (their Param objects, results and HoloViews
+    objects), one session after another, off the server's event loop. One thread: building is
+    Python work that holds the interpreter lock; more threads would only take turns with the event
+    loop and the sessions' clicks."""
+    global _builder
+    with _builder_lock:
+        if _builder is None:
+            _builder = ThreadPoolExecutor(1, thread_name_prefix="nnvitals-page")
+        return _builder
+
+
+def serve_locally(doc: Any) -> None:
+    """Have every stylesheet of this session's document served by this server.
+
+    Panel writes its stylesheet URLs for the CDN and rewrites them to this server's ``static/``
+    folder with the ``dist_url`` of the session's document; that value is set only when the
+    session's HTML page is rendered. A document built any other way (Bokeh builds a new session
+    when a websocket arrives for one it no longer has) has none, and Panel then points every
+    stylesheet at ``cdn.holoviz.org``, unreachable offline. Set here, before anything is built,
+    it holds for every document whatever other sessions or threads do meanwhile.
+    """
+    from panel.io.resources import LOCAL_DIST
+
+    rel = pn.state.rel_path
+    doc._template_variables["dist_url"] = f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST
+
+
+def keep_until_connected(doc: Any) -> None:
+    """Keep this new session until its browser connects (or :data:`CONNECT_GRACE_S` passed).
+
+    Bokeh drops a session nobody is connected to after ``unused_session_lifetime`` (4 s here, so
+    closed tabs free their work quickly); a session whose browser is still loading the page's
+    scripts from a busy server would be dropped too, then built a second time for its websocket.
+    """
+    ctx = doc.session_context
+    state: dict[str, Any] = {}
+
+    def release() -> None:
+        session = state.pop("session", None)
+        state["done"] = True
+        if session is not None and session.expiration_blocked:
+            session.unblock_expiration()
+
+    def block() -> None:  # the next tick: the session exists now
+        session = getattr(ctx, "_session", None)
+        if session is None or state.get("done") or session.connection_count > 0:
+            return
+        session.block_expiration()
+        state["session"] = session
+        IOLoop.current().call_later(CONNECT_GRACE_S, release)
+
+    loop = IOLoop.current()
+    doc.add_next_tick_callback(block)
+    pn.state.onload(lambda: loop.add_callback(release))  # on the event loop, as block() ran
+
+
+class _Sessions:
+    """The open sessions' apps (weakly), and handing memory back once sessions close."""
+
+    def __init__(self) -> None:
+        self.apps: weakref.WeakSet = weakref.WeakSet()
+        self.open = 0
+        self._release: Any = None
+
+    def opened(self, app: Any, doc: Any) -> None:
+        self.apps.add(app)
+        self.open += 1
+        loop = IOLoop.current()
+        log.info("session opened (%d open)", self.open)
+
+        def closed(_ctx: Any) -> None:
+            app.close()
+            self.open -= 1
+            log.info("session closed (%d open)", self.open)
+            loop.add_callback(self._release_later, loop)
+
+        doc.on_session_destroyed(closed)
+
+    def _release_later(self, loop: Any) -> None:
+        if self._release is not None:
+            loop.remove_timeout(self._release)
+        self._release = loop.call_later(RELEASE_AFTER_S, self.release)
+
+    def release(self) -> None:
+        """Collect what closed sessions left (their documents, plots and pages form reference
+        cycles that the collector's rare full passes would keep for long) and hand freed memory
+        back to the system."""
+        self._release = None
+        gc.collect()
+        _malloc_trim()
+        log.info(
+            "memory after sessions closed: %d open, %d apps alive, %.0f MB resident",
+            self.open, len(self.apps), _rss_mb(),
+        )  # fmt: skip
+
+
+_SESSIONS = _Sessions()
+
+
+def _malloc_trim() -> None:
+    """Return the C heap's free pages to the system (glibc; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- serving
+def _configure_logging() -> None:
+    """nnvitals' log lines on stderr, each once: INFO, or the level in ``$NNVITALS_LOG_LEVEL``.
+
+    The "nnvitals" logger writes with its own handler and does not pass its lines on to the root
+    logger: a library that logs through the root logger's module functions (Bokeh's
+    ``logging.debug(...)`` when a browser's patch names a model already gone) would otherwise have
+    ``logging.basicConfig`` give the root a handler, and every line would then be printed twice.
+    The root gets a handler of its own first (warnings and errors of other libraries, once, in the
+    same format), so that implicit ``basicConfig`` never adds another.
+    """
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logger = logging.getLogger("nnvitals")
+    if not any(getattr(h, "_nnvitals", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        h._nnvitals = True
+        logger.addHandler(h)
+    logger.propagate = False
+    level = os.environ.get("NNVITALS_LOG_LEVEL", "INFO").upper()
+    logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        h.setLevel(logging.WARNING)
+        root.addHandler(h)
+
+
+def limit_blas_threads() -> None:
+    """One thread for NumPy's and SciPy's OpenBLAS in the server process.
+
+    The server calls BLAS from many threads at once (analysis tasks, the page builder, Panel's
+    callbacks) while PyTorch's OpenMP threads run the kernels. OpenBLAS's own thread pool (its
+    pthreads build, as NumPy and SciPy ship it) is then used from OpenMP-busy threads, which it
+    reports with "OpenBLAS Warning : Detect OpenMP Loop and this application may hang", and it
+    oversubscribes the cores. With one thread each call runs in its caller's thread: no pool, no
+    warning, no hang; the server's parallelism comes from the sessions and the runner's tasks.
+    ``nnvitals serve`` also sets ``OPENBLAS_NUM_THREADS=1`` before NumPy loads (no pool is started
+    at all), unless it is set already.
+    """
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS so the limit covers it)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - dependencies of the package
+        pass
+
+
+def _warm(settings: AppSettings) -> None:
+    """Compute the landing page's result and import the plotting code while the server starts."""
+    try:
+        from analyses.core.export import ensure_backends
+        from analyses.spectra import views
+        from analyses.spectra.analysis import SpectralAnalysis
+
+        res = SpectralAnalysis(
+            model=settings.default_model, show_progress=False, runner=settings.runner
+        ).run()
+        import holoviews as hv
+
+        ensure_backends()
+        hv.render(views.metric_by_layer(res), backend="bokeh")
+        log.info("warmed up: %s result in the store", settings.default_model)
+    except Exception as e:  # the page runs it again and shows any error
+        log.warning("warm-up failed: %s", e)
+
+
+def _watch_loop_lag(io_loop, every_ms: int = 100, report_s: float = 5.0) -> None:
+    """DEBUG log of how late the event loop runs a 100 ms timer (how long other work blocked it)."""
+
+    from tornado.ioloop import PeriodicCallback as TornadoPeriodic
+
+    state = {"last": time.perf_counter(), "worst": 0.0, "since": time.perf_counter()}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        state["worst"] = max(state["worst"], now - state["last"] - every_ms / 1000)
+        state["last"] = now
+        if now - state["since"] >= report_s:
+            log.debug("event loop lag: worst %.0f ms in the last %.0f s", 1000 * state["worst"], report_s)
+            state["worst"], state["since"] = 0.0, now
+
+    io_loop.add_callback(lambda: TornadoPeriodic(tick, every_ms).start())
+
+
+def _hardening(basic_auth: str | None, server_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``pn.serve`` options of :mod:`dashboard.auth` (security headers, the ``/components/`` route,
+    the password login), merged with the caller's own ``extra_patterns``/``transforms`` (popped)."""
+    from . import auth
+
+    opts = auth.server_options(
+        basic_auth,
+        login_template=TEMPLATES / "login.html",
+        logout_template=TEMPLATES / "logout.html",
+    )
+    for key in ("extra_patterns", "transforms"):
+        opts[key] = [*opts[key], *(server_kwargs.pop(key, None) or [])]
+    return opts
+
+
+def serve(
+    settings: AppSettings | None = None,
+    *,
+    port: int = 5006,
+    address: str | None = None,
+    show: bool = False,
+    basic_auth: str | None = None,
+    cookie_secret: str | None = None,
+    oauth: dict[str, Any] | None = None,
+    allow_websocket_origin: list[str] | None = None,
+    start: bool = True,
+    warm: bool = True,
+    **server_kwargs: Any,
+):
+    """Serve the app (blocks while ``start``); returns the Panel/Bokeh server.
+
+    ``basic_auth``: a password, or the path of a JSON file mapping user -> password.
+    ``oauth``: Panel's OAuth options without the ``oauth_`` prefix (``provider``, ``key``,
+    ``secret``, ``redirect_uri``, ``extra_params``, ``encryption_key``, ...).
+    """
+    settings = settings or AppSettings()
+    _configure_logging()
+    limit_blas_threads()
+    pn.config.nthreads = settings.num_threads
+    jobs.configure(settings.runs_at_once)
+    if settings.runner != "threads" and not settings.dask_dashboard:
+        from analyses.core.runner import Runner
+
+        settings = dataclasses.replace(settings, dask_dashboard=Runner(settings.runner).dashboard_link)
+    auth: dict[str, Any] = {}
+    if basic_auth or (oauth and oauth.get("provider")):
+        auth["cookie_secret"] = cookie_secret or secrets.token_hex(32)
+        if not cookie_secret:
+            log.info("no --cookie-secret: a random one is used to sign cookies")
+        if basic_auth:
+            log.info("logins are held in this server's memory: they end when the server restarts")
+        for k, v in (oauth or {}).items():
+            if v not in (None, "", {}):
+                auth[f"oauth_{k}"] = v
+    elif cookie_secret:
+        auth["cookie_secret"] = cookie_secret
+    chunk = 4 * 1000 * 1000
+    kwargs: dict[str, Any] = dict(
+        port=port,
+        address=address,
+        show=show,
+        start=False,
+        title=settings.title,
+        static_dirs={"assets": str(ASSETS)},
+        websocket_max_message_size=max(64 * 1024 * 1024, 4 * chunk),
+        check_unused_sessions_milliseconds=2000,
+        unused_session_lifetime_milliseconds=4000,
+        **auth,
+    )
+    if allow_websocket_origin:
+        kwargs["websocket_origin"] = allow_websocket_origin
+    kwargs.update(_hardening(basic_auth, server_kwargs))
+    kwargs.update(server_kwargs)
+    if warm:
+        threading.Thread(target=_warm, args=(settings,), name="nnvitals-warm", daemon=True).start()
+    from .app import build_app
+
+    server = pn.serve({"/": lambda: build_app(settings)}, **kwargs)
+    where = address or "localhost"
+    log.info(
+        "nnvitals serving on http://%s:%s/ (runner: %s%s)",
+        where,
+        server.port,
+        settings.runner_text,
+        f", Dask dashboard {settings.dask_dashboard}" if settings.dask_dashboard else "",
+    )
+    if log.isEnabledFor(logging.DEBUG):
+        _watch_loop_lag(server.io_loop)
+    if start:
+        server.start()
+        try:
+            server.io_loop.start()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            jobs.executor().shutdown(wait=False, cancel_futures=True)
+    return server
