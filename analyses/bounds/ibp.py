@@ -433,10 +433,16 @@ def output_tightness(
     ).detach()
 
 
-def samples_per_chunk(graph: Graph, budget_bytes: int = 192 * 2**20, itemsize: int = 4) -> int:
-    """How many samples fit the ``(B, d, *shape)`` tangent of the widest step into ``budget_bytes``."""
+def samples_per_chunk(
+    graph: Graph, budget_bytes: int = 192 * 2**20, itemsize: int = 4, tightness: bool = True
+) -> int:
+    """How many samples fit into ``budget_bytes``: with ``tightness``, the ``(B, d, *shape)`` tangent of
+    the widest step (three of them live at once); without, the boxes alone (clean value, centre,
+    radius and a few temporaries of the widest step: eight of its size), at most 1024."""
     d = numel(graph.input_shape)
     widest = max([numel(s.out_shape) for s in graph.steps] + [d])
+    if not tightness:
+        return max(1, min(1024, int(budget_bytes // (widest * itemsize * 8))))
     per = d * widest * itemsize * 3  # tangent, its |.|, and the next step's
     return max(1, int(budget_bytes // per))
 
