@@ -78,7 +78,7 @@ class IBPSettings:
 
 @dataclass(frozen=True)
 class LipschitzSettings:
-    """What :func:`constant_task` and :func:`lower_task` read, built once per run by
+    """What :func:`constants_task` and :func:`lower_task` read, built once per run by
     :meth:`LipschitzBounds.settings` (picklable, as :class:`IBPSettings`)."""
 
     iters: int
@@ -218,7 +218,9 @@ class _BoundsAnalysis(Analysis):
         try:
             set_mode(module, False)
             with torch.no_grad():
-                module(example.to(p.dtype if p is not None else torch.float32))
+                if example.is_floating_point():  # token ids stay integers
+                    example = example.to(p.dtype if p is not None else torch.float32)
+                module(example)
         except NNVitalsError:
             raise
         except Exception as e:  # the user's model failed on this data: say so in one line
@@ -237,7 +239,7 @@ class _BoundsAnalysis(Analysis):
         where = self._data_where(next(iter(self.datasets().values())))
         try:
             with torch.no_grad():
-                out = g.forward(example.to(_graph_dtype(g)))
+                out = g.forward(example.to(_graph_dtype(g)) if example.is_floating_point() else example)
         except Exception as e:  # the user's model failed on this data: say so in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NNVitalsError(
@@ -323,7 +325,9 @@ def _ibp_records(
     return rec
 
 
-def ibp_task(graph: Graph, x: torch.Tensor, y: torch.Tensor, s: IBPSettings, start: int = 0) -> dict[str, Any]:
+def ibp_task(
+    graph: Graph, x: torch.Tensor, y: torch.Tensor, s: IBPSettings, start: int = 0
+) -> dict[str, Any]:
     """IBP records of one chunk of samples (``start``: the first one's index in the data), for ``eps``
     and every sweep value. Per-step tightness only at ``eps`` and on the samples of index
     ``< s.tightness_samples``; everything else on every sample (:func:`_ibp_records`)."""
@@ -429,7 +433,11 @@ class IBPTightness(_BoundsAnalysis):
         chunk = self.chunk_samples or I.samples_per_chunk(g, itemsize=itemsize, tightness=tangents)
         s = self.settings()
         return [
-            Task(ibp_task, (g, ds.x[i : i + chunk], ds.y[i : i + chunk], s, i), label=f"samples {i}-{i + chunk}")
+            Task(
+                ibp_task,
+                (g, ds.x[i : i + chunk], ds.y[i : i + chunk], s, i),
+                label=f"samples {i}-{i + chunk}",
+            )
             for i in range(0, len(ds), chunk)
         ]
 
@@ -525,14 +533,16 @@ class LipschitzResult(Result):
         return self.arrays.get(f"labels/{split}")
 
 
-def constant_task(graph: Graph, name: str, s: LipschitzSettings) -> tuple[str, float, str]:
+def constants_task(graph: Graph, s: LipschitzSettings) -> dict[str, tuple[float, str]]:
+    """Every step's own constant and method, ``{node: (L_s, method)}``, in one call of
+    :func:`~analyses.bounds.lipschitz.layer_constants` (cached norms cost a hash; convolutions of one
+    shape run as one batched, warm-started Lanczos iteration)."""
     dev = ensure_ready(s.device, s.allow_tf32)
-    # operator norms in float64 (not on MPS): power iteration converges from below, and float32
+    # operator norms in float64 (not on MPS): the iteration converges from below, and float32
     # round-off would put it visibly under the float32 Jacobian norms of the lower bound
     g = graph.to(dev, torch.float32 if dev.type == "mps" else torch.float64)
     with torch.no_grad(), thread_stream(dev):
-        const, method = L.layer_constant(g.step(name), iters=s.iters, tol=s.tol, seed=s.seed)
-    return name, const, method
+        return L.layer_constants(g.steps, iters=s.iters, tol=s.tol, seed=s.seed)
 
 
 def lower_task(
@@ -544,10 +554,11 @@ def lower_task(
     names = [st.name for st in g.steps] if s.per_layer else [g.output_name]
     norms = {}
     with thread_stream(dev):
-        x = x.to(dev, dt)
+        # token ids stay integers: the map starts at their embedding (jacobian_start)
+        x = x.to(dev, dt) if x.is_floating_point() else x.to(dev)
         for name in names:
-            fn = (lambda z, n=name: g.forward(z, upto=n)) if name != g.output_name else g.forward
-            norms[name] = L.jacobian_spectral_norms(fn, x, iters=s.jacobian_iters, seed=s.seed).detach()
+            fn, z = L.jacobian_start(g, x, upto=name)
+            norms[name] = L.jacobian_spectral_norms(fn, z, iters=s.jacobian_iters, seed=s.seed).detach()
         # every step's norms reach the host in one copy, after the last step
         flat = torch.cat([v.double().reshape(-1) for v in norms.values()]).cpu().numpy()
     out, i = {}, 0
@@ -590,7 +601,7 @@ class LipschitzBounds(_BoundsAnalysis):
         default=256,
         bounds=(0, None),
         label="Midpoints of random pairs",
-        doc="Convex combinations 0.5 x1 + 0.5 x2 of random pairs to probe between samples.",
+        doc="Convex combinations 0.5 x1 + 0.5 x2 of random pairs to probe between samples (none for token ids).",
     )
     per_layer = param.Boolean(
         default=True,
@@ -600,7 +611,7 @@ class LipschitzBounds(_BoundsAnalysis):
     sharpen = param.Boolean(
         default=False,
         label="Sharpen by gradient ascent",
-        doc="Sharpen the lower bound by gradient ascent from the worst samples.",
+        doc="Sharpen the lower bound by gradient ascent from the worst samples (not on token ids).",
     )
     sharpen_samples = param.Integer(
         default=8, bounds=(1, None), label="Samples to sharpen", doc="Worst samples to start the ascent from."
@@ -637,7 +648,7 @@ class LipschitzBounds(_BoundsAnalysis):
     def sample_sets(self) -> dict[str, torch.Tensor]:
         """Inputs for the lower bound: each split, and ``mixes`` midpoints of random pairs."""
         sets = {k: ds.x for k, ds in self.datasets().items()}
-        if self.mixes:
+        if self.mixes and all(x.is_floating_point() for x in sets.values()):  # no midpoints of token ids
             pool = torch.cat(list(sets.values()))
             gen = torch.Generator().manual_seed(self.seed + 1)
             i = torch.randint(len(pool), (self.mixes,), generator=gen)
@@ -648,7 +659,7 @@ class LipschitzBounds(_BoundsAnalysis):
     def _tasks(self, subject: Subject) -> list[Task]:
         g = self.graph(subject)
         s = self.settings()
-        tasks = [Task(constant_task, (g, st.name, s), label=f"constant {st.label}") for st in g.steps]
+        tasks = [Task(constants_task, (g, s), label="layer constants")]
         chunk = 128
         for split, x in self.sample_sets().items():
             for i in range(0, len(x), chunk):
@@ -659,10 +670,10 @@ class LipschitzBounds(_BoundsAnalysis):
 
     def _merge(self, subject: Subject, outputs: list[Any]) -> LipschitzResult:
         g = self.graph(subject)
-        consts = {o[0]: (o[1], o[2]) for o in outputs if isinstance(o[0], str) and len(o) == 3}
+        consts = {k: v for o in outputs if isinstance(o, dict) for k, v in o.items()}
         norms: dict[str, dict[str, list[np.ndarray]]] = {}
         for o in outputs:
-            if len(o) == 2:
+            if isinstance(o, tuple) and len(o) == 2:
                 split, per = o
                 for name, arr in per.items():
                     norms.setdefault(name, {}).setdefault(split, []).append(arr)
@@ -706,7 +717,7 @@ class LipschitzBounds(_BoundsAnalysis):
         allo = np.concatenate(list(out_norms.values()))
         summary["lower_mean"] = float(allo.mean())
         summary["lower_rms"] = float(np.sqrt((allo**2).mean()))
-        if self.sharpen:
+        if self.sharpen and not self._tokens():  # no gradient ascent on integer token ids
             sharp = self._sharpen(g)
             arrays["jacobian_norm/sharpened"] = sharp
             summary["lower_sharpened"] = float(sharp.max())
@@ -775,6 +786,10 @@ class LipschitzBounds(_BoundsAnalysis):
         for k, ds in self.datasets().items():
             out[f"labels/{k}"] = ds.y.detach().cpu().numpy()
         return out
+
+    def _tokens(self) -> bool:
+        """Whether the inputs are integer token ids (no midpoints, no gradient ascent on them)."""
+        return any(not ds.x.is_floating_point() for ds in self.datasets().values())
 
     def _sharpen(self, g: Graph) -> np.ndarray:
         dev, dt = self.torch_device(), self.torch_dtype()

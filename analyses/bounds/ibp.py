@@ -14,6 +14,10 @@ maps the ends ``c -+ r``; GELU, SiLU and hardswish take their minimum where the 
 minimiser; a product of two tensors the extremes of the four corner products; layer norm as
 auto_LiRPA bounds its decomposition (mean, centring, square, variance, ``1/sqrt``, product).
 
+*Overflow.* A unit whose centre or radius is not finite after a step (float32 boxes through deep
+normed networks overflow, then ``inf - inf`` gives NaN) becomes ``(0, inf)``, the whole line
+(:func:`finite_box`): sound and unbounded, never NaN; such margins certify nothing.
+
 *Tightness* (Mao et al. 2024, Definition 3.1 and section 3.2): for a deep linear network
 ``f = W_L ... W_1``, per output ``k``::
 
@@ -108,13 +112,27 @@ def _last_uses(graph: Graph) -> dict[str, list[str]]:
     return out
 
 
+def finite_box(c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c, r)`` with every unit whose centre or radius is not finite (overflow: ``inf``, or
+    ``inf - inf = NaN`` further on) made the whole line, ``(0, inf)``: a sound, unbounded box instead
+    of a NaN one (float32 IBP through deep normed networks overflows). One reduction per step when
+    nothing overflowed (the sums are finite unless a unit is not, or the sum itself overflows; then
+    the units are checked one by one)."""
+    if bool(torch.isfinite(c.sum() + r.sum())):
+        return c, r
+    bad = ~(torch.isfinite(c) & torch.isfinite(r))
+    if not bool(bad.any()):
+        return c, r
+    return c.masked_fill(bad, 0.0), r.masked_fill(bad, float("inf"))
+
+
 def _ibp_step(s: Step, ins: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     rule = kind_rule(s.kind)  # the operator's interval rule (core graph layer)
     if s.kind == "relu" and type(rule).ibp is Rule.ibp and len(ins) == 1:
-        return _relu_ibp(*ins[0])[:2]
+        return finite_box(*_relu_ibp(*ins[0])[:2])
     if _monotone(rule, ins):
-        return _monotone_ibp(rule, s, *ins[0])
-    return rule.ibp(s, ins)
+        return finite_box(*_monotone_ibp(rule, s, *ins[0]))
+    return finite_box(*rule.ibp(s, ins))
 
 
 def _monotone(rule: Rule, ins: list) -> bool:
@@ -306,6 +324,7 @@ def _step(s: Step, ins: list[dict[str, Any]], relu: str, tightness: bool) -> dic
         out["c"], out["r"] = _monotone_ibp(rule, s, ins[0]["c"], ins[0]["r"])
     else:
         out["c"], out["r"] = rule.ibp(s, [(v["c"], v["r"]) for v in ins])
+    out["c"], out["r"] = finite_box(out["c"], out["r"])
     if not tightness:
         return out
     ts, rls = [v["t"] for v in ins], [v["rl"] for v in ins]
@@ -324,8 +343,9 @@ def _output_linear(s: Step, v: dict[str, Any], y: torch.Tensor, tightness: bool)
     cm = margin_matrix(y, w.shape[0], w.dtype)  # (B, K-1, K)
     wc = cm @ w  # (B, K-1, in)
     bc = cm @ bias if bias is not None else 0.0
-    out["mc"] = torch.einsum("bki,bi->bk", wc, v["c"]) + bc
-    out["mr"] = torch.einsum("bki,bi->bk", wc.abs(), v["r"])
+    out["mc"], out["mr"] = finite_box(
+        torch.einsum("bki,bi->bk", wc, v["c"]) + bc, torch.einsum("bki,bi->bk", wc.abs(), v["r"])
+    )
     if tightness:
         out["mt"] = torch.einsum("bki,bdi->bdk", wc, v["t"])
         out["mrl"] = torch.einsum("bki,bi->bk", wc.abs(), v["rl"])
@@ -339,8 +359,10 @@ def _finish(rec: IBPRecords, out: dict[str, Any], y: torch.Tensor, spec: str, ti
     k = logits.shape[1]
     if "mc" not in out:  # output is not a linear layer: apply C after the last step, |C| r
         cm = margin_matrix(y, k, logits.dtype)
-        out["mc"] = torch.einsum("bkj,bj->bk", cm, out["c"].flatten(1))
-        out["mr"] = torch.einsum("bkj,bj->bk", cm.abs(), out["r"].flatten(1))
+        out["mc"], out["mr"] = finite_box(
+            torch.einsum("bkj,bj->bk", cm, out["c"].flatten(1)),
+            torch.einsum("bkj,bj->bk", cm.abs(), out["r"].flatten(1)),
+        )
         if tightness:
             b = logits.shape[0]
             out["mt"] = torch.einsum("bkj,bdj->bdk", cm, out["t"].reshape(b, out["t"].shape[1], -1))

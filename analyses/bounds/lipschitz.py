@@ -20,10 +20,10 @@ Layer constants (all exact operator norms unless noted):
   and groups. With circular padding and stride 1 the operator is block-circulant and its norm
   is exact by FFT (Sedghi, Gupta & Long 2019, Theorem 6: the maximum over frequencies of the
   singular values of the kernel's DFT, zero-padded to the input size). Other pre-paddings
-  (circular with stride > 1, reflect, replicate) use power iteration with the autograd adjoint;
+  (circular with stride > 1, reflect, replicate) use Lanczos with the autograd adjoint;
 * batch norm not folded into a conv: ``max |gamma / sqrt(var + eps)|``; folded: part of the conv;
 * average pooling, adaptive average pooling, padding, spatial means: their operator norms by
-  power iteration with the autograd adjoint (``k x k``, stride ``k``: ``1 / k``);
+  Lanczos with the autograd adjoint (``k x k``, stride ``k``: ``1 / k``);
 * ReLU: 1; LeakyReLU(a): ``max(1, |a|)``; hardtanh / ReLU6 / clamp: 1; tanh: 1; sigmoid: 1/4;
   GELU ``Phi(sqrt 2) + sqrt 2 phi(sqrt 2) ~ 1.1289``; SiLU ~1.0998; hardswish 3/2 (``sup |f'|``);
   reshapes: 1; ``sum`` of ``k`` units: ``sqrt(k)``;
@@ -42,8 +42,9 @@ variance over the box; ``a b``: ``sqrt(k_a max|b|^2 + k_b max|a|^2)``; smooth ac
 slope over the box; otherwise the global constant). The result bounds the Lipschitz constant of
 the network on each sample's ball (not globally).
 
-The iterative norms (Lanczos on ``A^T A``, :func:`lanczos_top`, called "power iteration" in the
-method column) converge from below: the top Ritz pair of ``A^T A`` has a relative residual of at
+The iterative norms (Lanczos on ``A^T A``, :func:`lanczos_top`, "Lanczos on A^T A" in the method
+column; the top Ritz pair of each step's tridiagonal matrix by LAPACK's bisection, not a dense
+eigensolve) converge from below: the top Ritz pair of ``A^T A`` has a relative residual of at
 most ``tol`` after convergence, and tests compare it with the exact FFT and
 dense-matrix values. Norms are cached by the step's shapes and its parameters' fingerprints
 (:func:`layer_constants`: a layer seen again costs one hash), convolutions of one shape run as one
@@ -132,11 +133,7 @@ def lanczos_top(
             b = w.norm(dim=1)
             beta[:, j] = b.double().cpu()
             k = j + 1
-            tri = torch.diag_embed(alpha[:, :k])
-            if k > 1:
-                tri = tri + torch.diag_embed(beta[:, : k - 1], 1) + torch.diag_embed(beta[:, : k - 1], -1)
-            ev, evec = torch.linalg.eigh(tri)
-            theta, s = ev[:, -1], evec[:, :, -1]
+            theta, s = _top_ritz(alpha[:, :k], beta[:, : k - 1])
             best = torch.where(done, best, torch.maximum(best, theta))
             resid = beta[:, j] * s[:, -1].abs()
             scale = theta.abs().clamp_min(1e-300)
@@ -147,6 +144,31 @@ def lanczos_top(
         vec = torch.einsum("gk,gkn->gn", s.to(dt).to(start.device), basis[:, :k])
         q = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-300)
     return best.clamp_min(0), vec
+
+
+def _top_ritz(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top eigenpair of each of ``G`` symmetric tridiagonal matrices (diagonals ``alpha`` ``(G, k)``,
+    off-diagonals ``beta`` ``(G, k - 1)``, float64 on the host): ``(theta (G,), s (G, k))``. LAPACK's
+    bisection and inverse iteration for the one eigenpair (``scipy.linalg.eigh_tridiagonal``, ``O(k)``
+    per matrix), not a dense ``eigh`` of all ``k`` (``O(k^3)``, most of a small operator's Lanczos time
+    once ``k`` reaches 100); the dense one where LAPACK's selection fails."""
+    from scipy.linalg import LinAlgError, eigh_tridiagonal
+
+    g, k = alpha.shape
+    if k == 1:
+        return alpha[:, 0].clone(), torch.ones((g, 1), dtype=alpha.dtype)
+    a, b = alpha.numpy(), beta.numpy()
+    thetas, vecs = [], []
+    try:
+        for i in range(g):
+            w, v = eigh_tridiagonal(a[i], b[i], select="i", select_range=(k - 1, k - 1))
+            thetas.append(float(w[0]))
+            vecs.append(torch.from_numpy(v[:, 0].copy()))
+    except (LinAlgError, ValueError):
+        tri = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+        ev, evec = torch.linalg.eigh(tri)
+        return ev[:, -1], evec[:, :, -1]
+    return torch.tensor(thetas, dtype=torch.float64), torch.stack(vecs)
 
 
 def power_iteration(
@@ -236,6 +258,7 @@ def conv_operator_norms(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     start: torch.Tensor | None = None,
+    warm_noise: float = 1e-2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`conv_operator_norm` of ``G`` convolutions of one shape at once: ``(norms (G,), top right
     singular vectors (G, n))``. The ``G`` kernels are stacked into one grouped convolution (``G *
@@ -259,7 +282,7 @@ def conv_operator_norms(
     rand = torch.randn((n,), generator=gen, dtype=torch.float64)
     if start is not None:  # a warm start, with a little of the random vector: no direction is missing
         warm = start.reshape(n).double().cpu()
-        rand = warm / warm.norm().clamp_min(1e-300) + 1e-2 * rand / rand.norm()
+        rand = warm / warm.norm().clamp_min(1e-300) + warm_noise * rand / rand.norm()
     start = rand.reshape(1, n).expand(g, n).to(w.device, w.dtype)
     spatial = tuple(in_shape[1:])
 

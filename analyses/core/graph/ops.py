@@ -421,7 +421,10 @@ class Unimodal(Elementwise):
         flo, fhi = self.forward(step, [lo]), self.forward(step, [hi])
         sh = self.shape(step)
         inside = (lo <= sh.xmin) & (hi >= sh.xmin)
-        lower = torch.where(inside, torch.full_like(flo, sh.fmin), torch.minimum(flo, fhi))
+        # the float64 minimum, lowered by a few units of the working precision: float32's F.gelu
+        # rounds up to 1 ulp below the true minimum near x*
+        fmin = sh.fmin - 4 * torch.finfo(flo.dtype).eps * max(1.0, abs(sh.fmin))
+        lower = torch.where(inside, torch.full_like(flo, fmin), torch.minimum(flo, fhi))
         upper = torch.maximum(flo, fhi)
         return (upper + lower) / 2, (upper - lower) / 2
 
@@ -594,7 +597,7 @@ class Conv(Rule):
         pre = p.get("pre_pad")
         if pre is None:
             val = norms.conv(w, step.in_shape, p["stride"], p["padding"], p["dilation"], p["groups"])
-            return val, "power iteration (conv / conv_transpose)"
+            return val, "Lanczos on A^T A (conv / conv_transpose)"
         pads, mode, _ = pre
         nd = w.ndim - 2
         spatial = tuple(step.in_shape[1:])
@@ -605,7 +608,7 @@ class Conv(Rule):
         if mode == "circular" and all(s == 1 for s in p["stride"]) and same and not any(p["padding"]):
             return norms.conv_fft(w, spatial, p["dilation"], p["groups"]), "exact FFT (circular, stride 1)"
         return norms.autograd(lambda v: self.linear(step, [v]), step.in_shape), (
-            f"power iteration ({mode} pad + conv, autograd adjoint)"
+            f"Lanczos on A^T A ({mode} pad + conv, autograd adjoint)"
         )
 
     def permute(self, w, node):
@@ -645,7 +648,7 @@ class Conv(Rule):
 @register()
 class ConvTranspose(Rule):
     """Transposed convolution ``conv_transpose(x, W) + b`` (kind ``conv_transpose``): affine, ``|W|``
-    maps radii; its operator norm by power iteration with the autograd adjoint (a convolution)."""
+    maps radii; its operator norm by Lanczos iteration on ``A^T A`` with the autograd adjoint (a convolution)."""
 
     kinds = ("conv_transpose",)
     affine = True
@@ -676,7 +679,7 @@ class ConvTranspose(Rule):
 
     def lipschitz(self, step, norms):
         return norms.autograd(lambda v: self.linear(step, [v]), step.in_shape), (
-            "power iteration (conv_transpose, autograd adjoint)"
+            "Lanczos on A^T A (conv_transpose, autograd adjoint)"
         )
 
 
@@ -1020,14 +1023,14 @@ class MaxPool(Pool):
 
 
 class LinearPool(Pool):
-    """An averaging pool: affine, its own constant by power iteration."""
+    """An averaging pool: affine, its own constant by Lanczos iteration on ``A^T A`` (autograd adjoint)."""
 
     affine = True
 
     def lipschitz(self, step, norms):
         return norms.autograd(
             lambda v: self.linear(step, [v]), step.in_shape
-        ), "power iteration (autograd adjoint)"
+        ), "Lanczos on A^T A (autograd adjoint)"
 
 
 @register("avg_pool1d", "avg_pool2d")
@@ -1110,7 +1113,7 @@ _UPSAMPLE = (
 class Upsample(LinearPool):
     """``interpolate`` (nearest, nearest-exact, linear/bilinear): a linear map with non-negative
     weights, so ``|A| r = A r``; called as the traced ATen op with its own arguments (the same
-    index arithmetic as the model); its operator norm by power iteration."""
+    index arithmetic as the model); its operator norm by Lanczos iteration on ``A^T A``."""
 
     bounds_ops = frozenset(getattr(getattr(aten, n), o) for n in _UPSAMPLE for o in ("default", "vec"))
     kinds = ("upsample",)
