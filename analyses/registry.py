@@ -274,6 +274,7 @@ ENTRIES: tuple[Entry, ...] = (
         figures="analyses.trajectory.views:main_figures",
         summary="analyses.trajectory.views:summary_text",
         numbers=("computed", "from_store"),
+        page="dashboard.pages.trajectory:TrajectoryPage",
     ),
 )
 
@@ -291,7 +292,7 @@ class View:
 
 
 #: pages of several analyses, shown before the analyses' own pages (the first is the landing page)
-VIEWS: tuple[View, ...] = ()
+VIEWS: tuple[View, ...] = (View("vitals", "Vitals", "dashboard.pages.vitals:VitalsPage"),)
 
 #: entries by command name
 BY_COMMAND: dict[str, Entry] = {e.command: e for e in ENTRIES}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Section", "headline_numbers", "outside_urls", "report_html", "write_report"]
+__all__ = ["Section", "headline_numbers", "outside_urls", "report_html", "value_text", "write_report"]
 
 
 @dataclass
@@ -64,6 +64,11 @@ def _value(v: Any) -> str:
     except (TypeError, ValueError):
         return str(v)
     return _value(int(f) if float(f).is_integer() and "int" in type(v).__name__ else f)
+
+
+def value_text(v: Any) -> str:
+    """A headline value as the report writes it (4 significant digits, NaN as n/a)."""
+    return _value(v)
 
 
 def headline_numbers(

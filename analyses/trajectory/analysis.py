@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -163,26 +163,16 @@ def one_line(e: BaseException) -> str:
     return text if isinstance(e, NNVitalsError) else f"{type(e).__name__}: {text} (unexpected; please report)"
 
 
-#: torch.export is not thread-safe (two traces at once in one process break each other): a run
-#: that traces a model holds this lock while it does (bounds: only while the graph is traced;
-#: orbits and connectivity, which trace or run modules inside their run: the whole run)
-TRACE_LOCK = threading.RLock()
-
-
 def _stored(obj: Analysis) -> bool:
-    """Whether ``obj``'s result is in the store already (its run will not trace anything)."""
+    """Whether ``obj``'s result is in the store already (its run will compute nothing)."""
     return bool(obj.cache) and obj.store().path(obj.cache_key()).is_file()
 
 
-def _run(kind: str, obj: Analysis, cancel: Any) -> Result:
-    if kind == "spectra" or _stored(obj):
-        return obj.run(cancel=cancel)
-    if kind in ("ibp", "lipschitz"):
-        with TRACE_LOCK:
-            obj.graph()  # traced once under the lock; the run reuses it
-        return obj.run(cancel=cancel)
-    with TRACE_LOCK:
-        return obj.run(cancel=cancel)
+def _run(obj: Analysis, cancel: Any) -> Result:
+    """Run one analysis. Checkpoints run in parallel: every ``torch.export`` call of nnvitals holds
+    :data:`analyses.core.threads.TRACE_LOCK` (torch.export is not thread-safe), so the traces of
+    concurrent runs take turns while the rest of their work overlaps."""
+    return obj.run(cancel=cancel)
 
 
 def checkpoint_task(
@@ -206,7 +196,7 @@ def checkpoint_task(
             obj = cls(model=models[0], model_b=models[1], **params)
         else:
             obj = cls(model=models[0], **params)
-        result = _run(kind, obj, cancel)
+        result = _run(obj, cancel)
         rows = [r for suffix in suffixes for r in readings(kind, result, suffix)]
     except Cancelled:
         raise
@@ -426,6 +416,42 @@ class Trajectory(Analysis):
                 stored = False
             rows.append({"checkpoint": c.name, "step": c.step, "analysis": kind, "stored": stored})
         return pd.DataFrame(rows, columns=["checkpoint", "step", "analysis", "stored"])
+
+    def export_checkpoint(self, step: int, file: str | Path) -> Path:
+        """Save the checkpoint at ``step`` as a ``torch.export`` program (``.pt2``, batch size free)
+        that every analysis can run: a ``.pt2`` checkpoint is copied, a weights-only one is loaded
+        into the series' architecture and exported on two samples of the data it takes (the
+        trajectory's ``data``, else the built-in digits that fit it). One line when it cannot."""
+        import shutil
+
+        import torch
+
+        from ..core.data import as_dataset
+        from ..core.graph import export_program
+        from ..orbits.fitting import fitting_data
+
+        series = self.checkpoint_series()
+        c = series.by_step(int(step))
+        file = Path(file)
+        if isinstance(c.source, Path) and c.source.suffix == ".pt2":
+            shutil.copyfile(c.source, file)
+            return file
+        _, runnable = series.open(c)
+        module = runnable.module()
+        if module is None:
+            raise NNVitalsError(
+                f"checkpoint {c.name}: holds weights only; give the series an architecture (a .pt2 export, "
+                "a demo name or 'package.module:factory') to run it"
+            )
+        data = self.data
+        if data is None:
+            fit = fitting_data(module)
+            data = fit.data if fit is not None else "digits8"
+        example = as_dataset(data).x[:2].to(getattr(torch, self.dtype))
+        program = export_program(module, example, label=f"checkpoint {c.name}", purpose="it", eval_mode=True,
+                                 dynamic_batch=True)  # fmt: skip
+        torch.export.save(program, str(file))
+        return file
 
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> TrajectoryResult:
         """Run every chosen analysis on every checkpoint (single results from the store where they

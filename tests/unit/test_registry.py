@@ -63,11 +63,11 @@ def test_every_page_path_imports(entry):
         assert entry.page_of in {e.command for e in PAGED}
 
 
-def test_only_the_trajectory_has_no_page_yet_and_nothing_points_at_it():
+def test_every_entry_has_a_page_and_page_of_points_at_one():
     """An entry without a page (the navigation skips it) is a command only: no tab, no page_of,
     and no other entry is shown on its page."""
     pageless = [e.command for e in ENTRIES if e.page is None]
-    assert pageless == ["track"]
+    assert pageless == []
     for e in ENTRIES:
         if e.page is None:
             assert e.tab is None and e.page_of is None
