@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import panel as pn
@@ -98,12 +99,22 @@ class AnalysisPage(pn.viewable.Viewer):
         picker: Any = None,
         settings: AppSettings | None = None,
         run: bool = True,
+        link: Any = None,
         **params: Any,
     ):
         """``model``: what to analyse (a page comparing models takes a list; None: the picker's);
-        ``run``: run at once (in the background when served)."""
+        ``run``: run at once (in the background when served); ``link``: a
+        :class:`~dashboard.components.links.Link` whose settings the page takes before its first
+        run and whose selection it takes once it shows a result of the link's model."""
         super().__init__(**params)
         self.picker = picker
+        self._link_forms: list[tuple[str, SettingsForm]] = []
+        #: notes on what the link this page opened with ignored or refused (one line each)
+        self.link_notes: list[str] = []
+        #: called with a line saying what of a link's selection was refused (the app shows it)
+        self.link_report: Callable[[str], None] | None = None
+        self._link_selection: dict[str, str] | None = None
+        self._link_model: str | None = None
         self.settings = settings or AppSettings()
         self._main: pn.Column | None = None
         self.analysing = pn.pane.Markdown(
@@ -125,6 +136,10 @@ class AnalysisPage(pn.viewable.Viewer):
             self.figures, self.tables, prefix=self.slug, subject=self.export_subject
         )
         self.build(model)
+        #: the settings as the page opened with them (a link carries only those that differ)
+        self.link_baseline = {k: f.text() for k, f in self.link_fields().items()}
+        if link is not None:
+            self.open_link(link)
         self.start(run)
 
     def build(self, model: Any) -> None:
@@ -149,6 +164,7 @@ class AnalysisPage(pn.viewable.Viewer):
         entry = registry.entry(command) if command else self.entry()
         form = SettingsForm(analysis, entry, **kw)
         self.forms.append(form)
+        self._link_forms.append((entry.command, form))
         return form
 
     def controls_column(self, heading: str, *parts: Any) -> pn.Column:
@@ -174,6 +190,13 @@ class AnalysisPage(pn.viewable.Viewer):
         if self.picker is not None:
             self.picker.param.watch(self.on_picker, ["model"])
             self.picker.param.watch(self.on_sources, ["sources"])
+            if run and self._link_model is not None and self.picker.model != self._link_model:
+                return  # the picker still checks the link's model: the page runs when it has it
+            models = self.analysed_models()
+            if run and models and self.picker.model is not None and models[0] != self.picker.model:
+                # the picker changed while the page was built (a link's checked path): follow it
+                self.on_picker(SimpleNamespace(obj=self.picker, new=self.picker.model))
+                return
         if run:
             self.run(wait=0.3)
 
@@ -215,7 +238,7 @@ class AnalysisPage(pn.viewable.Viewer):
             return
         if job is not None:
             label, work = job
-            self.jobs.submit(label, work, self.show, wait=wait)
+            self.jobs.submit(label, work, self._show_result, wait=wait)
 
     def job(self) -> tuple[str, Work] | None:
         """What Run runs: (its label, ``work(progress, cancel)``), or None when the page said why not.
@@ -225,6 +248,100 @@ class AnalysisPage(pn.viewable.Viewer):
     def show(self, result: Any) -> None:
         """Show a finished run's result."""
         raise NotImplementedError
+
+    def _show_result(self, result: Any) -> None:
+        """Show a run's result, then the selection of the link the page opened with (once)."""
+        self.show(result)
+        self._link_selected()
+
+    # ------------------------------------------------------------------ links (dashboard.components.links)
+    #: the URL keys of the page's selection (``select``, and Orbits' ``element``)
+    link_selection_keys: tuple[str, ...] = ("select",)
+
+    def link_fields(self) -> dict[str, Any]:
+        """The settings a link carries, by URL key: every generated setting widget (by parameter name;
+        a name two forms share is ``command.name`` for the second), the page's own
+        (:meth:`link_widgets`) and the page's view choices (its Selector parameters: a plot's metric)."""
+        from .links import Field
+
+        fields: dict[str, Field] = {}
+        for command, form in self._link_forms:
+            for name, widget in form.widgets.items():
+                key = name if name not in fields else f"{command}.{name}"
+                fields[key] = Field(key, form.labels.get(name, name), widget, param=form.analysis.param[name])
+        for f in self.link_widgets():
+            fields.setdefault(f.key, f)
+        for name, p in self.param.objects("existing").items():
+            if isinstance(p, param.Selector) and name not in pn.viewable.Viewer.param:
+                fields.setdefault(name, Field(name, p.label or name, owner=self, name=name))
+        return fields
+
+    def link_widgets(self) -> list[Any]:
+        """The page's own setting widgets a link carries (:class:`~dashboard.components.links.Field`)."""
+        return []
+
+    def link_selection(self) -> dict[str, str]:
+        """The selection as a link writes it (``{"select": "fc1.weight,fc2.weight"}``); the base
+        class knows a page's ``selected`` list of names (Spectra's layers)."""
+        if "selected" in self.param and getattr(self, "result", None) is not None and self.selected:
+            return {"select": ",".join(self.selected)}
+        return {}
+
+    def apply_link_selection(self, values: dict[str, str]) -> str | None:
+        """Select what a link's ``values`` name; returns one line when it cannot (None when done)."""
+        text = values.get("select")
+        if text is None or "selected" not in self.param:
+            return None
+        names = [n for n in text.split(",") if n]
+        try:
+            self.select(*names)
+        except NNVitalsError as e:
+            return f"Link: select={shown_text(text)}: {e}"
+        return None
+
+    def open_link(self, link: Any) -> None:
+        """Take ``link``'s settings now (before the first run) and keep its selection for the first
+        result of its model; what is ignored or refused goes to :attr:`link_notes`."""
+        from .links import apply_settings
+
+        self.link_notes = apply_settings(self, link.settings)
+        unknown = [k for k in link.selection if k not in self.link_selection_keys]
+        if unknown:
+            self.link_notes.append(
+                f"Link: {', '.join(unknown)} is no selection of the {self.title or self.slug} page (ignored)."
+            )
+        selection = {k: v for k, v in link.selection.items() if k in self.link_selection_keys}
+        self._link_selection = selection or None
+        self._link_model = getattr(link, "model_picked", None)
+
+    def _link_selected(self) -> None:
+        """Apply the link's selection when the result on show is of the link's model."""
+        selection = self._link_selection
+        if not selection:
+            return
+        models = self.analysed_models()
+        if self._link_model is not None and (not models or str(models[0]) != self._link_model):
+            return  # the picker's check of the link's model is still under way
+        self._link_selection = None
+        problem = self.apply_link_selection(selection)
+        if problem:
+            if self.link_report is not None:
+                self.link_report(problem)
+            else:  # the page is being built: the app reads its notes next
+                self.link_notes.append(problem)
+
+    def watch_link(self, callback: Callable[..., None]) -> None:
+        """Call ``callback`` whenever the page's link may change (a setting, a selection, a result);
+        watchers are added once per page."""
+        if getattr(self, "_link_watched", False):
+            return
+        self._link_watched = True
+        for f in self.link_fields().values():
+            if f.widget is not None:
+                f.widget.param.watch(callback, "value")
+        names = [n for n in self.param if n != "name"]
+        if names:
+            self.param.watch(callback, names)
 
     @staticmethod
     def snapshot(analysis: param.Parameterized, **overrides: Any) -> Any:
@@ -311,6 +428,13 @@ class AnalysisPage(pn.viewable.Viewer):
         if self.picker is not None:  # in the app: the sidebar shows the controls
             return self.main
         return pn.Row(pn.Column(self.controls, width=300), self.main, sizing_mode="stretch_width")
+
+
+def shown_text(text: str, limit: int = 80) -> str:
+    """``text`` of a link as a message quotes it (printable, at most ``limit`` characters)."""
+    from .model_picker import shown
+
+    return shown(text, limit)
 
 
 def holoviews_pane(obj: Any, **kw: Any) -> pn.pane.HoloViews:

@@ -295,6 +295,35 @@ class BoundsPage(AnalysisPage):
             self._draw_samples()
             self._describe()
 
+    # ------------------------------------------------------------------ links (dashboard.components.links)
+    def link_widgets(self) -> list[Any]:
+        from ..components.links import Field
+
+        return [
+            Field("data", self._data.name, self._data),
+            Field("data_low", self._lo.name, self._lo),
+            Field("data_high", "Data range: high", self._hi),
+            Field("max_samples", self._samples.name, self._samples),
+        ]
+
+    def link_selection(self) -> dict[str, str]:
+        """The selected bar of the Jacobian-norm histogram."""
+        return {"select": str(self.bar)} if self.lip_result is not None else {}
+
+    def apply_link_selection(self, values: dict[str, str]) -> str | None:
+        text = values.get("select")
+        if text is None or self.lip_result is None:
+            return None
+        bars = len(views.histogram_bins(self.lip_result, None, BINS)) - 1
+        try:
+            bar = int(text)
+        except ValueError:
+            bar = -1
+        if not 0 <= bar < bars:
+            return f"Link: select={text[:40]}: expected a bar of the histogram from 0 to {bars - 1}"
+        self.select(bar)
+        return None
+
     def select(self, bar: int) -> None:
         """Select histogram bar ``bar``, as a tap does."""
         if self.explorer is not None:

@@ -349,12 +349,42 @@ class ConnectivityPage(AnalysisPage):
         if index:
             self.select(int(index[0]))
 
+    # ------------------------------------------------------------------ links (dashboard.components.links)
+    def link_widgets(self) -> list[Any]:
+        from ..components.links import Field
+
+        return [
+            Field("model_b", self._model_b.name, self._model_b, models=True),
+            Field("more", self._more.name, self._more, models=True),
+            Field("data", self._data.name, self._data),
+        ]
+
+    def link_selection(self) -> dict[str, str]:
+        """The picked point of the path (its row of the path frame)."""
+        row = getattr(self, "_point_row", None)
+        return {"select": str(row)} if self.point is not None and row is not None else {}
+
+    def apply_link_selection(self, values: dict[str, str]) -> str | None:
+        text = values.get("select")
+        if text is None or self.result is None:
+            return None
+        n = len(self._frame)
+        try:
+            row = int(text)
+        except ValueError:
+            row = -1
+        if not 0 <= row < n:
+            return f"Link: select={text[:40]}: expected a point of the path from 0 to {n - 1}"
+        self.select(row)
+        return None
+
     def select(self, row: int) -> None:
         """Pick point ``row`` of :func:`analyses.connectivity.views.path_frame` (as a tap does)."""
         if self.result is None:
             return
         frame = self._frame
         row = min(max(0, int(row)), len(frame) - 1)
+        self._point_row = row
         rec = frame.iloc[row]
         self.point = {
             "path": str(rec["path"]), "split": str(rec["split"]), "lam": float(rec["lam"]),

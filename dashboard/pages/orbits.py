@@ -331,6 +331,43 @@ class OrbitsPage(AnalysisPage):
             self.explorer.show(element=min(max(0, event.new), len(self.result.elements) - 1))
             self._describe()
 
+    # ------------------------------------------------------------------ links (dashboard.components.links)
+    link_selection_keys = ("select", "element")
+
+    def link_widgets(self) -> list[Any]:
+        from ..components.links import Field
+
+        return [
+            Field("compare", "Compare with", self._compare, models=True),
+            Field("data", self._data.name, self._data),
+            Field("classes", self._classes.name, self._classes),
+        ]
+
+    def link_selection(self) -> dict[str, str]:
+        """The selected sample (its position in the result) and group element."""
+        if self.result is None:
+            return {}
+        return {"select": str(self.row), "element": str(self.element)}
+
+    def apply_link_selection(self, values: dict[str, str]) -> str | None:
+        r = self.result
+        if r is None:
+            return None
+        picked: dict[str, int] = {}
+        for key, name, n in (("select", "row", len(r.samples)), ("element", "element", len(r.elements))):
+            text = values.get(key)
+            if text is None:
+                continue
+            try:
+                picked[name] = int(text)
+            except ValueError:
+                picked[name] = -1
+            if not 0 <= picked[name] < n:
+                what = "sample position" if key == "select" else "group element"
+                return f"Link: {key}={text[:40]}: expected a {what} from 0 to {n - 1}"
+        self.select(**picked)
+        return None
+
     def select(self, row: int | None = None, element: int | None = None) -> None:
         """Select a sample (position in the result) and/or a group element, as tap and slider do."""
         if element is not None:
