@@ -17,6 +17,8 @@ pytestmark = pytest.mark.browser
 
 #: what the server logs for every session it builds
 OPENED = "session opened"
+#: the page the sessions open, named (the landing page is another one): it shows "Selected: <layer>"
+SPECTRA = "?page=spectra"
 
 #: JavaScript: whether the upload area is drawn as FilePond's drop area (its stylesheets loaded),
 #: rather than a bare "Choose File" input, and whether a heading shows its "¶" anchor
@@ -68,7 +70,7 @@ def test_five_sessions_opened_at_once_load_nothing_from_elsewhere(server, browse
             pages.append(page)
             probes.append(PageProbe(page))
         for page in pages:  # navigations start together; the browser runs them in parallel
-            page.evaluate("url => { window.location.href = url; }", server.url)
+            page.evaluate("url => { window.location.href = url; }", server.url + SPECTRA)
         for page in pages:
             page.get_by_text("Selected:", exact=False).first.wait_for(timeout=120000)
         for page in pages:
@@ -107,7 +109,7 @@ def test_a_browser_that_connects_late_gets_its_own_styled_session(server, browse
 
         page.route("**/*.js*", route)
         before = server.log_text().count(OPENED)
-        page.goto(server.url, wait_until="commit", timeout=60000)
+        page.goto(server.url + SPECTRA, wait_until="commit", timeout=60000)
         page.get_by_text("Selected:", exact=False).first.wait_for(timeout=60000)
         page.wait_for_load_state("networkidle", timeout=60000)
         assert delayed, "the test did not delay the page's scripts"
