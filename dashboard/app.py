@@ -34,12 +34,12 @@ from tornado.ioloop import IOLoop
 
 from analyses import registry
 
-from .components import jobs
+from .components import jobs, links
 from .components.model_picker import ModelPicker
 from .server import (  # noqa: F401  (serve and the server's helpers, also named from here)
-    _SESSIONS,
     ATTACH_WAIT_S,
-    _configure_logging,
+    SESSIONS,
+    configure_logging,
     keep_until_connected,
     limit_blas_threads,
     page_builder,
@@ -93,7 +93,11 @@ def page_specs() -> list[PageSpec]:
     in the registry's order, then those of a pair of models; an entry without a page (a command-line
     analysis) has no entry. The registry's views (pages reading several analyses) come first: the
     first page is the landing page."""
-    entries = sorted((e for e in registry.ENTRIES if e.page), key=lambda e: len(e.positional))
+    # one model, then a pair of models, then a series of checkpoints (the trajectory)
+    entries = sorted(
+        (e for e in registry.ENTRIES if e.page),
+        key=lambda e: (e.positional[0].param == "series", len(e.positional)),
+    )
     slugs = {e.command: e.command if e.page_of else e.family for e in entries}
     views = [PageSpec(v.slug, v.title, _lazy(v.page), view=True) for v in registry.VIEWS]
     return views + [
@@ -131,10 +135,21 @@ class NNVitalsApp(pn.viewable.Viewer):
 
     page = param.Selector(default=None, objects=[], doc="Slug of the page shown (default: the landing page).")
 
-    def __init__(self, settings: AppSettings | None = None, defer: bool = False, **params: Any):
+    def __init__(
+        self,
+        settings: AppSettings | None = None,
+        defer: bool = False,
+        link: links.Link | str | None = None,
+        link_base: str = "",
+        **params: Any,
+    ):
         self.specs = {s.slug: s for s in page_specs()}
         self.param.page.objects = list(self.specs)
         self.param.page.default = next(iter(self.specs))
+        if isinstance(link, str):
+            link = links.read_link(link, {s.slug: s.title for s in self.specs.values()})
+        if link is not None and link.page is not None:
+            params.setdefault("page", link.page)
         params.setdefault("page", self.param.page.default)
         super().__init__(**params)
         self.settings = settings or AppSettings()
@@ -143,6 +158,13 @@ class NNVitalsApp(pn.viewable.Viewer):
             max_upload_mb=self.settings.max_upload_mb,
             default=self.settings.default_model,
         )
+        #: the "Copy link" button and field; the start of this session's address (links are relative without)
+        self.link_bar = links.LinkBar()
+        self.link_base = link_base
+        self._link: links.Link | None = None
+        self._link_notes: list[str] = []
+        if link is not None:
+            self._open_link(link)
         self.pages: dict[str, Any] = {}
         self._pages_lock = threading.RLock()
         self._closed = False
@@ -166,6 +188,63 @@ class NNVitalsApp(pn.viewable.Viewer):
         else:
             self._show()
         self.param.watch(self._show, "page")
+        self.param.watch(self._update_link, "page")
+        self.picker.param.watch(self._update_link, "model")
+        self._update_link()
+
+    # ------------------------------------------------------------------ links
+    def _open_link(self, link: links.Link) -> None:
+        """Open a link (see :mod:`dashboard.components.links`): its model now (through the picker), its
+        settings and selection when its page is built; what is ignored or refused is noted."""
+        self._link_notes = list(link.notes)
+        if link.model is not None:
+            picked, problem = links.check_model(link.model, self.picker)
+            if problem:
+                self._link_notes.append(problem)
+            else:
+                link.model_picked = picked
+                self.picker.chosen = True  # a page opens on the link's model, never a demo of its own
+                self.picker.select(picked)
+        spec = self.specs[link.page or self.param.page.default]
+        if spec.view and (link.settings or link.selection):
+            keys = ", ".join([*link.settings, *link.selection])
+            self._link_notes.append(
+                f"Link: the {spec.title} page has no settings or selection ({keys} ignored)."
+            )
+        elif link.settings or link.selection:
+            self._link = link
+
+    def _link_for(self, slug: str) -> dict[str, Any]:
+        """The link for the page ``slug`` being built (once: the page the link opened)."""
+        link = self._link
+        if link is None:
+            return {}
+        spec = self.specs[link.page or self.param.page.default]
+        if (spec.page_of or spec.slug) != slug:
+            return {}
+        self._link = None
+        return {"link": link}
+
+    def _report_link(self, line: str) -> None:
+        self._link_notes.append(line)
+        self._update_link()
+
+    def shown_page(self) -> Any:
+        """The current page's object when it is built (None while it is being built)."""
+        spec = self.specs[self.page]
+        return self.pages.get(spec.page_of or spec.slug)
+
+    def link(self) -> str:
+        """The link to the view on show now (relative, ``?page=…``, outside a served session)."""
+        query, _notes = links.view_query(self)
+        return self.link_base + query
+
+    def _update_link(self, *_: Any) -> None:
+        if self._closed:
+            return
+        query, notes = links.view_query(self)
+        self.link_bar.set_link(self.link_base + query)
+        self.link_bar.show_notes([*self._link_notes, *notes])
 
     # ------------------------------------------------------------------ pages
     def get_page(self, slug: str):
@@ -176,8 +255,12 @@ class NNVitalsApp(pn.viewable.Viewer):
                 page = self.get_page(spec.page_of)
             else:
                 if slug not in self.pages:
-                    extra = {"app": self} if spec.view else {}
-                    self.pages[slug] = spec.factory(picker=self.picker, settings=self.settings, **extra)
+                    extra = {"app": self} if spec.view else self._link_for(slug)
+                    page = spec.factory(picker=self.picker, settings=self.settings, **extra)
+                    if hasattr(page, "link_report"):
+                        page.link_report = self._report_link
+                    self._link_notes += getattr(page, "link_notes", [])
+                    self.pages[slug] = page
                 page = self.pages[slug]
         if spec.tab is not None and hasattr(page, "show_tab"):
             page.show_tab(spec.tab)
@@ -195,6 +278,9 @@ class NNVitalsApp(pn.viewable.Viewer):
             wire_stale(page.main, jobs_panel)  # pages whose main column is not page_main's
         self._controls.objects = [page.controls]
         self._main.objects = [page.main]
+        if hasattr(page, "watch_link"):
+            page.watch_link(self._update_link)
+        self._update_link()
 
     def load(self, doc: Any) -> Future:
         """Build the current page of this (served) session on the page builder thread, then show it
@@ -286,6 +372,7 @@ class NNVitalsApp(pn.viewable.Viewer):
 
     def sidebar(self) -> list[Any]:
         return [
+            self.link_bar,
             pn.pane.Markdown("#### Analyses", margin=(0, 10)),
             self._nav,
             pn.pane.Markdown("#### Model", margin=(10, 10, 0, 10)),
@@ -302,7 +389,7 @@ class NNVitalsApp(pn.viewable.Viewer):
             logo="assets/logo.svg" if in_server else str(LOGO),
             favicon=str(LOGO),
             sidebar=self.sidebar(),
-            main=[self._main],
+            main=[self.link_bar.note, self._main],
             sidebar_width=300,
             header_background="#1f4e79",
         )
@@ -316,7 +403,8 @@ class NNVitalsApp(pn.viewable.Viewer):
         return tpl
 
     def __panel__(self):
-        return pn.Row(pn.Column(*self.sidebar(), width=300), self._main, sizing_mode="stretch_width")
+        main = pn.Column(self.link_bar.note, self._main, sizing_mode="stretch_width")
+        return pn.Row(pn.Column(*self.sidebar(), width=300), main, sizing_mode="stretch_width")
 
     def close(self) -> None:
         """Cancel every running job and delete the uploads (a served session does this when it ends)."""
@@ -366,12 +454,12 @@ def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTempl
     extension()
     _canvas_plots()
     served = jobs.in_server()
-    params = {}
-    if served:
-        slug = requested_page({s.slug: s for s in page_specs()})
-        if slug is not None:
-            params["page"] = slug
-    app = NNVitalsApp(settings, defer=served, **params)
+    link, base = None, ""
+    if served:  # the URL's link: page, model, settings, selection (dashboard.components.links)
+        args = pn.state.session_args if pn.state.curdoc is not None else {}
+        link = links.read_link(args or {}, {s.slug: s.title for s in page_specs()})
+        base = links.base_url()
+    app = NNVitalsApp(settings, defer=served, link=link, link_base=base)
     if served:
         doc = pn.state.curdoc
         serve_locally(doc)
@@ -380,7 +468,7 @@ def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTempl
         if loc is not None:
             loc.sync(app, {"page": "page"})
         app.load(doc)
-        _SESSIONS.opened(app, doc)
+        SESSIONS.opened(app, doc)
     return app.template()
 
 

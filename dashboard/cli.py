@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _version() -> str:
+def version_text() -> str:
     try:
         from importlib.metadata import version
 
@@ -82,7 +82,7 @@ def _version() -> str:
 
 
 # --------------------------------------------------------------------------- option types
-def _converter(what: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+def converter(what: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type that only converts text (Param checks the value)."""
 
     def parse(text: str) -> Any:
@@ -98,7 +98,7 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _choices(objects: Sequence[Any]) -> Callable[[str], list[str]]:
+def choice_list(objects: Sequence[Any]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = _split(text)
         if not items or any(t not in objects for t in items):
@@ -127,7 +127,7 @@ def _dask(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _json_object(text: str) -> dict:
+def json_object(text: str) -> dict:
     """A JSON object (``{"orbits": {"data": "digits8"}}``); anything else is a ValueError."""
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -171,25 +171,25 @@ def param_option(group: Any, entry: Entry, name: str) -> None:
     if isinstance(p, param.Boolean):
         kw["action"] = "store_false" if p.default else "store_true"
     elif isinstance(p, param.ListSelector):
-        kw.update(type=_converter(f"a comma-separated list of {', '.join(map(str, p.objects))}",
-                                  _choices(p.objects)), metavar="LIST")  # fmt: skip
+        kw.update(type=converter(f"a comma-separated list of {', '.join(map(str, p.objects))}",
+                                  choice_list(p.objects)), metavar="LIST")  # fmt: skip
         notes.append(f"comma-separated from {','.join(map(str, p.objects))}")
     elif isinstance(p, param.Selector):
         kw["choices"] = list(p.objects)
     elif isinstance(p, param.Number):
         whole = isinstance(p, param.Integer)
-        kw.update(type=_converter("a whole number" if whole else "a number", int if whole else float))
+        kw.update(type=converter("a whole number" if whole else "a number", int if whole else float))
         kw["metavar"] = "N" if whole else "X"
         notes.append(_bounds(p))
     elif isinstance(p, param.NumericTuple):
-        kw.update(type=_converter(f"{p.length} numbers separated by commas",
+        kw.update(type=converter(f"{p.length} numbers separated by commas",
                                   lambda t: tuple(float(x) for x in t.split(","))), metavar="LO,HI")  # fmt: skip
     elif isinstance(p, param.Dict):
-        kw.update(type=_converter("a JSON object", _json_object), metavar="JSON")
+        kw.update(type=converter("a JSON object", json_object), metavar="JSON")
     elif isinstance(p, param.List) and p.item_type in (int, float, (int, float)):
         item = int if p.item_type is int else float
         what = "whole numbers" if item is int else "numbers"
-        kw.update(type=_converter(f"{what} separated by commas", lambda t: [item(x) for x in _split(t)]))
+        kw.update(type=converter(f"{what} separated by commas", lambda t: [item(x) for x in _split(t)]))
         kw["metavar"] = "LIST"
     elif isinstance(p, param.List):
         kw.update(action="append", metavar=name.upper().rstrip("S"))
@@ -232,7 +232,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog=PROG,
         description="Read the vital signs of trained neural networks (see 'nnvitals COMMAND --help').",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version_text()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     full = {*COMMANDS, "spectra-compare", "report", "serve"} if command is None else {command}
     for e in ENTRIES:
@@ -374,7 +374,7 @@ def make_analysis(entry: Entry, args: argparse.Namespace, **override: Any):
     return analysis
 
 
-def _say(args: argparse.Namespace, text: str = "") -> None:
+def say(args: argparse.Namespace, text: str = "") -> None:
     if not getattr(args, "quiet", False):
         print(text, flush=True)
 
@@ -392,7 +392,7 @@ def _write_figures(figures: dict[str, Any], out: Path, formats: Sequence[str]) -
     return [save_figure(fig, out / f"{stem}.{fmt}") for stem, fig in figures.items() for fmt in formats]
 
 
-def _fmt(x: Any, spec: str = ".2f") -> str:
+def format_number(x: Any, spec: str = ".2f") -> str:
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -400,7 +400,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec) if x == x and abs(x) != float("inf") else "n/a"
 
 
-def _files_line(out: Path, files: Sequence[Path]) -> str:
+def files_line(out: Path, files: Sequence[Path]) -> str:
     names = [p.name for p in files]
     return f"wrote {len(names)} files to {out}/: {', '.join(names)}"
 
@@ -430,10 +430,10 @@ def run_command(args: argparse.Namespace) -> int:
             files.append(HTML_REPORTS[entry.command](result, figures, text, files, out / REPORT_NAME))
     if entry.headline:
         context = {**analysis.param.values(), **{p.param: getattr(args, p.param) for p in entry.positional}}
-        _say(args, entry.headline.format(**context | result.summary))
+        say(args, entry.headline.format(**context | result.summary))
         text = "\n".join("  " + line for line in text.splitlines())
-    _say(args, text)
-    _say(args, _files_line(args.out, files))
+    say(args, text)
+    say(args, files_line(args.out, files))
     return OK
 
 
@@ -452,16 +452,16 @@ def cmd_spectra_compare(args: argparse.Namespace) -> int:
     m = args.metric
     delta = table[f"{m}_delta"]
     matched = int(delta.notna().sum())
-    _say(args, f"compared {labels[0]} (A) with {labels[1]} (B): {matched} layers matched by name, "
+    say(args, f"compared {labels[0]} (A) with {labels[1]} (B): {matched} layers matched by name, "
                f"{len(table) - matched} in only one")  # fmt: skip
     if matched:
-        _say(args, f"mean {m}: A {_fmt(table[f'{m}_a'].mean())}, "
-                   f"B {_fmt(table[f'{m}_b'].mean())}, mean delta (B - A) {_fmt(delta.mean())}")  # fmt: skip
+        say(args, f"mean {m}: A {format_number(table[f'{m}_a'].mean())}, "
+                   f"B {format_number(table[f'{m}_b'].mean())}, mean delta (B - A) {format_number(delta.mean())}")  # fmt: skip
         top = table.loc[delta.abs().sort_values(ascending=False).index[: min(5, matched)]]
-        _say(args, f"largest changes in {m}:")
+        say(args, f"largest changes in {m}:")
         for _, r in top.iterrows():
-            _say(args, f"  {r['name']}  {_fmt(r[f'{m}_a'])} -> {_fmt(r[f'{m}_b'])}")
-    _say(args, _files_line(args.out, files))
+            say(args, f"  {r['name']}  {format_number(r[f'{m}_a'])} -> {format_number(r[f'{m}_b'])}")
+    say(args, files_line(args.out, files))
     return OK
 
 

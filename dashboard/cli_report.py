@@ -27,14 +27,14 @@ from .cli import (
     REPORTED,
     OutputSet,
     UsageError,
-    _choices,
-    _converter,
-    _files_line,
-    _fmt,
-    _json_object,
-    _say,
-    _version,
+    choice_list,
+    converter,
+    files_line,
+    format_number,
+    json_object,
     param_option,
+    say,
+    version_text,
     write_result,
 )
 
@@ -49,13 +49,13 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
                    help="a second model of the same architecture: adds connectivity (MODEL to MODEL_B)")  # fmt: skip
     g.add_argument(
         "--analyses", default=None, metavar="LIST",
-        type=_converter(f"a comma-separated list of {', '.join(names)}", _choices(names)),
+        type=converter(f"a comma-separated list of {', '.join(names)}", choice_list(names)),
         help=f"only these analyses, comma-separated from {', '.join(names)} (default: every one that applies)",
     )  # fmt: skip
     g.add_argument("--data", default=None, metavar="DATA",
                    help="data of every analysis that takes data (default: a demo model's own digits, "
                    "else each analysis's default)")  # fmt: skip
-    g.add_argument("--overrides", default={}, metavar="JSON", type=_converter("a JSON object", _json_object),
+    g.add_argument("--overrides", default={}, metavar="JSON", type=converter("a JSON object", json_object),
                    help="parameters per analysis, as JSON, e.g. '{\"ibp\": {\"eps\": 0.05}, "
                    "\"orbits\": {\"steps\": 8}}'")  # fmt: skip
     e = p.add_argument_group("execution")
@@ -193,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if reason is not None:
                 sections.append(Section(e.title, e.command, reason=reason, status="not applicable"))
                 summaries[e.command] = {"status": "not applicable", "reason": reason}
-                _say(args, f"{e.command}: {reason}")
+                say(args, f"{e.command}: {reason}")
                 continue
             t0 = time.perf_counter()
             kw = {p.param: getattr(args, p.param, None) for p in e.positional}
@@ -207,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 reason = f"failed: {_one_line(err)}"
                 sections.append(Section(e.title, e.command, reason=reason, status="failed"))
                 summaries[e.command] = {"status": "failed", "reason": reason}
-                _say(args, f"{e.command}: {reason}")
+                say(args, f"{e.command}: {reason}")
                 continue
             own = [save_table(t, out / name) for name, t in _tables(e, result).items()]
             own.append(write_result(result, out / f"{e.stem}.nnv"))
@@ -216,20 +216,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             sections.append(Section(e.title, e.command, numbers=numbers, figures=figures, summary=text,
                                     files=[p.name for p in own]))  # fmt: skip
             summaries[e.command] = {"status": "ran", **summary_dict(result)}
-            _say(args, f"{e.command}: ran in {time.perf_counter() - t0:.1f} s; " + ", ".join(
-                f"{k} {_fmt(v, '.4g') if not isinstance(v, str) else v}" for k, v in numbers[:4]))  # fmt: skip
+            say(args, f"{e.command}: ran in {time.perf_counter() - t0:.1f} s; " + ", ".join(
+                f"{k} {format_number(v, '.4g') if not isinstance(v, str) else v}" for k, v in numbers[:4]))  # fmt: skip
         ran = [s for s in sections if s.status == "ran"]
         if not ran:
             why = "; ".join(f"{s.anchor}: {s.reason}" for s in sections) or "no analysis chosen"
             raise NNVitalsError(f"report {args.model}: no analysis ran ({why})")
         intro = [f"model: {args.model}"] + ([f"model B: {args.model_b}"] if args.model_b else [])
-        intro += [data_line, f"{len(ran)} of {len(sections)} analyses ran; nnvitals {_version()}"]
+        intro += [data_line, f"{len(ran)} of {len(sections)} analyses ran; nnvitals {version_text()}"]
         files.append(write_report(out / REPORT_NAME, f"nnvitals report: {args.model}", sections, intro))
         doc = {"analysis": "report", "model": args.model, "model_b": args.model_b, "data": data,
-               "analyses": summaries, "version": _version()}  # fmt: skip
+               "analyses": summaries, "version": version_text()}  # fmt: skip
         text = json.dumps(json_safe(doc), indent=2, sort_keys=True, allow_nan=False) + "\n"
         files.append(save_bytes(text.encode("utf-8"), out / "summary.json"))
-    _say(args, _files_line(args.out, files))
+    say(args, files_line(args.out, files))
     return OK
 
 
@@ -285,7 +285,7 @@ def track_report(result: Any, figures: dict[str, Any], text: str, files: Sequenc
                                 status=status))  # fmt: skip
     title = f"nnvitals track: {s.get('series', '')}"
     intro = [f"{len(result.steps)} checkpoints, {unit}s {', '.join(map(str, result.steps))}",
-             f"nnvitals {_version()}"]  # fmt: skip
+             f"nnvitals {version_text()}"]  # fmt: skip
     return write_report(path, title, sections, intro)
 
 

@@ -21,7 +21,7 @@ def _selected_text(page) -> str:
     return page.get_by_text(re.compile(r"^Selected:")).first.inner_text()
 
 
-def test_landing_page_renders_spectra(server, probe):
+def test_spectra_page_renders(server, probe):
     page = open_app(probe, server.url)
     assert page.locator(".bk-Canvas, canvas").count() >= 3
     for title in ("Spectra", "Orbits", "IBP tightness", "Lipschitz", "Connectivity"):
@@ -112,7 +112,7 @@ def test_upload_safetensors_and_sessions_are_isolated(server, probe, browser, tm
     other_ctx = browser.new_context()
     try:
         other = other_ctx.new_page()
-        other.goto(server.url, wait_until="networkidle")
+        other.goto(server.url + "?page=spectra", wait_until="networkidle")
         other.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
         options = other.locator("select").first.locator("option").all_inner_texts()
         assert not [o for o in options if "tiny_upload" in o], options
@@ -146,7 +146,7 @@ def test_closed_session_cancels_its_run_and_others_stay_responsive(server, brows
     other = open_app(probe, server.url)  # a second session, idle
     ctx = browser.new_context()
     page = ctx.new_page()
-    page.goto(server.url, wait_until="networkidle")
+    page.goto(server.url + "?page=spectra", wait_until="networkidle")
     page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
     before = server.log_text().count("closed: cancelled Spectra of slow.safetensors")
     _pick_server_file(page, "slow.safetensors")

@@ -156,8 +156,9 @@ class PageProbe:
         assert not self.outside, f"requests left the machine: {self.outside[:3]}"
 
 
-def open_app(probe: PageProbe, url: str, query: str = ""):
-    """Load the app and wait until the Spectra page shows a result."""
+def open_app(probe: PageProbe, url: str, query: str = "?page=spectra"):
+    """Load the app (the Spectra page unless ``query`` names another; the landing page is Vitals,
+    tests/ui/test_vitals.py) and wait until the Spectra page shows a result."""
     page = probe.page
     page.goto(url + query, wait_until="networkidle", timeout=60000)
     page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)

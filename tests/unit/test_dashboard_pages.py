@@ -161,12 +161,20 @@ def test_export_from_python(page, tmp_path):
     assert data.getvalue()[:4] == b"\x89PNG"
 
 
-def test_app_shell_has_five_pages_built_lazily():
+def test_app_shell_has_its_pages_built_lazily():
     app = NNVitalsApp(AppSettings(default_model="mlp"))
-    assert list(app.specs) == ["spectra", "orbits", "bounds", "lipschitz", "connectivity"]
-    assert list(app.pages) == ["spectra"]
+    assert list(app.specs) == [
+        "vitals",
+        "spectra",
+        "orbits",
+        "bounds",
+        "lipschitz",
+        "connectivity",
+        "trajectory",
+    ]
+    assert list(app.pages) == ["vitals"]  # the landing page
     app.page = "lipschitz"  # the Bounds page, opened on its Lipschitz tab
-    assert list(app.pages) == ["spectra", "bounds"]
+    assert list(app.pages) == ["vitals", "bounds"]
     page = app.pages["bounds"]
     assert app._main.objects == [page.main]
     assert page.tabs._names[page.tabs.active] == "Lipschitz"
