@@ -1,4 +1,5 @@
-"""Screenshots of every page (Spectra, Orbits, IBP, Lipschitz, Connectivity) at two widths, to look at.
+"""Screenshots of every page (Vitals, Spectra, Orbits, IBP, Lipschitz, Connectivity, Trajectory) at two
+widths, to look at.
 
 ``python tests/ui/page_screenshots.py [OUT_DIR]`` starts ``nnvitals serve`` on the demo models, opens
 each page in headless Chromium (Debian's ``chromium``) at 1400 and 1280 px and writes
@@ -52,7 +53,21 @@ def main(out: Path) -> list[Path]:
                 browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
                 for width in WIDTHS:
                     page = browser.new_page(viewport={"width": width, "height": TALL})
-                    page.goto(srv.url, wait_until="networkidle")
+                    page.goto(srv.url, wait_until="networkidle")  # the landing page: Vitals
+                    page.locator(".nnv-vital").first.wait_for(timeout=60000)
+                    if width == WIDTHS[0]:  # fill every card once (the store keeps them)
+                        page.get_by_text("looking up stored results").first.wait_for(
+                            state="hidden", timeout=60000
+                        )
+                        missing = page.get_by_role("button", name="Run what is missing")
+                        if missing.is_enabled():
+                            missing.click()
+                    page.get_by_text("Every analysis that applies is in the store").first.wait_for(
+                        timeout=300000
+                    )
+                    _settle(page, 1500)
+                    _shot(page, out, "vitals", width, written)
+                    page.goto(f"{srv.url}?page=spectra", wait_until="networkidle")
                     page.get_by_text("Selected:").first.wait_for(timeout=60000)
                     click_row(page, "fc2.weight")
                     page.get_by_text("Selected: fc2.weight").first.wait_for()
@@ -90,6 +105,13 @@ def main(out: Path) -> list[Path]:
                             page.locator(".bk-tab", has_text=tab).first.click()
                             page.wait_for_timeout(2000)
                             _shot(page, out, f"{slug}-{tab.lower()}", width, written)
+                    page.set_viewport_size({"width": width, "height": TALL})
+                    page.goto(f"{srv.url}?page=trajectory", wait_until="networkidle")
+                    page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")).first.wait_for(
+                        timeout=300000
+                    )
+                    _settle(page, 3000)
+                    _shot(page, out, "trajectory", width, written)
                     page.close()
                 browser.close()
         finally:
