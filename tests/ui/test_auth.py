@@ -61,7 +61,7 @@ def test_anonymous_requests_reach_only_the_login_page(auth_server):
 
 def test_browser_login(auth_server, probe):
     page = probe.page
-    page.goto(auth_server.url, wait_until="networkidle")
+    page.goto(auth_server.url + "?page=spectra", wait_until="networkidle")
     assert "/login" in page.url
     assert page.locator(".bk-Canvas, canvas").count() == 0
     page.fill("input[name=username]", USER)
@@ -130,7 +130,7 @@ def test_login_follows_only_same_site_targets(auth_server):
 
 def test_header_names_the_user_and_logs_out(auth_server, probe):
     page = probe.page
-    page.goto(auth_server.url, wait_until="networkidle")
+    page.goto(auth_server.url + "?page=spectra", wait_until="networkidle")
     _login(page, USER, PASSWORD)
     page.get_by_text("Selected:", exact=False).first.wait_for(timeout=60000)
     assert page.locator(".nnv-user").inner_text() == USER

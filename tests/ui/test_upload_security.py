@@ -287,7 +287,8 @@ def _report(title: str, m: dict) -> str:
 
 
 def open_app_plain(page, url: str) -> None:
-    page.goto(url, wait_until="networkidle", timeout=60000)
+    """The Spectra page (the landing page is Vitals), once it shows a result."""
+    page.goto(url if "page=" in url else url + "?page=spectra", wait_until="networkidle", timeout=60000)
     page.get_by_text("Selected:", exact=False).first.wait_for(timeout=60000)
 
 
