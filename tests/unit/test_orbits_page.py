@@ -152,7 +152,7 @@ def test_in_the_app_the_page_and_the_sidebar_name_the_same_model(monkeypatch):
 
     monkeypatch.setattr(orbits, "PAGE_DEFAULTS", {"steps": 4, "max_samples": 20})
     app = NNVitalsApp(AppSettings(default_model="mlp"))
-    assert app.pages["spectra"].analysing.object == "Analysing: **mlp**"
+    assert app.get_page("spectra").analysing.object == "Analysing: **mlp**"
     app.page = "orbits"
     page = app.pages["orbits"]
     assert app.picker.model == "rot-cnn" and app.picker._select.value == "rot-cnn"

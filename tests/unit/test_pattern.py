@@ -205,9 +205,13 @@ def test_the_matcher_lets_other_threads_run():
         done.set()
         t.join()
     took = time.perf_counter() - t0
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    gaps = sorted(b - a for a, b in zip(ticks, ticks[1:], strict=False))
     assert took < 30
-    assert len(ticks) > 3 and max(gaps) < 0.5, (took, max(gaps))
+    # The other thread ran all along: many ticks, and 95% of them within 0.1 s of the last one.
+    # (A matcher holding the GIL would make each gap a whole search; a percentile, not the largest
+    # gap, because a loaded CI machine may pause the whole process once.)
+    p95 = gaps[int(0.95 * (len(gaps) - 1))] if gaps else float("inf")
+    assert len(ticks) > max(3, took / 0.1) and p95 < 0.1, (took, len(ticks), p95, gaps[-1:])
 
 
 # --------------------------------------------------------------------------- refusals
