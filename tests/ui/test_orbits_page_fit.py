@@ -129,6 +129,9 @@ def test_every_group_fits_a_1280_px_window(server, browser):
     ctx, page, probe = _new_page(browser, 1280)
     try:
         _open_orbits(page, server.url)
+        samples = _setting_input(page, "At most this many samples")
+        samples.fill("40")  # the layout, not the numbers, is checked: a small run per group
+        samples.press("Tab")
         group = page.locator(".bk-input-group", has_text="Group").locator("select").first
         for name in ("shift", "scale", "flip", "rotation-flip"):
             group.select_option(name)

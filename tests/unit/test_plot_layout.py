@@ -117,6 +117,21 @@ def mpl_figure(obj):
     return fig
 
 
+@pytest.fixture(scope="module")
+def bokeh_rendered(figures) -> dict[str, list[Plot]]:
+    """Every figure rendered once with bokeh (the checks only read the models)."""
+    return {name: bokeh_plots(obj) for name, obj in figures.items()}
+
+
+@pytest.fixture(scope="module")
+def mpl_rendered(figures):
+    """Every figure rendered and drawn once with matplotlib, closed when the module is done."""
+    rendered = {name: mpl_figure(obj) for name, obj in figures.items()}
+    yield rendered
+    for fig in rendered.values():
+        plt.close(fig)
+
+
 def _overlap(a, b, slack: float = 1.0) -> bool:
     """Whether two display-space boxes overlap by more than ``slack`` pixels."""
     return min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
@@ -132,10 +147,10 @@ NO_ZOOM = {
 }
 
 
-def test_wheel_zoom_is_there_but_not_active(figures):
+def test_wheel_zoom_is_there_but_not_active(bokeh_rendered):
     """Scrolling the page over a plot must scroll the page: the wheel zoom is opt-in."""
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             if plot.toolbar is None or not plot.tools:
                 continue  # a plot without a toolbar (the sample mosaic)
             if name in NO_ZOOM:
@@ -145,48 +160,40 @@ def test_wheel_zoom_is_there_but_not_active(figures):
             assert not isinstance(plot.toolbar.active_scroll, WheelZoomTool), f"{name}: wheel zoom active"
 
 
-def test_legends_outside_the_data_area(figures):
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+def test_legends_outside_the_data_area(bokeh_rendered, mpl_rendered):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             for legend in plot.select({"type": Legend}):
                 if legend.items:
                     assert legend not in plot.center, f"{name}: legend drawn over the data"
-        fig = mpl_figure(obj)
-        try:
-            for ax in fig.axes:
-                legend = ax.get_legend()
-                if legend is not None:  # clear of its own data and of the layout's other panels
-                    box = legend.get_window_extent()
-                    for other in fig.axes:
-                        assert not _overlap(box, other.get_window_extent()), (
-                            f"{name}: exported legend over data"
-                        )
-        finally:
-            plt.close(fig)
+    for name, fig in mpl_rendered.items():
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:  # clear of its own data and of the layout's other panels
+                box = legend.get_window_extent()
+                for other in fig.axes:
+                    assert not _overlap(box, other.get_window_extent()), f"{name}: exported legend over data"
 
 
-def test_titles_short_and_without_hints(figures):
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+def test_titles_short_and_without_hints(bokeh_rendered, mpl_rendered):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             title = plot.title.text if plot.title is not None else ""
             assert "tap" not in title.lower(), f"{name}: a hint in the title {title!r}"
             # a title wider than its plot is cut: about 8 px per character at the plots' font size
             assert len(title) * 8 <= (plot.width or plot.frame_width or 520), f"{name}: {title!r} is cut"
-        fig = mpl_figure(obj)
-        try:
-            titles = [ax.title for ax in fig.axes if ax.get_title()]
-            assert not any("tap" in t.get_text().lower() for t in titles), name
-            for a, b in itertools.combinations(titles, 2):
-                assert not _overlap(a.get_window_extent(), b.get_window_extent()), f"{name}: titles overlap"
-        finally:
-            plt.close(fig)
+    for name, fig in mpl_rendered.items():
+        titles = [ax.title for ax in fig.axes if ax.get_title()]
+        assert not any("tap" in t.get_text().lower() for t in titles), name
+        for a, b in itertools.combinations(titles, 2):
+            assert not _overlap(a.get_window_extent(), b.get_window_extent()), f"{name}: titles overlap"
 
 
-def test_tooltips_in_plain_words(figures):
+def test_tooltips_in_plain_words(bokeh_rendered):
     """Hovering shows layer names and values with their meaning, never internal fields."""
     internal = ("point", "layer_id", "index", "_")
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             for hover in plot.select({"type": HoverTool}):
                 tips = hover.tooltips if isinstance(hover.tooltips, list) else []
                 for label, _value in tips:
@@ -198,11 +205,11 @@ def _finite(values) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def test_y_ranges_make_small_changes_look_small(figures):
+def test_y_ranges_make_small_changes_look_small(bokeh_rendered):
     """A linear axis spans at least 10% of its values, a log one at least a decade: an autoscaled
     0.14450-0.14457 drew a 0.05% change as a cliff (IBP's tightness vs eps)."""
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             start, end = plot.y_range.start, plot.y_range.end
             if start is None or end is None or not plot.renderers:
                 continue
@@ -215,9 +222,9 @@ def test_y_ranges_make_small_changes_look_small(figures):
                 assert end - start >= 0.1 * max(abs(start), abs(end)) - 1e-12, f"{name}: {start:g}-{end:g}"
 
 
-def test_points_not_cut_at_the_edges(figures):
-    for name, obj in figures.items():
-        for plot in bokeh_plots(obj):
+def test_points_not_cut_at_the_edges(bokeh_rendered):
+    for name, plots in bokeh_rendered.items():
+        for plot in plots:
             for r in plot.renderers:
                 if type(getattr(r, "glyph", None)).__name__ != "Scatter":
                     continue
@@ -239,26 +246,18 @@ def test_points_not_cut_at_the_edges(figures):
                         )
 
 
-def test_exported_tick_labels_do_not_overlap(figures):
-    for name, obj in figures.items():
-        fig = mpl_figure(obj)
-        try:
-            for ax in fig.axes:
-                frame = ax.get_window_extent()
-                labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
-                # the labels of ticks inside the axis (a locator also labels ticks beyond its ends)
-                labels = [
-                    t
-                    for t in labels
-                    if frame.x0 - 1 <= np.mean(t.get_window_extent().intervalx) <= frame.x1 + 1
-                ]
-                boxes = [t.get_window_extent() for t in labels]
-                for (a, ta), (b, tb) in itertools.combinations(zip(boxes, labels), 2):
-                    assert not _overlap(a, b), (
-                        f"{name}: x labels {ta.get_text()!r} and {tb.get_text()!r} overlap"
-                    )
-        finally:
-            plt.close(fig)
+def test_exported_tick_labels_do_not_overlap(mpl_rendered):
+    for name, fig in mpl_rendered.items():
+        for ax in fig.axes:
+            frame = ax.get_window_extent()
+            labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+            # the labels of ticks inside the axis (a locator also labels ticks beyond its ends)
+            labels = [
+                t for t in labels if frame.x0 - 1 <= np.mean(t.get_window_extent().intervalx) <= frame.x1 + 1
+            ]
+            boxes = [t.get_window_extent() for t in labels]
+            for (a, ta), (b, tb) in itertools.combinations(zip(boxes, labels), 2):
+                assert not _overlap(a, b), f"{name}: x labels {ta.get_text()!r} and {tb.get_text()!r} overlap"
 
 
 # --------------------------------------------------------------------------- specific plots
