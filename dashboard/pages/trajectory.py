@@ -54,6 +54,8 @@ PAGE_DEFAULTS: dict[str, Any] = {
 #: how deep and how many directories the listing of ``--allow-dir`` looks at
 LIST_MAX_DEPTH = 3
 LIST_MAX_DIRS = 200
+#: the "Pinned baseline" choice for none (a string: Panel shows a None value as an empty box)
+NO_BASELINE = "none"
 #: the analyses' names in the page
 TITLES = {"spectra": "Spectra", "ibp": "IBP tightness", "lipschitz": "Lipschitz", "orbits": "Orbits (NERO)",
           "connectivity": "Connectivity (barrier)"}  # fmt: skip
@@ -133,13 +135,15 @@ class TrajectoryPage(AnalysisPage):
             name="Analyses", options={TITLES[k]: k for k in ANALYSES}, value=list(PAGE_DEFAULTS["analyses"]),
             inline=False, css_classes=["nnv-traj-analyses"],
         )  # fmt: skip
-        self._baseline = pn.widgets.Select(name="Pinned baseline", options={"none": None}, width=WIDGET_WIDTH)
+        self._baseline = pn.widgets.Select(
+            name="Pinned baseline", options={NO_BASELINE: NO_BASELINE}, width=WIDGET_WIDTH
+        )
         self._relative = pn.widgets.Checkbox(name="Difference to the baseline", value=False)
         self._relative.param.watch(lambda _e: self._draw(), "value")
         self._baseline.param.watch(lambda _e: self._draw(), "value")
         self._checkpoint = pn.widgets.Select(name="Checkpoint", options={}, width=WIDGET_WIDTH)
         self._use = pn.widgets.Button(name="Make it the model of the other pages", button_type="primary",
-                                      button_style="outline", width=WIDGET_WIDTH, css_classes=["nnv-traj-use"])  # fmt: skip
+                                      button_style="outline", width=290, align="end", css_classes=["nnv-traj-use"])  # fmt: skip
         self._use.on_click(lambda _e: self.pick_step(self._checkpoint.value))
         self.controls = self.controls_column(
             "Trajectory",
@@ -161,7 +165,7 @@ class TrajectoryPage(AnalysisPage):
             "Trajectory",
             f"{self.question} The analyses on every checkpoint of a training run, through the result store.",
             pn.Column(
-                pn.Row(self._checkpoint, self._use, align="end"),
+                pn.Row(self._checkpoint, self._use),  # on the left, the button level with the select
                 self._picked_text,
                 self.pick_jobs,
                 self._heat,
@@ -207,7 +211,7 @@ class TrajectoryPage(AnalysisPage):
             return
         self._unit = s.unit
         self._names = {c.step: c.name for c in s}
-        self._baseline.options = {"none": None, **{f"{s.unit} {c.step}": c.step for c in s}}
+        self._baseline.options = {NO_BASELINE: NO_BASELINE, **{f"{s.unit} {c.step}": c.step for c in s}}
         self._checkpoint.options = {f"{s.unit} {c.step} ({c.name})": c.step for c in s}
         self._checkpoint.value = s.steps[-1]
 
@@ -243,7 +247,7 @@ class TrajectoryPage(AnalysisPage):
             raise NNVitalsError("analyses: none chosen; tick at least one")
         return Trajectory(
             series=self.series, analyses=kinds, overrides=PAGE_DEFAULTS["overrides"],
-            baseline=self._baseline.value, show_progress=False, runner=self.settings.runner,
+            baseline=self.baseline_step(), show_progress=False, runner=self.settings.runner,
         )  # fmt: skip
 
     def job(self):
@@ -258,8 +262,13 @@ class TrajectoryPage(AnalysisPage):
         self._summary.object = f"{text}\n\n*{how}*".replace("\n", "  \n")
         self._draw()
 
+    def baseline_step(self) -> int | None:
+        """The pinned baseline's step (None: no baseline)."""
+        value = self._baseline.value
+        return None if value in (None, NO_BASELINE) else int(value)
+
     def _relative_step(self) -> Any:
-        base = self._baseline.value
+        base = self.baseline_step()
         if not self._relative.value or base is None or self.result is None or base not in self.result.steps:
             return False
         return int(base)

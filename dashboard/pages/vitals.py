@@ -476,6 +476,26 @@ CARD_CSS = """
 """
 
 
+#: a card's names of the headline numbers (others: the key with spaces for underscores)
+NUMBER_LABELS = {
+    "unstable_fraction": "unstable ReLUs",
+    "upper": "upper bound",
+    "lower": "lower bound",
+    "ratio": "upper / lower",
+    "lower_mean": "mean lower bound",
+    "gap": "NERO gap",
+    "barrier_naive": "barrier, naive",
+    "barrier_matched": "barrier, matched",
+    "acc_barrier_naive": "accuracy barrier, naive",
+    "acc_barrier_matched": "accuracy barrier, matched",
+}
+
+
+def number_label(key: str) -> str:
+    """What a card calls the headline number ``key`` (plain words, not a column name)."""
+    return NUMBER_LABELS.get(key, key.replace("_", " "))
+
+
 def card_state(reading: Reading) -> tuple[str, list[tuple[str, Any]], list[str]]:
     """(frame state, headline numbers, warning lines) of a card."""
     if reading.state != "ok":
@@ -498,7 +518,7 @@ def card_html(reading: Reading, model_name: str = "") -> str:
         off = {r.key for r in RULES if r.kind == reading.kind}
         bad = {k for k, v in numbers if k in off and warnings_for(reading.kind, [(k, v)])}
         rows = "".join(
-            f'<tr class="{"nnv-vital-off" if k in bad else ""}"><th>{esc(k)}</th><td>{esc(value_text(v))}</td></tr>'
+            f'<tr class="{"nnv-vital-off" if k in bad else ""}"><th title="{esc(k)}">{esc(number_label(k))}</th><td>{esc(value_text(v))}</td></tr>'
             for k, v in numbers
         )
         out.append(f'<table class="nnv-vital-numbers">{rows}</table>')
@@ -527,6 +547,7 @@ class Card:
     def __init__(self, kind: str, on_open: Callable[[str], None]):
         self.kind = kind
         self.reading = Reading(kind, "looking")
+        self._lock = threading.RLock()
         entry = registry.entry(kind)
         self.html = pn.pane.HTML(
             card_html(self.reading), stylesheets=[CARD_CSS], sizing_mode="stretch_width",
@@ -543,13 +564,22 @@ class Card:
         )  # fmt: skip
 
     def show(self, reading: Reading, model_name: str = "") -> None:
-        self.reading = reading
-        state = card_state(reading)[0]
-        self.html.object = card_html(reading, model_name)
-        self.layout.param.update(
-            styles=dict(CARD_STYLES[state]),
-            css_classes=["nnv-vital", f"nnv-vital-{self.kind}", f"nnv-vital-{state}"],
-        )
+        # one card at a time: the session's poll and the end of a run may show it from two threads,
+        # and a text from one with the frame of the other was seen (numbers in a "not run" frame)
+        with self._lock:
+            self.reading = reading
+            state = card_state(reading)[0]
+            self.html.object = card_html(reading, model_name)
+            self.layout.param.update(
+                styles=dict(CARD_STYLES[state]),
+                css_classes=["nnv-vital", f"nnv-vital-{self.kind}", f"nnv-vital-{state}"],
+            )
+
+    def show_again_if(self, state: str) -> None:
+        """Show the card's reading again if it is still in ``state`` (checked and shown at once)."""
+        with self._lock:
+            if self.reading.state == state:
+                self.show(self.reading)
 
 
 # --------------------------------------------------------------------------- page
@@ -805,8 +835,7 @@ class VitalsPage(pn.viewable.Viewer):
         if event.new:
             return
         for card in self.cards.values():
-            if card.reading.state == "missing":
-                card.show(card.reading)
+            card.show_again_if("missing")
         self._update_missing()
 
     def _deliver(self, generation: int, reading: Reading) -> None:

@@ -175,6 +175,19 @@ def test_card_html_names_the_error():
     assert "looking up" in card_html(vitals.Reading("ibp", "looking"))
 
 
+def test_a_card_shown_again_as_not_run_keeps_a_result_that_arrived():
+    """The end of a run shows "not run" cards again; a card whose result arrived meanwhile (from the
+    session's poll, another thread) keeps its numbers and its frame, text and frame together."""
+    card = vitals.Card("ibp", on_open=lambda _k: None)
+    card.show(vitals.Reading("ibp", "missing"))
+    card.show_again_if("missing")
+    assert "nnv-vital-missing" in card.layout.css_classes and "not run yet" in card.html.object
+    card.show(vitals.Reading("ibp", "error", reason="model x: takes 3 channels"))
+    card.show_again_if("missing")  # no longer missing: left as it is
+    assert "nnv-vital-error" in card.layout.css_classes and "takes 3 channels" in card.html.object
+    assert card.layout.styles == vitals.CARD_STYLES["error"]
+
+
 def test_open_page_sets_the_apps_page():
     class App:
         page = "vitals"
@@ -281,3 +294,14 @@ def test_trajectory_page_lists_server_series_and_refuses_code(store, tmp_path):
     page.run()
     assert page.jobs.error == "" and page.result.steps == [10, 20]
     assert "Series: **a**" in page.analysing.object
+
+
+def test_trajectory_baseline_choice_shows_none_and_reads_a_step(store):
+    """'Pinned baseline' shows "none" (not an empty box) until a step is pinned."""
+    from dashboard.pages.trajectory import NO_BASELINE, TrajectoryPage
+
+    page = TrajectoryPage()
+    assert page._baseline.value == NO_BASELINE and page._baseline.get_root().value == NO_BASELINE
+    assert page.baseline_step() is None
+    page._baseline.value = 400
+    assert page.baseline_step() == 400
