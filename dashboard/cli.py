@@ -542,12 +542,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:
         # numeric warnings (log of 0 in a histogram, ...) are not the user's business
         warnings.simplefilter("ignore", RuntimeWarning)
+    argv_given = argv  # None: the console script (a process of its own), not a call from Python
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser(next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
         if getattr(args, "func", None) is None:
             names = ", ".join([*COMMANDS, "spectra-compare", "report", "serve"])
             raise UsageError(f"a command is required: {names} (see '{PROG} --help')")
+        if argv_given is None and args.command != "serve":
+            # a batch run in its own process: freed tensors are reused, not re-faulted every pass
+            from analyses.core.allocator import hold_freed_memory
+
+            hold_freed_memory()
         t0 = time.perf_counter()
         code = globals().get(args.func, run_command)(args)  # cmd_NAME where one exists
         if debug:

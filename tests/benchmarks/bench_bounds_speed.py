@@ -15,7 +15,11 @@ Models: ResNet-18 (tests/gpu/models.py), VGG-11-BN, a MobileNetV2-style net (inv
 depthwise convolutions, ReLU6).
 
     python tests/benchmarks/bench_bounds_speed.py [--quick] [--models resnet18,vgg11bn,mobilenet]
-        [--samples 256] [--tight-samples 1]
+        [--samples 256] [--tight-samples 1] [--allocator hold|default]
+
+``--allocator hold`` (the default) keeps freed memory for reuse, as the ``nnvitals`` command does
+(:mod:`analyses.core.allocator`); ``default`` leaves glibc's thresholds, under which every large
+activation is mmapped and page-faulted again on every pass.
 """
 
 from __future__ import annotations
@@ -271,8 +275,19 @@ def main() -> int:
         action="store_true",
         help="also time one ResNet-18 conv by the old block power iteration",
     )
+    ap.add_argument(
+        "--allocator",
+        choices=("hold", "default"),
+        default="hold",
+        help="hold: freed memory kept for reuse, as the nnvitals command runs (default); "
+        "default: glibc's own thresholds (every large tensor mmapped and page-faulted again)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
+    if args.allocator == "hold":
+        from analyses.core.allocator import hold_freed_memory
+
+        hold_freed_memory()
     builders = {"resnet18": lambda: _gpu_models().resnet18(), "vgg11bn": vgg11_bn, "mobilenet": mobilenet_v2}
     names = ["resnet18"] if args.quick else [m for m in args.models.split(",") if m]
     for m in names:
@@ -281,7 +296,7 @@ def main() -> int:
             return 2
     n = 64 if args.quick else args.samples
     reps = 3 if args.quick else 5
-    print(f"torch threads {THREADS}; {n} samples of 3x32x32; eps 1/255")
+    print(f"torch threads {THREADS}; {n} samples of 3x32x32; eps 1/255; allocator {args.allocator}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in names:
@@ -300,6 +315,7 @@ def main() -> int:
         {
             "benchmark": "bounds_speed",
             "mode": "quick" if args.quick else "full",
+            "allocator": args.allocator,
             "results": results,
             "targets": targets,
             "targets_missed": [k for k, ok in targets.items() if not ok],
