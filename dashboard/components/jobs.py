@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
@@ -159,23 +158,6 @@ def how_obtained(result: Any, seconds: float) -> str:
     if metas and all(m.get("cached") for m in metas):
         return FROM_CACHE
     return f"Computed in {_fmt_seconds(seconds)}"
-
-
-_DOC_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_DOC_LOCKS_GUARD = threading.Lock()
-
-
-def document_lock(doc: Any = None) -> threading.RLock:
-    """The lock under which this session's pollers change its document (``doc``: the current
-    one); outside a session, a lock of its own."""
-    doc = pn.state.curdoc if doc is None else doc
-    if doc is None:
-        return threading.RLock()
-    with _DOC_LOCKS_GUARD:
-        lock = _DOC_LOCKS.get(doc)
-        if lock is None:
-            lock = _DOC_LOCKS[doc] = threading.RLock()
-        return lock
 
 
 class JobPanel(pn.viewable.Viewer):
@@ -360,14 +342,6 @@ class JobPanel(pn.viewable.Viewer):
             self._set_status(f"{job.label}: starting …")
 
     def _poll(self) -> None:
-        # Pollers run in Panel's thread pool: the pages of one session, finishing together (a
-        # model picked re-runs every built page), must not change its document at the same time
-        # (a patch then named a model another thread had added but not yet sent: "reference
-        # isn't known" in the browser, and the page stopped updating)
-        with document_lock():
-            self._poll_now()
-
-    def _poll_now(self) -> None:
         with self._lock:
             job = self._job
         if job is None:

@@ -51,7 +51,7 @@ from analyses.core.report import headline_numbers, value_text
 from analyses.zoo import DEMO_MODELS
 
 from .. import style
-from ..components.jobs import POLL_MS, JobPanel, document_lock, in_server
+from ..components.jobs import POLL_MS, JobPanel, in_server
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -753,10 +753,6 @@ class VitalsPage(pn.viewable.Viewer):
 
     def poll(self) -> None:
         """Show the readings that arrived (what the session's timer does every POLL_MS)."""
-        with document_lock():  # one poller of the session at a time changes its document
-            self._poll_now()
-
-    def _poll_now(self) -> None:
         with self._lock:
             items = [r for g, r in self._inbox if g == self._generation]
             self._inbox.clear()
