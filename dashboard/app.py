@@ -133,7 +133,9 @@ class NNVitalsApp(pn.viewable.Viewer):
     server's event loop); otherwise the page is built now.
     """
 
-    page = param.Selector(default=None, objects=[], doc="Slug of the page shown (default: the landing page).")
+    page = param.Selector(
+        default=None, objects=[], check_on_set=True, doc="Slug of the page shown (default: the landing page)."
+    )
 
     def __init__(
         self,
@@ -466,7 +468,9 @@ def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTempl
         keep_until_connected(doc)
         loc = pn.state.location
         if loc is not None:
-            loc.sync(app, {"page": "page"})
+            # an unknown ?page= is refused by the selector and noted by read_link: the session
+            # opens on the landing page, never on a page that does not exist
+            loc.sync(app, {"page": "page"}, on_error=lambda _refused: None)
         app.load(doc)
         SESSIONS.opened(app, doc)
     return app.template()

@@ -159,3 +159,15 @@ def test_a_bad_link_says_what_is_wrong_and_opens_the_rest(server, probe):
     assert "Traceback" not in page.content()
     # the rest of the link still opened: the Spectra page on the server's default model
     assert page.get_by_text(re.compile(r"^Analysing: mlp$")).first.is_visible()
+
+
+def test_an_unknown_page_in_the_link_opens_the_landing_page_with_a_note(server, probe):
+    """``?page=ibp`` (the IBP page's slug is ``bounds``) once broke the whole session: the nav's
+    value became None and nothing rendered. It opens the landing page and says which pages exist."""
+    page = probe.page
+    page.goto(server.url + "?page=ibp", wait_until="networkidle", timeout=60000)
+    note = page.locator(".nnv-link-note").first
+    note.get_by_text("no page ibp", exact=False).wait_for(timeout=30000)
+    assert "pages: vitals, spectra" in note.evaluate(DEEP_TEXT_JS)
+    page.locator(".nnv-vital").first.wait_for(timeout=30000)  # the landing page, built
+    assert "Traceback" not in page.content()
