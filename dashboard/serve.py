@@ -101,8 +101,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )  # fmt: skip
     s.add_argument(
         "--num-threads", type=_positive_int, default=None, metavar="N",
-        help="threads for Panel's callbacks; also caps the analyses run at once, which is at most one "
-        "per core (default: cores, 4..16)",
+        help="caps the analyses run at once, which is at most one per core (default: cores, 4..16)",
     )  # fmt: skip
     s.add_argument(
         "--use-xheaders", action="store_true",

@@ -322,7 +322,12 @@ def serve(
     configure_logging()
     limit_blas_threads()
     speedups.install()
-    pn.config.nthreads = settings.num_threads
+    # Panel's callbacks run on the event loop, never on a thread pool: a change made from a pool
+    # thread reaches the document as one scheduled tick per model, Bokeh sends a tick's new models
+    # only once the tick ends, and a change sent at once in between (Panel's usual path) named
+    # models the browser had not been sent yet ("reference p… isn't known": the page stopped
+    # updating). Heavy work runs on the jobs' executor and the page builder thread instead.
+    pn.config.nthreads = None
     jobs.configure(settings.runs_at_once)
     if settings.runner != "threads" and not settings.dask_dashboard:
         from analyses.core.runner import Runner

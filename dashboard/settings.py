@@ -22,8 +22,7 @@ class AppSettings:
     - ``allow_dirs``: server directories whose model files users may pick (resolved paths);
     - ``runner``: ``"threads"``, ``"local"`` (Dask LocalCluster) or a scheduler address;
     - ``dask_dashboard``: link to the Dask dashboard when ``runner`` is Dask;
-    - ``num_threads``: Panel's thread pool, and a cap on the analyses run at once (see
-      :attr:`runs_at_once`);
+    - ``num_threads``: a cap on the analyses run at once (see :attr:`runs_at_once`);
     - ``max_upload_mb``: refuse uploads larger than this;
     - ``default_model``: the demo model the app opens on.
     """

@@ -312,11 +312,17 @@ class JobPanel(pn.viewable.Viewer):
         return job
 
     # ------------------------------------------------------------------ session side
+    async def _poll_on_loop(self) -> None:
+        """The timer's callback. A coroutine, so Panel runs it on the server's event loop, never on
+        a pool thread: the result's new plots reach the browser before anything that names them
+        (see :func:`dashboard.server.serve`)."""
+        self._poll()
+
     def _start_polling(self) -> None:
         if self._poller is None:
             # background: the poll does not flag the whole page as busy (that would send every
             # session's busy indicator a message several times a second)
-            self._poller = PeriodicCallback(callback=self._poll, period=POLL_MS, background=True)
+            self._poller = PeriodicCallback(callback=self._poll_on_loop, period=POLL_MS, background=True)
         if not self._poller.running:
             self._poller.start()
 

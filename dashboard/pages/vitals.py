@@ -744,12 +744,17 @@ class VitalsPage(pn.viewable.Viewer):
 
     def _start_polling(self) -> None:
         if self._poller is None:
-            self._poller = PeriodicCallback(callback=self.poll, period=POLL_MS, background=True)
+            self._poller = PeriodicCallback(callback=self._poll_on_loop, period=POLL_MS, background=True)
         if not self._poller.running:
             try:
                 self._poller.start()
             except Exception as e:  # noqa: BLE001 - no session to poll in: apply with poll()
                 log.debug("vitals: no poller (%s)", e)
+
+    async def _poll_on_loop(self) -> None:
+        """The timer's callback: a coroutine, so it runs on the server's event loop (see
+        :meth:`JobPanel._poll_on_loop`)."""
+        self.poll()
 
     def poll(self) -> None:
         """Show the readings that arrived (what the session's timer does every POLL_MS)."""

@@ -132,7 +132,12 @@ def work():
     for t in threads:
         t.join()
     info = [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
-    out = dict(env=os.environ.get("OPENBLAS_NUM_THREADS"), openblas=info, numpy_before=numpy_before)
+    import panel as pn
+
+    out = dict(
+        env=os.environ.get("OPENBLAS_NUM_THREADS"), openblas=info, numpy_before=numpy_before,
+        panel_threads=pn.config.nthreads, panel_pool=pn.state._thread_pool is not None,
+    )  # fmt: skip
     print("RESULT " + json.dumps(out), flush=True)
     sys.stderr.flush()
     os._exit(0)
@@ -149,7 +154,8 @@ def test_served_app_runs_blas_from_threads_on_one_openblas_thread(tmp_path):
     """``nnvitals serve`` started without OPENBLAS_NUM_THREADS: while it serves, BLAS from several
     threads next to an Orbits run (PyTorch's OpenMP pool) prints no OpenBLAS "may hang" warning,
     and every OpenBLAS (NumPy's, SciPy's) in the server process has one thread, set before NumPy
-    loaded (the server's own setting of OPENBLAS_NUM_THREADS=1)."""
+    loaded (the server's own setting of OPENBLAS_NUM_THREADS=1). Panel runs its callbacks on the
+    event loop (no thread pool)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -173,6 +179,9 @@ def test_served_app_runs_blas_from_threads_on_one_openblas_thread(tmp_path):
     assert got["env"] == "1", got
     assert got["openblas"] and set(got["openblas"]) == {1}, got
     assert "may hang" not in err and "OpenBLAS Warning" not in err, err[-3000:]
+    # Panel's callbacks on the event loop, none on a thread pool: changes from pool threads reached
+    # the browser out of order ("reference p… isn't known") when several pages updated at once
+    assert got["panel_threads"] is None and got["panel_pool"] is False, got
 
 
 def test_served_models_serialize_as_bokeh_does_without_building_unset_defaults():
