@@ -96,6 +96,21 @@ def in_server() -> bool:
     return bool(doc is not None and getattr(doc, "session_context", None) is not None)
 
 
+def loop_timer(callback: Callable[[], None], period: int = POLL_MS) -> PeriodicCallback:
+    """A session's timer calling ``callback`` every ``period`` ms on the server's event loop.
+
+    The callback is wrapped in a coroutine, which Panel runs on the loop, never on a pool thread:
+    a result's new plots reach the browser before anything that names them (see
+    :func:`dashboard.server.serve`). ``background``: a tick does not flag the whole page as busy
+    (that would send every session's busy indicator a message several times a second).
+    """
+
+    async def tick() -> None:
+        callback()
+
+    return PeriodicCallback(callback=tick, period=period, background=True)
+
+
 class Job:
     """One run: its cancel token, its future and the progress its worker reports."""
 
@@ -312,17 +327,9 @@ class JobPanel(pn.viewable.Viewer):
         return job
 
     # ------------------------------------------------------------------ session side
-    async def _poll_on_loop(self) -> None:
-        """The timer's callback. A coroutine, so Panel runs it on the server's event loop, never on
-        a pool thread: the result's new plots reach the browser before anything that names them
-        (see :func:`dashboard.server.serve`)."""
-        self._poll()
-
     def _start_polling(self) -> None:
         if self._poller is None:
-            # background: the poll does not flag the whole page as busy (that would send every
-            # session's busy indicator a message several times a second)
-            self._poller = PeriodicCallback(callback=self._poll_on_loop, period=POLL_MS, background=True)
+            self._poller = loop_timer(self._poll)
         if not self._poller.running:
             self._poller.start()
 

@@ -51,7 +51,7 @@ from analyses.core.report import headline_numbers, value_text
 from analyses.zoo import DEMO_MODELS
 
 from .. import style
-from ..components.jobs import POLL_MS, JobPanel, in_server
+from ..components.jobs import JobPanel, in_server, loop_timer
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -744,17 +744,12 @@ class VitalsPage(pn.viewable.Viewer):
 
     def _start_polling(self) -> None:
         if self._poller is None:
-            self._poller = PeriodicCallback(callback=self._poll_on_loop, period=POLL_MS, background=True)
+            self._poller = loop_timer(self.poll)
         if not self._poller.running:
             try:
                 self._poller.start()
             except Exception as e:  # noqa: BLE001 - no session to poll in: apply with poll()
                 log.debug("vitals: no poller (%s)", e)
-
-    async def _poll_on_loop(self) -> None:
-        """The timer's callback: a coroutine, so it runs on the server's event loop (see
-        :meth:`JobPanel._poll_on_loop`)."""
-        self.poll()
 
     def poll(self) -> None:
         """Show the readings that arrived (what the session's timer does every POLL_MS)."""
