@@ -131,7 +131,13 @@ def parse_for_widget(widget: Any, text: str) -> Any:
         return _int(text)
     if isinstance(widget, pn.widgets.FloatInput | pn.widgets.FloatSlider):
         return _float(text)
-    if isinstance(widget, pn.widgets.MultiChoice | pn.widgets.MultiSelect | pn.widgets.CheckButtonGroup):
+    multi = (
+        pn.widgets.MultiChoice
+        | pn.widgets.MultiSelect
+        | pn.widgets.CheckButtonGroup
+        | pn.widgets.CheckBoxGroup
+    )
+    if isinstance(widget, multi):
         items = [t for t in text.split(",") if t.strip()] if text.strip() else []
         return [_choice(t.strip(), _options(widget)) for t in items]
     if isinstance(widget, pn.widgets.Select | pn.widgets.RadioButtonGroup | pn.widgets.RadioBoxGroup):

@@ -138,10 +138,13 @@ class TrajectoryPage(AnalysisPage):
         self._baseline = pn.widgets.Select(
             name="Pinned baseline", options={NO_BASELINE: NO_BASELINE}, width=WIDGET_WIDTH
         )
-        self._relative = pn.widgets.Checkbox(name="Difference to the baseline", value=False)
+        self._relative = pn.widgets.Checkbox(
+            name="Difference to the baseline", value=False, css_classes=["nnv-traj-relative"]
+        )
         self._relative.param.watch(lambda _e: self._draw(), "value")
         self._baseline.param.watch(lambda _e: self._draw(), "value")
         self._checkpoint = pn.widgets.Select(name="Checkpoint", options={}, width=WIDGET_WIDTH)
+        self._opening = False  # a link's settings are being set: the series' change runs nothing yet
         self._use = pn.widgets.Button(name="Make it the model of the other pages", button_type="primary",
                                       button_style="outline", width=290, align="end", css_classes=["nnv-traj-use"])  # fmt: skip
         self._use.on_click(lambda _e: self.pick_step(self._checkpoint.value))
@@ -175,6 +178,7 @@ class TrajectoryPage(AnalysisPage):
             ),
         )
         self._list_steps()
+        self._checkpoint.param.watch(lambda e: setattr(self, "step", e.new), "value")
         self.param.watch(self._update_analysing, "series")
 
     # ------------------------------------------------------------------ the series
@@ -182,7 +186,8 @@ class TrajectoryPage(AnalysisPage):
         self.series = event.new
         self.result = None
         self._list_steps()
-        self.run()
+        if not self._opening:  # a link's series runs once the page starts
+            self.run()
 
     def _check_allowed(self, source: str) -> None:
         """A series from the server: inside ``--allow-dir`` (the demos always), and no architecture
@@ -325,6 +330,50 @@ class TrajectoryPage(AnalysisPage):
         i = int(index[0])
         if 0 <= i < len(steps):
             self.pick_step(int(steps[i]))
+
+    # ------------------------------------------------------------------ links (dashboard.components.links)
+    def link_widgets(self) -> list[Any]:
+        """The series (a demo's or one under --allow-dir: only the select's options), the analyses,
+        the pinned baseline and the difference to it, in the order a link sets them (the series
+        first: it lists the steps the baseline is chosen from)."""
+        from ..components.links import Field
+
+        return [
+            Field("series", self._series_select.name, self._series_select),
+            Field("analyses", "Analyses on every checkpoint", self._analyses),
+            Field("baseline", self._baseline.name, self._baseline),
+            Field("relative", self._relative.name, self._relative),
+        ]
+
+    def open_link(self, link: Any) -> None:
+        self._opening = True
+        try:
+            super().open_link(link)
+        finally:
+            self._opening = False
+        self._link_model = None  # the page shows its series, never the link's model: select on its result
+
+    def link_selection(self) -> dict[str, str]:
+        """The checkpoint chosen (its step), when it is not the last one (the page's default)."""
+        values = list(self._checkpoint.options.values())
+        if self.result is None or not values or self._checkpoint.value in (None, values[-1]):
+            return {}
+        return {"select": str(self._checkpoint.value)}
+
+    def apply_link_selection(self, values: dict[str, str]) -> str | None:
+        text = values.get("select")
+        if text is None:
+            return None
+        steps = list(self._checkpoint.options.values())
+        try:
+            step = int(text)
+        except ValueError:
+            step = None
+        if step not in steps:
+            shown = ", ".join(str(s) for s in steps)
+            return f"Link: select={text[:40]}: expected a step of the series ({shown})"
+        self._checkpoint.value = step
+        return None
 
     # ------------------------------------------------------------------ one checkpoint, all pages
     def _out_dir(self) -> Path:

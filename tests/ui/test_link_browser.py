@@ -171,3 +171,39 @@ def test_an_unknown_page_in_the_link_opens_the_landing_page_with_a_note(server, 
     assert "pages: vitals, spectra" in note.evaluate(DEEP_TEXT_JS)
     page.locator(".nnv-vital").first.wait_for(timeout=30000)  # the landing page, built
     assert "Traceback" not in page.content()
+
+
+def test_a_trajectory_link_opens_its_analyses_baseline_and_step_in_a_new_context(server, browser, probe):
+    page = probe.page
+    page.goto(server.url + "?page=trajectory", wait_until="networkidle", timeout=60000)
+    page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")).first.wait_for(timeout=60000)
+    # the view changed in the page: Spectra only, step 0 pinned, differences to it, checkpoint 200
+    page.locator(".nnv-traj-analyses input[type=checkbox]").nth(1).uncheck()  # IBP
+    baseline = page.locator(".nnv-controls select").nth(1)
+    baseline.select_option(label="step 0")
+    page.locator(".nnv-traj-relative input[type=checkbox]").first.check()
+    checkpoint = page.locator(".nnv-main select").first
+    checkpoint.select_option(
+        label=next(t for t in checkpoint.locator("option").all_inner_texts() if t.startswith("step 200 "))
+    )
+    link = _wait_link(page, "baseline=0", "relative=true", "select=200")
+    assert "page=trajectory" in link and "analyses=spectra" in link and "ibp" not in link
+
+    ctx, other = _new_probe(browser)
+    try:
+        p2 = other.page
+        p2.goto(link, wait_until="networkidle", timeout=60000)
+        wait_drawn(p2.locator(".nnv-traj-mean-alpha").first)
+        assert p2.locator(".nnv-traj-ibp").count() == 0  # IBP is not run
+        boxes = p2.locator(".nnv-traj-analyses input[type=checkbox]")
+        assert boxes.nth(0).is_checked() and not boxes.nth(1).is_checked()
+        shown = p2.locator(".nnv-controls select").nth(1).evaluate("s => s.options[s.selectedIndex].text")
+        assert shown == "step 0"
+        assert p2.locator(".nnv-traj-relative input[type=checkbox]").first.is_checked()
+        chosen = p2.locator(".nnv-main select").first.evaluate("s => s.options[s.selectedIndex].text")
+        assert chosen.startswith("step 200")
+        assert _wait_link(p2, "select=200") == link  # the same view has the same link
+        assert p2.locator(".nnv-link-note").first.is_hidden()
+        other.assert_clean()
+    finally:
+        ctx.close()

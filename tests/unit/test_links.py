@@ -165,3 +165,30 @@ def test_an_uploaded_model_never_goes_into_a_link(tmp_path):
     assert "model=" not in link and "mine" not in link and link.startswith("?page=spectra")
     assert "an uploaded model is kept for this session only" in app.link_bar.note.object
     app.close()
+
+
+def test_a_trajectory_link_carries_analyses_baseline_difference_and_step():
+    query = "?page=trajectory&model=mlp&analyses=spectra&baseline=0&relative=true&select=200"
+    app = _app(query)
+    page = app.shown_page()
+    assert page.slug == "trajectory" and page._analyses.value == ["spectra"]
+    assert page.baseline_step() == 0 and page._relative.value is True
+    assert page.result is not None and set(page.result.table["analysis"]) == {"spectra"}
+    assert page.result.steps == [0, 25, 50, 100, 200, 400, 800, 1600]
+    assert page._checkpoint.value == 200 and page.step == 200
+    assert not app.link_bar.note.visible, app.link_bar.note.object
+    assert app.link() == query
+    # the field follows the view: the last step (the default) leaves the selection out
+    page._checkpoint.value = 1600
+    assert app.link_bar.field.value == "?page=trajectory&model=mlp&analyses=spectra&baseline=0&relative=true"
+    app.close()
+
+
+def test_a_trajectory_link_refuses_a_step_and_a_series_it_does_not_list():
+    app = _app("?page=trajectory&model=mlp&analyses=spectra&series=/etc&select=7")
+    page = app.shown_page()
+    text = app.link_bar.note.object
+    assert "(series=/etc): expected one of" in text and "kept" in text
+    assert "Link: select=7: expected a step of the series (0, 25, 50, 100, 200, 400, 800, 1600)" in text
+    assert page._checkpoint.value == 1600
+    app.close()
