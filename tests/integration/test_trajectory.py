@@ -251,3 +251,25 @@ def test_baseline_save_load_and_views(full, series_dir, tmp_path):
                                             & (full.table["layer"] != "")])  # fmt: skip
     text = V.summary_text(full)
     assert "4 checkpoints" in text and "certified accuracy" in text.lower()
+
+
+@pytest.mark.slow
+def test_a_dask_local_cluster_runs_the_checkpoints_and_gives_the_same_table(series_dir, tmp_path):
+    """The runner's other kind: each checkpoint's runs are tasks of a local Dask cluster (worker
+    processes), with their results in the same store; the table equals the threads run's."""
+    part = tmp_path / "run"
+    part.mkdir()
+    for s in (0, 30):
+        shutil.copy(series_dir / f"step_{s}.safetensors", part)
+    kw = dict(series=part, architecture="mlp", analyses=["spectra"], overrides=OVERRIDES, num_workers=2,
+              show_progress=False)  # fmt: skip
+    threads = Trajectory(cache_dir=str(tmp_path / "a"), **kw).run()
+    dask = Trajectory(cache_dir=str(tmp_path / "b"), runner="local", **kw).run()
+    assert dask.errors.empty and dask.summary["computed"] == threads.summary["computed"] == 2
+    assert len(set((tmp_path / "b").glob("*/*.nnv"))) == 2  # every single result went through the store
+    cols = ["checkpoint", "step", "analysis", "metric", "layer"]
+    a, b = threads.table, dask.table
+    assert a[cols].equals(b[cols])
+    np.testing.assert_allclose(
+        a["value"].to_numpy(float), b["value"].to_numpy(float), rtol=1e-6, equal_nan=True
+    )
