@@ -396,7 +396,9 @@ class JobPanel(pn.viewable.Viewer):
             self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
             return
         took = (job.ended or time.perf_counter()) - (job.started or job.submitted)
-        log.info("%s: done in %s", job.label, _fmt_seconds(took))
+        queued = (job.started or job.submitted) - job.submitted
+        wait = f" after {_fmt_seconds(queued)} in the queue" if queued >= 1 else ""
+        log.info("%s: done in %s%s", job.label, _fmt_seconds(took), wait)
         self._set_status(how_obtained(result, took))
         try:
             on_done(result)

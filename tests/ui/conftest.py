@@ -12,6 +12,7 @@ Skipped when Playwright or Chromium is missing (``make test`` installs Chromium)
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,22 @@ def probe(browser):
     yield p
     ctx.close()
     p.assert_clean()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test carries the server log's tail and the busiest processes: a page that
+    timed out under CI's load says whether the server was queueing runs, stalled or starved."""
+    report = yield
+    if report.when == "call" and report.failed:
+        srv = item.funcargs.get("server")
+        if srv is not None:
+            report.sections.append(
+                ("server log (last 40 lines)", "\n".join(srv.log_text().splitlines()[-40:]))
+            )
+        probe = item.funcargs.get("probe")
+        if probe is not None:
+            report.sections.append(("browser console and websocket (last 30)", "\n".join(probe.events[-30:])))
+        top = subprocess.run(["top", "-b", "-n", "1", "-c", "-w", "200"], capture_output=True, text=True)
+        report.sections.append(("busiest processes (top)", "\n".join(top.stdout.splitlines()[:14])))
+    return report

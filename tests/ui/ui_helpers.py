@@ -144,12 +144,28 @@ class PageProbe:
         self.page = page
         self.errors: list[str] = []
         self.outside: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        #: every console message and websocket event, timed (shown with a failed test's report)
+        self.events: list[str] = []
+        page.on("console", self._console)
+        page.on("websocket", self._websocket)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on(
             "request",
             lambda r: urllib.parse.urlparse(r.url).hostname not in LOCAL_HOSTS and self.outside.append(r.url),
         )
+
+    def _note(self, text: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text[:300]}")
+
+    def _console(self, message) -> None:
+        self._note(f"console {message.type}: {message.text}")
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def _websocket(self, ws) -> None:
+        self._note(f"websocket opened {ws.url}")
+        ws.on("close", lambda _ws: self._note(f"websocket closed {ws.url}"))
+        ws.on("socketerror", lambda err: self._note(f"websocket error {err}"))
 
     def assert_clean(self) -> None:
         assert not self.errors, f"console errors: {self.errors[:3]}"
