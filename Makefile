@@ -30,8 +30,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# everything but the browser tests on two workers; then the browser tests alone, one at a time
+# (they time pages and runs of one shared server: other tests' load would only make them slower)
 test: setup chromium lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --ignore=tests/ui
+	$(BIN)/pytest -q tests/ui
 
 bench: setup
 	$(BIN)/python tests/benchmarks/run_all.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ui_helpers import glyph, wait_drawn
+from ui_helpers import glyph, open_page, wait_drawn
 
 #: the sample mosaic's plot: its title, x and y ranges, frame size (px) and image size (data units)
 MOSAIC_JS = """
@@ -33,8 +33,7 @@ MOSAIC_JS = """
 
 def _open(probe, url, slug):
     page = probe.page
-    page.goto(url + f"?page={slug}", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")).first.wait_for(timeout=90000)
+    open_page(page, url + f"?page={slug}", page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")), timeout=90)
     return page
 
 
@@ -47,8 +46,12 @@ def test_both_tabs_draw_and_lipschitz_entry_opens_its_tab(server, probe):
     for cls in ("nnv-plot-lipschitz", "nnv-plot-gap", "nnv-plot-histogram", "nnv-plot-samples"):
         wait_drawn(page.locator(f".{cls}").first)
     # the navigation's "Lipschitz" entry opens the same page on its Lipschitz tab
-    page.goto(server.url + "?page=lipschitz", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")).first.wait_for(timeout=60000)
+    open_page(
+        page,
+        server.url + "?page=lipschitz",
+        page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")),
+        timeout=60,
+    )
     wait_drawn(page.locator(".nnv-plot-lipschitz").first)
     assert page.locator(".nnv-plot-tightness").first.is_hidden()
 

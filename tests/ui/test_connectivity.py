@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
-from ui_helpers import glyph, wait_drawn
+from ui_helpers import glyph, open_page, wait_drawn
 
 
 def test_connectivity_page_tap_a_point_and_analyse_it(server, probe):
     page = probe.page
-    page.goto(server.url + "?page=connectivity", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"\(A\) vs .*\(B\)")).first.wait_for(timeout=60000)
+    open_page(
+        page, server.url + "?page=connectivity", page.get_by_text(re.compile(r"\(A\) vs .*\(B\)")), timeout=60
+    )
     assert page.get_by_text("loss barrier on test", exact=False).first.is_visible()
     for cls in ("nnv-plot-path-loss", "nnv-plot-path-accuracy"):
         wait_drawn(page.locator(f".{cls}").first)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import PageProbe, click_row, glyph, wait_drawn
+from ui_helpers import PageProbe, click_row, glyph, open_page, wait_drawn
 
 pytestmark = pytest.mark.browser
 
@@ -57,8 +57,7 @@ def _new_probe(browser):
 def test_a_copied_spectra_link_opens_the_same_view_in_a_new_context(server, browser, probe):
     page = probe.page
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url.rstrip("/"))
-    page.goto(server.url + "?page=spectra", wait_until="networkidle", timeout=60000)
-    page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
+    open_page(page, server.url + "?page=spectra", page.get_by_text("Selected:", exact=False), timeout=60)
     # a server file as the model, FARMS on (run), the second layer selected
     small = str(server.files["small"].resolve())
     select = page.locator(".nnv-model select").first
@@ -95,8 +94,7 @@ def test_a_copied_spectra_link_opens_the_same_view_in_a_new_context(server, brow
     ctx, other = _new_probe(browser)
     try:
         p2 = other.page
-        p2.goto(link, wait_until="networkidle", timeout=60000)
-        p2.get_by_text("Selected: mid.weight", exact=False).first.wait_for(timeout=30000)
+        open_page(p2, link, p2.get_by_text("Selected: mid.weight", exact=False), timeout=60)
         assert p2.get_by_text(re.compile(r"^Analysing: (\S*/)?small\.safetensors$")).first.is_visible()
         p2.get_by_text(re.compile(r"xmin rule \w+, FARMS alpha")).first.wait_for(timeout=15000)
         assert p2.locator(".nnv-controls input[type=checkbox]").first.is_checked()  # FARMS
@@ -112,8 +110,12 @@ def test_a_copied_spectra_link_opens_the_same_view_in_a_new_context(server, brow
 
 def test_a_lipschitz_bar_link_opens_that_bar_in_a_new_context(server, browser, probe):
     page = probe.page
-    page.goto(server.url + "?page=lipschitz&max_samples=32", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")).first.wait_for(timeout=60000)
+    open_page(
+        page,
+        server.url + "?page=lipschitz&max_samples=32",
+        page.get_by_text(re.compile(r"Bar \d+: \d+ samples?")),
+        timeout=60,
+    )
     wait_drawn(page.locator(".nnv-plot-histogram").first)
     page.wait_for_timeout(500)
     found = glyph(page, ["n_samples", "left", "right", "top"])
@@ -134,8 +136,7 @@ def test_a_lipschitz_bar_link_opens_that_bar_in_a_new_context(server, browser, p
     ctx, other = _new_probe(browser)
     try:
         p2 = other.page
-        p2.goto(link, wait_until="networkidle", timeout=60000)
-        p2.get_by_text(re.compile(rf"Bar {i}: {n} samples?")).first.wait_for(timeout=60000)
+        open_page(p2, link, p2.get_by_text(re.compile(rf"Bar {i}: {n} samples?")), timeout=60)
         wait_drawn(p2.locator(".nnv-plot-lipschitz").first)  # the Lipschitz tab is open
         p2.get_by_text(re.compile(r" on \w+, 32 samples")).first.wait_for(timeout=5000)
         assert _wait_link(p2, f"select={i}") == link
@@ -147,8 +148,7 @@ def test_a_lipschitz_bar_link_opens_that_bar_in_a_new_context(server, browser, p
 def test_a_bad_link_says_what_is_wrong_and_opens_the_rest(server, probe):
     page = probe.page
     query = "?page=spectra&model=/etc/passwd&farms=maybe&nosuch=1&select=zz.weight"
-    page.goto(server.url + query, wait_until="networkidle", timeout=60000)
-    page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
+    open_page(page, server.url + query, page.get_by_text("Selected:", exact=False), timeout=60)
     note = page.locator(".nnv-link-note").first
     note.get_by_text("select=zz.weight", exact=False).wait_for(timeout=15000)
     text = note.evaluate(DEEP_TEXT_JS)
@@ -175,8 +175,12 @@ def test_an_unknown_page_in_the_link_opens_the_landing_page_with_a_note(server, 
 
 def test_a_trajectory_link_opens_its_analyses_baseline_and_step_in_a_new_context(server, browser, probe):
     page = probe.page
-    page.goto(server.url + "?page=trajectory", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")).first.wait_for(timeout=60000)
+    open_page(
+        page,
+        server.url + "?page=trajectory",
+        page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")),
+        timeout=60,
+    )
     # the view changed in the page: Spectra only, step 0 pinned, differences to it, checkpoint 200
     page.locator(".nnv-traj-analyses input[type=checkbox]").nth(1).uncheck()  # IBP
     baseline = page.locator(".nnv-controls select").nth(1)
@@ -192,7 +196,7 @@ def test_a_trajectory_link_opens_its_analyses_baseline_and_step_in_a_new_context
     ctx, other = _new_probe(browser)
     try:
         p2 = other.page
-        p2.goto(link, wait_until="networkidle", timeout=60000)
+        open_page(p2, link, p2.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")))
         wait_drawn(p2.locator(".nnv-traj-mean-alpha").first)
         assert p2.locator(".nnv-traj-ibp").count() == 0  # IBP is not run
         boxes = p2.locator(".nnv-traj-analyses input[type=checkbox]")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 
-from ui_helpers import open_app
+from ui_helpers import open_app, open_page
 
 #: what a page's line says: "Analysing: X · compared with Y, Z" or "Model A: X · Model B: Y"
 LINE = re.compile(r"^(?:Analysing|Model A):\s*(.+?)(?:\s+·\s+|$)")
@@ -79,6 +79,5 @@ def test_every_page_names_the_model_the_sidebar_shows(server, probe):
 def test_a_page_opened_first_names_the_sidebars_model(server, probe):
     page = probe.page
     for slug, expected in (("orbits", "rot-cnn"), ("connectivity", "mlp-w64-a"), ("bounds", "mlp")):
-        page.goto(server.url + f"?page={slug}", wait_until="networkidle", timeout=60000)
-        page.locator(".nnv-main .nnv-analysing").first.wait_for(timeout=90000)
+        open_page(page, server.url + f"?page={slug}", page.locator(".nnv-main .nnv-analysing"), timeout=90)
         agree(page, expected)

@@ -6,7 +6,7 @@ import re
 import time
 
 import numpy as np
-from ui_helpers import glyph, wait_drawn
+from ui_helpers import glyph, open_page, wait_drawn
 
 
 def _isolated_point(xs, ys, samples):
@@ -31,8 +31,9 @@ def _wait_changed(locator, before: bytes, timeout: float = 15) -> None:
 
 def _open_orbits(probe, url):
     page = probe.page
-    page.goto(url + "?page=orbits", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")).first.wait_for(timeout=60000)
+    open_page(
+        page, url + "?page=orbits", page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")), timeout=60
+    )
     return page
 
 

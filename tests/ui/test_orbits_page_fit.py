@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import PageProbe, glyph, wait_drawn
+from ui_helpers import PageProbe, glyph, open_page, wait_drawn
 
 PLOTS = ("nnv-plot-aggregate", "nnv-plot-scatter", "nnv-plot-individual", "nnv-plot-image", "nnv-plot-probs")
 #: the plots drawn with a toolbar (the transformed image has none)
@@ -74,8 +74,9 @@ BOKEH_JS = """
 
 
 def _open_orbits(page, url: str) -> None:
-    page.goto(url + "?page=orbits", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")).first.wait_for(timeout=90000)
+    open_page(
+        page, url + "?page=orbits", page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")), timeout=90
+    )
 
 
 def _setting_input(page, label: str):
@@ -191,8 +192,9 @@ def test_the_slider_shows_the_angle_not_the_element_index(server, probe):
 def test_orbits_runs_the_interpolated_model_connectivity_hands_on(server, probe):
     page = probe.page
     _open_orbits(page, server.url)  # Orbits first: it follows the sidebar's model from then on
-    page.goto(server.url + "?page=connectivity", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"\(A\) vs .*\(B\)")).first.wait_for(timeout=90000)
+    open_page(
+        page, server.url + "?page=connectivity", page.get_by_text(re.compile(r"\(A\) vs .*\(B\)")), timeout=90
+    )
     wait_drawn(page.locator(".nnv-plot-path-loss").first)
     page.wait_for_timeout(500)
     c = glyph(page, ["point", "lam", "loss"])["columns"]

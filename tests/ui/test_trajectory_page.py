@@ -6,15 +6,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import glyph, wait_drawn
+from ui_helpers import glyph, open_page, wait_drawn
 
 pytestmark = pytest.mark.browser
 
 
 def test_trajectory_page_draws_the_zoo_series_and_a_tap_picks_a_checkpoint(server, probe):
     page = probe.page
-    page.goto(server.url + "?page=trajectory", wait_until="networkidle", timeout=60000)
-    page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")).first.wait_for(timeout=60000)
+    open_page(
+        page,
+        server.url + "?page=trajectory",
+        page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")),
+        timeout=60,
+    )
     for cls in ("nnv-traj-alpha-heatmap", "nnv-traj-mean-alpha", "nnv-traj-ibp"):
         wait_drawn(page.locator(f".{cls}").first)
     page.wait_for_timeout(500)

@@ -23,7 +23,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from ui_helpers import open_app, start_server, stop_server
+from ui_helpers import open_app, open_page, start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -288,8 +288,12 @@ def _report(title: str, m: dict) -> str:
 
 def open_app_plain(page, url: str) -> None:
     """The Spectra page (the landing page is Vitals), once it shows a result."""
-    page.goto(url if "page=" in url else url + "?page=spectra", wait_until="networkidle", timeout=60000)
-    page.get_by_text("Selected:", exact=False).first.wait_for(timeout=60000)
+    open_page(
+        page,
+        url if "page=" in url else url + "?page=spectra",
+        page.get_by_text("Selected:", exact=False),
+        timeout=60,
+    )
 
 
 # --------------------------------------------------------------------------- tests

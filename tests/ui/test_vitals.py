@@ -10,6 +10,8 @@ import pytest
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
+from ui_helpers import open_page  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 TITLES = ("Spectra", "Orbits", "IBP tightness", "Lipschitz", "Connectivity")
@@ -17,8 +19,7 @@ TITLES = ("Spectra", "Orbits", "IBP tightness", "Lipschitz", "Connectivity")
 
 def _open(server, probe):
     page = probe.page
-    page.goto(server.url, wait_until="networkidle", timeout=60000)
-    page.locator(".nnv-vital").first.wait_for(timeout=30000)
+    open_page(page, server.url, page.locator(".nnv-vital"), timeout=60)
     return page
 
 

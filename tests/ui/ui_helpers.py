@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,12 +173,38 @@ class PageProbe:
         assert not self.outside, f"requests left the machine: {self.outside[:3]}"
 
 
+#: seconds a freshly loaded page may take to show its first result before it is reloaded once
+FIRST_LOAD_S = 45
+
+
+def open_page(page, url: str, ready, timeout: float = 90) -> None:
+    """Load ``url`` and wait until the ``ready`` locator is visible.
+
+    A page whose first result has not arrived after :data:`FIRST_LOAD_S` is reloaded once, with a
+    warning in the test report. That stall is seen about once in a few hundred fresh loads under
+    full CPU load: the browser's websocket stays open, the server builds and shows the page, then
+    reaps the session as unconnected a few seconds later (see the diagnostics a failed browser test
+    reports). The test still fails if the reloaded page does not show its result either.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(url, wait_until="networkidle", timeout=60000)
+    try:
+        ready.first.wait_for(timeout=1000 * min(FIRST_LOAD_S, timeout))
+        return
+    except PlaywrightTimeout:
+        warnings.warn(
+            f"{url}: no first result after {FIRST_LOAD_S} s; the page was reloaded once", stacklevel=2
+        )
+    page.reload(wait_until="networkidle", timeout=60000)
+    ready.first.wait_for(timeout=1000 * timeout)
+
+
 def open_app(probe: PageProbe, url: str, query: str = "?page=spectra"):
     """Load the app (the Spectra page unless ``query`` names another; the landing page is Vitals,
     tests/ui/test_vitals.py) and wait until the Spectra page shows a result."""
     page = probe.page
-    page.goto(url + query, wait_until="networkidle", timeout=60000)
-    page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
+    open_page(page, url + query, page.get_by_text("Selected:", exact=False))
     return page
 
 
