@@ -16,7 +16,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ui_helpers import CHROMIUM_ARGS, UPLOAD_LIMIT_MB, PageProbe, start_server, stop_server, write_models
+from ui_helpers import (
+    CHROMIUM_ARGS,
+    DEEP_TEXT_JS,
+    UPLOAD_LIMIT_MB,
+    PageProbe,
+    start_server,
+    stop_server,
+    write_models,
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +83,11 @@ def pytest_runtest_makereport(item, call):
         probe = item.funcargs.get("probe")
         if probe is not None:
             report.sections.append(("browser console and websocket (last 30)", "\n".join(probe.events[-30:])))
+            try:  # what the page said: a job's status line tells a queued run from a lost result
+                text = probe.page.locator("body").evaluate(DEEP_TEXT_JS)
+                report.sections.append(("page text (last 1500 characters)", text[-1500:]))
+            except Exception as e:  # the page is gone or hung
+                report.sections.append(("page text", f"not readable: {e}"))
         top = subprocess.run(["top", "-b", "-n", "1", "-c", "-w", "200"], capture_output=True, text=True)
         report.sections.append(("busiest processes (top)", "\n".join(top.stdout.splitlines()[:14])))
     return report

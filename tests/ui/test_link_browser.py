@@ -9,24 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import PageProbe, click_row, glyph, open_page, wait_drawn
+from ui_helpers import DEEP_TEXT_JS, PageProbe, click_row, glyph, open_page, wait_drawn
 
 pytestmark = pytest.mark.browser
-
-#: the text of an element and of every shadow root under it (Panel panes draw in shadow DOM)
-DEEP_TEXT_JS = """
-(el) => {
-  const walk = (root) => {
-    let out = "";
-    for (const n of root.childNodes) {
-      if (n.nodeType === 3) out += n.textContent;
-      else if (n.nodeType === 1) { out += (n.shadowRoot ? walk(n.shadowRoot) : "") + walk(n); if (n.tagName === "LI" || n.tagName === "P") out += "\\n"; }
-    }
-    return out;
-  };
-  return walk(el.shadowRoot || el) + walk(el);
-}
-"""
 
 
 def _link_of(page) -> str:
