@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,23 @@ def _float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError("expected a finite number")
     return value
+
+
+def link_choice(text: str, choices: Sequence[int], what: str) -> tuple[int | None, str | None]:
+    """A link's ``select=`` value read as one of a page's integer ``choices``: ``(value, None)``, or
+    ``(None, problem)`` with the one line the link note shows (``what`` names a choice, e.g.
+    "a bar of the histogram"; a range is given by its ends, other choices are listed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is not None and value in choices:
+        return value, None
+    if isinstance(choices, range):
+        expected = f"from {choices.start} to {choices.stop - 1}"
+    else:
+        expected = "(" + ", ".join(str(c) for c in choices) + ")"
+    return None, f"Link: select={text[:40]}: expected {what} {expected}"
 
 
 def parse_for_widget(widget: Any, text: str) -> Any:

@@ -32,6 +32,7 @@ from analyses.bounds.analysis import IBPTightness, LipschitzBounds
 from analyses.core.errors import NNVitalsError
 from analyses.orbits.fitting import fitting_data
 
+from ..components import links
 from ..components.page import PLOT_MIN_WIDTH, AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
@@ -315,14 +316,10 @@ class BoundsPage(AnalysisPage):
         if text is None or self.lip_result is None:
             return None
         bars = len(views.histogram_bins(self.lip_result, None, BINS)) - 1
-        try:
-            bar = int(text)
-        except ValueError:
-            bar = -1
-        if not 0 <= bar < bars:
-            return f"Link: select={text[:40]}: expected a bar of the histogram from 0 to {bars - 1}"
-        self.select(bar)
-        return None
+        bar, problem = links.link_choice(text, range(bars), "a bar of the histogram")
+        if bar is not None:
+            self.select(bar)
+        return problem
 
     def select(self, bar: int) -> None:
         """Select histogram bar ``bar``, as a tap does."""

@@ -40,6 +40,7 @@ from analyses.connectivity.analysis import ModeConnectivity
 from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
+from ..components import links
 from ..components.jobs import how_obtained, in_server
 from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
@@ -368,15 +369,10 @@ class ConnectivityPage(AnalysisPage):
         text = values.get("select")
         if text is None or self.result is None:
             return None
-        n = len(self._frame)
-        try:
-            row = int(text)
-        except ValueError:
-            row = -1
-        if not 0 <= row < n:
-            return f"Link: select={text[:40]}: expected a point of the path from 0 to {n - 1}"
-        self.select(row)
-        return None
+        row, problem = links.link_choice(text, range(len(self._frame)), "a point of the path")
+        if row is not None:
+            self.select(row)
+        return problem
 
     def select(self, row: int) -> None:
         """Pick point ``row`` of :func:`analyses.connectivity.views.path_frame` (as a tap does)."""

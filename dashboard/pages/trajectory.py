@@ -35,6 +35,7 @@ from analyses.trajectory.analysis import ANALYSES, Trajectory
 from analyses.trajectory.series import CHECKPOINT_SUFFIXES, MANIFEST, load_series, parse_step
 from analyses.zoo import demo_series, series_names
 
+from ..components import links
 from ..components.jobs import JobPanel, how_obtained
 from ..components.page import AnalysisPage, plot_grid, plot_pane
 from ..components.settings_form import WIDGET_WIDTH
@@ -365,15 +366,10 @@ class TrajectoryPage(AnalysisPage):
         if text is None:
             return None
         steps = list(self._checkpoint.options.values())
-        try:
-            step = int(text)
-        except ValueError:
-            step = None
-        if step not in steps:
-            shown = ", ".join(str(s) for s in steps)
-            return f"Link: select={text[:40]}: expected a step of the series ({shown})"
-        self._checkpoint.value = step
-        return None
+        step, problem = links.link_choice(text, steps, "a step of the series")
+        if step is not None:
+            self._checkpoint.value = step
+        return problem
 
     # ------------------------------------------------------------------ one checkpoint, all pages
     def _out_dir(self) -> Path:

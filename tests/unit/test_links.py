@@ -192,3 +192,21 @@ def test_a_trajectory_link_refuses_a_step_and_a_series_it_does_not_list():
     assert "Link: select=7: expected a step of the series (0, 25, 50, 100, 200, 400, 800, 1600)" in text
     assert page._checkpoint.value == 1600
     app.close()
+
+
+def test_link_choice_reads_one_of_the_pages_integer_choices_or_says_which():
+    """The one reader of ``select=`` on the IBP/Lipschitz, Connectivity and Trajectory pages."""
+    from dashboard.components.links import link_choice
+
+    assert link_choice("3", range(5), "a bar of the histogram") == (3, None)
+    assert link_choice("5", range(5), "a bar of the histogram") == (
+        None,
+        "Link: select=5: expected a bar of the histogram from 0 to 4",
+    )
+    assert link_choice("-1", range(5), "a point")[0] is None
+    assert link_choice("200", [0, 100, 200], "a step of the series") == (200, None)
+    assert link_choice("7" * 60, [0, 100], "a step of the series") == (
+        None,
+        f"Link: select={'7' * 40}: expected a step of the series (0, 100)",
+    )
+    assert link_choice("1.5", [1], "a step")[0] is None
