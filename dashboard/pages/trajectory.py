@@ -42,6 +42,9 @@ from ..components.settings_form import WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
 
+#: the label of the analyses' checkboxes (above them, and in the link note)
+ANALYSES_LABEL = "Analyses on every checkpoint"
+
 #: the page's defaults: cheap analyses with few samples (the CLI's ``track`` runs every one)
 PAGE_DEFAULTS: dict[str, Any] = {
     "analyses": ["spectra", "ibp"],
@@ -152,7 +155,7 @@ class TrajectoryPage(AnalysisPage):
         self.controls = self.controls_column(
             "Trajectory",
             self._series_select,
-            pn.pane.Markdown("Analyses on every checkpoint", margin=(5, 10, 0, 10)),
+            pn.pane.Markdown(ANALYSES_LABEL, margin=(5, 10, 0, 10)),
             self._analyses,
             self._baseline,
             self._relative,
@@ -341,7 +344,7 @@ class TrajectoryPage(AnalysisPage):
 
         return [
             Field("series", self._series_select.name, self._series_select),
-            Field("analyses", "Analyses on every checkpoint", self._analyses),
+            Field("analyses", ANALYSES_LABEL, self._analyses),
             Field("baseline", self._baseline.name, self._baseline),
             Field("relative", self._relative.name, self._relative),
         ]
