@@ -395,8 +395,8 @@ class JobPanel(pn.viewable.Viewer):
             log.error("job %s failed", job.label, exc_info=e)
             self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
             return
-        took = (job.ended or time.perf_counter()) - (job.started or job.submitted)
-        queued = (job.started or job.submitted) - job.submitted
+        started = job.started or job.submitted
+        took, queued = (job.ended or time.perf_counter()) - started, started - job.submitted
         wait = f" after {_fmt_seconds(queued)} in the queue" if queued >= 1 else ""
         log.info("%s: done in %s%s", job.label, _fmt_seconds(took), wait)
         self._set_status(how_obtained(result, took))

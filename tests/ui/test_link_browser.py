@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from ui_helpers import DEEP_TEXT_JS, PageProbe, click_row, glyph, open_page, wait_drawn
+from ui_helpers import DEEP_TEXT_JS, PageProbe, click_row, glyph, open_page, open_trajectory, wait_drawn
 
 pytestmark = pytest.mark.browser
 
@@ -160,12 +160,7 @@ def test_an_unknown_page_in_the_link_opens_the_landing_page_with_a_note(server, 
 
 def test_a_trajectory_link_opens_its_analyses_baseline_and_step_in_a_new_context(server, browser, probe):
     page = probe.page
-    open_page(
-        page,
-        server.url + "?page=trajectory",
-        page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")),
-        timeout=60,
-    )
+    open_trajectory(page, server.url + "?page=trajectory")
     # the view changed in the page: Spectra only, step 0 pinned, differences to it, checkpoint 200
     page.locator(".nnv-traj-analyses input[type=checkbox]").nth(1).uncheck()  # IBP
     baseline = page.locator(".nnv-controls select").nth(1)
@@ -181,7 +176,7 @@ def test_a_trajectory_link_opens_its_analyses_baseline_and_step_in_a_new_context
     ctx, other = _new_probe(browser)
     try:
         p2 = other.page
-        open_page(p2, link, p2.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")))
+        open_trajectory(p2, link)
         wait_drawn(p2.locator(".nnv-traj-mean-alpha").first)
         assert p2.locator(".nnv-traj-ibp").count() == 0  # IBP is not run
         boxes = p2.locator(".nnv-traj-analyses input[type=checkbox]")

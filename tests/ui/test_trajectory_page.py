@@ -3,22 +3,15 @@ that checkpoint becomes the sidebar's model."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from ui_helpers import glyph, open_page, wait_drawn
+from ui_helpers import glyph, open_trajectory, wait_drawn
 
 pytestmark = pytest.mark.browser
 
 
 def test_trajectory_page_draws_the_zoo_series_and_a_tap_picks_a_checkpoint(server, probe):
     page = probe.page
-    open_page(
-        page,
-        server.url + "?page=trajectory",
-        page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")),
-        timeout=60,
-    )
+    open_trajectory(page, server.url + "?page=trajectory")
     for cls in ("nnv-traj-alpha-heatmap", "nnv-traj-mean-alpha", "nnv-traj-ibp"):
         wait_drawn(page.locator(f".{cls}").first)
     page.wait_for_timeout(500)

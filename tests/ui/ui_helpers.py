@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -218,6 +219,11 @@ def open_page(page, url: str, ready, timeout: float = 90) -> None:
         )
     page.reload(wait_until="networkidle", timeout=60000)
     ready.first.wait_for(timeout=1000 * timeout)
+
+
+def open_trajectory(page, url: str) -> None:
+    """Load a Trajectory page (``url`` may carry a link's query) and wait for the zoo series."""
+    open_page(page, url, page.get_by_text(re.compile(r"8 checkpoints of .*cnn-train")), timeout=60)
 
 
 def open_app(probe: PageProbe, url: str, query: str = "?page=spectra"):
