@@ -36,10 +36,11 @@ from typing import Any
 
 import panel as pn
 import param
-from panel.io.callbacks import PeriodicCallback
 
 from analyses.core.errors import Cancelled, NNVitalsError
 from analyses.core.runner import CancelToken
+
+from .timer import SessionTimer
 
 log = logging.getLogger("nnvitals.app")
 
@@ -96,19 +97,15 @@ def in_server() -> bool:
     return bool(doc is not None and getattr(doc, "session_context", None) is not None)
 
 
-def loop_timer(callback: Callable[[], None], period: int = POLL_MS) -> PeriodicCallback:
+def loop_timer(callback: Callable[[], None], period: int = POLL_MS) -> SessionTimer:
     """A session's timer calling ``callback`` every ``period`` ms on the server's event loop.
 
-    The callback is wrapped in a coroutine, which Panel runs on the loop, never on a pool thread:
-    a result's new plots reach the browser before anything that names them (see
-    :func:`dashboard.server.serve`). ``background``: a tick does not flag the whole page as busy
-    (that would send every session's busy indicator a message several times a second).
+    It runs on the loop, never on a pool thread: a result's new plots reach the browser before
+    anything that names them (see :func:`dashboard.server.serve`). It may be started from the page
+    builder thread before the browser has connected; it fires once the browser has (see
+    :mod:`dashboard.components.timer` for why this is not Panel's own timer).
     """
-
-    async def tick() -> None:
-        callback()
-
-    return PeriodicCallback(callback=tick, period=period, background=True)
+    return SessionTimer(callback, period)
 
 
 class Job:

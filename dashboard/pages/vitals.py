@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 import panel as pn
 import param
-from panel.io.callbacks import PeriodicCallback
 
 from analyses import registry
 from analyses.core.errors import Cancelled, NNVitalsError
@@ -52,6 +51,7 @@ from analyses.zoo import DEMO_MODELS
 
 from .. import style
 from ..components.jobs import JobPanel, in_server, loop_timer
+from ..components.timer import SessionTimer
 from ..settings import AppSettings
 
 log = logging.getLogger("nnvitals.app")
@@ -608,7 +608,7 @@ class VitalsPage(pn.viewable.Viewer):
         self._lock = threading.Lock()
         self._inbox: list[tuple[int, Reading]] = []
         self._generation = 0
-        self._poller: PeriodicCallback | None = None
+        self._poller: SessionTimer | None = None
         self.cards = {k: Card(k, self.open_page) for k in KINDS}
         self.runs = JobPanel(background=background)
         self._run_button = pn.widgets.Button(

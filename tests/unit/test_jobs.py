@@ -203,25 +203,3 @@ def test_runner_answers_cancel_without_waiting_for_a_task_that_does_not_check():
     with pytest.raises(Cancelled):
         Runner("threads", num_workers=2).map(tasks, cancel=token)
     assert time.perf_counter() - t < 1.5, "Cancel waited for the running tasks to end"
-
-
-def test_the_session_timers_run_on_the_event_loop():
-    """A served session's timers (a run's progress and result, the Vitals cards) are coroutines:
-    Panel runs those on the event loop, never on a pool thread, so a result's new plots reach the
-    browser before any change that names them."""
-    import inspect
-
-    from dashboard.pages.vitals import VitalsPage
-
-    panel = JobPanel(background=True)
-    panel._start_polling()
-    try:
-        assert inspect.iscoroutinefunction(panel._poller.callback)
-    finally:
-        panel._stop_polling()
-    vitals = VitalsPage(model="mlp", background=False)
-    vitals._start_polling()
-    try:
-        assert inspect.iscoroutinefunction(vitals._poller.callback)
-    finally:
-        vitals._poller.stop()

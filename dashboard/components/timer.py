@@ -1,0 +1,116 @@
+"""A served session's timer: a callback every few hundred milliseconds on the server's event loop.
+
+Why not Panel's :class:`~panel.io.callbacks.PeriodicCallback`: started before the session's browser
+has connected (which is when a page's first run is submitted: pages are built on the page builder
+thread while the browser loads), it re-schedules its own start on every turn of the event loop
+until the connection is up — about 1,700 turns per new session here, event-loop CPU every other
+session waits behind — and under load that chain was sometimes lost: the timer never fired, and
+the page waited for a result that had long been computed (1 first load in 30 to 80 with two busy
+cores).
+
+:class:`SessionTimer` instead asks Bokeh once for a periodic callback of the session's document
+(``Document.add_next_tick_callback`` is Bokeh's thread-safe entry; the callback is added from the
+event loop) and skips its ticks until Panel has seen the browser's "document ready". Stopping it
+removes that callback from the event loop too. Outside a served session (a notebook) it falls
+back on Panel's timer, which runs on the notebook's own event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import panel as pn
+from panel.io.callbacks import PeriodicCallback
+from panel.io.state import set_curdoc
+
+log = logging.getLogger("nnvitals.app")
+
+
+def _connected(doc: Any) -> bool:
+    """The session's browser has connected and rendered the document (Panel's own flag)."""
+    return bool(pn.state._connected.get(doc))
+
+
+class SessionTimer:
+    """Calls ``callback()`` every ``period`` ms on the event loop of the session current at
+    :meth:`start` (from any thread), once its browser is connected; :meth:`stop` from any thread."""
+
+    def __init__(self, callback: Callable[[], None], period: int):
+        self.callback = callback
+        self.period = int(period)
+        self._lock = threading.Lock()
+        self._wanted = False
+        self._doc: Any = None
+        self._cb: Any = None  # Bokeh's periodic callback; touched on the event loop only
+        self._fallback: PeriodicCallback | None = None
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped since (its first tick may still be to come)."""
+        return self._wanted
+
+    def start(self) -> None:
+        doc = pn.state.curdoc
+        if doc is None or getattr(doc, "session_context", None) is None:
+            self._start_fallback()
+            return
+        with self._lock:
+            if self._wanted and self._doc is doc:
+                return
+            self._wanted, self._doc = True, doc
+        self._sync_later(doc)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._wanted = False
+            doc = self._doc
+        if self._fallback is not None and self._fallback.running:
+            self._fallback.stop()
+        if doc is not None:
+            self._sync_later(doc)
+
+    # ------------------------------------------------------------------ event loop side
+    def _sync_later(self, doc: Any) -> None:
+        try:
+            doc.add_next_tick_callback(self._sync)
+        except Exception as e:  # noqa: BLE001 - the session is gone; Bokeh dropped its callbacks
+            log.debug("session timer: document gone (%s)", e)
+
+    def _sync(self) -> None:
+        """Make the event loop's callback match what was asked last (runs on the event loop)."""
+        with self._lock:
+            wanted, doc = self._wanted, self._doc
+        if wanted and self._cb is None:
+            self._cb = doc.add_periodic_callback(self._tick, self.period)
+        elif not wanted and self._cb is not None:
+            cb, self._cb = self._cb, None
+            try:
+                doc.remove_periodic_callback(cb)
+            except ValueError:  # already removed with the session
+                pass
+
+    def _tick(self) -> None:
+        with self._lock:
+            wanted, doc = self._wanted, self._doc
+        if not wanted:
+            self._sync()
+            return
+        if not _connected(doc):
+            return  # changes before the browser's "ready" would not reach it
+        with set_curdoc(doc):
+            self.callback()
+
+    # ------------------------------------------------------------------ no session
+    def _start_fallback(self) -> None:
+        if self._fallback is None:
+
+            async def tick() -> None:
+                self.callback()
+
+            self._fallback = PeriodicCallback(callback=tick, period=self.period, background=True)
+        if not self._fallback.running:
+            self._fallback.start()
+        self._wanted = self._fallback.running
