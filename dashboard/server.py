@@ -26,7 +26,7 @@ from typing import Any
 import panel as pn
 from tornado.ioloop import IOLoop
 
-from . import speedups
+from . import speedups, turns
 from .components import jobs
 from .settings import AppSettings
 
@@ -367,6 +367,7 @@ def serve(
     from .app import build_app
 
     server = pn.serve({"/": lambda: build_app(settings)}, **kwargs)
+    turns.install(server)  # new sessions take turns, leaving the event loop to clicks between
     where = address or "localhost"
     log.info(
         "nnvitals serving on http://%s:%s/ (runner: %s%s)",

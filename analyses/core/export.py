@@ -159,17 +159,47 @@ def offline_html(model: Any, title: str) -> str:
     from bokeh.embed.util import OutputDocumentFor, standalone_docs_json_and_render_items
     from bokeh.resources import INLINE
 
-    with OutputDocumentFor([model]) as doc:
-        docs_json, render_items = standalone_docs_json_and_render_items(
-            [model], suppress_callback_warning=True
-        )
-        bundle = bundle_for_objs_and_resources([doc], INLINE)
-        bundle.js_files, bundle.css_files = [], []  # inline mode: BokehJS itself is in js_raw
-        return html_page_for_render_items(bundle, docs_json, render_items, title=title)
+    def page() -> str:
+        with OutputDocumentFor([model]) as doc:
+            docs_json, render_items = standalone_docs_json_and_render_items(
+                [model], suppress_callback_warning=True
+            )
+            bundle = bundle_for_objs_and_resources([doc], INLINE)
+            bundle.js_files, bundle.css_files = [], []  # inline mode: BokehJS itself is in js_raw
+            return html_page_for_render_items(bundle, docs_json, render_items, title=title)
+
+    return in_own_document(page)
+
+
+def in_own_document(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with a fresh bokeh document as ``bokeh.io.curdoc()``.
+
+    HoloViews draws into ``curdoc()``, and Bokeh's embedding copies its JS callbacks. Inside a
+    server that is a session's live page (whose theme HoloViews would set), or one destroyed with
+    its session (Bokeh leaves a session's document current when a callback of it raised: exports
+    then failed on it). Nothing raises out of Bokeh's ``patch_curdoc``, which would leave this
+    document current too."""
+    from bokeh.document import Document
+    from bokeh.io.doc import patch_curdoc
+
+    doc, out, error = Document(), None, None  # held here: Bokeh keeps only a weak reference
+    with patch_curdoc(doc):
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - raised below, once the document is restored
+            error = e
+    if error is not None:
+        raise error
+    return out
+
+
+def bokeh_model(obj: Any) -> Any:
+    """``obj`` rendered as a bokeh model, in a document of its own (see :func:`in_own_document`)."""
+    return in_own_document(lambda: hv.renderer("bokeh").get_plot_state(obj))
 
 
 def _save_html(obj: Any, path: Path) -> None:
-    model = hv.render(obj, backend="bokeh")
+    model = bokeh_model(obj)
     html = offline_html(model, title=path.stem.replace("_", " "))
     _atomic_write(path, lambda f: f.write(html.encode("utf-8")))
 

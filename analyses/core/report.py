@@ -109,9 +109,9 @@ def _element(fig: Any) -> Any:
 
 
 def _bokeh_model(fig: Any) -> Any:
-    import holoviews as hv
+    from .export import bokeh_model
 
-    return hv.render(_element(fig), backend="bokeh")
+    return bokeh_model(_element(fig))
 
 
 def _svg(fig: Any) -> str:
@@ -156,7 +156,9 @@ def _render(sections: Sequence[Section]) -> tuple[dict[tuple[int, str], str], st
     from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.resources import INLINE
 
-    script, divs = components(models)
+    from .export import in_own_document
+
+    script, divs = in_own_document(lambda: components(models))
     bundle = bundle_for_objs_and_resources(models, INLINE)
     bundle.js_files, bundle.css_files = [], []  # inline: BokehJS itself is in the raw scripts
     js, css = bundle

@@ -74,23 +74,32 @@ class SessionTimer:
 
     # ------------------------------------------------------------------ event loop side
     def _sync_later(self, doc: Any) -> None:
+        if getattr(doc, "_roots", None) is None:  # destroyed: Bokeh removed its callbacks
+            return
         try:
             doc.add_next_tick_callback(self._sync)
         except Exception as e:  # noqa: BLE001 - the session is gone; Bokeh dropped its callbacks
             log.debug("session timer: document gone (%s)", e)
 
     def _sync(self) -> None:
-        """Make the event loop's callback match what was asked last (runs on the event loop)."""
+        """Make the event loop's callback match what was asked last (runs on the event loop).
+
+        Never raises: an exception out of a Bokeh session callback leaves that session's document
+        on Bokeh's stack of current documents for good (``bokeh.io.doc.patch_curdoc`` pops it only
+        on success), and every later ``curdoc()`` of the server (an HTML export's) gets a document
+        that was destroyed with its session."""
         with self._lock:
             wanted, doc = self._wanted, self._doc
-        if wanted and self._cb is None:
-            self._cb = doc.add_periodic_callback(self._tick, self.period)
-        elif not wanted and self._cb is not None:
-            cb, self._cb = self._cb, None
-            try:
+        try:
+            if getattr(doc, "_roots", None) is None:  # destroyed with its session
+                self._cb = None
+            elif wanted and self._cb is None:
+                self._cb = doc.add_periodic_callback(self._tick, self.period)
+            elif not wanted and self._cb is not None:
+                cb, self._cb = self._cb, None
                 doc.remove_periodic_callback(cb)
-            except ValueError:  # already removed with the session
-                pass
+        except Exception as e:  # noqa: BLE001 - the session is going: Bokeh drops its callbacks
+            log.debug("session timer: %s", e)
 
     def _tick(self) -> None:
         with self._lock:
@@ -100,8 +109,11 @@ class SessionTimer:
             return
         if not _connected(doc):
             return  # changes before the browser's "ready" would not reach it
-        with set_curdoc(doc):
-            self.callback()
+        try:
+            with set_curdoc(doc):
+                self.callback()
+        except Exception as e:  # noqa: BLE001 - never out of a Bokeh callback (see _sync)
+            log.error("session timer callback %s failed", getattr(self.callback, "__name__", "?"), exc_info=e)
 
     # ------------------------------------------------------------------ no session
     def _start_fallback(self) -> None:

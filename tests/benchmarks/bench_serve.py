@@ -25,7 +25,10 @@ Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd
 5. **A crowd**: ``--crowd`` browsers (default 10) open the app at the same moment while one more,
    already connected, clicks through its layer table. Reported: each page's time to its first
    plot (target: every one within 10 s), the connected user's click -> update latency (target:
-   p95 < 1 s), and whether any page asked another host for anything (never).
+   p95 < 1 s), the server event loop's worst lag meanwhile (how long any message waited for
+   it), and whether any page asked another host for anything (never). The crowd's browsers run
+   at a low CPU priority, the connected user's in a browser of its own at normal priority (on
+   their own machine, the user's page would not wait for ten others to be drawn).
 6. **A burst of page requests**: ``--burst`` (default 30) plain ``GET /`` at once; time to the
    whole answer (p50, p95, max).
 7. **Memory**: the server's resident memory before the crowd, at its peak, and once every session
@@ -332,6 +335,42 @@ def _server_cpu(pid: int) -> float:
     return t.user + t.system
 
 
+class _BrowserCPU:
+    """CPU seconds used by every Chromium process while it runs (sampled every 0.2 s: a process's
+    last fraction of a sample before it exits is missed), to tell the browsers' share of a crowd
+    from the server's on a machine that runs both."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["name"]):
+                if "chrom" in (proc.info["name"] or ""):
+                    try:
+                        t = proc.cpu_times()
+                        self._seen[proc.pid] = t.user + t.system
+                    except psutil.Error:
+                        pass
+            time.sleep(0.2)
+
+    def __enter__(self) -> _BrowserCPU:
+        self._stop.clear()
+        self._thread.start()
+        time.sleep(0.3)
+        self.before = sum(self._seen.values())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = sum(self._seen.values()) - self.before
+
+
 def _rss_mb(pid: int) -> float:
     import psutil
 
@@ -444,10 +483,14 @@ async def _crowd(url: str, n: int) -> dict:
     async with async_playwright() as p:
         exe = _niced_chromium(Path(tempfile.mkdtemp(prefix="nnv-chromium-")))
         browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        ctx, page = await _open(browser, url)
+        # the connected user's own browser, at normal priority: on their own machine it would not
+        # wait for the crowd's ten browsers to lay out and draw their pages
+        own = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        ctx, page = await _open(own, url)
         go = asyncio.Event()
         members = [asyncio.create_task(_crowd_member(browser, url, go)) for _ in range(n)]
         await asyncio.sleep(1.0)  # the members' contexts are ready
+        went = time.time()
         go.set()
         names = ["fc1.weight", "fc2.weight", "fc3.weight"]
         taps: list[float] = []
@@ -462,10 +505,12 @@ async def _crowd(url: str, n: int) -> dict:
             await page.wait_for_timeout(300)
         results = [m.result() for m in members]
         await ctx.close()
+        await own.close()
         await browser.close()
     firsts = [r["first_plot_s"] for r in results]
     return {
         "browsers": n,
+        "went_at": went,
         "first_plot_s": [round(v, 1) for v in sorted(firsts)],
         "first_plot_max_s": round(max(firsts), 1),
         "connected_user_click": _stats(taps),
@@ -517,6 +562,18 @@ def _wait_released(srv: Server, mark: int, timeout: float = 120) -> str | None:
     return None
 
 
+def _pages_shown(log: str, went: float) -> list[float]:
+    """Seconds from ``went`` (a wall-clock time) to each Spectra page the server showed (its log's
+    "spectra page shown" lines): when the server had done its part of each first plot."""
+    import datetime as dt
+
+    out = []
+    for stamp in re.findall(r"^(\S+ \S+) nnvitals\.app DEBUG: spectra page shown", log, flags=re.M):
+        at = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        out.append(round(at - went, 1))
+    return sorted(v for v in out if v >= 0)
+
+
 def bench_crowd(tmp: Path, crowd: int, burst: int, skip: set[str]) -> dict:
     srv = Server(tmp)
     out: dict = {}
@@ -538,7 +595,22 @@ def bench_crowd(tmp: Path, crowd: int, burst: int, skip: set[str]) -> dict:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         if "crowd" not in skip:
-            out["crowd"] = asyncio.run(_crowd(srv.spectra, crowd))
+            start = len(srv.log.read_text(errors="replace"))
+            c0 = _server_cpu(srv.proc.pid)
+            with _BrowserCPU() as browsers:
+                out["crowd"] = asyncio.run(_crowd(srv.spectra, crowd))
+            out["crowd"]["server_cpu_s"] = round(_server_cpu(srv.proc.pid) - c0, 1)
+            out["crowd"]["browsers_cpu_s"] = round(browsers.seconds, 1)
+            lags = [
+                int(v)
+                for v in re.findall(
+                    r"event loop lag: worst (\d+) ms", srv.log.read_text(errors="replace")[start:]
+                )
+            ]
+            out["crowd"]["event_loop_worst_lag_ms"] = max(lags, default=None)
+            out["crowd"]["server_pages_shown_s"] = _pages_shown(
+                srv.log.read_text(errors="replace")[start:], out["crowd"].pop("went_at")
+            )
         if "burst" not in skip:
             out["burst"] = _burst(srv.spectra, burst)
         mark = len(srv.log.read_text(errors="replace"))
@@ -666,7 +738,10 @@ def main() -> int:
                     f"{c['browsers']} browsers opening at once: first plot after {c['first_plot_s']} s; "
                     f"a connected user's click -> update meanwhile: median {tap['median_ms']} ms, "
                     f"p95 {tap['p95_ms']} ms, max {tap['max_ms']} ms (n={tap['n']}); requests to other "
-                    f"hosts: {c['requests_to_other_hosts']}",
+                    f"hosts: {c['requests_to_other_hosts']}; the server's event loop at worst "
+                    f"{c['event_loop_worst_lag_ms']} ms late meanwhile; the server had shown the pages "
+                    f"after {c['server_pages_shown_s']} s; CPU meanwhile: server {c['server_cpu_s']} s, "
+                    f"browsers {c['browsers_cpu_s']} s",
                     flush=True,
                 )
                 target(

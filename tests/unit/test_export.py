@@ -51,6 +51,22 @@ def test_html_is_standalone_and_offline(spectra_cnn, tmp_path):
     assert "application/json" in html and "conv1.weight" in html  # the plot's data
 
 
+def test_html_does_not_use_a_destroyed_current_document(esd, tmp_path):
+    """Inside a server, ``bokeh.io.curdoc()`` can be a session's document destroyed with its
+    session (Bokeh leaves it current when a callback of that session raised): the export draws
+    in a document of its own and does not fail on it ("Document has no attribute _theme")."""
+    from bokeh.document import Document
+    from bokeh.io.doc import curdoc, patch_curdoc
+
+    gone, owner = Document(), object()
+    gone.on_change_dispatch_to(owner)
+    gone.destroy(owner)  # what a server session's end does to its document
+    with patch_curdoc(gone):
+        assert curdoc() is gone
+        path = save_figure(esd, tmp_path / "esd.html")
+    assert "Bokeh" in path.read_text()
+
+
 def test_keeps_the_current_backend(esd, tmp_path):
     prev = hv.Store.current_backend
     try:

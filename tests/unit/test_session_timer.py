@@ -1,4 +1,5 @@
-"""The sessions' timer (dashboard.components.timer) on a real Bokeh server session, without a browser.
+"""The server's event-loop helpers on real Bokeh server sessions, without a browser: the sessions'
+timer (dashboard.components.timer) and new sessions taking turns (dashboard.turns).
 
 The session is made by Bokeh's own ``ApplicationContext`` on a Tornado loop in a thread, as
 ``nnvitals serve`` makes one for a page request; the timer is started from another thread before
@@ -8,6 +9,7 @@ the browser connects, as a page's first run is (pages are built on the page buil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -23,10 +25,9 @@ from tornado.ioloop import IOLoop
 from dashboard.components.jobs import loop_timer
 
 
-@pytest.fixture
-def session():
-    """A served session's document, its event loop's thread, and a count of the next-tick
-    callbacks added to the document (each one a turn of the event loop spent on it)."""
+@contextlib.contextmanager
+def _event_loop():
+    """A Tornado event loop running in a thread of its own, as the server's; stopped after."""
     ready = threading.Event()
     box: dict = {}
 
@@ -39,25 +40,39 @@ def session():
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(5)
-    loop = box["loop"]
+    try:
+        yield box["loop"], thread
+    finally:
+        box["loop"].add_callback(box["loop"].stop)
+        thread.join(5)
+
+
+@pytest.fixture
+def session():
+    """A served session's document, its event loop's thread, and a count of the next-tick
+    callbacks added to the document (each one a turn of the event loop spent on it)."""
+    with _event_loop() as (loop, thread):
+        doc, _context = _new_session(loop)  # the context holds the session
+        ticks = {"n": 0}
+        add = doc.add_next_tick_callback
+
+        def counted(callback):
+            ticks["n"] += 1
+            return add(callback)
+
+        doc.add_next_tick_callback = counted
+        yield doc, thread, ticks
+        pn.state._connected.pop(doc, None)
+
+
+def _new_session(loop):
+    """A new session made by Bokeh's ApplicationContext for a page request, and that context."""
     context = ApplicationContext(Application(FunctionHandler(lambda doc: None)), io_loop=loop)
     request = HTTPServerRequest(method="GET", uri="/")  # Panel reads the page request's arguments
     made = asyncio.run_coroutine_threadsafe(
         context.create_session_if_needed("s1", request), loop.asyncio_loop
     )
-    doc = made.result(10).document
-    ticks = {"n": 0}
-    add = doc.add_next_tick_callback
-
-    def counted(callback):
-        ticks["n"] += 1
-        return add(callback)
-
-    doc.add_next_tick_callback = counted
-    yield doc, thread, ticks
-    pn.state._connected.pop(doc, None)
-    loop.add_callback(loop.stop)
-    thread.join(5)
+    return made.result(10).document, context
 
 
 def _periodic(doc) -> list:
@@ -140,3 +155,80 @@ def test_a_run_submitted_while_the_page_is_built_shows_its_result_once_the_brows
     assert shown == [(45, loop_thread.ident)]
     assert not panel.running and panel.status.startswith("Computed in")
     assert _wait_for(lambda: not _periodic(doc), 2.0)
+
+
+def _worst_loop_gap(loop, work) -> float:
+    """Seconds of the longest stretch in which the event loop ran nothing else while ``work()``
+    (a coroutine function) ran on it: a 10 ms timer's worst delay."""
+    from tornado.ioloop import PeriodicCallback
+
+    stamps: list[float] = []
+    timer = PeriodicCallback(lambda: stamps.append(time.perf_counter()), 10)
+    loop.add_callback(timer.start)
+    time.sleep(0.1)
+    asyncio.run_coroutine_threadsafe(work(), loop.asyncio_loop).result(30)
+    time.sleep(0.1)
+    loop.add_callback(timer.stop)
+    time.sleep(0.05)
+    return max(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+@pytest.mark.parametrize("turns", [False, True])
+def test_new_sessions_take_turns_and_leave_the_event_loop_to_others_in_between(turns):
+    """Three page requests at once, each session's shell taking 0.3 s on the loop: one after the
+    other in one turn of the loop without TakeTurns (0.9 s in which nothing else ran), with it
+    a gap for everyone else after each."""
+    from dashboard.turns import TakeTurns
+
+    def shell(doc) -> None:
+        time.sleep(0.3)
+
+    with _event_loop() as (loop, _thread):
+        app = Application(FunctionHandler(shell))
+        if turns:
+            app.add(TakeTurns())
+        context = ApplicationContext(app, io_loop=loop)
+
+        async def three() -> None:
+            requests = [HTTPServerRequest(method="GET", uri="/") for _ in range(3)]
+            await asyncio.gather(
+                *(context.create_session_if_needed(f"s{i}", r) for i, r in enumerate(requests))
+            )
+
+        gap = _worst_loop_gap(loop, three)
+        assert len(context.sessions) == 3
+    if turns:
+        assert gap < 0.55, f"the event loop ran nothing else for {gap:.2f} s"
+    else:  # the control: the measurement sees the back-to-back builds
+        assert gap > 0.8, f"worst gap {gap:.2f} s without TakeTurns"
+
+
+def test_a_failing_tick_or_a_session_gone_raises_nothing_into_bokeh(session, caplog):
+    """An exception out of a Bokeh session callback leaves that session's document as the server's
+    ``curdoc()`` for good (Bokeh's ``patch_curdoc`` pops it only on success): a later HTML export
+    then failed on the destroyed document."""
+    from bokeh.io import doc as bokeh_doc
+
+    doc, _loop_thread, _ticks = session
+    pn.state._connected[doc] = True
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bug in a page")
+
+    timer = loop_timer(broken, period=50)
+    with set_curdoc(doc), caplog.at_level("ERROR", logger="nnvitals.app"):
+        timer.start()
+        assert _wait_for(lambda: len(calls) >= 3, 3.0)
+    assert bokeh_doc._PATCHED_CURDOCS == [], "a tick's exception reached Bokeh"
+    assert "session timer callback broken failed" in caplog.text
+    # the session ends under the running timer (a closed tab), then the page stops it
+    server_session = doc.session_context._session
+    done = threading.Event()
+    server_session._loop.add_callback(lambda: (server_session.destroy(), done.set()))
+    assert done.wait(5)
+    timer.stop()
+    timer._sync()  # what a tick left over would do
+    time.sleep(0.2)
+    assert bokeh_doc._PATCHED_CURDOCS == []
