@@ -34,7 +34,7 @@ from tornado.ioloop import IOLoop
 
 from analyses import registry
 
-from .components import jobs, links
+from .components import jobs, links, timer
 from .components.model_picker import ModelPicker
 from .server import (  # noqa: F401  (serve and the server's helpers, also named from here)
     ATTACH_WAIT_S,
@@ -296,6 +296,7 @@ class NNVitalsApp(pn.viewable.Viewer):
         slug = self.page
         loop = IOLoop.current()
         lock = threading.Lock()
+        timer.hold(doc)  # the page's first results wait for the page (see timer.hold)
         state: dict[str, Any] = {"built": False, "loaded": False}
 
         def show_and_wait(page: Any, problem: str | None, built: float) -> None:
@@ -310,7 +311,14 @@ class NNVitalsApp(pn.viewable.Viewer):
                     else:
                         self._main.objects = [pn.pane.Alert(problem, alert_type="danger")]
                 finally:
-                    doc.add_next_tick_callback(shown.set)  # after the ticks it queued
+                    try:  # after the ticks it queued: then the session's timers may show results
+                        doc.add_next_tick_callback(shown_now)
+                    except Exception:  # noqa: BLE001 - the session has just gone
+                        shown_now()
+
+            def shown_now() -> None:
+                timer.release(doc)
+                shown.set()
 
             def schedule() -> None:  # on the event loop (Bokeh's session callbacks are its own)
                 if self._closed:

@@ -10,7 +10,8 @@ cores).
 
 :class:`SessionTimer` instead asks Bokeh once for a periodic callback of the session's document
 (``Document.add_next_tick_callback`` is Bokeh's thread-safe entry; the callback is added from the
-event loop) and skips its ticks until Panel has seen the browser's "document ready". Stopping it
+event loop) and skips its ticks until Panel has seen the browser's "document ready" and the app
+has attached the session's page (:func:`hold`, :func:`release`). Stopping it
 removes that callback from the event loop too. Outside a served session (a notebook) it falls
 back on Panel's timer, which runs on the notebook's own event loop.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +31,27 @@ from panel.io.state import set_curdoc
 log = logging.getLogger("nnvitals.app")
 
 
-def _connected(doc: Any) -> bool:
-    """The session's browser has connected and rendered the document (Panel's own flag)."""
-    return bool(pn.state._connected.get(doc))
+#: documents whose page is built but not attached yet (:func:`hold`)
+_held: weakref.WeakSet = weakref.WeakSet()
+
+
+def hold(doc: Any) -> None:
+    """Hold the ticks of every timer of ``doc`` until :func:`release`: the app holds a new session
+    until its page is attached, so a first result computed while the browser connected is shown
+    in the page, never sent ahead of it (the browser then failed on a patch of models it did not
+    have yet: "Cannot read properties of null")."""
+    _held.add(doc)
+
+
+def release(doc: Any) -> None:
+    """Let the timers of ``doc`` tick again (see :func:`hold`)."""
+    _held.discard(doc)
+
+
+def _ready(doc: Any) -> bool:
+    """The session's browser has connected and rendered the document (Panel's own flag), and
+    its page is not held."""
+    return bool(pn.state._connected.get(doc)) and doc not in _held
 
 
 class SessionTimer:
@@ -107,7 +127,7 @@ class SessionTimer:
         if not wanted:
             self._sync()
             return
-        if not _connected(doc):
+        if not _ready(doc):
             return  # changes before the browser's "ready" would not reach it
         try:
             with set_curdoc(doc):

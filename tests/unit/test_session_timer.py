@@ -232,3 +232,22 @@ def test_a_failing_tick_or_a_session_gone_raises_nothing_into_bokeh(session, cap
     timer._sync()  # what a tick left over would do
     time.sleep(0.2)
     assert bokeh_doc._PATCHED_CURDOCS == []
+
+
+def test_a_held_session_ticks_only_once_released(session):
+    """The app holds a new session's timers until its page is attached: a first result is shown in
+    the page, never sent ahead of it."""
+    from dashboard.components import timer as timers
+
+    doc, _loop_thread, _ticks = session
+    pn.state._connected[doc] = True
+    calls: list[int] = []
+    timers.hold(doc)
+    timer = loop_timer(lambda: calls.append(1), period=50)
+    with set_curdoc(doc):
+        timer.start()
+    time.sleep(0.5)
+    assert calls == [], "a held session's timer ticked"
+    timers.release(doc)
+    assert _wait_for(lambda: len(calls) >= 2, 3.0), "the released timer did not tick"
+    timer.stop()
