@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -48,10 +49,20 @@ def release(doc: Any) -> None:
     _held.discard(doc)
 
 
-def _ready(doc: Any) -> bool:
-    """The session's browser has connected and rendered the document (Panel's own flag), and
-    its page is not held."""
-    return bool(pn.state._connected.get(doc)) and doc not in _held
+#: when each document was first seen ready by a tick (:func:`_ready`)
+_ready_since: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ready(doc: Any, settle_s: float) -> bool:
+    """The session's browser has connected and rendered the document (Panel's own flag), its page
+    is not held, and both have been so for ``settle_s`` (one period: the browser lays out the page
+    it was just sent before a result changes it; with Panel's timer the first tick came one period
+    after connecting, and a result sent at once after the page made the browser fail on it)."""
+    if not pn.state._connected.get(doc) or doc in _held:
+        _ready_since.pop(doc, None)
+        return False
+    now = time.monotonic()
+    return now - _ready_since.setdefault(doc, now) >= settle_s
 
 
 class SessionTimer:
@@ -127,7 +138,7 @@ class SessionTimer:
         if not wanted:
             self._sync()
             return
-        if not _ready(doc):
+        if not _ready(doc, self.period / 1000):
             return  # changes before the browser's "ready" would not reach it
         try:
             with set_curdoc(doc):
