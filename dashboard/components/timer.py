@@ -4,9 +4,9 @@ Why not Panel's :class:`~panel.io.callbacks.PeriodicCallback`: started before th
 has connected (which is when a page's first run is submitted: pages are built on the page builder
 thread while the browser loads), it re-schedules its own start on every turn of the event loop
 until the connection is up — about 1,700 turns per new session here, event-loop CPU every other
-session waits behind — and under load that chain was sometimes lost: the timer never fired, and
-the page waited for a result that had long been computed (1 first load in 30 to 80 with two busy
-cores).
+session waits behind. In a page that never showed its first result under load, that timer never
+fired once. (Such stalls still happen with this timer, about once in 50-100 loads with two busy
+cores: their cause is not found yet; issue 11.)
 
 :class:`SessionTimer` instead asks Bokeh once for a periodic callback of the session's document
 (``Document.add_next_tick_callback`` is Bokeh's thread-safe entry; the callback is added from the
