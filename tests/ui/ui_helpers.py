@@ -192,7 +192,7 @@ DEEP_TEXT_JS = """
 
 
 #: seconds a freshly loaded page may take to show its first result before it is reloaded once
-FIRST_LOAD_S = 45
+FIRST_LOAD_S = 25
 
 
 def open_page(page, url: str, ready, timeout: float = 90) -> None:
