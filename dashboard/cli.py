@@ -527,18 +527,45 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _terminated(signum, frame) -> NoReturn:
-    """SIGTERM (``kill``, a job scheduler's time limit) ends a run like Ctrl-C: outputs cleaned up."""
+_SIGNALS_SEEN: list[int] = []  # the signals of this run (cleared by :func:`main`)
+
+
+def _interrupted(signum, frame) -> NoReturn:
+    """Ctrl-C, and SIGTERM (``kill``, a job scheduler's time limit), end a run: outputs cleaned up.
+
+    The signal is also recorded: a KeyboardInterrupt raised while a compiled extension converts
+    its arguments can be swallowed there and come out as another error (matplotlib's pybind11
+    ``affine_transform`` then raises "incompatible function arguments"). A run that was signalled
+    is reported as interrupted whatever error ended it.
+    """
+    _SIGNALS_SEEN.append(signum)
     raise KeyboardInterrupt
+
+
+def _handle_signals() -> dict[int, Any]:
+    """Install :func:`_interrupted` for SIGINT and SIGTERM; returns the handlers it replaced."""
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _interrupted)
+        except (ValueError, OSError):  # not the main thread (called from Python): leave it alone
+            pass
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nnvitals`` console script; returns the exit code."""
-    debug = os.environ.get("NNVITALS_DEBUG", "") not in ("", "0")
+    _SIGNALS_SEEN.clear()
+    previous = _handle_signals()
     try:
-        signal.signal(signal.SIGTERM, _terminated)
-    except (ValueError, OSError):  # not the main thread (called from Python): leave it alone
-        pass
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    debug = os.environ.get("NNVITALS_DEBUG", "") not in ("", "0")
     if not debug:
         # numeric warnings (log of 0 in a histogram, ...) are not the user's business
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -566,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", INTERRUPTED)
     except Exception as e:
+        if _SIGNALS_SEEN:  # the signal's KeyboardInterrupt was turned into this error on its way
+            return _fail("interrupted", INTERRUPTED)
         if debug:
             raise
         from analyses.core.errors import NNVitalsError

@@ -238,6 +238,30 @@ def _named(stderr: str) -> Path:
     return Path(stderr.strip().split("nnvitals: error: ", 1)[1].split(": cannot write", 1)[0])
 
 
+def test_an_interrupt_swallowed_by_an_extension_is_still_an_interrupt(monkeypatch, capsys, tmp_path):
+    """pybind11 (matplotlib's ``affine_transform``) can catch the KeyboardInterrupt raised while
+    it converts arguments and raise "incompatible function arguments" (TypeError) instead; CI saw
+    exit 3, "internal error", after a Ctrl-C. The run was signalled: it is reported as interrupted.
+    The stand-in below does what pybind11 does, with a real SIGINT through nnvitals' handler."""
+
+    def swallowing_extension(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise TypeError("affine_transform(): incompatible function arguments") from None
+        raise AssertionError("SIGINT did not raise KeyboardInterrupt")
+
+    monkeypatch.setattr(cli, "run_command", swallowing_extension)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli.main(["spectra", "mlp", "--out", str(tmp_path)]) == 130
+    assert_one_error_line(capsys.readouterr().err, "interrupted")
+    # the handlers of the calling program are back, and the next run starts with no signal seen
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    monkeypatch.setattr(cli, "run_command", lambda args: 1 / 0)
+    assert cli.main(["spectra", "mlp", "--out", str(tmp_path)]) == 3
+    assert "internal error" in capsys.readouterr().err
+
+
 def test_a_write_error_names_the_file_and_leaves_no_partial_set(main, tmp_path):
     import matplotlib.font_manager  # noqa: F401  (its cache exists before the limited runs)
 
