@@ -68,6 +68,7 @@ from analyses.zoo import DEMO_MODELS
 
 from ..style import NOTE
 from .jobs import _lower_priority, in_server
+from .on_loop import next_tick
 
 log = logging.getLogger("nnvitals.app")
 
@@ -403,10 +404,8 @@ def run_off_loop(work: Callable[[], Any], done: Callable[[Outcome], None], what:
                 except Exception:
                     log.warning("showing the check of %s failed", what, exc_info=True)
 
-        try:
-            doc.add_next_tick_callback(apply)
-        except Exception:  # the session has gone: its folder goes with it
-            log.debug("session closed before the check of %s ended", what)
+        if not next_tick(doc, apply):  # from the check's thread, through the event loop
+            log.debug("session closed before the check of %s ended", what)  # its folder goes with it
 
     fut = check_executor().submit(_attempt, work, what, True)
     fut.add_done_callback(finished)

@@ -5,13 +5,14 @@ has connected (which is when a page's first run is submitted: pages are built on
 thread while the browser loads), it re-schedules its own start on every turn of the event loop
 until the connection is up — about 1,700 turns per new session here, event-loop CPU every other
 session waits behind. In a page that never showed its first result under load, that timer never
-fired once. (Such stalls still happen with this timer, about once in 50-100 loads with two busy
-cores: their cause is not found yet; issue 11.)
+fired once. (Such stalls went on with this timer, about once in 50-100 loads with two busy
+cores, until starting and stopping went through the event loop: :mod:`.on_loop`.)
 
-:class:`SessionTimer` instead asks Bokeh once for a periodic callback of the session's document
-(``Document.add_next_tick_callback`` is Bokeh's thread-safe entry; the callback is added from the
-event loop) and skips its ticks until Panel has seen the browser's "document ready" and the app
-has attached the session's page (:func:`hold`, :func:`release`). Stopping it
+:class:`SessionTimer` instead asks Bokeh once for a periodic callback of the session's document,
+added on the event loop (:func:`.on_loop.next_tick`: asked from the page builder thread, Bokeh's
+own ``add_next_tick_callback`` could lose the callback) and skips its ticks until Panel has seen
+the browser's "document ready" and the app has attached the session's page (:func:`hold`,
+:func:`release`). Stopping it
 removes that callback from the event loop too. Outside a served session (a notebook) it falls
 back on Panel's timer, which runs on the notebook's own event loop.
 """
@@ -28,6 +29,8 @@ from typing import Any
 import panel as pn
 from panel.io.callbacks import PeriodicCallback
 from panel.io.state import set_curdoc
+
+from .on_loop import next_tick
 
 log = logging.getLogger("nnvitals.app")
 
@@ -105,12 +108,7 @@ class SessionTimer:
 
     # ------------------------------------------------------------------ event loop side
     def _sync_later(self, doc: Any) -> None:
-        if getattr(doc, "_roots", None) is None:  # destroyed: Bokeh removed its callbacks
-            return
-        try:
-            doc.add_next_tick_callback(self._sync)
-        except Exception as e:  # noqa: BLE001 - the session is gone; Bokeh dropped its callbacks
-            log.debug("session timer: document gone (%s)", e)
+        next_tick(doc, self._sync)  # on the event loop, whichever thread asks (see on_loop)
 
     def _sync(self) -> None:
         """Make the event loop's callback match what was asked last (runs on the event loop).

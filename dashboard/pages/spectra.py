@@ -36,6 +36,7 @@ from analyses.spectra.analysis import SpectralAnalysis
 from analyses.zoo import DEMO_MODELS
 
 from ..components.jobs import JobPanel
+from ..components.on_loop import next_tick
 from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
@@ -122,7 +123,7 @@ def _set_selection(doc: Any, selected: Any, index: list[int]) -> None:
             selected.indices = index
 
     if doc is not None and doc.session_context is not None:
-        doc.add_next_tick_callback(push)
+        next_tick(doc, push)
     else:
         push()
 

@@ -251,3 +251,49 @@ def test_a_held_session_ticks_only_once_released(session):
     timers.release(doc)
     assert _wait_for(lambda: len(calls) >= 2, 3.0), "the released timer did not tick"
     timer.stop()
+
+
+class _DocumentChanges:
+    """Listens to a document's changes the way Bokeh's ServerSession does
+    (``on_change_dispatch_to``) and records the thread each "callback added" event came on."""
+
+    def __init__(self, doc) -> None:
+        self.added: list[int] = []
+        doc.callbacks.on_change_dispatch_to(self)
+
+    def _session_callback_added(self, event) -> None:
+        self.added.append(threading.get_ident())
+
+
+def test_callbacks_asked_for_off_the_loop_are_added_to_the_document_on_the_loop(session):
+    """Bokeh's ``add_next_tick_callback`` called from another thread runs the document's change
+    dispatch on that thread while the loop may be using the document (a half-made ServerSession,
+    a held document, Bokeh's one stack of current documents). The timer, file checks and table
+    clicks ask from other threads: each callback reaches the document on the event loop."""
+    from dashboard.components.on_loop import next_tick, on_loop_thread
+
+    doc, loop_thread, _ticks = session
+    changes = _DocumentChanges(doc)
+    ran: list[int] = []
+    assert not on_loop_thread(doc)
+    assert next_tick(doc, lambda: ran.append(threading.get_ident()))
+    timer = loop_timer(lambda: None, period=50)
+    with set_curdoc(doc):  # as on the page builder thread
+        timer.start()
+    assert _wait_for(lambda: ran and _periodic(doc), 3.0)
+    timer.stop()
+    assert _wait_for(lambda: not _periodic(doc), 3.0)
+    assert ran == [loop_thread.ident]
+    assert len(changes.added) >= 3  # next_tick's callback, the timer's _sync, its periodic callback
+    assert set(changes.added) == {loop_thread.ident}, "a callback was added to the document off its loop"
+    # on the loop itself it is added at once; a destroyed session's document takes nothing
+    on_loop = {}
+    doc.session_context._session._loop.add_callback(lambda: on_loop.update(here=on_loop_thread(doc)))
+    assert _wait_for(lambda: on_loop, 3.0) and on_loop["here"]
+    server_session = doc.session_context._session
+    done = threading.Event()
+    server_session._loop.add_callback(lambda: (server_session.destroy(), done.set()))
+    assert done.wait(5)
+    assert not next_tick(doc, lambda: ran.append(0))
+    time.sleep(0.3)
+    assert ran == [loop_thread.ident]
