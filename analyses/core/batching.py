@@ -8,8 +8,13 @@ any batch, once, where a :class:`~analyses.core.subject.ExportSubject` is opened
 1. **dynamic batch axis**: the program's module is exported again with ``Dim.AUTO`` on the batch
    axis of its input, after its recorded guards are dropped and the reshapes that spell the
    traced batch size out (``view(x, [1, -1])``) are rewritten to infer it (``[-1, 144]``: the same
-   shape at the traced size). The new program is kept only when its batch axis is free and it gives
-   the same outputs as the original on a batch of another size (computed chunk by chunk);
+   shape at the traced size). Where the shapes cannot say which axis holds the batch (at batch 1
+   every axis is a multiple of it: ``nn.MultiheadAttention``'s ``view(q, [4, 2, 4])`` merges the
+   batch with 2 heads, its ``reshape(o, [4, 8])`` with 4 positions), the graph is run on two
+   samples alone and on both at once, and each reshape gets the axis that keeps every later value
+   holding both samples' own (:class:`_PairSearch`). The new program is kept only when its batch
+   axis is free and it gives the same outputs as the original on a batch of another size
+   (computed chunk by chunk);
 2. otherwise **chunks**: :class:`FixedBatchModule` cuts any batch into chunks of the exported size,
    pads the last one by repeating its final sample and drops the padding's outputs (in inference
    every sample's output is its own).
@@ -193,6 +198,163 @@ def _infer_batch(gm: torch.fx.GraphModule, batch: int, expand: bool = False) -> 
     return count
 
 
+def _split_rows(v: torch.Tensor, one: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether ``v`` (a value at batch size 2) holds ``one`` and ``other`` (the same value of each
+    sample alone, batch size 1) along one axis, the samples an outer, middle or inner factor of it."""
+    if not all(isinstance(t, torch.Tensor) for t in (v, one, other)) or one.shape != other.shape:
+        return False
+    if v.ndim != one.ndim:
+        return False
+    axes = [k for k in range(v.ndim) if v.shape[k] != one.shape[k]]
+    if len(axes) != 1 or v.shape[axes[0]] != 2 * one.shape[axes[0]]:
+        return False
+    k, size = axes[0], int(one.shape[axes[0]])
+    scale = max(1.0, float(one.abs().max()) if one.numel() and one.is_floating_point() else 1.0)
+    for outer in (d for d in range(1, size + 1) if size % d == 0):
+        parts = v.reshape(*v.shape[:k], outer, 2, size // outer, *v.shape[k + 1 :])
+        a, b = (parts.select(k + 1, i).reshape(one.shape) for i in (0, 1))
+        if one.is_floating_point():
+            close = torch.allclose(a, one, rtol=RTOL, atol=ATOL * scale) and torch.allclose(
+                b, other, rtol=RTOL, atol=ATOL * scale
+            )
+        else:
+            close = torch.equal(a, one) and torch.equal(b, other)
+        if close:
+            return True
+    return False
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs a graph and keeps every node's value."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__(gm)
+        self.values: dict[torch.fx.Node, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+class _BatchNotFound(Exception):
+    """No way found to run a graph traced with one sample on two (then: chunks)."""
+
+
+#: most node evaluations :func:`_infer_batch_by_values` spends on one graph, per node
+_SEARCH_BUDGET = 32
+
+
+class _PairSearch:
+    """Runs a graph on two samples at once (batch size 2), node by node, and checks that every value
+    of the input's holds the two samples' own values (``one``, ``other``: each node's value for each
+    sample alone). A reshape whose target shape spells the batch size of 1 out tries ``-1`` on each
+    axis in turn; several may hold both samples there (positions x batch, or batch x heads: both
+    are per-sample layouts), and a later step that mixes them up sends the search back to the last
+    reshape with another axis to try."""
+
+    def __init__(self, gm: torch.fx.GraphModule, one: dict, other: dict, dependent: set):
+        self.gm, self.one, self.other, self.dependent = gm, one, other, dependent
+        self.nodes = list(gm.graph.nodes)
+        self.budget = _SEARCH_BUDGET * len(self.nodes) + 100
+        self.interp = torch.fx.Interpreter(gm)
+
+    def _run(self, n: torch.fx.Node, env: dict, x: torch.Tensor, shape: list | None = None) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _BatchNotFound("search budget spent")
+        self.interp.env = env
+        if n.op == "placeholder":
+            self.interp.args_iter = iter([x])
+        if shape is None:
+            return self.interp.run_node(n)
+        args = torch.fx.node.map_arg(n.args[2:], lambda a: env[a])
+        return n.target(env[n.args[0]], shape, *args, **n.kwargs)
+
+    def _holds_both(self, n: torch.fx.Node, value: Any) -> bool:
+        if (
+            n not in self.dependent
+            or n.op in ("placeholder", "output")
+            or not isinstance(value, torch.Tensor)
+        ):
+            return True
+        return _split_rows(value, self.one[n], self.other[n])
+
+    def _choices(self, n: torch.fx.Node) -> list[list[int]] | None:
+        shape = n.args[1] if n.op == "call_function" and len(n.args) > 1 else None
+        if not (
+            _op(n) in _RESHAPES
+            and n.args[0] in self.dependent
+            and isinstance(shape, list | tuple)
+            and all(isinstance(d, int) for d in shape)
+        ):
+            return None
+        fixed = [int(d) for d in (_shape_of(n) or shape)]
+        axes = sorted(range(len(fixed)), key=lambda k: fixed[k] != 1)  # an axis of 1 first: the batch's
+        return [list(shape)] + [[*fixed[:k], -1, *fixed[k + 1 :]] for k in axes]
+
+    def find(
+        self, x: torch.Tensor, start: int = 0, env: dict | None = None
+    ) -> dict[torch.fx.Node, list[int]]:
+        """The reshapes' new shapes (from node ``start`` on, with the values ``env`` so far)."""
+        env = {} if env is None else env
+        for i in range(start, len(self.nodes)):
+            n = self.nodes[i]
+            choices = self._choices(n)
+            if choices is None:
+                try:
+                    value = self._run(n, env, x)
+                except _BatchNotFound:
+                    raise
+                except Exception as e:  # noqa: BLE001 - an earlier choice made the shapes disagree
+                    raise _BatchNotFound(n.name) from e
+                if not self._holds_both(n, value):
+                    raise _BatchNotFound(n.name)
+                env[n] = value
+                continue
+            for shape in choices:
+                try:
+                    value = self._run(n, env, x, shape)
+                except _BatchNotFound:
+                    raise
+                except Exception:  # noqa: BLE001 - this axis cannot hold two samples
+                    continue
+                if not self._holds_both(n, value):
+                    continue
+                try:
+                    later = self.find(x, i + 1, {**env, n: value})
+                except _BatchNotFound as e:
+                    if self.budget < 0:
+                        raise
+                    del e
+                    continue
+                return {**({n: shape} if shape != list(n.args[1]) else {}), **later}
+            raise _BatchNotFound(n.name)
+        return {}
+
+
+def _infer_batch_by_values(gm: torch.fx.GraphModule, val: torch.Tensor, batch: int = 1) -> int:
+    """For a program traced with one sample, where shapes do not say which axis holds the batch
+    (``view(x, [4, 2, 4])`` of 4 positions, 2 heads: the batch merges with the positions or the
+    heads): the graph is run on two samples alone and on both at once, and each reshape gets
+    ``-1`` on an axis whose value then holds both samples' own values, as every later value does.
+    Returns how many shapes were rewritten; raises when there is no such choice."""
+    x = _example(val, 2 * batch, seed=2)
+    dependent = _from_input(gm)
+    alone = []
+    with torch.no_grad():
+        for i in (0, 1):
+            rec = _Recorder(gm)
+            rec.run(x[i * batch : (i + 1) * batch])
+            alone.append(rec.values)
+        rewrites = _PairSearch(gm, alone[0], alone[1], dependent).find(x)
+    for node, shape in rewrites.items():
+        node.args = (node.args[0], shape, *node.args[2:])
+    if rewrites:
+        gm.recompile()
+    return len(rewrites)
+
+
 def _example(val: torch.Tensor, batch: int, seed: int = 0) -> torch.Tensor:
     """A batch of ``batch`` inputs like the recorded one, different from sample to sample: uniform in
     [0, 1) for floats, 0s and 1s otherwise (token ids 0 and 1 exist in any vocabulary but the
@@ -243,13 +405,24 @@ def _same(a: Any, b: Any) -> bool:
     return True
 
 
-def _dynamic(program: torch.export.ExportedProgram, val: torch.Tensor, batch: int, expand: bool) -> Any:
+def _dynamic(
+    program: torch.export.ExportedProgram,
+    val: torch.Tensor,
+    batch: int,
+    expand: bool,
+    by_values: bool = False,
+) -> Any:
     """The program re-exported with a dynamic batch axis, or None when its graph keeps the batch
-    fixed or the new program computes anything else."""
+    fixed or the new program computes anything else. ``by_values``: a program traced with one
+    sample has its reshapes' batch axes found by running it (:func:`_infer_batch_by_values`)."""
     gm = strip_guards(program.module())
     _infer_batch(gm, batch, expand)
+    if by_values:
+        _infer_batch_by_values(gm, val, batch)
     trace_at = max(batch, 2)  # torch.export specialises axes of size 0 and 1
     example = _example(val, trace_at)
+    with torch.no_grad():
+        gm(_example(val, trace_at + 1, seed=3))  # raises in milliseconds where an export fails in seconds
     with TRACE_LOCK, _quiet(), torch.no_grad():
         new = torch.export.export(gm, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
     if recorded_batch(new) is not None:
@@ -269,9 +442,12 @@ def free_batch(program: torch.export.ExportedProgram, label: str = "model") -> B
         return BatchFix(program)
     val = _user_inputs(program)[0].meta["val"]
     new = None
-    for expand in (False, True):  # broadcast rows made per sample: only when needed
+    # broadcast rows made per sample only when needed; then, where shapes cannot say which axis a
+    # reshape puts the batch on (a batch of one, or heads as many as samples), the values can
+    ways = [(False, False), (True, False), (True, True)]
+    for expand, by_values in ways:
         try:
-            new = _dynamic(program, val, batch, expand)
+            new = _dynamic(program, val, batch, expand, by_values)
         except NNVitalsError:
             raise
         except Exception:  # noqa: BLE001 - any failure to re-export means: try the next way, or chunks

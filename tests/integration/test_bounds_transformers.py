@@ -253,6 +253,39 @@ def test_gpt_decoder_on_token_ids_runs_end_to_end(tmp_path):
     assert math.isfinite(lip.summary["local_upper"])
 
 
+@pytest.mark.parametrize("name", ["vit-mha-seq-first", "vit-mha", "encoder-layer"])
+def test_models_exported_with_one_sample_bound_as_their_dynamic_export(name, tmp_path):
+    """``torch.export.export(model, (x[:1],))``, the everyday export: at batch 1 the shapes of
+    ``nn.MultiheadAttention``'s views do not say where the batch goes (positions x batch, or batch x
+    heads); the graph is run to find out (analyses.core.batching). Before: "reshape across the
+    batch axis", refused. The bounds equal those of the same model exported with a dynamic batch."""
+    model = _image_models()[name].eval()
+    dynamic = _export(model, torch.rand(2, 1, 8, 8), tmp_path / "dynamic.pt2")
+    one = tmp_path / "one.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(1, 1, 8, 8),)), str(one))
+    ibp = [IBPTightness(model=m, eps=0.01, **FAST).run() for m in (dynamic, str(one))]
+    np.testing.assert_allclose(ibp[1].table["box_width"], ibp[0].table["box_width"], rtol=1e-4, atol=1e-7)
+    assert ibp[1].summary["tightness"] == pytest.approx(ibp[0].summary["tightness"], rel=1e-4)
+    notes = ibp[1].meta["notes"]
+    assert any("fixed batch size of 1" in n and "made dynamic" in n for n in notes), notes
+    lip = [LipschitzBounds(model=m, **LIP, **FAST).run() for m in (dynamic, str(one))]
+    for key in ("lower", "local_upper"):
+        assert lip[1].summary[key] == pytest.approx(lip[0].summary[key], rel=1e-4), key
+
+
+def test_gpt_exported_with_one_sequence_bounds_as_its_dynamic_export(tmp_path):
+    torch.manual_seed(0)
+    model = GPT().eval()
+    data = _tokens(tmp_path)
+    dynamic = _export(model, torch.randint(0, VOCAB, (2, CTX)), tmp_path / "dynamic.pt2")
+    one = tmp_path / "one.pt2"
+    torch.export.save(torch.export.export(model, (torch.randint(0, VOCAB, (1, CTX)),)), str(one))
+    rng = dict(data=data, data_range=(0.0, VOCAB - 1.0))
+    ibp = [IBPTightness(model=m, eps=0.25, **rng, **FAST).run() for m in (dynamic, str(one))]
+    np.testing.assert_allclose(ibp[1].table["box_width"], ibp[0].table["box_width"], rtol=1e-4, atol=1e-7)
+    assert any("fixed batch size of 1" in n for n in ibp[1].meta["notes"])
+
+
 # ---------------------------------------------------------------------------- soundness, node by node
 
 

@@ -3,7 +3,8 @@ run batches of any size in every analysis (analyses.core.batching, ExportSubject
 
 The batch axis is made dynamic where the graph allows (a flatten, a ``view(x.shape[0], -1)`` baked
 into ``view(x, [1, -1])``, the views of batch x heads in attention, a class token expanded per
-sample); a graph whose batch axis cannot be told is run in chunks of the exported size instead. Each analysis that runs models is driven through its public API on ``.pt2``
+sample; where shapes cannot tell the batch's axis, at batch 1 above all, running the graph on two
+samples does); a graph whose batch axis cannot be followed is run in chunks of the exported size. Each analysis that runs models is driven through its public API on ``.pt2``
 files saved at batch 1 and batch 7, and agrees with the live module; the result says what was done.
 """
 
@@ -46,8 +47,8 @@ class Viewed(Flat):
 
 
 class Ambiguous(nn.Module):
-    """Reshapes whose every size is a multiple of 7: which axis holds the batch cannot be told, so
-    an export at batch 7 keeps its batch size (and one at batch 1 too): run in chunks."""
+    """Reshapes whose every size is a multiple of 7 (and at batch 1, of 1): the shapes do not say
+    which axis holds the batch; running the graph on two samples alone and together does."""
 
     def __init__(self):
         super().__init__()
@@ -57,6 +58,36 @@ class Ambiguous(nn.Module):
     def forward(self, x):
         h = torch.relu(self.conv(x)).reshape(x.shape[0] * 36, 7)
         return self.fc(h.reshape(x.shape[0], 7 * 36))
+
+
+class Unflattened(nn.Module):
+    """``unflatten`` of the batch merged with the channels: export spells the batch size out in its
+    sizes, which no rewrite follows (only reshapes' are): run in chunks of the exported size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 7, 3)
+        self.fc = nn.Linear(7 * 6 * 6, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(0, 1).unflatten(0, (x.shape[0], 7))
+        return self.fc(h.flatten(1))
+
+
+class SeqFirstAttention(nn.Module):
+    """``nn.MultiheadAttention`` sequence-first: its views merge the batch with the heads
+    (``[4, B * 2, 4]``) and with the positions (``[4 * B, 8]``); at batch 1 or 2 (as many samples
+    as heads) the shapes cannot say which."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 4, 4)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).permute(2, 0, 1)  # (positions, batch, features)
+        return self.head(self.attn(t, t, t, need_weights=False)[0].mean(0))
 
 
 class Zeros(Flat):
@@ -117,7 +148,17 @@ def test_the_batch_axis_is_made_dynamic_when_the_graph_allows(cls, batch):
 
 
 @pytest.mark.parametrize(
-    ("cls", "batch", "how"), [(Zeros, 7, "dynamic"), (Tokens, 7, "dynamic"), (Tokens, 1, "chunks")]
+    ("cls", "batch", "how"),
+    [
+        (Zeros, 7, "dynamic"),
+        (Tokens, 7, "dynamic"),
+        (Tokens, 1, "dynamic"),
+        (Ambiguous, 1, "dynamic"),
+        (Ambiguous, 7, "dynamic"),
+        (SeqFirstAttention, 1, "dynamic"),
+        (SeqFirstAttention, 2, "dynamic"),
+        (Unflattened, 1, "chunks"),
+    ],
 )
 def test_sizes_spelled_out_in_other_ops(cls, batch, how):
     model = _model(cls)
@@ -131,7 +172,7 @@ def test_sizes_spelled_out_in_other_ops(cls, batch, how):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_a_graph_that_keeps_its_batch_size_runs_in_chunks(batch):
-    model = _model(Ambiguous)
+    model = _model(Unflattened)
     program = _export(model, batch)
     fix = free_batch(program, "mix.pt2")
     assert fix.how == "chunks" and fix.program is program
@@ -169,11 +210,11 @@ def test_export_subject_runs_any_batch_keeps_its_fingerprint_and_notes(tmp_path)
     again = pickle.loads(pickle.dumps(subject))  # a worker works it out again
     assert "_fix" not in again.__dict__ and again.notes == subject.notes
     # chunks: the module cuts batches
-    _export(_model(Ambiguous), 7, tmp_path / "mix.pt2")
+    _export(_model(Unflattened), 7, tmp_path / "mix.pt2")
     mixing = load_subject(str(tmp_path / "mix.pt2"))
     assert isinstance(mixing.module(), FixedBatchModule)
     with torch.no_grad():
-        assert torch.allclose(mixing.module()(x), _model(Ambiguous)(x), atol=1e-6)
+        assert torch.allclose(mixing.module()(x), _model(Unflattened)(x), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- through the analyses
@@ -190,7 +231,7 @@ def files(tmp_path_factory):
             _export(m, batch, path)
             out[(batch, seed)] = str(path)
     out[("mix", 7)] = str(d / "mix_b7.pt2")
-    _export(_model(Ambiguous), 7, d / "mix_b7.pt2")
+    _export(_model(Unflattened), 7, d / "mix_b7.pt2")
     return out
 
 
@@ -211,7 +252,7 @@ def test_orbits_on_fixed_batch_files_equal_the_module(files, batch):
 
 def test_orbits_on_a_file_run_in_chunks(files):
     kw = dict(data="digits8", steps=4, max_samples=10, batch_size=4)
-    ref = _run(OrbitAnalysis, model=_model(Ambiguous), **kw)
+    ref = _run(OrbitAnalysis, model=_model(Unflattened), **kw)
     got = _run(OrbitAnalysis, model=files[("mix", 7)], **kw)
     assert np.allclose(got.scores(), ref.scores(), atol=1e-5)
     assert "chunks of 7" in got.meta["notes"][0]
