@@ -36,7 +36,7 @@ def forward_seconds(files: archs.ArchFiles, repeats: int = 5) -> float:
     program = torch.export.load(str(files.models[0]))
     module = program.module()
     with np.load(files.test) as d:
-        x = torch.from_numpy(d["x"])
+        x = torch.from_numpy(d["x"] if "x" in d.files else d["ids"])  # token ids: ``ids`` (archs.save_npz)
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
