@@ -224,21 +224,30 @@ def _split_rows(v: torch.Tensor, one: torch.Tensor, other: torch.Tensor) -> bool
     return False
 
 
+class _BatchNotFound(Exception):
+    """No way found to run a graph traced with one sample on two (then: chunks)."""
+
+
+#: most bytes of node values :func:`_infer_batch_by_values` keeps per run (a larger graph: chunks)
+_RECORD_BYTES = 512 << 20
+
+
 class _Recorder(torch.fx.Interpreter):
-    """Runs a graph and keeps every node's value."""
+    """Runs a graph and keeps every node's value (at most :data:`_RECORD_BYTES` of them)."""
 
     def __init__(self, gm: torch.fx.GraphModule):
         super().__init__(gm)
         self.values: dict[torch.fx.Node, Any] = {}
+        self.bytes = 0
 
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.bytes += out.numel() * out.element_size()
+            if self.bytes > _RECORD_BYTES:
+                raise _BatchNotFound("too many values to keep")
         self.values[n] = out
         return out
-
-
-class _BatchNotFound(Exception):
-    """No way found to run a graph traced with one sample on two (then: chunks)."""
 
 
 #: most node evaluations :func:`_infer_batch_by_values` spends on one graph, per node
