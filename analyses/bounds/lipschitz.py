@@ -48,7 +48,11 @@ eigensolve) converge from below: the top Ritz pair of ``A^T A`` has a relative r
 most ``tol`` after convergence, and tests compare it with the exact FFT and
 dense-matrix values. Norms are cached by the step's shapes and its parameters' fingerprints
 (:func:`layer_constants`: a layer seen again costs one hash), convolutions of one shape run as one
-grouped convolution, and each shape's last top singular vector warm-starts the next one.
+grouped convolution, and each shape's last top singular vector warm-starts the next one. On the
+CPU a float64 convolution norm takes most of its products in float32 (to a residual of
+:data:`ROUGH_TOL`), then goes on in float64 from each operator's vector to the tolerance asked
+for: the same value (a float64 Ritz value, from below), in about 60% of the time (ResNet-18 at
+32x32: 10.9 s to 6.5-7.3 s, the network's bound equal to 12 digits).
 
 *Lower bound.* ``max_x ||J_f(x)||_2`` over samples (also mean and RMS), for every node: the
 spectral norm of each sample's input Jacobian, batched over samples (the Jacobians of
@@ -245,6 +249,12 @@ def conv_operator_norm(
     return float(conv_operator_norms([weight], in_shape, stride, padding, dilation, groups, **kw)[0][0])
 
 
+#: the float32 pass of a float64 convolution norm stops at this relative residual (conv_operator_norms)
+ROUGH_TOL = 1e-6
+#: how much of the random start vector the float64 pass adds to the float32 pass's vectors
+REFINE_NOISE = 1e-6
+
+
 def conv_operator_norms(
     weights: list[torch.Tensor],
     in_shape: tuple[int, ...],
@@ -280,19 +290,35 @@ def conv_operator_norms(
     n = math.prod(in_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     rand = torch.randn((n,), generator=gen, dtype=torch.float64)
-    if start is not None:  # a warm start, with a little of the random vector: no direction is missing
-        warm = start.reshape(n).double().cpu()
-        rand = warm / warm.norm().clamp_min(1e-300) + warm_noise * rand / rand.norm()
-    start = rand.reshape(1, n).expand(g, n).to(w.device, w.dtype)
+
+    def started(warm: torch.Tensor | None, noise: float) -> torch.Tensor:
+        """``(g, n)`` start vectors: the random one, or ``warm`` (one row, or one per operator) with a
+        little of it (no direction is missing)."""
+        v = rand.reshape(1, n)
+        if warm is not None:
+            warm = warm.reshape(-1, n).double().cpu()
+            v = warm / warm.norm(dim=1, keepdim=True).clamp_min(1e-300) + noise * v / rand.norm()
+        return v.expand(g, n).to(w.device, w.dtype)
+
     spatial = tuple(in_shape[1:])
 
-    def matvec(v):
-        u = conv(v.reshape(1, g * cin, *spatial), w, None, stride, padding, dilation, g * groups)
-        back = convt(u, w, None, stride, padding, op, g * groups, dilation)
-        return back.reshape(g, n)
+    def matvec_of(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def matvec(v):
+            u = conv(v.reshape(1, g * cin, *spatial), weight, None, stride, padding, dilation, g * groups)
+            back = convt(u, weight, None, stride, padding, op, g * groups, dilation)
+            return back.reshape(g, n)
+
+        return matvec
 
     with torch.no_grad():
-        theta, vec = lanczos_top(matvec, start, iters=iters, tol=tol)
+        first = started(start, warm_noise)
+        if w.dtype == torch.float64 and w.device.type == "cpu" and tol < ROUGH_TOL:
+            # most products in float32 (CPU convolutions take a fraction of float64's time) to
+            # ROUGH_TOL, then float64 from each operator's vector to ``tol``: the value is still the
+            # top Ritz value of a float64 Krylov space, from below, with the residual asked for
+            _, rough = lanczos_top(matvec_of(w.float()), first.float(), iters=iters, tol=ROUGH_TOL)
+            first = started(rough, REFINE_NOISE)
+        theta, vec = lanczos_top(matvec_of(w), first, iters=iters, tol=tol)
     return theta.sqrt(), vec
 
 

@@ -116,6 +116,38 @@ def test_warm_start_keeps_the_norm():
         assert float(v[0]) == pytest.approx(exact1, rel=1e-7) and float(v[0]) <= exact1 * (1 + 1e-9)
 
 
+def test_float32_pass_then_float64_gives_the_float64_norm(monkeypatch):
+    """A float64 norm takes most Lanczos products in float32 (CPU convolutions: a fraction of the
+    time), then refines in float64 from each operator's vector: the same norm as float64 all the
+    way, from below the dense operator's, per operator of a batch."""
+    gen = torch.Generator().manual_seed(11)
+    ws = [torch.randn(6, 6, 3, 3, generator=gen, dtype=D) for _ in range(3)]
+    shape = (6, 10, 10)
+    products = {}
+    real = L.lanczos_top
+
+    def counted(matvec, start, **kw):
+        products.setdefault(start.dtype, 0)
+
+        def mv(v):
+            products[start.dtype] += 1
+            return matvec(v)
+
+        return real(mv, start, **kw)
+
+    monkeypatch.setattr(L, "lanczos_top", counted)
+    mixed, _ = L.conv_operator_norms(ws, shape, 1, 1, dtype=D, tol=1e-9)
+    assert products.get(torch.float32, 0) > 0 and products[torch.float64] > 0
+    monkeypatch.setattr(L, "ROUGH_TOL", 0.0)  # float64 all the way
+    products.clear()
+    plain, _ = L.conv_operator_norms(ws, shape, 1, 1, dtype=D, tol=1e-9)
+    assert list(products) == [torch.float64]
+    for w, a, b in zip(ws, mixed.tolist(), plain.tolist()):
+        exact = _dense_norm(lambda v, w=w: F.conv2d(v, w, None, 1, 1), shape)
+        assert a == pytest.approx(b, rel=1e-8) and a == pytest.approx(exact, rel=1e-8)
+        assert a <= exact * (1 + 1e-12)
+
+
 def _plain_interval_bounds(graph, lower, upper):
     """The unoptimised walk: every value kept, every rule's own ``ibp``."""
     c, r = (upper + lower) / 2, (upper - lower) / 2
