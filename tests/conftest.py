@@ -16,6 +16,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+#: tests of a minute or so that share no module fixture: started first, so that the two workers of
+#: ``pytest -n 2`` share them out at the start instead of one finishing a long one alone at the end
+_LONG_FIRST = ("tests/notebooks/", "tests/gpu/test_run_script.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))  # stable: order kept otherwise
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
