@@ -283,6 +283,24 @@ def _watch_loop_lag(io_loop, every_ms: int = 100, report_s: float = 5.0) -> None
     io_loop.add_callback(lambda: TornadoPeriodic(tick, every_ms).start())
 
 
+def quiet_closed_connections(asyncio_loop: Any) -> None:
+    """A browser that goes away while a message is on its way to it is not an error of the server:
+    Panel writes some patches as tasks of their own (``panel.io.document.dispatch_tornado``) and a
+    closed tab leaves their ``WebSocketClosedError`` unretrieved, which asyncio logs as an error
+    with a traceback. Those become one INFO line; every other exception keeps asyncio's handling."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    def handler(loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, WebSocketClosedError | StreamClosedError):
+            log.info("a browser went away while a message was on its way to it (%s)", type(exc).__name__)
+            return
+        loop.default_exception_handler(context)
+
+    asyncio_loop.set_exception_handler(handler)
+
+
 def _hardening(basic_auth: str | None, server_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``pn.serve`` options of :mod:`dashboard.auth` (security headers, the ``/components/`` route,
     the password login), merged with the caller's own ``extra_patterns``/``transforms`` (popped)."""
@@ -368,6 +386,7 @@ def serve(
 
     server = pn.serve({"/": lambda: build_app(settings)}, **kwargs)
     turns.install(server)  # new sessions take turns, leaving the event loop to clicks between
+    quiet_closed_connections(server.io_loop.asyncio_loop)
     where = address or "localhost"
     log.info(
         "nnvitals serving on http://%s:%s/ (runner: %s%s)",

@@ -297,3 +297,39 @@ def test_callbacks_asked_for_off_the_loop_are_added_to_the_document_on_the_loop(
     assert not next_tick(doc, lambda: ran.append(0))
     time.sleep(0.3)
     assert ran == [loop_thread.ident]
+
+
+def test_a_browser_gone_mid_message_is_one_line_not_a_traceback(caplog):
+    """Panel writes some patches as tasks of their own; a tab closed meanwhile leaves their
+    ``WebSocketClosedError`` unretrieved, and asyncio logged it as an error with a traceback (a
+    browser test failed on it in the server log). The server's loop says it in one line; any
+    other unretrieved exception keeps asyncio's own report."""
+    import gc
+
+    from tornado.websocket import WebSocketClosedError
+
+    from dashboard.server import quiet_closed_connections
+
+    async def closed() -> None:
+        raise WebSocketClosedError()
+
+    async def bug() -> None:
+        raise ValueError("a real bug")
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_closed_connections(loop)
+        with caplog.at_level("INFO"):
+            for coro in (closed, bug):
+                task = loop.create_task(coro())
+                loop.run_until_complete(asyncio.sleep(0.01))
+                assert task.done()
+                del task  # never retrieved: asyncio reports it when the task is collected
+                gc.collect()
+    finally:
+        loop.close()
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelname == "INFO" and gone[0].exc_info is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "never retrieved" in errors[0].getMessage()
+    assert "a real bug" in repr(errors[0].exc_info)
