@@ -21,8 +21,10 @@ keys are made once per model and process, off the event loop (:data:`LOOKUP_WORK
 their own), and remembered (:func:`lookup`); results read from the store are remembered by key
 (:data:`RESULT_MEMO` of them). A session opening on a model already looked up fills its cards
 while the page is built, from memory. The small plots are inline SVG drawn here from the result's
-table (a few hundred bytes each, no bokeh document per card); the analyses' own views are one
-click away on their pages.
+table (a few hundred bytes each, no bokeh document per card), except the Spectra card's: the one
+with a result from start-up is a plain Bokeh figure on a canvas (:func:`card_figure`, milliseconds
+to build), so the landing page shows a real plot. The analyses' own views are one click away on
+their pages.
 """
 
 from __future__ import annotations
@@ -454,6 +456,43 @@ def card_plot(kind: str, result: Any) -> str:
     return ""
 
 
+#: cards whose small plot is a Bokeh figure on a canvas (:func:`card_figure`) instead of inline SVG:
+#: Spectra's, the card that has a result from start-up, so the landing page shows a real plot
+CANVAS_KINDS = frozenset({"spectra"})
+
+
+def card_figure(kind: str, result: Any) -> Any:
+    """The small plot of a card of :data:`CANVAS_KINDS`, as a plain Bokeh figure (no HoloViews:
+    milliseconds to build); None when the result has nothing to draw. Spectra: alpha per layer as
+    bars over the green 2..6 band, the sparkline's look."""
+    from bokeh.models import BoxAnnotation, Range1d
+    from bokeh.plotting import figure
+
+    try:
+        if kind != "spectra":
+            return None
+        t = result.table
+        ok = t[t["status"] == "ok"] if "status" in t.columns else t
+        vals = [v for v in _col(ok, "alpha") if math.isfinite(v)]
+    except Exception as e:  # noqa: BLE001 - a plot that cannot be drawn leaves the numbers
+        log.debug("vitals: no small plot for %s (%s)", kind, e)
+        return None
+    if not vals:
+        return None
+    lo, hi = min(0.0, *vals), max(6.0, *vals)
+    pad = 0.06 * (hi - lo)
+    fig = figure(
+        width=SPARK_W, height=SPARK_H, toolbar_location=None, tools="", min_border=2,
+        outline_line_color=None, x_range=Range1d(-0.6, len(vals) - 0.4), y_range=Range1d(lo - pad, hi + pad),
+        title=None,
+    )  # fmt: skip
+    fig.axis.visible = False
+    fig.grid.visible = False
+    fig.add_layout(BoxAnnotation(bottom=2.0, top=6.0, fill_color="#e3f1e6", fill_alpha=1.0, level="underlay"))
+    fig.vbar(x=list(range(len(vals))), top=vals, width=0.7, color=SPARK_COLORS[0])
+    return fig
+
+
 # --------------------------------------------------------------------------- cards
 #: card frame by state: the colour of its left border and background
 CARD_STYLES = {
@@ -525,7 +564,8 @@ def card_html(reading: Reading, model_name: str = "") -> str:
         out += [f'<div class="nnv-vital-warning">⚠ {esc(w)}</div>' for w in warns]
         if reading.kind == "connectivity" and reading.model_b is not None:
             out.append(f'<div class="nnv-vital-status">with {esc(_name(reading.model_b))}</div>')
-        out.append(card_plot(reading.kind, reading.result))
+        if reading.kind not in CANVAS_KINDS:  # those draw theirs on a canvas beside (Card.figure)
+            out.append(card_plot(reading.kind, reading.result))
     elif state == "missing":
         out.append('<div class="nnv-vital-status">not run yet</div>')
     elif state == "looking":
@@ -558,8 +598,12 @@ class Card:
             css_classes=["nnv-vital-open", f"nnv-vital-open-{kind}"], margin=(0, 8, 8, 8), width=170,
         )  # fmt: skip
         self.button.on_click(lambda _e: on_open(kind))
+        self.figure = pn.pane.Bokeh(None, margin=(0, 8, 6, 8))  # CANVAS_KINDS' small plot
+        # shown and hidden through a column of its own: the Bokeh pane keeps its visibility with the figure
+        self.figure_box = pn.Column(self.figure, visible=False, margin=0)
+        self._drawn: Any = None  # the result self.figure shows
         self.layout = pn.Column(
-            self.html, self.button, width=300, margin=6, styles=dict(CARD_STYLES["looking"]),
+            self.html, self.figure_box, self.button, width=300, margin=6, styles=dict(CARD_STYLES["looking"]),
             css_classes=["nnv-vital", f"nnv-vital-{kind}", "nnv-vital-looking"],
         )  # fmt: skip
 
@@ -570,6 +614,14 @@ class Card:
             self.reading = reading
             state = card_state(reading)[0]
             self.html.object = card_html(reading, model_name)
+            if self.kind in CANVAS_KINDS:
+                result = reading.result if state in ("ok", "warn") else None
+                if result is not self._drawn:  # a new figure only for a new result
+                    self._drawn = result
+                    fig = card_figure(self.kind, result) if result is not None else None
+                    if fig is not None or self.figure.object is not None:
+                        self.figure.object = fig
+                    self.figure_box.visible = fig is not None
             self.layout.param.update(
                 styles=dict(CARD_STYLES[state]),
                 css_classes=["nnv-vital", f"nnv-vital-{self.kind}", f"nnv-vital-{state}"],

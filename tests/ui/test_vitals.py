@@ -57,7 +57,7 @@ def test_run_what_is_missing_fills_a_card(server, probe):
     _card(page, "ibp").get_by_text("needs a runnable model", exact=False).wait_for()
     page.get_by_role("button", name="Run what is missing").click()
     spectra.get_by_text("alpha", exact=True).first.wait_for(timeout=30000)
-    assert spectra.locator("svg").count() >= 1  # its small plot
+    spectra.locator("canvas").first.wait_for(timeout=10000)  # its small plot: a Bokeh figure
     assert page.get_by_text("Every analysis that applies is in the store").first.is_visible()
 
 

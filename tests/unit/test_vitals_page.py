@@ -117,7 +117,15 @@ def test_a_card_reads_the_store_and_follows_it(store):
     page.refresh()
     card = page.cards["spectra"]
     assert card.reading.state == "ok" and "nnv-vital-warn" in card.layout.css_classes  # mlp: alpha 1.89
-    assert "alpha" in card.html.object and "below 2" in card.html.object and "<svg" in card.html.object
+    assert "alpha" in card.html.object and "below 2" in card.html.object and "<svg" not in card.html.object
+    # its small plot: a Bokeh figure (a canvas in the page), alpha per layer as bars over the 2..6 band
+    fig = card.figure.object
+    assert card.figure_box.visible and fig is not None
+    (bars,) = [r for r in fig.renderers if type(r.glyph).__name__ == "VBar"]
+    alphas = quick.result.table.query("status == 'ok'")["alpha"].to_numpy(dtype=float)
+    assert list(bars.data_source.data["top"]) == pytest.approx(list(alphas))
+    page.refresh()  # the same result again: the same figure, not a new one
+    assert card.figure.object is fig
     # the entry deleted from the store: the card says so (never a result the store no longer has)
     for f in store.rglob("*.nnv"):
         f.unlink()
