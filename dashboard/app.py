@@ -36,6 +36,7 @@ from analyses import registry
 
 from .components import jobs, links, timer
 from .components.model_picker import ModelPicker
+from .components.on_loop import next_tick
 from .server import (  # noqa: F401  (serve and the server's helpers, also named from here)
     ATTACH_WAIT_S,
     SESSIONS,
@@ -311,9 +312,8 @@ class NNVitalsApp(pn.viewable.Viewer):
                     else:
                         self._main.objects = [pn.pane.Alert(problem, alert_type="danger")]
                 finally:
-                    try:  # after the ticks it queued: then the session's timers may show results
-                        doc.add_next_tick_callback(shown_now)
-                    except Exception:  # noqa: BLE001 - the session has just gone
+                    # after the ticks it queued: then the session's timers may show results
+                    if not next_tick(doc, shown_now):  # the session has just gone
                         shown_now()
 
             def shown_now() -> None:

@@ -12,8 +12,7 @@ cores, until starting and stopping went through the event loop: :mod:`.on_loop`.
 added on the event loop (:func:`.on_loop.next_tick`: asked from the page builder thread, Bokeh's
 own ``add_next_tick_callback`` could lose the callback) and skips its ticks until Panel has seen
 the browser's "document ready" and the app has attached the session's page (:func:`hold`,
-:func:`release`). Stopping it
-removes that callback from the event loop too. Outside a served session (a notebook) it falls
+:func:`release`). Stopping it removes that callback from the event loop too. Outside a served session (a notebook) it falls
 back on Panel's timer, which runs on the notebook's own event loop.
 """
 

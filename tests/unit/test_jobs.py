@@ -39,8 +39,13 @@ def test_a_cancelled_run_that_finishes_anyway_never_replaces_the_result():
         go.wait(10)
         return "late result"
 
-    panel.submit("Deaf run", deaf, shown.append)
+    job = panel.submit("Deaf run", deaf, shown.append)
     assert panel.running
+    # running, not queued: the shared pool may still be busy with other tests' runs (a queued job
+    # is cancelled outright, never "Cancelling")
+    end = time.monotonic() + 30
+    while job.started is None and time.monotonic() < end:
+        time.sleep(0.01)
     panel.cancel()
     assert panel.status == "Cancelling Deaf run …"
     go.set()

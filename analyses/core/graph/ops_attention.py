@@ -1290,7 +1290,7 @@ class Attention(_Flow):
         if p["gqa"] and kl.shape[-3] != ql.shape[-3]:
             rep = ql.shape[-3] // kl.shape[-3]
             kl, ku, vl, vu = (t.repeat_interleave(rep, dim=-3) for t in (kl, ku, vl, vu))
-        scale = p["scale"] if p["scale"] is not None else 1.0 / math.sqrt(ql.shape[-1])
+        scale = _scale(step, ql)
         sl, su = interval_matmul(ql, qu, kl.transpose(-1, -2), ku.transpose(-1, -2))
         sl, su = sl * scale, su * scale
         L, S = sl.shape[-2], sl.shape[-1]
@@ -1321,7 +1321,7 @@ class Attention(_Flow):
         if p["gqa"] and kl.shape[-3] != ql.shape[-3]:
             rep = ql.shape[-3] // kl.shape[-3]
             kl, ku, vl, vu = (t.repeat_interleave(rep, dim=-3) for t in (kl, ku, vl, vu))
-        scale = p["scale"] if p["scale"] is not None else 1.0 / math.sqrt(ql.shape[-1])
+        scale = _scale(step, ql)
         fro2 = lambda lo, hi: torch.maximum(lo.abs(), hi.abs()).square().sum((-1, -2))  # noqa: E731
         q2, k2, v2 = fro2(ql, qu), fro2(kl, ku), fro2(vl, vu)
         # the probabilities' box, as ibp() computes it
