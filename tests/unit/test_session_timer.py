@@ -221,7 +221,9 @@ def test_a_failing_tick_or_a_session_gone_raises_nothing_into_bokeh(session, cap
     with set_curdoc(doc), caplog.at_level("ERROR", logger="nnvitals.app"):
         timer.start()
         assert _wait_for(lambda: len(calls) >= 3, 3.0)
-    assert bokeh_doc._PATCHED_CURDOCS == [], "a tick's exception reached Bokeh"
+    # this session's document is not left on Bokeh's stack (the stack is the process's: another
+    # test's leftover server thread may have a document of its own on it for a moment)
+    assert doc not in [r() for r in bokeh_doc._PATCHED_CURDOCS], "a tick's exception reached Bokeh"
     assert "session timer callback broken failed" in caplog.text
     # the session ends under the running timer (a closed tab), then the page stops it
     server_session = doc.session_context._session
@@ -231,7 +233,7 @@ def test_a_failing_tick_or_a_session_gone_raises_nothing_into_bokeh(session, cap
     timer.stop()
     timer._sync()  # what a tick left over would do
     time.sleep(0.2)
-    assert bokeh_doc._PATCHED_CURDOCS == []
+    assert doc not in [r() for r in bokeh_doc._PATCHED_CURDOCS]
 
 
 def test_a_held_session_ticks_only_once_released(session):
