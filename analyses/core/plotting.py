@@ -111,9 +111,17 @@ def _bokeh_axes_hook(plot, element) -> None:
       every m x 10^k below one decade, evenly spaced below a few of those) with plain numbers;
       over wider ranges bokeh's own log ticks.
     """
+    bokeh_axes(plot.state, plot.handles.get("x_range"), plot.handles.get("y_range"))
+
+
+def bokeh_axes(state, x_range=None, y_range=None) -> None:
+    """What :func:`_bokeh_axes_hook` does, for any bokeh figure ``state`` (the app's plain bokeh
+    plots call it themselves): wheel zoom opt-in, frame sizing, readable log ticks for the ranges
+    ``x_range`` / ``y_range`` (default: the figure's own)."""
     from bokeh.models import CustomJSTickFormatter, FixedTicker, LogScale, LogTicker, LogTickFormatter
 
-    state = plot.state
+    x_range = getattr(state, "x_range", None) if x_range is None else x_range
+    y_range = getattr(state, "y_range", None) if y_range is None else y_range
     toolbar = getattr(state, "toolbar", None)
     if toolbar is not None:
         toolbar.active_scroll = None
@@ -123,8 +131,8 @@ def _bokeh_axes_hook(plot, element) -> None:
         # width and height" warning
         state.sizing_mode = None
     for scale, rng, axes in (
-        (getattr(state, "x_scale", None), plot.handles.get("x_range"), getattr(state, "xaxis", [])),
-        (getattr(state, "y_scale", None), plot.handles.get("y_range"), getattr(state, "yaxis", [])),
+        (getattr(state, "x_scale", None), x_range, getattr(state, "xaxis", [])),
+        (getattr(state, "y_scale", None), y_range, getattr(state, "yaxis", [])),
     ):
         if not isinstance(scale, LogScale) or rng is None:
             continue

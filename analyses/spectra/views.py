@@ -48,13 +48,17 @@ from ..core.plotting import (
 
 __all__ = [
     "CATEGORY_COLORS",
+    "EsdData",
+    "KsData",
     "LinkedExplorer",
     "alpha_vs_aspect",
     "compare_models",
     "compare_table",
+    "esd_data",
     "esd_plot",
     "explorer_figure",
     "farms_vs_plain",
+    "ks_data",
     "ks_plot",
     "linked_explorer",
     "main_figures",
@@ -100,6 +104,8 @@ GUIDE_COLOR = "#666666"
 GUIDE_LABEL = "α = 2 and 6 (over- / under-trained)"
 
 ESD_BINS = 60
+#: hover lines of the KS scan's chosen xmin
+KS_TOOLTIPS = [("chosen xmin", "@{xmin}{0.000}"), ("KS distance D", "@{D}{0.000}")]
 EVALS_THRESH = 1e-5  # as analyses.spectra.kernels.EVALS_THRESH (zeros of rank-deficient matrices)
 
 
@@ -295,6 +301,81 @@ def _esd_source(result, name: str, source: str) -> str:
     return source
 
 
+@dataclass
+class EsdData:
+    """What :func:`esd_plot` draws for one layer, as arrays (shared with the app's live explorer,
+    :mod:`analyses.spectra.live`). ``message`` says why there is nothing to draw (then the arrays
+    are empty)."""
+
+    name: str
+    title: str
+    message: str | None = None
+    label: str = "ESD"
+    bars: tuple[np.ndarray, ...] = ()  # left, bottom, right, top of each non-empty bin
+    rand: tuple[np.ndarray, np.ndarray] = (np.array([np.nan]), np.array([np.nan]))
+    rand_label: str = ""
+    fit: tuple[np.ndarray, np.ndarray] = (np.array([np.nan]), np.array([np.nan]))
+    xmin: float = np.nan
+    bulk: float = np.nan
+    bulk_label: str = ""
+    xlim: tuple[float, float] = (np.nan, np.nan)
+    ylim: tuple[float, float] = (np.nan, np.nan)
+
+
+def esd_data(result, name: str, source: str = "auto") -> EsdData:
+    """The histogram, fit, guides, ranges and title of layer ``name``'s ESD (see :func:`esd_plot`)."""
+    row = result.row(name)
+    if row.get("status", "ok") != "ok":
+        return EsdData(name, f"ESD: {name}", f"skipped: {row.get('skip_reason', '')}")
+    source = _esd_source(result, name, source)
+    evals = np.asarray(result.farms_esd(name) if source == "farms" else result.esd(name), dtype=float)
+    evals = evals[np.isfinite(evals) & (evals > EVALS_THRESH)]
+    if evals.size < 2:
+        return EsdData(name, f"ESD: {name}", "fewer than two nonzero eigenvalues")
+    fit = _layer_fit(result, name, row, source, evals)
+    rand = np.asarray(result.randomized_esd(name), dtype=float) if source == "layer" else np.empty(0)
+    rand = rand[np.isfinite(rand) & (rand > EVALS_THRESH)]
+
+    lo, hi = float(evals.min()), float(evals.max())
+    if rand.size:
+        lo, hi = min(lo, float(rand.min())), max(hi, float(rand.max()))
+    if hi <= lo * 1.0001:
+        lo, hi = lo / 1.5, hi * 1.5
+    nbins = int(np.clip(round(1.5 * math.sqrt(evals.size)), 8, ESD_BINS))
+    edges = np.logspace(math.log10(lo), math.log10(hi), nbins + 1)
+    edges[0], edges[-1] = lo, hi  # exactly: round-off must not drop the extreme eigenvalues
+    dens = _density(evals, edges)
+    finite = dens[np.isfinite(dens)]
+    ymin, ymax = float(finite.min()) / 3, float(finite.max()) * 3
+    full = np.isfinite(dens)
+    out = EsdData(name, "", label="FARMS ESD" if source == "farms" else "ESD", ylim=(ymin, ymax))
+    out.bars = (edges[:-1][full], np.full(full.sum(), ymin), edges[1:][full], dens[full])
+    if rand.size:
+        out.rand = (np.sqrt(edges[:-1] * edges[1:]), _density(rand, edges))
+        out.rand_label = "shuffled ESD"
+    elif "max_rand_eval" in result.table.columns and source == "layer":
+        out.rand_label = "shuffled ESD"
+
+    if math.isfinite(fit.alpha) and math.isfinite(fit.xmin) and fit.xmin > 0 and fit.tail > 0:
+        lam = np.logspace(math.log10(fit.xmin), math.log10(float(evals.max())), 50)
+        p = (fit.alpha - 1) / fit.xmin * (lam / fit.xmin) ** (-fit.alpha) * (fit.tail / evals.size)
+        inside = p >= ymin  # a steep fit would drag the axis far below the histogram
+        if inside.sum() >= 2:
+            out.fit = (lam[inside], p[inside])
+        out.xmin = fit.xmin
+    if source == "layer":
+        out.bulk = float(pd.to_numeric(row.get("bulk_max", np.nan), errors="coerce"))
+        out.bulk_label = "MP bulk edge"
+    # the x range: the bins, and the guides and fit when they lie beyond (5% padding in log space)
+    xs = [lo, hi, *[v for v in (out.xmin, out.bulk) if math.isfinite(v) and v > 0]]
+    xs += [float(v) for v in out.fit[0] if np.isfinite(v)]
+    a, b = math.log10(min(xs)), math.log10(max(xs))
+    pad = 0.05 * (b - a)
+    out.xlim = (10 ** (a - pad), 10 ** (b + pad))
+    out.title = f"{out.label} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
+    return out
+
+
 def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False) -> hv.Overlay:
     """The ESD of layer ``name`` on log-log axes with its power-law fit (WeightWatcher's reading).
 
@@ -311,78 +392,68 @@ def esd_plot(result, name: str, source: str = "auto", *, axiswise: bool = False)
     ``axiswise=True`` keeps its ranges independent of the other panels of a layout (as in
     :func:`esd_grid`); not for DynamicMap frames, where bokeh then stops following the layer.
     """
-    row = result.row(name)
-    if row.get("status", "ok") != "ok":
-        return message_panel(f"ESD: {name}", f"skipped: {row.get('skip_reason', '')}")
-    source = _esd_source(result, name, source)
-    evals = np.asarray(result.farms_esd(name) if source == "farms" else result.esd(name), dtype=float)
-    evals = evals[np.isfinite(evals) & (evals > EVALS_THRESH)]
-    if evals.size < 2:
-        return message_panel(f"ESD: {name}", "fewer than two nonzero eigenvalues")
-    fit = _layer_fit(result, name, row, source, evals)
-    rand = np.asarray(result.randomized_esd(name), dtype=float) if source == "layer" else np.empty(0)
-    rand = rand[np.isfinite(rand) & (rand > EVALS_THRESH)]
-
-    lo, hi = float(evals.min()), float(evals.max())
-    if rand.size:
-        lo, hi = min(lo, float(rand.min())), max(hi, float(rand.max()))
-    if hi <= lo * 1.0001:
-        lo, hi = lo / 1.5, hi * 1.5
-    nbins = int(np.clip(round(1.5 * math.sqrt(evals.size)), 8, ESD_BINS))
-    edges = np.logspace(math.log10(lo), math.log10(hi), nbins + 1)
-    edges[0], edges[-1] = lo, hi  # exactly: round-off must not drop the extreme eigenvalues
-    dens = _density(evals, edges)
-    finite = dens[np.isfinite(dens)]
-    ymin, ymax = float(finite.min()) / 3, float(finite.max()) * 3
-
+    d = esd_data(result, name, source)
+    if d.message is not None:
+        return message_panel(d.title, d.message)
+    ymin, ymax = d.ylim
     xdim, ydim = hv.Dimension("lambda", label="eigenvalue λ"), hv.Dimension("density", label="density p(λ)")
-    esd_label = "FARMS ESD" if source == "farms" else "ESD"
     # bars as rectangles from the bottom of the axis: a Histogram on a log y axis has no
     # bottom in bokeh's static output
-    full = np.isfinite(dens)
-    bars = (edges[:-1][full], np.full(full.sum(), ymin), edges[1:][full], dens[full])
-    hist = hv.Rectangles(bars, kdims=[xdim, ydim, "lambda_hi", "density_hi"], label=esd_label)
+    hist = hv.Rectangles(d.bars, kdims=[xdim, ydim, "lambda_hi", "density_hi"], label=d.label)
     hist = apply_opts(
         hist,
         dict(color=ESD_COLOR, alpha=0.55),
         dict(line_color=ESD_COLOR, line_alpha=0.9, line_width=0.5),
         dict(edgecolor=ESD_COLOR, linewidth=0.4),
     )
-    if rand.size:
-        rdens = _density(rand, edges)
-        centers = np.sqrt(edges[:-1] * edges[1:])
-        rcurve = hv.Curve((centers, rdens), xdim, ydim, label="shuffled ESD")
-    else:
-        randomized = "max_rand_eval" in result.table.columns and source == "layer"
-        rcurve = hv.Curve(([np.nan], [np.nan]), xdim, ydim, label="shuffled ESD" if randomized else "")
+    rcurve = hv.Curve(d.rand, xdim, ydim, label=d.rand_label)
     rcurve = apply_opts(style_line(rcurve, RAND_COLOR, 1.4, "solid", 0.85), dict(interpolation="steps-mid"))
-
-    if math.isfinite(fit.alpha) and math.isfinite(fit.xmin) and fit.xmin > 0 and fit.tail > 0:
-        lam = np.logspace(math.log10(fit.xmin), math.log10(float(evals.max())), 50)
-        p = (fit.alpha - 1) / fit.xmin * (lam / fit.xmin) ** (-fit.alpha) * (fit.tail / evals.size)
-        inside = p >= ymin  # a steep fit would drag the axis far below the histogram
-        lam, p = (lam[inside], p[inside]) if inside.sum() >= 2 else (np.array([np.nan]), np.array([np.nan]))
-        xmin_x = fit.xmin
-    else:
-        lam, p, xmin_x = np.array([np.nan]), np.array([np.nan]), np.nan
-    fitc = style_line(hv.Curve((lam, p), xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
+    fitc = style_line(hv.Curve(d.fit, xdim, ydim, label="power-law fit"), FIT_COLOR, 2.5, "solid")
     xmin_line = style_line(
-        hv.Curve(([xmin_x, xmin_x], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed"
+        hv.Curve(([d.xmin, d.xmin], [ymin, ymax]), xdim, ydim, label="xmin"), XMIN_COLOR, 1.5, "dashed"
     )
-    bulk = float(pd.to_numeric(row.get("bulk_max", np.nan), errors="coerce")) if source == "layer" else np.nan
-    bulk_label = "MP bulk edge" if source == "layer" else ""
     bulk_line = style_line(
-        hv.Curve(([bulk, bulk], [ymin, ymax]), xdim, ydim, label=bulk_label), BULK_COLOR, 1.5, "dotted"
+        hv.Curve(([d.bulk, d.bulk], [ymin, ymax]), xdim, ydim, label=d.bulk_label), BULK_COLOR, 1.5, "dotted"
     )
-    kind = "FARMS ESD" if source == "farms" else "ESD"
-    title = f"{kind} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
     over = hist * rcurve * fitc * xmin_line * bulk_line
     return style_panel(
-        over, title, "eigenvalue λ", "density p(λ)", logx=True, logy=True, padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
+        over, d.title, "eigenvalue λ", "density p(λ)", logx=True, logy=True, padding=(0.05, 0), norm=dict(axiswise=True) if axiswise else dict(framewise=True),
     )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- KS
+@dataclass
+class KsData:
+    """What :func:`ks_plot` draws for one layer: the scan, the chosen xmin (``best``: its index,
+    None without a scan) and the title."""
+
+    title: str
+    xs: np.ndarray
+    ds: np.ndarray
+    best: int | None
+
+    @property
+    def chosen(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.best is None:
+            return np.array([np.nan]), np.array([np.nan])
+        return self.xs[self.best : self.best + 1], self.ds[self.best : self.best + 1]
+
+
+def ks_data(result, name: str) -> KsData:
+    """The KS scan of layer ``name`` and its minimum (see :func:`ks_plot`)."""
+    row = result.row(name)
+    xs, ds = (np.asarray(a, dtype=float) for a in result.ks_curve(name))
+    title = f"KS scan {name}"
+    good = np.isfinite(xs) & np.isfinite(ds) & (xs > 0)
+    if row.get("status", "ok") != "ok" or not good.any():
+        reason = row.get("skip_reason", "") or "no KS scan stored for this layer"
+        return KsData(f"{title} ({reason})", np.array([np.nan]), np.array([np.nan]), None)
+    xs, ds = xs[good], ds[good]
+    best = int(np.argmin(ds))
+    title = f"{title}: xmin={format_number(xs[best], '.3g')}, D={format_number(ds[best], '.3f')}"
+    return KsData(title, xs, ds, best)
+
+
 def ks_plot(result, name: str) -> hv.Overlay:
     """KS distance D against the candidate xmin (log x) for layer ``name``; the star is the minimum.
 
@@ -391,33 +462,20 @@ def ks_plot(result, name: str) -> hv.Overlay:
     table's alpha comes from the window ESD: see :func:`esd_plot`). The overlay always has the
     same layers, so it can be a DynamicMap frame.
     """
-    row = result.row(name)
-    xs, ds = (np.asarray(a, dtype=float) for a in result.ks_curve(name))
-    title = f"KS scan {name}"
+    d = ks_data(result, name)
     # D lives in [0, 1]: the axis starts at 0, so a shallow scan does not look deep
     xdim = hv.Dimension("xmin", label="candidate xmin")
     ydim = hv.Dimension("D", label="KS distance D", range=(0, None))
-    good = np.isfinite(xs) & np.isfinite(ds) & (xs > 0)
-    if row.get("status", "ok") != "ok" or not good.any():
-        reason = row.get("skip_reason", "") or "no KS scan stored for this layer"
-        xs, ds, best = np.array([np.nan]), np.array([np.nan]), None
-        title = f"{title} ({reason})"
-    else:
-        xs, ds = xs[good], ds[good]
-        best = int(np.argmin(ds))
-        title = f"{title}: xmin={format_number(xs[best], '.3g')}, D={format_number(ds[best], '.3f')}"
-    curve = style_line(hv.Curve((xs, ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
-    pt = (xs[best : best + 1], ds[best : best + 1]) if best is not None else ([np.nan], [np.nan])
-    star = hv.Scatter(pt, xdim, ydim, label="chosen xmin")
+    curve = style_line(hv.Curve((d.xs, d.ds), xdim, ydim, label="D(xmin)"), ESD_COLOR, 1.8)
+    star = hv.Scatter(d.chosen, xdim, ydim, label="chosen xmin")
     star = apply_opts(
         star,
         dict(color=FIT_COLOR),
-        dict(marker="star", size=18, tools=["hover"],
-             hover_tooltips=[("chosen xmin", "@{xmin}{0.000}"), ("KS distance D", "@{D}{0.000}")]),
+        dict(marker="star", size=18, tools=["hover"], hover_tooltips=KS_TOOLTIPS),
         dict(marker="*", s=220),
-    )  # fmt: skip
+    )
     return style_panel(
-        curve * star, title, "candidate xmin", "KS distance D", logx=True, norm=dict(framewise=True)
+        curve * star, d.title, "candidate xmin", "KS distance D", logx=True, norm=dict(framewise=True)
     )
 
 

@@ -451,6 +451,15 @@ def plot_pane(obj: Any, css_class: str, stretch: bool = True) -> pn.pane.HoloVie
     return holoviews_pane(obj, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
 
 
+def bokeh_pane(fig: Any, css_class: str) -> pn.pane.Bokeh:
+    """A plain bokeh figure (no HoloViews: the live plots a new session draws first) filling its
+    grid cell, as :func:`plot_pane` does for HoloViews objects."""
+    fig.sizing_mode = "stretch_width"
+    fig.min_width = PLOT_MIN_WIDTH
+    fig.css_classes = [*fig.css_classes, css_class]  # the pane's model is the figure itself
+    return pn.pane.Bokeh(fig, css_classes=[css_class], sizing_mode="stretch_width", min_width=PLOT_MIN_WIDTH)
+
+
 def plot_grid(*objects: Any, **kw: Any) -> pn.GridBox:
     """Plots two per row, filling the page's width (one column below :data:`PLOT_MIN_WIDTH` each)."""
     return pn.GridBox(*objects, ncols=2, sizing_mode="stretch_width", **kw)

@@ -18,7 +18,6 @@ notebook, ``SpectraPage(model="mlp")`` runs the analysis in the cell and display
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -31,13 +30,13 @@ import param
 
 from analyses.core.errors import NNVitalsError
 from analyses.core.pattern import compile_pattern
-from analyses.spectra import views
+from analyses.spectra import live, views
 from analyses.spectra.analysis import SpectralAnalysis
 from analyses.zoo import DEMO_MODELS
 
 from ..components.jobs import JobPanel
 from ..components.on_loop import next_tick
-from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
+from ..components.page import AnalysisPage, bokeh_pane, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
@@ -99,35 +98,6 @@ def _warning_css(value: Any) -> str:
     return WARNING_STYLE.get(str(value), "")
 
 
-def _live(plot: Any) -> bool:
-    """Whether a rendered plot is shown live (a server session, or a notebook's running event loop):
-    only then does a change of its bokeh models reach a browser (and HoloViews' callbacks, which
-    answer such a change, have a loop to run on)."""
-    doc = getattr(plot, "document", None)
-    if doc is not None and doc.session_context is not None:
-        return True
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _set_selection(doc: Any, selected: Any, index: list[int]) -> None:
-    """Set a bokeh ``Selection``'s indices where the browser hears of it: in a server session on
-    the server's event loop, holding the document's lock (a change made from a worker thread, as
-    a table click's callback is, would not be sent); elsewhere at once."""
-
-    def push() -> None:
-        if list(selected.indices) != index:
-            selected.indices = index
-
-    if doc is not None and doc.session_context is not None:
-        next_tick(doc, push)
-    else:
-        push()
-
-
 class SpectraPage(AnalysisPage):
     """Spectral analysis page (see the module docstring): ``SpectraPage(model="mlp")``."""
 
@@ -150,7 +120,7 @@ class SpectraPage(AnalysisPage):
             model = self.picker.model
         model = self.settings.default_model if model is None else model
         self.analysis = SpectralAnalysis(model=model, show_progress=False, runner=self.settings.runner)
-        self.explorer: views.LinkedExplorer | None = None
+        self.explorer: live.LiveExplorer | views.LinkedExplorer | None = None
         self._syncing = False
         self._compare_labels: tuple[str, str] = ("A", "B")
         self.compare_jobs = JobPanel()
@@ -432,23 +402,39 @@ class SpectraPage(AnalysisPage):
         self._table.value = df
 
     def _draw_explorer(self, keep: list[str] = ()) -> None:
+        """The Layers tab's three linked plots: plain bokeh figures (:class:`live.LiveExplorer`: a new
+        session draws them in milliseconds), or HoloViews' message panel when no layer has the metric."""
         result = self.result
         if result is None:
             return
         metric = self.metric if self.metric in result.table.columns else "alpha"
-        ex = views.linked_explorer(result, metric)
-        if ex.names:
-            ex.stream.source.opts(tools=["hover", "tap", "box_select"], active_tools=["tap"], backend="bokeh")
+        if views._metric_rows(result, metric).empty:
+            ex = views.linked_explorer(result, metric)
+            items = [plot_pane(item, f"nnv-plot-{i}") for i, item in enumerate(ex.layout)]
+        else:
+            ex = live.LiveExplorer(result, metric, schedule=self._on_doc)
+            items = [bokeh_pane(fig, f"nnv-plot-{i}") for i, fig in enumerate(ex.figures)]
         self.explorer = ex
         self._shown = None
-        items = list(ex.layout)
-        self._plots.objects = [plot_pane(item, f"nnv-plot-{i}") for i, item in enumerate(items)]
+        self._plots.objects = items
         ex.stream.add_subscriber(self._on_stream)
         names = [n for n in keep if n in ex.names]
         if names and names != ex.names[:1]:
             self.select(*names)
         else:
             self._apply_selection([ex.names[0]] if ex.names else [])
+
+    def _on_doc(self, fn: Any) -> None:
+        """Run a change of the live plots where the browser hears of it: in a served session on the
+        next tick of its event loop, holding the document's lock (Panel runs a widget's callback, a
+        table click's, on the loop but without that lock: a bokeh change made there is refused);
+        elsewhere (a notebook, a page not yet shown) at once."""
+        ex = self.explorer
+        doc = getattr(getattr(ex, "metric_figure", None), "document", None)
+        if doc is not None and doc.session_context is not None:
+            next_tick(doc, fn)
+        else:
+            fn()
 
     def _draw_farms(self, result) -> None:
         has_farms = (
@@ -519,17 +505,8 @@ class SpectraPage(AnalysisPage):
         selection is set to match, so one selection shows everywhere.
         """
         ex = self.explorer
-        panes = [o for o in self._plots.objects if isinstance(o, pn.pane.HoloViews)]
-        if ex is None or not panes:
-            return
-        index = [int(i) for i in index]
-        for root, _pane in list(panes[0]._plots.values()):
-            for plot in root.traverse(lambda p: p):
-                if not any(ex.stream in cb.streams for cb in getattr(plot, "callbacks", [])):
-                    continue
-                selected = plot.handles.get("selected")
-                if selected is not None and list(selected.indices) != index and _live(plot):
-                    _set_selection(plot.document, selected, index)
+        if isinstance(ex, live.LiveExplorer):
+            ex.show_selection(index)
 
     def _apply_selection(self, names: list[str]) -> None:
         self.selected = list(names)

@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("panel")
 
-import holoviews as hv  # noqa: E402
 import panel as pn  # noqa: E402
 from bokeh.document import Document  # noqa: E402
 
 from analyses.core.errors import NNVitalsError  # noqa: E402
+from analyses.spectra import views  # noqa: E402
 from dashboard.app import NNVitalsApp, runner_markdown  # noqa: E402
 from dashboard.pages.spectra import SpectraPage  # noqa: E402
 from dashboard.settings import AppSettings  # noqa: E402
@@ -35,8 +35,9 @@ def test_page_runs_and_shows_plots(page):
     assert page.explorer.names == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert page.selected == ["fc1.weight"]
     assert list(page._table.value["name"]) == ["fc1.weight", "fc2.weight", "fc3.weight"]
-    panes = [o for o in page._plots.objects if isinstance(o, pn.pane.HoloViews)]
-    assert len(panes) == 3
+    # the three linked plots are plain bokeh figures (a new session draws them in milliseconds)
+    panes = [o for o in page._plots.objects if isinstance(o, pn.pane.Bokeh)]
+    assert len(panes) == 3 and panes == page._plots.objects
     root = pn.panel(page).get_root(Document())  # renders with bokeh
     assert root is not None
     assert "3 analysed" in page._summary.object and "mlp" in page._summary.object
@@ -66,11 +67,8 @@ def test_selection_links_plot_and_table_both_ways(page):
 def _plot_selection(page) -> list[int]:
     """The points the rendered metric plot highlights (its bokeh data source's selection)."""
     pane = page._plots.objects[0]
-    for root, _ in pane._plots.values():
-        for plot in root.traverse(lambda p: p):
-            if any(page.explorer.stream in cb.streams for cb in getattr(plot, "callbacks", [])):
-                return list(plot.handles["selected"].indices)
-    raise AssertionError("the metric plot was not rendered")
+    assert pane.object is page.explorer.metric_figure and pane._models, "the metric plot was not rendered"
+    return list(page.explorer.source.selected.indices)
 
 
 def test_one_selection_everywhere(page):
@@ -97,10 +95,14 @@ def test_one_selection_everywhere(page):
 
 
 def test_esd_follows_the_selection(page):
-    esd = page._plots.objects[1].object  # the DynamicMap
+    esd, ks = page._plots.objects[1].object, page._plots.objects[2].object
+    assert "fc1.weight" in esd.title.text and "fc1.weight" in ks.title.text
     page.select("fc3.weight")
-    frame = esd[()] if not esd.data else list(esd.data.values())[-1]
-    assert "fc3.weight" in hv.Store.lookup_options("bokeh", frame, "plot").kwargs.get("title", "")
+    assert "fc3.weight" in esd.title.text and "fc3.weight" in ks.title.text
+    # the drawn histogram is fc3's: its bars hold every eigenvalue between them
+    d = views.esd_data(page.result, "fc3.weight")
+    assert list(page.explorer._bars.data["top"]) == list(d.bars[3])
+    assert (esd.x_range.start, esd.x_range.end) == pytest.approx(d.xlim)
 
 
 def test_metric_change_keeps_the_selection(page):
