@@ -26,7 +26,7 @@ from typing import Any
 import panel as pn
 from tornado.ioloop import IOLoop
 
-from . import speedups, turns
+from . import page_resources, speedups, turns
 from .components import jobs
 from .settings import AppSettings
 
@@ -340,6 +340,7 @@ def serve(
     configure_logging()
     limit_blas_threads()
     speedups.install()
+    page_resources.install()
     # Panel's callbacks run on the event loop, never on a thread pool: a change made from a pool
     # thread reaches the document as one scheduled tick per model, Bokeh sends a tick's new models
     # only once the tick ends, and a change sent at once in between (Panel's usual path) named

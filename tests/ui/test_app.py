@@ -38,6 +38,20 @@ def test_spectra_page_renders(server, probe):
     assert page.get_by_text(re.compile(r"mlp \(demo\): 3 weights, 3 analysed, 0 skipped")).first.is_visible()
 
 
+def test_pages_load_no_mathjax_or_webgl_bundle(server, probe):
+    """Bokeh's MathJax (1.8 MB) and WebGL bundles are never used (no TeX, plots on a 2D canvas):
+    the served page leaves them out, and it still draws its plots and Markdown with no console error."""
+    page = probe.page
+    scripts: list[str] = []
+    page.on("request", lambda r: r.resource_type == "script" and scripts.append(r.url))
+    open_app(probe, server.url)
+    for i in range(3):  # the metric, ESD and KS plots
+        assert wait_drawn(page.locator(f".nnv-plot-{i}").first) > 0.04
+    assert any("bokeh.min.js" in u for u in scripts) and any("panel.min.js" in u for u in scripts), scripts
+    assert not [u for u in scripts if "bokeh-mathjax" in u or "bokeh-gl" in u], scripts
+    assert page.get_by_text("Layer table").first.is_visible()  # Markdown headings render
+
+
 def test_table_selection_updates_esd(server, probe):
     page = open_app(probe, server.url)
     esd = page.locator(".nnv-plot-1").first
