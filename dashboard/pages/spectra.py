@@ -269,15 +269,17 @@ class SpectraPage(AnalysisPage):
             sizing_mode="stretch_width",
         )
         self.param.watch(self._redraw_compare, "compare_metric")
-        # Compare and Export join the page when their tab is first opened (Panel's own dynamic
-        # tabs would do it, but their placeholders load CSS from Panel's CDN)
+        # FARMS, Compare and Export join the page when their tab is first opened (a new session
+        # sends only the Layers tab; Panel's own dynamic tabs would do it, but their placeholders
+        # load CSS from Panel's CDN)
         self._lazy_tabs = {
+            FARMS_TAB: farms,
             COMPARE_TAB: self._compare_content,
             EXPORT_TAB: pn.Column(self.export_panel, sizing_mode="stretch_width"),
         }
         self.tabs = pn.Tabs(
             layers,
-            farms,
+            pn.Column(name="FARMS vs plain", sizing_mode="stretch_width"),
             pn.Column(name="Compare", sizing_mode="stretch_width"),
             pn.Column(name="Export", sizing_mode="stretch_width"),
             dynamic=False,
