@@ -34,6 +34,9 @@ Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd
 7. **Memory**: the server's resident memory before the crowd, at its peak, and once every session
    has closed (after the server's collection of what they left; target: within 50 MB of before).
 
+``NNV_KEEP=1`` keeps the servers' logs (their folder is printed); with ``PYTHONASYNCIODEBUG=1``
+they name every event loop callback that took over 0.1 s.
+
 Prints one line per measurement, a line per target met or missed, and ends with one JSON line
 (``benchmark``, ``mode``, ``results``, ``targets_missed``, ``targets_met``, ``machine``), as the
 other benchmarks do. Uses Debian's ``chromium`` (Playwright, never a downloaded browser), run at a
@@ -775,7 +778,10 @@ def main() -> int:
             )
             target(m["above_before_mb"] <= 50, "serve: memory back within 50 MB once sessions closed")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True) if not os.environ.get("NNV_KEEP") else print("kept", tmp)
+        if os.environ.get("NNV_KEEP"):  # the servers' logs (e.g. with PYTHONASYNCIODEBUG=1) stay
+            print(f"kept {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     payload = {
         "benchmark": "serve",
         "mode": "quick" if quick else "full",

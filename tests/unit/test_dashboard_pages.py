@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 pytest.importorskip("panel")
@@ -196,3 +198,16 @@ def test_runner_line_names_dask_and_its_dashboard():
     line = runner_markdown(AppSettings(num_threads=3))  # plain words, no runner jargon
     assert f"Analyses run on this server, {runs} at a time" in line and "thread" not in line
     assert AppSettings(num_threads=1).runs_at_once == 1
+
+
+def test_a_metric_no_layer_has_shows_a_message_and_back(page):
+    """A metric no analysed layer has a finite value of: the Layers tab says so (a HoloViews
+    message panel) instead of three empty plots; another metric draws the live plots again."""
+    page.show(dataclasses.replace(page.result, table=page.result.table.assign(D=np.nan)))
+    page.metric = "D"
+    panes = page._plots.objects
+    assert len(panes) == 1 and isinstance(panes[0], pn.pane.HoloViews)
+    assert page.explorer.names == [] and page.selected == []
+    page.metric = "alpha"
+    assert [type(p) for p in page._plots.objects] == [pn.pane.Bokeh] * 3
+    assert page.selected == ["fc1.weight"]
