@@ -79,9 +79,12 @@ def test_sharded_results_equal_per_matrix_kernels(ckpt):
             ev = K.batched_eigenvalues(w[None], getattr(torch, dtype)).reshape(-1)
             plain = K.fit_power_law(torch.sort(ev).values.double(), "ks").alpha
             assert row["alpha_plain"] == pytest.approx(plain, rel=tol, abs=tol)
-            np.testing.assert_allclose(
-                res.esd(row["name"]), torch.sort(ev).values.double().numpy(), rtol=1e-12
-            )
+            ref = torch.sort(ev).values.double().numpy()
+            # float64: the same LAPACK calls, the same numbers. float32: batched and one-matrix
+            # solves may take different MKL code paths on some CPUs (AVX-512 on AMD EPYC): equal to
+            # float32 round-off relative to the largest eigenvalue
+            atol = 0.0 if dtype == "float64" else 64 * np.finfo(np.float32).eps * ref.max()
+            np.testing.assert_allclose(res.esd(row["name"]), ref, rtol=1e-12, atol=atol)
             fe = FA.farms_eigenvalues(w, 100, 2.0, 10, getattr(torch, dtype)).double()
             assert row["alpha"] == pytest.approx(K.fit_power_law(fe, "ks").alpha, rel=tol, abs=tol)
 

@@ -110,7 +110,9 @@ def test_the_normal_layer_is_unaffected_by_its_neighbours(robust_file, tmp_path)
     mixed = run(robust_file, farms=True, randomize=True).row("a_normal.weight")
     single = run(alone, farms=True, randomize=True).row("a_normal.weight")
     for c in cols:
-        assert mixed[c] == single[c], c
+        # float32 kernels: a matrix solved in a batch of its neighbours or alone may take different
+        # MKL code paths on some CPUs (AVX-512 on AMD EPYC): equal to float32 round-off
+        assert mixed[c] == pytest.approx(single[c], rel=1e-6, abs=1e-9), c
 
 
 def test_float64_kernels_skip_what_float64_cannot_hold(robust_file):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -365,10 +366,16 @@ def test_huge_declared_shapes_are_refused_before_allocating(tmp_path, monkeypatc
     }
     for name, (shape, descr) in cases.items():
         path = _zip(tmp_path / f"{name}.npz", {"x.npy": _npy(descr, shape, data=b"\0" * 64), "y.npy": _Y})
-        t0 = time.perf_counter()
-        message = _message(path)
+        tracemalloc.start()
+        try:
+            message = _message(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
         assert "array 'x' declares shape" in message and "per array are read" in message, (name, message)
-        assert time.perf_counter() - t0 < 1.0
+        # refused from the header: nothing the size of the declared array was allocated (numpy's
+        # allocations are traced; a wall-clock limit here failed under a loaded test run)
+        assert peak < 32 * 2**20, (name, peak)
     short = _zip(tmp_path / "short.npz", {"x.npy": _npy(data=b"\0" * 60), "y.npy": _Y})
     assert "(64 bytes) but holds 60 bytes of data" in _message(short)
 
