@@ -51,12 +51,12 @@ def _figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False, logy: b
     return fig
 
 
-def _legend(fig, items: list[tuple[str, list, int | None]]) -> Any:
+def _legend(fig, items: list[tuple[str, list]]) -> Any:
     """A legend below the plot (it never hides a point): one row, two when the labels would not fit."""
     from bokeh.models import Legend, LegendItem
 
     legend = Legend(
-        items=[LegendItem(label=label, renderers=rs, index=i) for label, rs, i in items],
+        items=[LegendItem(label=label, renderers=rs) for label, rs in items],
         orientation="horizontal", location="center", margin=0, padding=4, spacing=14,
         background_fill_alpha=0.7, label_text_font_size="10pt", click_policy="none",
     )  # fmt: skip
@@ -186,16 +186,20 @@ class LiveExplorer:
         tap = TapTool(renderers=[points])
         fig.add_tools(hover, tap, BoxSelectTool(renderers=[points]))
         fig.toolbar.active_tap = tap
-        # one legend entry per warning category present, drawn as one of its points (no extra glyphs)
-        cats = list(data["warning"])
-        items = [(cat, [points], cats.index(cat)) for cat in V.CATEGORY_COLORS if cat in cats]
+        # one legend entry per warning category present: a glyph in its colour over no data (one
+        # shared empty source); the points themselves fade when another one is selected
+        keys = ColumnDataSource(dict(x=[np.nan], y=[np.nan]))
+        items = [
+            (cat, [fig.add_glyph(keys, Scatter(x="x", y="y", size=11, fill_color=color, line_color="white"))])
+            for cat, color in V.CATEGORY_COLORS.items() if cat in set(data["warning"])
+        ]  # fmt: skip
         vals = data[metric].to_numpy(float)
         if metric in ("alpha", "alpha_plain"):
             for y in (2.0, 6.0):
                 fig.add_layout(Span(location=y, dimension="width", line_color=V.GUIDE_COLOR, line_width=1.0,
                                     line_dash="dashed", line_alpha=0.8))  # fmt: skip
             key = _line(fig, _empty(), "x", "y", V.GUIDE_COLOR, 1.0, "dashed", 0.8)
-            items.append((V.GUIDE_LABEL, [key], None))
+            items.append((V.GUIDE_LABEL, [key]))
             lo, hi = min(float(vals.min()), 2.0), max(float(vals.max()), 6.0)
             pad = 0.06 * (hi - lo)
             ylim = (lo - pad, hi + pad)
@@ -245,7 +249,7 @@ class LiveExplorer:
             x="xmin", y="D", marker="star", size=18, fill_color=V.FIT_COLOR, line_color=V.FIT_COLOR
         ))  # fmt: skip
         fig.add_tools(HoverTool(renderers=[star], tooltips=V.KS_TOOLTIPS))
-        _legend(fig, [("D(xmin)", [curve], None), ("chosen xmin", [star], None)])
+        _legend(fig, [("D(xmin)", [curve]), ("chosen xmin", [star])])
         return fig
 
     # ------------------------------------------------------------------ showing a layer
