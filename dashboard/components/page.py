@@ -54,6 +54,9 @@ from .settings_form import SettingsForm
 
 #: how a stale result is drawn (added to the parts' own styles while their job panel runs)
 STALE_STYLE = {"opacity": "0.45", "filter": "grayscale(60%)", "transition": "opacity 0.2s"}
+#: the same properties undimmed: set, not dropped (Bokeh applies the styles it is sent and leaves a
+#: property that is no longer among them as it was: the page stayed dimmed after every run)
+FRESH_STYLE = {"opacity": "1", "filter": "none", "transition": "opacity 0.2s"}
 #: CSS class of a part that shows a stale result
 STALE_CLASS = "nnv-stale"
 #: CSS class of the page's "Analysing: …" line
@@ -492,8 +495,8 @@ def dim_while_stale(jobs: JobPanel, parts: list[Any]) -> None:
         for part in parts:
             styles = {k: v for k, v in (part.styles or {}).items() if k not in STALE_STYLE}
             classes = [c for c in part.css_classes if c != STALE_CLASS]
+            styles.update(STALE_STYLE if stale else FRESH_STYLE)
             if stale:
-                styles.update(STALE_STYLE)
                 classes.append(STALE_CLASS)
             part.param.update(styles=styles, css_classes=classes)
 

@@ -15,6 +15,22 @@ from ui_helpers import click_row, open_app
 
 pytestmark = pytest.mark.browser
 
+#: JavaScript: the opacity of every nnvitals part (shadow roots included) drawn faded, marked stale
+#: or not (a part once kept its faded style after the run: only its class was taken away)
+FADED_JS = """
+() => {
+  const found = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      const cls = String(el.className || '');
+      if (cls.includes('nnv-') && parseFloat(getComputedStyle(el).opacity) < 0.99) found.push(cls.slice(0, 60));
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return found;
+}
+"""
 #: JavaScript: the opacity of every element (shadow roots included) marked stale, and how many
 STALE_JS = """
 () => {
@@ -53,6 +69,8 @@ def test_previous_result_is_marked_stale_while_a_run_goes_on(server, probe):
     page.get_by_text("Spectra of slow.safetensors: cancelled", exact=False).first.wait_for(timeout=20000)
     note.first.wait_for(state="hidden", timeout=5000)
     assert page.evaluate(STALE_JS) == []
+    page.wait_for_timeout(400)  # the fade back (0.2 s)
+    assert page.evaluate(FADED_JS) == []  # drawn at full strength again, not only unmarked
     assert page.get_by_text(re.compile(r"mlp \(demo\): 3 weights")).first.is_visible()
 
 
@@ -107,4 +125,6 @@ def test_quick_runs_leave_nothing_dimmed(server, probe):
         while page.evaluate(STALE_JS) and time.time() < end:
             page.wait_for_timeout(250)
         assert page.evaluate(STALE_JS) == []
+        page.wait_for_timeout(400)  # the fade back (0.2 s)
+        assert page.evaluate(FADED_JS) == [], "the result stayed faded after its run"
         assert page.locator(".nnv-stale-note").first.is_hidden()
