@@ -227,7 +227,9 @@ async def _busy(browser, url, seed: int, ready: asyncio.Barrier, go: asyncio.Eve
     ctx, page = await _open(browser, url)
     try:
         await page.get_by_text("Also the shuffled-matrix ESD").first.click()
-        seed_box = page.locator(".bk-Spinner input").nth(3)  # FARMS rows, q ratio, windows, then seed
+        # the seed is an advanced setting: open the sidebar's Advanced card, then find it by its label
+        await page.get_by_text("Advanced", exact=True).first.click()
+        seed_box = page.locator(".bk-Spinner").filter(has_text="Seed").locator("input").first
         await seed_box.fill(str(seed))
         await seed_box.press("Enter")
         select = page.locator("select").first
@@ -240,6 +242,9 @@ async def _busy(browser, url, seed: int, ready: asyncio.Barrier, go: asyncio.Eve
         await select.select_option(label=label)
         await page.get_by_text("load.safetensors (safetensors): 12 weights").first.wait_for(timeout=600000)
         return time.perf_counter() - t
+    except BaseException:
+        await ready.abort()  # the other sessions stop waiting for this one (the bench once hung here)
+        raise
     finally:
         await ctx.close()
 
