@@ -40,12 +40,3 @@ def install() -> None:
     if _ORIGINAL is None:
         _ORIGINAL = server.bundle_resources
         server.bundle_resources = _lean_bundle
-
-
-def uninstall() -> None:
-    global _ORIGINAL
-    from panel.io import server
-
-    if _ORIGINAL is not None:
-        server.bundle_resources = _ORIGINAL
-        _ORIGINAL = None

@@ -68,6 +68,22 @@ PLAIN_TICK_JS = "return Number(tick.toPrecision(6)).toString();"
 _MIN_LOG_TICKS, _MAX_LOG_TICKS = 3, 8
 
 
+def legend_two_rows(labels: list[str]) -> bool:
+    """Whether a one-row legend below a panel would not hold ``labels`` (then it takes two rows)."""
+    return sum(len(t) for t in labels) + 5 * len(labels) > LEGEND_ROW_CHARS
+
+
+def log_padded(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
+    """The range ``lo``..``hi`` (> 0) padded by ``pad`` of its span on each side in log space (a
+    single value widened to 1/1.5..1.5 times it first); ``(0.1, 10)`` without positive values."""
+    if not (lo > 0 and hi >= lo):
+        return 0.1, 10.0
+    if hi <= lo * 1.0001:
+        lo, hi = lo / 1.5, hi * 1.5
+    a, b = math.log10(lo), math.log10(hi)
+    return 10 ** (a - pad * (b - a)), 10 ** (b + pad * (b - a))
+
+
 def _nice_step(raw: float) -> float:
     """The smallest 1, 2 or 5 x 10^k at least ``raw`` (> 0)."""
     k = math.floor(math.log10(raw))
@@ -205,7 +221,7 @@ def style_panel(
     if legend:
         if legend is True:  # one row below the plot; two when the entries would not fit in one
             labels = _legend_labels(obj)
-            rows = 2 if sum(len(t) for t in labels) + 5 * len(labels) > LEGEND_ROW_CHARS else 0
+            rows = 2 if legend_two_rows(labels) else 0
             bk.update(legend_position="bottom", legend_cols=rows, legend_offset=(0, 0))
             bk_legend = {"margin": 0, "padding": 4, "spacing": 14}
             mp_pos = "right"

@@ -25,7 +25,7 @@ import holoviews as hv
 import numpy as np
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import BOKEH_SIZE, LEGEND_ROW_CHARS, bokeh_axes, value_range
+from ..core.plotting import BOKEH_SIZE, bokeh_axes, legend_two_rows, log_padded, value_range
 from . import views as V
 
 #: the toolbar of every panel (wheel zoom is there, inactive: scrolling the page scrolls it)
@@ -65,9 +65,13 @@ def _legend(fig, items: list[tuple[str, list]]) -> Any:
     return legend
 
 
+def _label(item) -> str:
+    """A legend item's text (bokeh wraps a plain label as ``value(...)``)."""
+    return str(getattr(item.label, "value", item.label))
+
+
 def _legend_rows(legend) -> None:
-    labels = [str(getattr(item.label, "value", item.label)) for item in legend.items]
-    legend.nrows = 2 if sum(len(t) for t in labels) + 5 * len(labels) > LEGEND_ROW_CHARS else "auto"
+    legend.nrows = 2 if legend_two_rows([_label(i) for i in legend.items]) else "auto"
 
 
 def _empty() -> Any:
@@ -89,15 +93,6 @@ def _set_range(rng, lo: float, hi: float) -> None:
         rng.start, rng.end = lo, hi
 
 
-def _log_pad(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
-    if not (lo > 0 and hi >= lo):
-        return 0.1, 10.0
-    if hi <= lo * 1.0001:
-        lo, hi = lo / 1.5, hi * 1.5
-    a, b = math.log10(lo), math.log10(hi)
-    return 10 ** (a - pad * (b - a)), 10 ** (b + pad * (b - a))
-
-
 class LiveExplorer:
     """Tap (or box-select) layers in the metric plot; the ESD and KS plots show the first of them.
 
@@ -111,14 +106,20 @@ class LiveExplorer:
     """
 
     def __init__(
-        self, result, metric: str = "alpha", schedule: Callable[[Callable[[], None]], Any] | None = None
+        self,
+        result,
+        metric: str = "alpha",
+        schedule: Callable[[Callable[[], None]], Any] | None = None,
+        rows: Any = None,
     ):
-        rows = V._metric_rows(result, metric)
+        # rows: the result's metric rows (views._metric_rows), when the caller has them already
+        rows = V._metric_rows(result, metric) if rows is None else rows
         if rows.empty:
             raise NNVitalsError(f"metric {metric!r}: no analysed layer has a finite {metric}")
         self.result, self.metric = result, metric
         self.names = [str(n) for n in rows["name"]]
         self._schedule = schedule or (lambda fn: fn())
+        self._drawn: str | None = None  # the layer the ESD and KS plots show
         self.stream = hv.streams.Selection1D(index=[0])
         self.metric_figure = self._metric_figure(rows)
         self.esd_figure = self._esd_figure()
@@ -274,9 +275,7 @@ class LiveExplorer:
                 src.data = {k: [] for k in src.data}
             items = []
         labels = [(label, rend) for label, rend in items if label]
-        if [str(getattr(i.label, "value", i.label)) for i in self._esd_legend.items] != [
-            t for t, _ in labels
-        ]:
+        if [_label(i) for i in self._esd_legend.items] != [t for t, _ in labels]:
             self._esd_legend.items = [LegendItem(label=t, renderers=[rend]) for t, rend in labels]
             _legend_rows(self._esd_legend)
 
@@ -287,7 +286,7 @@ class LiveExplorer:
         cx, cd = k.chosen
         self._chosen.data = dict(xmin=cx[np.isfinite(cx)], D=cd[np.isfinite(cd)])
         if good.any():
-            _set_range(self.ks_figure.x_range, *_log_pad(float(k.xs[good].min()), float(k.xs[good].max())))
+            _set_range(self.ks_figure.x_range, *log_padded(float(k.xs[good].min()), float(k.xs[good].max())))
             top = float(k.ds[good].max())
             _set_range(self.ks_figure.y_range, 0.0, 1.05 * top if top > 0 else 1.0)
         bokeh_axes(self.esd_figure)
@@ -296,7 +295,7 @@ class LiveExplorer:
 
     def _on_stream(self, index=None, **_: Any) -> None:
         name = V._pick(self.names, index)
-        if name is not None and name != getattr(self, "_drawn", None):
+        if name is not None and name != self._drawn:
             self._schedule(lambda: self._draw_layer(name))
 
     def _on_tap(self, _attr: str, _old: Any, new: Any) -> None:

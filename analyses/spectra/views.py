@@ -38,6 +38,7 @@ from ..core.plotting import (
     apply_opts,
     format_number,
     grid_layout,
+    log_padded,
     log_worthy,
     message_panel,
     style_line,
@@ -369,9 +370,7 @@ def esd_data(result, name: str, source: str = "auto") -> EsdData:
     # the x range: the bins, and the guides and fit when they lie beyond (5% padding in log space)
     xs = [lo, hi, *[v for v in (out.xmin, out.bulk) if math.isfinite(v) and v > 0]]
     xs += [float(v) for v in out.fit[0] if np.isfinite(v)]
-    a, b = math.log10(min(xs)), math.log10(max(xs))
-    pad = 0.05 * (b - a)
-    out.xlim = (10 ** (a - pad), 10 ** (b + pad))
+    out.xlim = log_padded(min(xs), max(xs))
     out.title = f"{out.label} {name}: α={format_number(fit.alpha)}, D={format_number(fit.D, '.3f')}"
     return out
 

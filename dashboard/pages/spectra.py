@@ -410,11 +410,12 @@ class SpectraPage(AnalysisPage):
         if result is None:
             return
         metric = self.metric if self.metric in result.table.columns else "alpha"
-        if views._metric_rows(result, metric).empty:
+        rows = views._metric_rows(result, metric)
+        if rows.empty:
             ex = views.linked_explorer(result, metric)
             items = [plot_pane(item, f"nnv-plot-{i}") for i, item in enumerate(ex.layout)]
         else:
-            ex = live.LiveExplorer(result, metric, schedule=self._on_doc)
+            ex = live.LiveExplorer(result, metric, schedule=self._on_doc, rows=rows)
             items = [bokeh_pane(fig, f"nnv-plot-{i}") for i, fig in enumerate(ex.figures)]
         self.explorer = ex
         self._shown = None
