@@ -26,7 +26,7 @@ from typing import Any
 import panel as pn
 from tornado.ioloop import IOLoop
 
-from . import page_resources, speedups, turns
+from . import page_resources, speedups, turns, write_queue
 from .components import jobs
 from .settings import AppSettings
 
@@ -341,6 +341,7 @@ def serve(
     limit_blas_threads()
     speedups.install()
     page_resources.install()
+    write_queue.install()  # a change queued behind another is written, never left queued
     # Panel's callbacks run on the event loop, never on a thread pool: a change made from a pool
     # thread reaches the document as one scheduled tick per model, Bokeh sends a tick's new models
     # only once the tick ends, and a change sent at once in between (Panel's usual path) named

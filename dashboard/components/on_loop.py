@@ -15,7 +15,9 @@ A lost "callback added" event means the callback never runs. For a session's tim
 that never shows its first result, although the server computed it: the first-load stall of
 issue 11, about once in 50-100 loads under load. :func:`next_tick` hands the callback to the
 session's Tornado loop with ``IOLoop.add_callback`` (thread-safe by design); the loop adds it to
-the document, so every change to the document happens on the loop.
+the document, so every change to the document happens on the loop. (The stalls that were left,
+about one page in a hundred, had another cause: a change the loop made, left queued by Panel's
+writer; see :mod:`dashboard.write_queue`.)
 """
 
 from __future__ import annotations
