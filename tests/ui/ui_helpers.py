@@ -16,7 +16,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,32 +190,16 @@ DEEP_TEXT_JS = """
 """
 
 
-#: seconds a freshly loaded page may take to show its first result before it is reloaded once
-FIRST_LOAD_S = 25
-
-
 def open_page(page, url: str, ready, timeout: float = 90) -> None:
     """Load ``url`` and wait until the ``ready`` locator is visible.
 
-    A page whose first result has not arrived after :data:`FIRST_LOAD_S` is reloaded once, with a
-    warning in the test report. That stall is an open bug (issue 11): about once in 50-100 fresh
-    loads of the Orbits page with two CPU burners running, the server builds and shows the page
-    (``page shown`` in its debug log) but the page's first run never reports ``done``. Replacing
-    Panel's session timer (:mod:`dashboard.components.timer`) did not end it. The test still fails
-    if the reloaded page does not show its result either; a failed browser test reports the
-    server log, the page's console, websocket events and text.
+    No reload and no second chance: a page that does not show its first result fails the test
+    (a failed browser test reports the server log, the page's console, websocket events and
+    text). Pages used to stall here about once in 50-100 loads under load, and this helper
+    reloaded them once: the server had made the change, but Panel left its message queued
+    (fixed by :mod:`dashboard.write_queue`).
     """
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     page.goto(url, wait_until="networkidle", timeout=60000)
-    try:
-        ready.first.wait_for(timeout=1000 * min(FIRST_LOAD_S, timeout))
-        return
-    except PlaywrightTimeout:
-        warnings.warn(
-            f"{url}: no first result after {FIRST_LOAD_S} s; the page was reloaded once", stacklevel=2
-        )
-    page.reload(wait_until="networkidle", timeout=60000)
     ready.first.wait_for(timeout=1000 * timeout)
 
 
