@@ -381,11 +381,13 @@ class NNVitalsApp(pn.viewable.Viewer):
         )
 
     def sidebar(self) -> list[Any]:
+        from .components.page import section_heading
+
         return [
             self.link_bar,
-            pn.pane.Markdown("#### Analyses", margin=(0, 10)),
+            section_heading("Analyses", margin=(0, 10)),
             self._nav,
-            pn.pane.Markdown("#### Model", margin=(10, 10, 0, 10)),
+            section_heading("Model", margin=(10, 10, 0, 10)),
             self.picker,
             self._controls,
             self.runner_pane(),

@@ -173,7 +173,7 @@ class AnalysisPage(pn.viewable.Viewer):
     def controls_column(self, heading: str, *parts: Any) -> pn.Column:
         """The sidebar: ``#### heading``, ``parts``, the list of invalid settings, the Run button."""
         return pn.Column(
-            pn.pane.Markdown(f"#### {heading}", margin=(5, 10, 0, 10)),
+            section_heading(heading),
             *parts,
             *(form.problems for form in self.forms),
             self._run_button,
@@ -515,12 +515,22 @@ def wire_stale(main: pn.Column, jobs: JobPanel) -> None:
     main._nnv_stale_wired = True
 
 
+def section_heading(text: str, margin: tuple[int, ...] = (5, 10, 0, 10)) -> pn.pane.Markdown:
+    """``#### text``: a section's heading, one size on every page (:data:`style.HEADINGS`)."""
+    return pn.pane.Markdown(f"#### {text}", margin=margin, stylesheets=[style.HEADINGS])
+
+
+def page_head(markdown: str) -> pn.pane.Markdown:
+    """A page's ``## heading`` and introduction (never dimmed while a run goes on)."""
+    return pn.pane.Markdown(
+        markdown, css_classes=["nnv-page-head"], sizing_mode="stretch_width", stylesheets=[style.HEADINGS]
+    )
+
+
 def page_main(slug: str, heading: str, text: str, *parts: Any) -> pn.Column:
     """The page's main column: ``## heading`` and ``text``, then ``parts`` (job panel, summary, tabs);
     what follows the job panel is dimmed while it runs over a result on show."""
-    head = pn.pane.Markdown(
-        f"## {heading}\n{text}", css_classes=["nnv-page-head"], sizing_mode="stretch_width"
-    )
+    head = page_head(f"## {heading}\n{text}")
     main = pn.Column(head, *parts, sizing_mode="stretch_width", css_classes=["nnv-page", f"nnv-{slug}"])
     jobs = next((p for p in parts if isinstance(p, JobPanel)), None)
     if jobs is not None:

@@ -36,7 +36,15 @@ from analyses.zoo import DEMO_MODELS
 
 from ..components.jobs import JobPanel
 from ..components.on_loop import next_tick
-from ..components.page import AnalysisPage, bokeh_pane, model_label, note_pane, plot_grid, plot_pane
+from ..components.page import (
+    AnalysisPage,
+    bokeh_pane,
+    model_label,
+    note_pane,
+    plot_grid,
+    plot_pane,
+    section_heading,
+)
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
 log = logging.getLogger("nnvitals.app")
@@ -213,7 +221,7 @@ class SpectraPage(AnalysisPage):
             ),
             self._plots,
             self._grid,
-            pn.pane.Markdown("#### Layer table", margin=(10, 10, 0, 10)),
+            section_heading("Layer table", margin=(10, 10, 0, 10)),
             self._table,
             sizing_mode="stretch_width",
             name="Layers",
@@ -567,7 +575,7 @@ class SpectraPage(AnalysisPage):
         note = f" (the first {MAX_GRID} of {len(names)})" if len(names) > MAX_GRID else ""
         # one pane per ESD, two per row
         self._grid.objects = [
-            pn.pane.Markdown(f"#### ESDs of the selected layers{note}", margin=(10, 10, 0, 10)),
+            section_heading(f"ESDs of the selected layers{note}", margin=(10, 10, 0, 10)),
             plot_grid(*[plot_pane(views.esd_plot(self.result, n), "nnv-grid-plot") for n in shown]),
         ]
 

@@ -53,6 +53,7 @@ from analyses.zoo import DEMO_MODELS
 
 from .. import style
 from ..components.jobs import JobPanel, in_server, loop_timer
+from ..components.page import page_head, section_heading
 from ..components.timer import SessionTimer
 from ..settings import AppSettings
 
@@ -672,18 +673,17 @@ class VitalsPage(pn.viewable.Viewer):
         self._missing_text = pn.pane.Markdown("", css_classes=["nnv-note"], styles=style.NOTE, margin=(0, 10))
         self.analysing = pn.pane.Markdown("", css_classes=["nnv-analysing"], margin=(0, 10))
         self.controls = pn.Column(
-            pn.pane.Markdown("#### Vital signs", margin=(5, 10, 0, 10)),
+            section_heading("Vital signs"),
             self._missing_text,
             self._run_button,
             sizing_mode="stretch_width",
             css_classes=["nnv-controls"],
         )
-        head = pn.pane.Markdown(
+        head = page_head(
             "## Vital signs\nOne card per analysis for the model picked in the sidebar: its headline "
             "numbers from the result store, a warning colour where a reading is off, a small plot, and "
-            "the button to its page. Cards of analyses not run yet fill with **Run what is missing**.",
-            css_classes=["nnv-page-head"], sizing_mode="stretch_width",
-        )  # fmt: skip
+            "the button to its page. Cards of analyses not run yet fill with **Run what is missing**."
+        )
         self.grid = pn.FlexBox(*(c.layout for c in self.cards.values()), css_classes=["nnv-vital-cards"],
                                sizing_mode="stretch_width")  # fmt: skip
         self.main = pn.Column(

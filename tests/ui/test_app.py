@@ -237,3 +237,53 @@ def test_navigation_between_pages(server, probe):
     assert "page=connectivity" in page.url
     page.get_by_role("button", name=re.compile("^Spectra")).click()
     page.get_by_text("Selected:", exact=False).first.wait_for(timeout=30000)
+
+
+#: JavaScript: the font size and weight of every visible h2 and h4 of the page, shadow roots included
+HEADINGS_JS = """
+() => {
+  const out = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if ((el.tagName === 'H2' || el.tagName === 'H4') && el.getBoundingClientRect().width > 0) {
+        const s = getComputedStyle(el);
+        out.push([el.tagName, el.textContent.replace('¶', '').trim(), s.fontSize, s.fontWeight]);
+      }
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return out;
+}
+"""
+
+
+def test_headings_are_one_size_on_every_page(server, probe):
+    """A page's heading and its sections' headings look the same on the page opened first and on
+    pages reached from it (Panel styled panes attached after the first render with Bootstrap's
+    whole stylesheet: '####' at 24 px on some pages, 12 px on others)."""
+    page = open_app(probe, server.url)
+    seen = page.evaluate(HEADINGS_JS)
+    page.get_by_role("button", name=re.compile("IBP tightness")).click()
+    page.get_by_text("Bounds settings", exact=True).first.wait_for(timeout=30000)
+    page.wait_for_timeout(500)
+    seen += page.evaluate(HEADINGS_JS)
+    page.get_by_role("button", name=re.compile("^Vitals")).click()
+    page.get_by_text("Run what is missing", exact=False).first.wait_for(timeout=30000)
+    page.wait_for_timeout(500)
+    seen += page.evaluate(HEADINGS_JS)
+    texts = {text for _, text, _, _ in seen}
+    assert {
+        "Spectra",
+        "Spectra settings",
+        "Layer table",
+        "Bounds settings",
+        "Vital signs",
+        "Model",
+    } <= texts, seen
+    for tag in ("H2", "H4"):
+        looks = {(size, weight) for t, _, size, weight in seen if t == tag}
+        assert len(looks) == 1, f"{tag} headings in several sizes: {[s for s in seen if s[0] == tag]}"
+    (h2,) = {float(size.rstrip("px")) for t, _, size, _ in seen if t == "H2"}
+    (h4,) = {float(size.rstrip("px")) for t, _, size, _ in seen if t == "H4"}
+    assert 12 < h4 < h2, seen
