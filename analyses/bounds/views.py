@@ -343,11 +343,11 @@ def lipschitz_plot(result) -> hv.Overlay:
     # a layer without a global constant (attention) leaves no finite upper bound after it: the
     # table gives the reason, the local bound (when computed) is drawn instead
     fin = rows[np.isfinite(rows["upper"].astype(float))]
-    up = hv.Curve(fin, "layer", "upper", label="upper: product of layer constants")
+    up = hv.Curve(fin, "layer", "upper", label="upper: ∏ layer constants")
     parts.append(style_line(up, "#4477AA", 2.2))
     tips = _tips(("up to layer", "@{name} (@{kind})"), ("upper bound", "@{upper}{0.00}"),
                  ("this layer's constant", "@{constant}{0.00} (@{method})"))  # fmt: skip
-    parts.append(apply_opts(hv.Scatter(fin, "layer", vd, label="upper: product of layer constants"),
+    parts.append(apply_opts(hv.Scatter(fin, "layer", vd, label="upper: ∏ layer constants"),
                        dict(color="#4477AA"), dict(size=6, **tips), dict(s=20)))  # fmt: skip
     loc = rows.iloc[0:0]
     if "local_upper" in rows:

@@ -68,9 +68,16 @@ PLAIN_TICK_JS = "return Number(tick.toPrecision(6)).toString();"
 _MIN_LOG_TICKS, _MAX_LOG_TICKS = 3, 8
 
 
-def legend_two_rows(labels: list[str]) -> bool:
-    """Whether a one-row legend below a panel would not hold ``labels`` (then it takes two rows)."""
-    return sum(len(t) for t in labels) + 5 * len(labels) > LEGEND_ROW_CHARS
+def legend_columns(labels: list[str]) -> int:
+    """Columns of a legend below a panel, filled row by row: all of ``labels`` in one row when
+    they fit (``len(labels)``), else the most columns whose widest labels fit side by side (a
+    legend wider than its plot is cut at the plot's edge), at least one."""
+    n = len(labels)
+    for cols in range(n, 1, -1):
+        widths = [max(len(t) for t in labels[j::cols]) + 5 for j in range(cols)]
+        if sum(widths) <= LEGEND_ROW_CHARS:
+            return cols
+    return 1
 
 
 def log_padded(lo: float, hi: float, pad: float = 0.05) -> tuple[float, float]:
@@ -219,11 +226,13 @@ def style_panel(
     bk = dict(BOKEH_SIZE, fontscale=1.05, toolbar="right", hooks=[_bokeh_axes_hook])
     mp = dict(MPL_SIZE, fontscale=1.25, hooks=[_mpl_log_ticks] if (logx or logy) else [])
     if legend:
-        if legend is True:  # one row below the plot; two when the entries would not fit in one
+        if legend is True:  # below the plot: one row, or rows of as many entries as fit
             labels = _legend_labels(obj)
-            rows = 2 if legend_two_rows(labels) else 0
-            bk.update(legend_position="bottom", legend_cols=rows, legend_offset=(0, 0))
-            bk_legend = {"margin": 0, "padding": 4, "spacing": 14}
+            cols = legend_columns(labels)
+            bk.update(
+                legend_position="bottom", legend_cols=0 if cols >= len(labels) else cols, legend_offset=(0, 0)
+            )
+            bk_legend = {"margin": 0, "padding": 4, "spacing": 14, "orientation": "horizontal"}
             mp_pos = "right"
         else:
             bk["legend_position"] = mp_pos = legend

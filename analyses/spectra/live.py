@@ -25,7 +25,7 @@ import holoviews as hv
 import numpy as np
 
 from ..core.errors import NNVitalsError
-from ..core.plotting import BOKEH_SIZE, bokeh_axes, legend_two_rows, log_padded, value_range
+from ..core.plotting import BOKEH_SIZE, bokeh_axes, legend_columns, log_padded, value_range
 from . import views as V
 
 #: the toolbar of every panel (wheel zoom is there, inactive: scrolling the page scrolls it)
@@ -52,7 +52,7 @@ def _figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False, logy: b
 
 
 def _legend(fig, items: list[tuple[str, list]]) -> Any:
-    """A legend below the plot (it never hides a point): one row, two when the labels would not fit."""
+    """A legend below the plot (it never hides a point): one row, or rows of as many entries as fit."""
     from bokeh.models import Legend, LegendItem
 
     legend = Legend(
@@ -71,7 +71,9 @@ def _label(item) -> str:
 
 
 def _legend_rows(legend) -> None:
-    legend.nrows = 2 if legend_two_rows([_label(i) for i in legend.items]) else "auto"
+    labels = [_label(i) for i in legend.items]
+    cols = legend_columns(labels)
+    legend.ncols = cols if cols < len(labels) else "auto"
 
 
 def _empty() -> Any:

@@ -19,7 +19,8 @@ import re
 from ui_helpers import glyph, wait_drawn
 
 #: every drawn bokeh plot of the page: its title, size on screen, frame, ranges, y scale, whether
-#: the wheel zoom is active, and the screen positions of its scatter points (canvas coordinates)
+#: the wheel zoom is active, the screen positions of its scatter points and the edges of its
+#: legends (canvas coordinates)
 PLOTS_JS = """
 () => {
   const out = [], seen = new Set();
@@ -41,8 +42,12 @@ PLOTS_JS = """
           points.push([v.frame.x_scale.compute(xs[i]), v.frame.y_scale.compute(ys[i])]);
         }
       }
+      const legends = [];  // each legend's left and right edge on the plot's canvas
+      for (const [lm, lv] of (v.renderer_views || new Map())) {
+        if (lm.type === "Legend" && lm.items.length && lv.bbox) legends.push([lv.bbox.left, lv.bbox.right]);
+      }
       out.push({
-        title: m.title ? (m.title.text || "") : "", width: r.width, height: r.height,
+        title: m.title ? (m.title.text || "") : "", width: r.width, height: r.height, canvas: v.bbox.width, legends,
         shown: r.width > 0 && (!v.el.checkVisibility || v.el.checkVisibility()),
         frame: [f.left, f.top, f.right, f.bottom],
         x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
@@ -172,6 +177,34 @@ def test_no_sideways_scrolling_at_1280(server, probe):
         for p in plots(page):
             left, _top, right, _bottom = p["frame"]
             assert right - left >= 250, f"{slug}: {p['title']!r} has a {right - left:.0f} px wide frame"
+
+
+def test_legends_fit_inside_their_plots_at_1280(server, probe):
+    """No legend below a plot is cut at the plot's edge (Lipschitz's was, at 1280 px)."""
+    page = probe.page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    seen = []
+    for slug, ready, tab in (
+        ("spectra", "Selected:", None),
+        ("bounds", re.compile(r"Bar \d+: \d+ samples?"), None),
+        ("bounds", re.compile(r"Bar \d+: \d+ samples?"), "Lipschitz"),
+        ("connectivity", re.compile(r"\(A\) vs .*\(B\)"), None),
+    ):
+        if tab is None:
+            page.goto(server.url + f"?page={slug}", wait_until="networkidle", timeout=60000)
+            page.get_by_text(ready).first.wait_for(timeout=120000)
+        else:
+            page.locator(".bk-tab", has_text=tab).first.click()
+        page.wait_for_timeout(1500)
+        for p in plots(page):
+            for left, right in p["legends"]:
+                seen.append(p["title"])
+                assert left >= 0 and right <= p["canvas"] + 0.5, (
+                    f"{slug}: the legend of {p['title']!r} spans {left:.0f}..{right:.0f} px "
+                    f"of a {p['canvas']:.0f} px plot"
+                )
+    assert any(t.startswith("Lipschitz bounds per layer") for t in seen), seen
+    assert len(seen) >= 4, seen
 
 
 def test_hover_shows_plain_words(server, probe):

@@ -365,3 +365,19 @@ def test_bokeh_log_axis_over_many_decades_keeps_log_ticks():
     for (lo, hi), ticks in zip(ranges, inside):
         labels, flat = flat[: len(ticks)], flat[len(ticks) :]
         assert 3 <= len(labels) <= 8 and len(set(labels)) == len(labels), (lo, hi, labels)
+
+
+def test_legend_columns_fit_the_widest_labels_side_by_side():
+    from analyses.core.plotting import LEGEND_ROW_CHARS, legend_columns
+
+    short = ["a", "bb", "ccc"]
+    assert legend_columns(short) == 3  # one row
+    # four entries, two long: one row is too wide, two columns of the widest labels fit
+    four = ["gap", "upper: ∏ layer constants", "lower: max Jacobian norm", "mean Jacobian norm"]
+    assert sum(len(t) + 5 for t in four) > LEGEND_ROW_CHARS
+    assert legend_columns(four) == 2
+    # filled row by row: column j holds labels j, j + cols, ...; its width is its widest label's
+    assert legend_columns(["x" * 30, "y" * 30, "z", "w"]) == 1  # two columns: 35 + 35 chars
+    assert legend_columns(["x" * 30, "y", "z" * 30, "w"]) == 2  # x above z, y above w: 35 + 6
+    assert legend_columns(["x" * 20, "y" * 20, "z" * 20, "w"]) == 2
+    assert legend_columns(["one label far too long to fit in any legend row at all, really"]) == 1
