@@ -570,7 +570,7 @@ def card_html(reading: Reading, model_name: str = "") -> str:
     elif state == "missing":
         out.append('<div class="nnv-vital-status">not run yet</div>')
     elif state == "looking":
-        out.append('<div class="nnv-vital-status">looking up stored results …</div>')
+        out.append('<div class="nnv-vital-status">looking up earlier results …</div>')
     else:
         out.append(f'<div class="nnv-vital-status">{esc(reading.reason)}</div>')
     return "".join(out)
@@ -681,7 +681,7 @@ class VitalsPage(pn.viewable.Viewer):
         )
         head = page_head(
             "## Vital signs\nOne card per analysis for the model picked in the sidebar: its headline "
-            "numbers from the result store, a warning colour where a reading is off, a small plot, and "
+            "numbers from earlier runs, a warning colour where a reading is off, a small plot, and "
             "the button to its page. Cards of analyses not run yet fill with **Run what is missing**."
         )
         self.grid = pn.FlexBox(*(c.layout for c in self.cards.values()), css_classes=["nnv-vital-cards"],
@@ -826,12 +826,12 @@ class VitalsPage(pn.viewable.Viewer):
         looking = any(c.reading.state == "looking" for c in self.cards.values())
         self._run_button.disabled = not missing or self.runs.running
         if looking:
-            text = "Looking up stored results …"
+            text = "Looking up earlier results …"
         elif missing:
             titles = ", ".join(registry.entry(k).title for k in missing)
             text = f"Not run yet: {titles}."
         else:
-            text = "Every analysis that applies is in the store."
+            text = "Every analysis that applies has been run."
         self._missing_text.object = text
 
     # ------------------------------------------------------------------ running

@@ -56,13 +56,13 @@ def main(out: Path) -> list[Path]:
                     page.goto(srv.url, wait_until="networkidle")  # the landing page: Vitals
                     page.locator(".nnv-vital").first.wait_for(timeout=60000)
                     if width == WIDTHS[0]:  # fill every card once (the store keeps them)
-                        page.get_by_text("looking up stored results").first.wait_for(
+                        page.get_by_text("looking up earlier results").first.wait_for(
                             state="hidden", timeout=60000
                         )
                         missing = page.get_by_role("button", name="Run what is missing")
                         if missing.is_enabled():
                             missing.click()
-                    page.get_by_text("Every analysis that applies is in the store").first.wait_for(
+                    page.get_by_text("Every analysis that applies has been run").first.wait_for(
                         timeout=300000
                     )
                     _settle(page, 1500)

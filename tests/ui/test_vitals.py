@@ -36,7 +36,7 @@ def test_vitals_is_the_landing_page_with_every_card(server, probe):
         card.get_by_text(title, exact=True).first.wait_for()
         card.get_by_role("button", name=f"Open {title}").wait_for()
     # the lookups finish: every card says what it holds (numbers, "not run yet", or why not)
-    expect(page.get_by_text("looking up stored results", exact=False)).to_have_count(0, timeout=60000)
+    expect(page.get_by_text("looking up earlier results", exact=False)).to_have_count(0, timeout=60000)
     _card(page, "spectra").get_by_text(re.compile(r"not run yet|alpha")).first.wait_for()
 
 
@@ -58,7 +58,8 @@ def test_run_what_is_missing_fills_a_card(server, probe):
     page.get_by_role("button", name="Run what is missing").click()
     spectra.get_by_text("alpha", exact=True).first.wait_for(timeout=30000)
     spectra.locator("canvas").first.wait_for(timeout=10000)  # its small plot: a Bokeh figure
-    assert page.get_by_text("Every analysis that applies is in the store").first.is_visible()
+    assert page.get_by_text("Every analysis that applies has been run").first.is_visible()
+    assert page.get_by_text(re.compile("store")).count() == 0  # plain words: no "result store"
 
 
 def test_a_card_opens_its_page(server, probe):
