@@ -46,9 +46,18 @@ def agree(page, expected: str, timeout: float = 90, also: str = "") -> str:
         page.wait_for_timeout(250)
 
 
+#: the page each navigation button shows (its main column's class is ``nnv-<slug>``)
+SLUGS = {
+    "Spectra": "spectra", "Orbits": "orbits", "IBP tightness": "bounds", "Lipschitz": "bounds",
+    "Connectivity": "connectivity",
+}  # fmt: skip
+
+
 def go(page, title: str) -> None:
+    """Open the page of the navigation button ``title`` and wait until that page is shown (the page
+    on show until then keeps its own line, following the sidebar: it is not the new page's)."""
     page.locator(".nnv-nav button", has_text=title).first.click()
-    page.locator(".nnv-main .nnv-analysing").first.wait_for(timeout=90000)
+    page.locator(f".nnv-main .nnv-{SLUGS[title]} .nnv-analysing").first.wait_for(timeout=90000)
 
 
 def test_every_page_names_the_model_the_sidebar_shows(server, probe):
