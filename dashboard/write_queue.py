@@ -44,6 +44,7 @@ NEEDED = (
 #: documents whose queue a task is draining now
 _draining: weakref.WeakSet = weakref.WeakSet()
 
+#: Panel's own drain once replaced (None: not installed)
 _ORIGINAL: Any = None
 
 

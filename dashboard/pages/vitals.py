@@ -53,7 +53,7 @@ from analyses.zoo import DEMO_MODELS
 
 from .. import style
 from ..components.jobs import JobPanel, in_server, loop_timer
-from ..components.page import page_head, section_heading
+from ..components.page import model_label, page_head, section_heading
 from ..components.timer import SessionTimer
 from ..settings import AppSettings
 
@@ -577,8 +577,6 @@ def card_html(reading: Reading, model_name: str = "") -> str:
 
 
 def _name(model: Any) -> str:
-    from ..components.page import model_label
-
     return model_label(model)
 
 
