@@ -265,7 +265,8 @@ def test_session_byte_budget(tmp_path):
 
 
 def test_idle_partial_uploads_are_dropped(tmp_path):
-    sink = UploadSink(tmp_path, max_bytes=1000, chunk_bytes=10, idle_s=0.3)
+    # idle for 1 s (0.3 s lapsed under a loaded CI run before the first check saw the upload open)
+    sink = UploadSink(tmp_path, max_bytes=1000, chunk_bytes=10, idle_s=1.0)
     before = _open_fds()
     sink.receive("slow.safetensors", 1, 5, b"x" * 10)
     assert _open_fds() == before + 1 and list(tmp_path.iterdir())
