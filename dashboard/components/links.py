@@ -468,6 +468,7 @@ def view_query(app: Any) -> tuple[str, list[str]]:
 #: the browser copies the field's link itself (a click is the user's gesture the clipboard asks
 #: for); where the clipboard is not allowed the field is selected for copying by hand
 COPY_JS = """
+const button = source;
 const text = field.value;
 const done = () => { button.label = 'Copied'; setTimeout(() => { button.label = 'Copy link'; }, 1500); };
 const byHand = () => {
@@ -497,7 +498,10 @@ class LinkBar(pn.viewable.Viewer):
             value="", disabled=False, sizing_mode="stretch_width", css_classes=["nnv-link-field"],
             description="A link to this view: the page, the model, the changed settings and the selection",
         )  # fmt: skip
-        self.button.js_on_click(args={"field": self.field, "button": self.button}, code=COPY_JS)
+        # the button is the callback's own ``source``: Panel keeps callbacks in a registry keyed
+        # weakly by their button, and a button among the callback's args would keep itself (and
+        # this bar) alive for good, one per session
+        self.button.js_on_click(args={"field": self.field}, code=COPY_JS)
         self.note = pn.pane.Alert(
             "", alert_type="warning", visible=False, css_classes=["nnv-link-note"], margin=(5, 10),
             sizing_mode="stretch_width",

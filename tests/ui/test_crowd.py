@@ -7,11 +7,14 @@ fetching the page (a busy server answers the page, then the browser's resources,
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
-from ui_helpers import PageProbe
+from ui_helpers import PageProbe, start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -119,3 +122,95 @@ def test_a_browser_that_connects_late_gets_its_own_styled_session(server, browse
         assert server.log_text().count(OPENED) == before + 1, server.log_text()[-2000:]
     finally:
         ctx.close()
+
+
+#: the server's DEBUG line once every session has closed and been collected
+ALIVE = re.compile(r"Panel objects alive after sessions closed: (\d+) \(0 open\)")
+
+
+@pytest.fixture(scope="module")
+def debug_server(ui_tmp):
+    """A server of this module's own, logging at DEBUG: what it built, and what closed sessions left."""
+    pytest.importorskip("playwright")
+    tmp = ui_tmp / "crowd-debug"
+    tmp.mkdir(exist_ok=True)
+    srv = start_server(tmp, env={"NNVITALS_LOG_LEVEL": "DEBUG"}, timeout=300)
+    end = time.time() + 120
+    while "warmed up" not in srv.log_text() and time.time() < end:
+        time.sleep(0.2)
+    yield srv
+    stop_server(srv.proc)
+
+
+def _since(srv, mark: int) -> str:
+    return srv.log_text()[mark:]
+
+
+def _wait_count(srv, mark: int, text: str, n: int, timeout: float = 90) -> int:
+    end = time.time() + timeout
+    while time.time() < end and _since(srv, mark).count(text) < n:
+        time.sleep(0.2)
+    return _since(srv, mark).count(text)
+
+
+def _open_and_close(srv, browser, queries: list[str]) -> None:
+    """Browsers open these pages at once, wait for each page's first result, then close."""
+    contexts = []
+    try:
+        for query in queries:
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            contexts.append(ctx)
+            page = ctx.new_page()
+            page.set_default_timeout(120000)
+            page.goto(srv.url + query, wait_until="commit")
+        for ctx, query in zip(contexts, queries):
+            page = ctx.pages[0]
+            if "spectra" in query:
+                page.get_by_text("Selected:", exact=False).first.wait_for()
+            else:
+                page.locator(".nnv-vital").first.wait_for()
+    finally:
+        for ctx in contexts:
+            ctx.close()
+
+
+def _alive_once_closed(srv, mark: int, timeout: float = 180) -> int:
+    end = time.time() + timeout
+    while time.time() < end:
+        found = ALIVE.findall(_since(srv, mark))
+        if found:
+            return int(found[-1])
+        time.sleep(0.5)
+    raise AssertionError(f"the server never reported every session closed:\n{_since(srv, mark)[-3000:]}")
+
+
+def _plain_requests(srv, n: int) -> None:
+    """``n`` page requests at once, as a script or a link preview makes them: no browser connects."""
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            urllib.request.urlopen(srv.url + SPECTRA, timeout=120).read()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=get) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_closed_sessions_leave_no_panel_objects_behind(debug_server, browser):
+    """Once every session has closed, nothing Panel made for them is alive: neither the sessions
+    of browsers that came and went nor those of page requests no browser connected to. (Each
+    kept component stays for good with what it holds, and pins memory the allocator can never
+    hand back: a registry of Panel's kept every session's link button and field, and one pass of
+    the collector left the link field of every session that never connected.)"""
+    srv = debug_server
+    mark = len(srv.log_text())
+    _plain_requests(srv, 2)
+    _open_and_close(srv, browser, [SPECTRA, "", SPECTRA])
+    alive = _alive_once_closed(srv, mark)
+    assert alive == 0, f"{alive} Panel objects left behind by 5 closed sessions"
