@@ -39,6 +39,7 @@ from .components.model_picker import ModelPicker
 from .components.on_loop import next_tick
 from .server import (  # noqa: F401  (serve and the server's helpers, also named from here)
     ATTACH_WAIT_S,
+    PAGES_AHEAD,
     SESSIONS,
     configure_logging,
     keep_until_connected,
@@ -171,6 +172,7 @@ class NNVitalsApp(pn.viewable.Viewer):
         self.pages: dict[str, Any] = {}
         self._pages_lock = threading.RLock()
         self._closed = False
+        self._give_back: Callable[[], None] = lambda: None  # a page built ahead (load)
         self._nav = pn.widgets.RadioButtonGroup(
             options={s.title: s.slug for s in self.specs.values()},
             value=self.page,
@@ -285,10 +287,14 @@ class NNVitalsApp(pn.viewable.Viewer):
             page.watch_link(self._update_link)
         self._update_link()
 
-    def load(self, doc: Any) -> Future:
+    def load(self, doc: Any) -> Future | None:
         """Build the current page of this (served) session on the page builder thread, then show it
         from the event loop once the browser has loaded the frame (see :func:`page_builder`);
         returns the builder's future. Call it on the event loop thread, while the session is built.
+
+        The page is built at once, while the browser loads the scripts, unless
+        :data:`PAGES_AHEAD` pages already wait for their browsers: then it is built when this
+        session's browser connects, and this returns None.
 
         The page is shown only after the browser loaded: changes made between the browser's
         fetch of the document and its "ready" message are dropped by Panel (it serializes the
@@ -360,13 +366,23 @@ class NNVitalsApp(pn.viewable.Viewer):
                 show_and_wait(page, problem, built)
 
         def loaded() -> None:
+            if ahead is None:  # built now, then shown at once: its browser is here
+                page_builder().submit(build)
+                return
+            ahead()
             with lock:
                 state["loaded"] = True
                 ready = state["built"]
             if ready:
                 page_builder().submit(show_and_wait, state["page"], state["problem"], state["at"])
 
+        ahead = PAGES_AHEAD.claim()
         pn.state.onload(loaded)
+        if ahead is None:
+            state["loaded"] = True  # by the time build() runs
+            log.debug("%s page built when its browser connects (%d built ahead)", slug, PAGES_AHEAD.ahead)
+            return None
+        self._give_back = ahead  # a session that ends before its browser connected
         return page_builder().submit(build)
 
     # ------------------------------------------------------------------ layout
@@ -421,6 +437,7 @@ class NNVitalsApp(pn.viewable.Viewer):
     def close(self) -> None:
         """Cancel every running job and delete the uploads (a served session does this when it ends)."""
         self._closed = True
+        self._give_back()
         with self._pages_lock:
             pages = list(self.pages.values())
         for page in pages:

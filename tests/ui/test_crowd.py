@@ -16,6 +16,8 @@ import urllib.request
 import pytest
 from ui_helpers import PageProbe, start_server, stop_server
 
+from dashboard.server import PAGES_AHEAD
+
 pytestmark = pytest.mark.browser
 
 #: what the server logs for every session it builds
@@ -124,6 +126,9 @@ def test_a_browser_that_connects_late_gets_its_own_styled_session(server, browse
         ctx.close()
 
 
+#: the server's DEBUG lines for a page built as its request arrived, and for one left for its browser
+BUILT = "spectra page built in"
+LEFT_FOR_BROWSER = "spectra page built when its browser connects"
 #: the server's DEBUG line once every session has closed and been collected
 ALIVE = re.compile(r"Panel objects alive after sessions closed: (\d+) \(0 open\)")
 
@@ -214,3 +219,40 @@ def test_closed_sessions_leave_no_panel_objects_behind(debug_server, browser):
     _open_and_close(srv, browser, [SPECTRA, "", SPECTRA])
     alive = _alive_once_closed(srv, mark)
     assert alive == 0, f"{alive} Panel objects left behind by 5 closed sessions"
+
+
+def test_page_requests_that_never_connect_hold_few_built_pages(debug_server, browser):
+    """Plain page requests whose browsers never connect (a burst, link previews, tabs closed while
+    loading) each get a session, but only a few get a page built ahead of their browsers: the
+    rest would hold a whole page each until dropped, and a burst of them left the server's memory
+    ~110 MB higher for good. A browser arriving meanwhile gets its page built when it connects."""
+    srv = debug_server
+    mark = len(srv.log_text())
+    requests = 8
+    _plain_requests(srv, requests)
+    assert _wait_count(srv, mark, OPENED, requests) == requests
+    # every place ahead is free: those of earlier requests came back when their sessions ended
+    ahead = PAGES_AHEAD.limit
+    assert _wait_count(srv, mark, BUILT, ahead) == ahead, _since(srv, mark)[-3000:]
+    time.sleep(1.0)  # the builder is idle now: nothing more is built for these requests
+    log = _since(srv, mark)
+    assert log.count(BUILT) == ahead, f"pages built for requests nobody connected to:\n{log[-3000:]}"
+    assert log.count(LEFT_FOR_BROWSER) == requests - ahead, log[-3000:]
+
+    # a browser now: every place ahead is held, so its page is built once it connects
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(120000)
+        probe = PageProbe(page)
+        page.goto(srv.url + SPECTRA, wait_until="commit")
+        page.get_by_text("Selected:", exact=False).first.wait_for(timeout=120000)
+        page.locator(".bk-Canvas, canvas").first.wait_for(timeout=60000)
+        page.wait_for_load_state("networkidle", timeout=60000)
+        probe.assert_clean()
+        _assert_styled(page, "a browser after the burst")
+    finally:
+        ctx.close()
+    log = _since(srv, mark)
+    assert log.count(LEFT_FOR_BROWSER) == requests - ahead + 1, log[-3000:]
+    assert log.count(BUILT) == ahead + 1, log[-3000:]

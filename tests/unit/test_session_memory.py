@@ -1,11 +1,69 @@
-"""What closed sessions may leave in the server: dashboard.server.collect_all."""
+"""What closed and unconnected sessions may hold in the server: dashboard.server.PagesAhead (how
+many pages are built before their browsers connect) and collect_all (what closed sessions left)."""
 
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
-from dashboard.server import collect_all
+from dashboard.server import PAGES_AHEAD, PagesAhead, collect_all
+
+
+def test_places_run_out_at_the_limit_and_come_back_when_given_back():
+    ahead = PagesAhead(2)
+    first, second = ahead.claim(), ahead.claim()
+    assert first is not None and second is not None
+    assert ahead.ahead == 2
+    assert ahead.claim() is None, "a third page was let ahead of its browser"
+    assert ahead.ahead == 2
+    first()
+    assert ahead.ahead == 1
+    third = ahead.claim()
+    assert third is not None and ahead.ahead == 2
+
+
+def test_a_place_is_given_back_once_however_often_its_session_gives_it_back():
+    """A session gives its place back when its browser connects and again when it closes."""
+    ahead = PagesAhead(2)
+    give_back = ahead.claim()
+    other = ahead.claim()
+    give_back()
+    give_back()
+    give_back()
+    assert ahead.ahead == 1, "one session's place was given back more than once"
+    other()
+    assert ahead.ahead == 0
+
+
+def test_claims_from_many_threads_never_pass_the_limit():
+    ahead = PagesAhead(3)
+    start = threading.Barrier(16)
+    got: list = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        start.wait()
+        for _ in range(200):
+            place = ahead.claim()
+            if place is not None:
+                with lock:
+                    got.append(ahead.ahead)
+                place()
+                place()
+
+    threads = [threading.Thread(target=take) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got, "no thread ever got a place"
+    assert max(got) <= 3
+    assert ahead.ahead == 0
+
+
+def test_the_server_builds_a_few_pages_ahead_not_none_and_not_all():
+    assert 1 <= PAGES_AHEAD.limit <= 4
 
 
 class _Node:
