@@ -209,9 +209,9 @@ def _plain_requests(srv, n: int) -> None:
 
 def test_closed_sessions_leave_no_panel_objects_behind(debug_server, browser):
     """Once every session has closed, nothing Panel made for them is alive: neither the sessions
-    of browsers that came and went nor those of page requests no browser connected to. (Each
-    kept component stays for good with what it holds, and pins memory the allocator can never
-    hand back: a registry of Panel's kept every session's link button and field, and one pass of
+    of browsers that came and went nor those of page requests no browser connected to. (A kept
+    component keeps what it holds, and pins memory the allocator cannot hand back while it lives:
+    a registry of Panel's kept every session's link button and field for good, and one pass of
     the collector left the link field of every session that never connected.)"""
     srv = debug_server
     mark = len(srv.log_text())
@@ -224,8 +224,9 @@ def test_closed_sessions_leave_no_panel_objects_behind(debug_server, browser):
 def test_page_requests_that_never_connect_hold_few_built_pages(debug_server, browser):
     """Plain page requests whose browsers never connect (a burst, link previews, tabs closed while
     loading) each get a session, but only a few get a page built ahead of their browsers: the
-    rest would hold a whole page each until dropped, and a burst of them left the server's memory
-    ~110 MB higher for good. A browser arriving meanwhile gets its page built when it connects."""
+    rest would hold a whole page each until dropped (30 s), and a burst of 30 left the server's
+    memory ~110 MB higher once they were dropped. A browser arriving meanwhile gets its page built
+    when it connects."""
     srv = debug_server
     mark = len(srv.log_text())
     requests = 8
