@@ -164,19 +164,6 @@ class _Sessions:
         self.apps: weakref.WeakSet = weakref.WeakSet()
         self.open = 0
         self._release: Any = None
-        self._freeze_pending = False
-
-    def freeze_startup_when_idle(self) -> None:
-        """Freeze start-up's objects (:func:`freeze_startup`) now if no session is open or alive,
-        else once every session has closed and been collected (:meth:`release`). Call it on the
-        event loop, where sessions are made: a session opened while the server warmed up would
-        otherwise be frozen with start-up's objects, and frozen objects are never freed."""
-        if self.open == 0 and not self.apps:
-            self._freeze_pending = False
-            freeze_startup()
-        else:
-            self._freeze_pending = True
-            log.debug("start-up objects frozen once no session is open (%d open now)", self.open)
 
     def opened(self, app: Any, doc: Any) -> None:
         self.apps.add(app)
@@ -208,9 +195,6 @@ class _Sessions:
         t1 = time.process_time()
         _malloc_trim()
         t2 = time.process_time()
-        if self._freeze_pending and self.open == 0:
-            self._freeze_pending = False
-            freeze_startup()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Panel objects alive after sessions closed: %d (%d open)", panel_objects(), self.open)
         log.info(
@@ -318,10 +302,9 @@ def limit_blas_threads() -> None:
         pass
 
 
-def _warm(settings: AppSettings, loop: Any) -> None:
+def _warm(settings: AppSettings) -> None:
     """Compute the Spectra page's result and import the plotting code while the server starts,
-    then have the event loop ``loop`` make what start-up left permanent for the garbage collector
-    (:meth:`_Sessions.freeze_startup_when_idle`)."""
+    then make what start-up left permanent for the garbage collector (:func:`freeze_startup`)."""
     try:
         from analyses.core.export import ensure_backends
         from analyses.spectra import views
@@ -342,7 +325,7 @@ def _warm(settings: AppSettings, loop: Any) -> None:
         log.info("warmed up: %s result in the store", settings.default_model)
     except Exception as e:  # the page runs it again and shows any error
         log.warning("warm-up failed: %s", e)
-    loop.add_callback(SESSIONS.freeze_startup_when_idle)
+    freeze_startup()
 
 
 def freeze_startup() -> None:
@@ -353,8 +336,7 @@ def freeze_startup() -> None:
     destroyed, and :meth:`_Sessions.release`): on the event loop, each scanned every one of those
     objects again, 0.1-0.2 s each on this 2-core machine, and the interpreter's automatic full
     collections did the same while pages were built. Frozen, they are never scanned again; the
-    collections see what sessions made, and still free it. Done once, after the warm-up, when
-    no session is open (:meth:`_Sessions.freeze_startup_when_idle`).
+    collections see what sessions made, and still free it. Done once, after the warm-up.
     """
     gc.collect()
     gc.freeze()
@@ -478,13 +460,11 @@ def serve(
         kwargs["websocket_origin"] = allow_websocket_origin
     kwargs.update(_hardening(basic_auth, server_kwargs))
     kwargs.update(server_kwargs)
+    if warm:
+        threading.Thread(target=_warm, args=(settings,), name="nnvitals-warm", daemon=True).start()
     from .app import build_app
 
     server = pn.serve({"/": lambda: build_app(settings)}, **kwargs)
-    if warm:
-        threading.Thread(
-            target=_warm, args=(settings, server.io_loop), name="nnvitals-warm", daemon=True
-        ).start()
     turns.install(server)  # new sessions take turns, leaving the event loop to clicks between
     quiet_closed_connections(server.io_loop.asyncio_loop)
     where = address or "localhost"
