@@ -140,9 +140,7 @@ def debug_server(ui_tmp):
     tmp = ui_tmp / "crowd-debug"
     tmp.mkdir(exist_ok=True)
     srv = start_server(tmp, env={"NNVITALS_LOG_LEVEL": "DEBUG"}, timeout=300)
-    end = time.time() + 120
-    while "warmed up" not in srv.log_text() and time.time() < end:
-        time.sleep(0.2)
+    srv.wait_log("warmed up", timeout=120)
     yield srv
     stop_server(srv.proc)
 
