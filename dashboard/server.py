@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bokeh
 import panel as pn
 from tornado.ioloop import IOLoop
 
@@ -417,7 +418,12 @@ def serve(
     settings = settings or AppSettings()
     configure_logging()
     limit_blas_threads()
-    speedups.install()
+    if os.environ.get("NNVITALS_BOKEH_OWN") == "1":  # to rule the speedups out, or compare
+        log.info("NNVITALS_BOKEH_OWN=1: Bokeh's own methods, no speedups (dashboard/speedups.py)")
+    elif speedups.install():
+        speedups.pin_settings()
+    else:
+        log.info("Bokeh %s: its own methods (dashboard/speedups.py was written for 3.x)", bokeh.__version__)
     page_resources.install()
     write_queue.install()  # a change queued behind another is written, never left queued
     # Panel's callbacks run on the event loop, never on a thread pool: a change made from a pool

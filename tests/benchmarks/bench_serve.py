@@ -21,7 +21,9 @@ Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd
    and the part spent answering the page request itself (the event loop's share before the first
    byte). Measured from the server process's CPU counters. Every Spectra measurement opens
    ``?page=spectra``; when the app's landing page is another page, its own cost per session
-   (until it is shown) is reported on a separate line.
+   (until it is shown) is reported on a separate line. The Spectra sessions alternate with
+   sessions of a second server that uses Bokeh's own methods (``NNVITALS_BOKEH_OWN=1``, without
+   ``dashboard/speedups.py``): the ratio of the two medians is what the speedups save.
 5. **A crowd**: ``--crowd`` browsers (default 10) open the app at the same moment while one more,
    already connected, clicks through its layer table. Reported: each page's time to its first
    plot (target: every one within 10 s), the connected user's click -> update latency (target:
@@ -61,7 +63,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import THREADS, emit_json  # noqa: E402
@@ -91,7 +95,7 @@ def _serve_cmd(port: int, *options: str) -> list[str]:
 
 
 class Server:
-    def __init__(self, tmp: Path, *options: str):
+    def __init__(self, tmp: Path, *options: str, env: dict[str, str] | None = None):
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}/"
         #: the Spectra page, named: the measurements stay comparable whichever page is the landing page
@@ -99,7 +103,7 @@ class Server:
         self.log = tmp / f"serve-{self.port}.log"
         env = dict(
             os.environ, NNVITALS_CACHE=str(tmp / f"cache-{self.port}"), PYTHONUNBUFFERED="1",
-            NNVITALS_LOG_LEVEL="DEBUG",
+            NNVITALS_LOG_LEVEL="DEBUG", **(env or {}),
         )  # fmt: skip
         self.t0 = time.perf_counter()
         with open(self.log, "w") as out:
@@ -426,47 +430,70 @@ def landing_page() -> str:
     return page_specs()[0].slug
 
 
-def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA) -> dict:
+def _session_cpu(browser, srv: Server, slug: str, shown: Callable[[Any], None]) -> tuple[float, float]:
+    """One browser session of page ``slug``: the server's CPU until the page is shown and the
+    server idle again, and the part spent before the page request was answered."""
+    _settle(srv.proc.pid)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    c0 = _server_cpu(srv.proc.pid)
+    page.goto(f"{srv.url}?page={slug}", wait_until="commit", timeout=120000)
+    c1 = _server_cpu(srv.proc.pid)  # the request answered: the session is built
+    shown(page)
+    _settle(srv.proc.pid)
+    c2 = _server_cpu(srv.proc.pid)
+    ctx.close()
+    return c2 - c0, c1 - c0
+
+
+def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA, compare: bool = False) -> dict:
     """Server CPU per browser session of page ``slug`` opened one after another (after one session
-    warmed the server up): from the request until the page is shown and the server is idle again."""
+    warmed the server up): from the request until the page is shown and the server is idle again.
+
+    With ``compare``, a second server runs with Bokeh's own methods (``NNVITALS_BOKEH_OWN=1``: no
+    ``dashboard.speedups``) and the sessions alternate between the two servers, so that both
+    medians come from the same minutes of this (noisy, shared) machine."""
     from playwright.sync_api import sync_playwright
 
     shown = _spectra_shown if slug == SPECTRA else _page_shown
-
-    srv = Server(tmp)
-    total, request = [], []
+    servers = {"nnvitals": Server(tmp)}
+    if compare:
+        servers["bokeh_own"] = Server(tmp, env={"NNVITALS_BOKEH_OWN": "1"})
+    total: dict[str, list[float]] = {name: [] for name in servers}
+    request: dict[str, list[float]] = {name: [] for name in servers}
     try:
-        srv.wait_up()
-        urllib.request.urlopen(srv.url + "assets/logo.svg", timeout=60).read()
+        for srv in servers.values():
+            srv.wait_up()
+            urllib.request.urlopen(srv.url + "assets/logo.svg", timeout=60).read()
         with sync_playwright() as p:
             exe = _niced_chromium(Path(tempfile.mkdtemp(prefix="nnv-chromium-")))
             browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
             for i in range(sessions + 1):
-                _settle(srv.proc.pid)
-                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-                page = ctx.new_page()
-                c0 = _server_cpu(srv.proc.pid)
-                page.goto(f"{srv.url}?page={slug}", wait_until="commit", timeout=120000)
-                c1 = _server_cpu(srv.proc.pid)  # the request answered: the session is built
-                shown(page)
-                _settle(srv.proc.pid)
-                c2 = _server_cpu(srv.proc.pid)
-                if i:  # the first session warms the server up
-                    request.append(c1 - c0)
-                    total.append(c2 - c0)
-                ctx.close()
+                for name, srv in servers.items():
+                    t, r = _session_cpu(browser, srv, slug, shown)
+                    if i:  # the first session warms the server up
+                        total[name].append(t)
+                        request[name].append(r)
             browser.close()
     finally:
-        srv.stop()
-    return {
-        "page": slug,
-        "sessions": sessions,
-        "server_cpu_per_session_s": [round(v, 3) for v in total],
-        "server_cpu_per_session_median_s": round(statistics.median(total), 3),
-        "server_cpu_page_request_s": [round(v, 3) for v in request],
-        "server_cpu_page_request_median_s": round(statistics.median(request), 3),
-        "target_s": 0.4,
-    }
+        for srv in servers.values():
+            srv.stop()
+
+    def summary(name: str) -> dict:
+        return {
+            "server_cpu_per_session_s": [round(v, 3) for v in total[name]],
+            "server_cpu_per_session_median_s": round(statistics.median(total[name]), 3),
+            "server_cpu_page_request_s": [round(v, 3) for v in request[name]],
+            "server_cpu_page_request_median_s": round(statistics.median(request[name]), 3),
+        }
+
+    out = {"page": slug, "sessions": sessions, **summary("nnvitals"), "target_s": 0.4}
+    if compare:
+        out["bokeh_own"] = summary("bokeh_own")
+        out["ratio_to_bokeh_own"] = round(
+            out["server_cpu_per_session_median_s"] / out["bokeh_own"]["server_cpu_per_session_median_s"], 3
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- 5. a crowd, 6. a burst, 7. memory
@@ -726,11 +753,15 @@ def main() -> int:
                     flush=True,
                 )
         if "session" not in skip:
-            r = results["session_cost"] = bench_session_cost(tmp, 3 if quick else 6)
+            r = results["session_cost"] = bench_session_cost(tmp, 4 if quick else 10, compare=True)
+            own = r["bokeh_own"]
             print(
                 f"new session, server CPU from the request to its first plot: median "
                 f"{r['server_cpu_per_session_median_s']:.2f} s {r['server_cpu_per_session_s']}; of which "
-                f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s",
+                f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s\n"
+                f"  same sessions, alternating, on a server with Bokeh's own methods (NNVITALS_BOKEH_OWN=1): "
+                f"median {own['server_cpu_per_session_median_s']:.2f} s, of which the page request "
+                f"{own['server_cpu_page_request_median_s']:.2f} s; ratio {r['ratio_to_bokeh_own']:.2f}",
                 flush=True,
             )
             target(r["server_cpu_per_session_median_s"] <= 0.4, "serve: server CPU per new session <= 0.4 s")

@@ -187,54 +187,6 @@ def test_served_app_runs_blas_from_threads_on_one_openblas_thread(tmp_path):
     assert got["write_queue"] == "dashboard.write_queue", got
 
 
-def test_served_models_serialize_as_bokeh_does_without_building_unset_defaults():
-    """The server's serialization (dashboard.speedups) gives Bokeh's own output for a whole
-    rendered page, without building the default value of every property it then leaves out
-    (a third of the CPU of showing a page in a session)."""
-    import json
-    import re
-
-    import panel as pn
-    from bokeh.core.property.descriptors import PropertyDescriptor
-    from bokeh.core.serialization import Serializer
-    from bokeh.document import Document
-
-    from dashboard import speedups
-    from dashboard.pages.spectra import SpectraPage
-
-    page = SpectraPage(model="mlp")
-    doc = Document()
-    doc.add_root(pn.Column(page.controls, page.main).get_root(doc))
-    assert len(doc.models) > 100
-
-    defaults = []
-    original = PropertyDescriptor.instance_default
-
-    def counting(self, obj):  # a default value built
-        defaults.append(self.name)
-        return original(self, obj)
-
-    def encode() -> str:  # buffers differ by id and address only
-        rep = Serializer().encode(doc.roots)
-        return re.sub(r"Buffer\(id=.*?\)\)", "BUF", json.dumps(rep, default=str, sort_keys=True))
-
-    PropertyDescriptor.instance_default = counting
-    try:
-        speedups.install()
-        fast = encode()  # first: it must not build defaults Bokeh's own pass would then keep
-        fast_defaults = len(defaults)
-        speedups.uninstall()
-        defaults.clear()
-        slow = encode()
-        slow_defaults = len(defaults)
-    finally:
-        PropertyDescriptor.instance_default = original
-        speedups.uninstall()
-    assert fast == slow
-    assert slow_defaults > 1000, slow_defaults  # what Bokeh's own method computes and drops
-    assert fast_defaults * 50 < slow_defaults, (fast_defaults, slow_defaults)  # themed ones only
-
-
 def test_server_start_up_leaves_the_collector_only_what_sessions_make(tmp_path):
     """After the warm-up every start-up object is frozen (gc.freeze): the full collections that
     follow each closed session no longer rescan them."""
@@ -248,3 +200,28 @@ def test_server_start_up_leaves_the_collector_only_what_sessions_make(tmp_path):
     out = _python(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) > 100000, out.stdout
+
+
+def test_the_server_uses_the_speedups_unless_told_to_use_bokehs_own_methods(tmp_path):
+    """``serve`` installs dashboard.speedups and pins Bokeh's per-model settings;
+    ``NNVITALS_BOKEH_OWN=1`` (to rule them out, and bench_serve's comparison) leaves Bokeh as it is
+    and says so in the log."""
+    code = (
+        "from bokeh.core.has_props import HasProps\n"
+        "from bokeh.settings import settings\n"
+        "from dashboard import speedups\n"
+        "from dashboard.server import serve\n"
+        "server = serve(port=0, start=False, warm=False)\n"
+        "print('speedups', HasProps.__init__ is speedups._has_props_init)\n"
+        "print('pinned', settings.simple_ids._user_value is True)\n"
+        "server.stop()\n"
+    )
+    out = _python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "speedups True" in out.stdout and "pinned True" in out.stdout, out.stdout
+    assert "NNVITALS_BOKEH_OWN" not in out.stderr
+
+    out = _python(code, tmp_path, NNVITALS_BOKEH_OWN="1")
+    assert out.returncode == 0, out.stderr
+    assert "speedups False" in out.stdout and "pinned False" in out.stdout, out.stdout
+    assert "NNVITALS_BOKEH_OWN=1: Bokeh's own methods" in out.stderr
