@@ -165,6 +165,26 @@ class _Sessions:
         self.apps: weakref.WeakSet = weakref.WeakSet()
         self.open = 0
         self._release: Any = None
+        #: the server's Bokeh application contexts (their sessions, pending or open)
+        self.contexts: list[Any] = []
+        #: sessions were open when start-up objects were frozen: freeze again once none is
+        self.refreeze = False
+
+    def watch(self, server: Any) -> None:
+        """Know the sessions of this (Panel/Bokeh) server, also those still being built."""
+        self.contexts = list(server._tornado._applications.values())
+
+    def busy(self) -> bool:
+        """Whether any session exists, open or still being built (Bokeh lists a session as
+        pending before it makes the session's document)."""
+        return self.open > 0 or any(c._sessions or c._pending_sessions for c in self.contexts)
+
+    def frozen(self) -> None:
+        """Start-up objects were just frozen (:func:`freeze_startup`, on the warm-up thread): any
+        session that existed then, with its document, was frozen with them."""
+        self.refreeze = self.busy()
+        if self.refreeze:
+            log.debug("sessions open while start-up objects were frozen: frozen again once all close")
 
     def opened(self, app: Any, doc: Any) -> None:
         self.apps.add(app)
@@ -193,6 +213,8 @@ class _Sessions:
         self._release = None
         t0 = time.process_time()
         found = collect_all()
+        if self.refreeze and not self.busy():
+            found += self._refreeze()
         t1 = time.process_time()
         _malloc_trim()
         t2 = time.process_time()
@@ -206,6 +228,20 @@ class _Sessions:
             "collected %d objects in %.0f ms, memory handed back in %.0f ms (CPU)",
             found, 1000 * (t1 - t0), 1000 * (t2 - t1),
         )  # fmt: skip
+
+    def _refreeze(self) -> int:
+        """Collect the sessions frozen with start-up objects (a session opened while the server
+        warmed up: in the permanent generation, the collector never looked at it again, and it
+        stayed for good), then freeze start-up objects again. Once, with no session left."""
+        self.refreeze = False
+        gc.unfreeze()
+        found = collect_all()
+        gc.freeze()
+        log.debug(
+            "sessions frozen with start-up objects collected (%d objects); frozen again: %d",
+            found, gc.get_freeze_count(),
+        )  # fmt: skip
+        return found
 
 
 SESSIONS = _Sessions()
@@ -337,11 +373,14 @@ def freeze_startup() -> None:
     destroyed, and :meth:`_Sessions.release`): on the event loop, each scanned every one of those
     objects again, 0.1-0.2 s each on this 2-core machine, and the interpreter's automatic full
     collections did the same while pages were built. Frozen, they are never scanned again; the
-    collections see what sessions made, and still free it. Done once, after the warm-up.
+    collections see what sessions made, and still free it. Done once, after the warm-up; a
+    session open at that moment (a user who came as the server started) is frozen too, and
+    collected once every session has closed (:meth:`_Sessions._refreeze`).
     """
     gc.collect()
     gc.freeze()
     log.debug("start-up objects frozen for the collector: %d", gc.get_freeze_count())
+    SESSIONS.frozen()
 
 
 def _watch_loop_lag(io_loop, every_ms: int = 100, report_s: float = 5.0) -> None:
@@ -471,6 +510,7 @@ def serve(
     from .app import build_app
 
     server = pn.serve({"/": lambda: build_app(settings)}, **kwargs)
+    SESSIONS.watch(server)
     turns.install(server)  # new sessions take turns, leaving the event loop to clicks between
     quiet_closed_connections(server.io_loop.asyncio_loop)
     where = address or "localhost"

@@ -255,3 +255,26 @@ def test_page_requests_that_never_connect_hold_few_built_pages(debug_server, bro
     log = _since(srv, mark)
     assert log.count(LEFT_FOR_BROWSER) == requests - ahead + 1, log[-3000:]
     assert log.count(BUILT) == ahead + 1, log[-3000:]
+
+
+def test_a_session_opened_while_the_server_warms_up_is_freed_once_closed(ui_tmp, browser):
+    """The warm-up ends by freezing every object alive for the collector (``gc.freeze``, so that
+    full collections skip start-up's ~480,000 objects). A session opened before that, by a user
+    who came as the server started, was frozen with them and never freed ("1 apps alive" after
+    every session had closed, for the server's lifetime). The first collection with no session
+    left unfreezes, collects and freezes again."""
+    tmp = ui_tmp / "crowd-warming"
+    tmp.mkdir(exist_ok=True)
+    srv = start_server(tmp, env={"NNVITALS_LOG_LEVEL": "DEBUG"}, timeout=300)
+    try:
+        _open_and_close(srv, browser, [""])  # at once: the warm-up has just begun
+        alive = _alive_once_closed(srv, 0)
+        log = srv.log_text()
+    finally:
+        stop_server(srv.proc)
+    opened, frozen = log.index("session opened (1 open)"), log.index("start-up objects frozen")
+    assert opened < frozen, log[-3000:]  # the session was open when the warm-up froze
+    assert "sessions frozen with start-up objects collected" in log[frozen:], log[-3000:]
+    closed = log[log.index("memory after sessions closed: 0 open") :].splitlines()[0]
+    assert "0 apps alive" in closed, f"{closed}\n{log[-3000:]}"
+    assert alive == 0

@@ -1,5 +1,6 @@
 """What closed and unconnected sessions may hold in the server: dashboard.server.PagesAhead (how
-many pages are built before their browsers connect) and collect_all (what closed sessions left)."""
+many pages are built before their browsers connect), collect_all (what closed sessions left) and
+when a session frozen with start-up objects is collected (_Sessions.busy)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gc
 import threading
 import weakref
 
-from dashboard.server import PAGES_AHEAD, PagesAhead, collect_all
+from dashboard.server import PAGES_AHEAD, PagesAhead, _Sessions, collect_all
 
 
 def test_places_run_out_at_the_limit_and_come_back_when_given_back():
@@ -90,3 +91,33 @@ def test_one_collection_leaves_what_a_finalizer_let_go_and_collect_all_frees_it(
     freed = _cycle_let_go_by_a_finalizer()
     assert collect_all() >= 2
     assert freed() is None
+
+
+def test_a_session_counts_from_the_moment_bokeh_lists_it_as_pending():
+    """Bokeh lists a new session as pending before it makes its document: from then on the
+    session's objects could be frozen with start-up's, and the refreeze waits for it to go."""
+
+    class Context:  # what _Sessions reads of a Bokeh application context
+        def __init__(self) -> None:
+            self._sessions: dict = {}
+            self._pending_sessions: dict = {}
+
+    class FakeServer:
+        def __init__(self, contexts) -> None:
+            self._tornado = type("T", (), {"_applications": {f"/{i}": c for i, c in enumerate(contexts)}})()
+
+    sessions, first, second = _Sessions(), Context(), Context()
+    assert not sessions.busy()
+    sessions.watch(FakeServer([first, second]))
+    assert not sessions.busy()
+    second._pending_sessions["id"] = object()
+    assert sessions.busy()
+    sessions.frozen()
+    assert sessions.refreeze  # a session existed when start-up objects were frozen
+    second._pending_sessions.clear()
+    first._sessions["id"] = object()
+    assert sessions.busy()
+    first._sessions.clear()
+    assert not sessions.busy()
+    sessions.open = 1  # opened (our app), whatever Bokeh lists
+    assert sessions.busy()
