@@ -5,10 +5,12 @@ when a session frozen with start-up objects is collected (_Sessions.busy)."""
 from __future__ import annotations
 
 import gc
+import re
+import sys
 import threading
 import weakref
 
-from dashboard.server import PAGES_AHEAD, PagesAhead, _Sessions, collect_all
+from dashboard.server import PAGES_AHEAD, PagesAhead, _Sessions, collect_all, drop_caches
 
 
 def test_places_run_out_at_the_limit_and_come_back_when_given_back():
@@ -121,3 +123,21 @@ def test_a_session_counts_from_the_moment_bokeh_lists_it_as_pending():
     assert not sessions.busy()
     sessions.open = 1  # opened (our app), whatever Bokeh lists
     assert sessions.busy()
+
+
+def test_dropping_caches_lets_go_of_names_and_patterns_sessions_made():
+    """The type attribute cache and re's pattern cache hold strings made at run time (each one
+    pins the allocator block it sits in, see drop_caches); after drop_caches they do not."""
+
+    class Model:
+        pass
+
+    name = "".join(["_Model", "__abstract"])  # made at run time, as Param makes it
+    getattr(Model, name, None)  # a failed lookup is cached too, with its name
+    pattern = "".join(["p", "[0-9]+"])
+    re.match(pattern, "p12")
+    held = sys.getrefcount(name), sys.getrefcount(pattern)
+    drop_caches()
+    assert sys.getrefcount(name) < held[0]
+    assert sys.getrefcount(pattern) < held[1]
+    assert re.match(pattern, "p12") and getattr(Model, name, None) is None  # both work on
