@@ -607,6 +607,13 @@ def _wait_released(srv: Server, mark: int, timeout: float = 120) -> str | None:
     return None
 
 
+def _wait_log_after(srv: Server, text: str, mark: int, timeout: float = 30) -> None:
+    """Wait until the server's log has ``text`` after character ``mark``."""
+    end = time.time() + timeout
+    while time.time() < end and text not in srv.log.read_text(errors="replace")[mark:]:
+        time.sleep(0.2)
+
+
 def _pages_shown(log: str, went: float) -> list[float]:
     """Seconds from ``went`` (a wall-clock time) to each Spectra page the server showed (its log's
     "spectra page shown" lines): when the server had done its part of each first plot."""
@@ -628,6 +635,10 @@ def bench_crowd(tmp: Path, crowd: int, burst: int, skip: set[str]) -> dict:
         asyncio.run(_crowd(srv.spectra, 1))  # warm up: one session opened and closed
         mark = len(srv.log.read_text(errors="replace"))
         _wait_released(srv, 0, timeout=60)
+        # the event loop's lag is logged per 5 s window: one window after the warm-up's release (a
+        # collection, and once per server the sessions frozen with start-up objects) before the
+        # crowd, so that the crowd's windows hold the crowd's work only
+        _wait_log_after(srv, "event loop lag: worst", len(srv.log.read_text(errors="replace")))
         base = _rss_mb(srv.proc.pid)
         peak = [base]
         stop = threading.Event()
