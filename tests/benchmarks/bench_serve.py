@@ -23,7 +23,10 @@ Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd
    ``?page=spectra``; when the app's landing page is another page, its own cost per session
    (until it is shown) is reported on a separate line. The Spectra sessions alternate with
    sessions of a second server that uses Bokeh's own methods (``NNVITALS_BOKEH_OWN=1``, without
-   ``dashboard/speedups.py``): the ratio of the two medians is what the speedups save.
+   ``dashboard/speedups.py``): the ratio of the two medians is what the speedups save. Each
+   session starts once the server has torn down and collected its previous one (its release
+   line), and that teardown's CPU is reported apart: before, it fell into the next session's
+   window or not, by chance.
 5. **A crowd**: ``--crowd`` browsers (default 10) open the app at the same moment while one more,
    already connected, clicks through its layer table. Reported: each page's time to its first
    plot (target: every one within 10 s), the connected user's click -> update latency (target:
@@ -430,9 +433,23 @@ def landing_page() -> str:
     return page_specs()[0].slug
 
 
-def _session_cpu(browser, srv: Server, slug: str, shown: Callable[[Any], None]) -> tuple[float, float]:
+#: what the server logs once the sessions that closed have been collected (dashboard.server)
+RELEASED = "memory after sessions closed: 0 open"
+
+
+def _released(srv: Server, count: int, timeout: float = 120) -> float:
+    """Wait until the server has logged ``count`` releases (each closed session was torn down and
+    collected); returns its CPU counter then."""
+    end = time.time() + timeout
+    while time.time() < end and srv.log.read_text(errors="replace").count(RELEASED) < count:
+        time.sleep(0.2)
+    return _server_cpu(srv.proc.pid)
+
+
+def _session_cpu(browser, srv: Server, slug: str, shown: Callable[[Any], None]) -> tuple[float, float, float]:
     """One browser session of page ``slug``: the server's CPU until the page is shown and the
-    server idle again, and the part spent before the page request was answered."""
+    server idle again, the part spent before the page request was answered, and the server's
+    CPU counter once the session is closed."""
     _settle(srv.proc.pid)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
@@ -443,16 +460,21 @@ def _session_cpu(browser, srv: Server, slug: str, shown: Callable[[Any], None]) 
     _settle(srv.proc.pid)
     c2 = _server_cpu(srv.proc.pid)
     ctx.close()
-    return c2 - c0, c1 - c0
+    return c2 - c0, c1 - c0, _server_cpu(srv.proc.pid)
 
 
 def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA, compare: bool = False) -> dict:
     """Server CPU per browser session of page ``slug`` opened one after another (after one session
-    warmed the server up): from the request until the page is shown and the server is idle again.
+    warmed the server up): from the request until the page is shown and the server is idle again,
+    and, apart, the teardown once the browser closed (Bokeh drops the session a few seconds later,
+    Panel cleans up, the server collects what it left: until the server's release line). Each
+    session starts once the server's previous one was torn down, so no teardown is counted in a
+    session's cost.
 
     With ``compare``, a second server runs with Bokeh's own methods (``NNVITALS_BOKEH_OWN=1``: no
-    ``dashboard.speedups``) and the sessions alternate between the two servers, so that both
-    medians come from the same minutes of this (noisy, shared) machine."""
+    ``dashboard.speedups``) and the sessions alternate between the two servers (one is torn down
+    while the other is measured; CPU counters are per process), so that both medians come from
+    the same minutes of this (noisy, shared) machine."""
     from playwright.sync_api import sync_playwright
 
     shown = _spectra_shown if slug == SPECTRA else _page_shown
@@ -461,6 +483,8 @@ def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA, compare: b
         servers["bokeh_own"] = Server(tmp, env={"NNVITALS_BOKEH_OWN": "1"})
     total: dict[str, list[float]] = {name: [] for name in servers}
     request: dict[str, list[float]] = {name: [] for name in servers}
+    teardown: dict[str, list[float]] = {name: [] for name in servers}
+    closed_at: dict[str, float | None] = {name: None for name in servers}
     try:
         for srv in servers.values():
             srv.wait_up()
@@ -468,9 +492,15 @@ def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA, compare: b
         with sync_playwright() as p:
             exe = _niced_chromium(Path(tempfile.mkdtemp(prefix="nnv-chromium-")))
             browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-            for i in range(sessions + 1):
+            for i in range(sessions + 2):
                 for name, srv in servers.items():
-                    t, r = _session_cpu(browser, srv, slug, shown)
+                    if closed_at[name] is not None:  # the previous session torn down first
+                        released = _released(srv, i)
+                        if i > 1:  # the first (warm-up) session's teardown refreezes: left out
+                            teardown[name].append(released - closed_at[name])
+                    if i > sessions:
+                        continue
+                    t, r, closed_at[name] = _session_cpu(browser, srv, slug, shown)
                     if i:  # the first session warms the server up
                         total[name].append(t)
                         request[name].append(r)
@@ -485,6 +515,8 @@ def bench_session_cost(tmp: Path, sessions: int, slug: str = SPECTRA, compare: b
             "server_cpu_per_session_median_s": round(statistics.median(total[name]), 3),
             "server_cpu_page_request_s": [round(v, 3) for v in request[name]],
             "server_cpu_page_request_median_s": round(statistics.median(request[name]), 3),
+            "server_cpu_teardown_s": [round(v, 3) for v in teardown[name]],
+            "server_cpu_teardown_median_s": round(statistics.median(teardown[name]), 3),
         }
 
     out = {"page": slug, "sessions": sessions, **summary("nnvitals"), "target_s": 0.4}
@@ -769,10 +801,12 @@ def main() -> int:
             print(
                 f"new session, server CPU from the request to its first plot: median "
                 f"{r['server_cpu_per_session_median_s']:.2f} s {r['server_cpu_per_session_s']}; of which "
-                f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s\n"
+                f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s; its teardown once "
+                f"closed (apart) {r['server_cpu_teardown_median_s']:.2f} s\n"
                 f"  same sessions, alternating, on a server with Bokeh's own methods (NNVITALS_BOKEH_OWN=1): "
                 f"median {own['server_cpu_per_session_median_s']:.2f} s, of which the page request "
-                f"{own['server_cpu_page_request_median_s']:.2f} s; ratio {r['ratio_to_bokeh_own']:.2f}",
+                f"{own['server_cpu_page_request_median_s']:.2f} s, teardown "
+                f"{own['server_cpu_teardown_median_s']:.2f} s; ratio {r['ratio_to_bokeh_own']:.2f}",
                 flush=True,
             )
             target(r["server_cpu_per_session_median_s"] <= 0.4, "serve: server CPU per new session <= 0.4 s")
@@ -786,7 +820,8 @@ def main() -> int:
                 print(
                     f"new session of the landing page ({landing}), server CPU until it is shown: median "
                     f"{r['server_cpu_per_session_median_s']:.2f} s {r['server_cpu_per_session_s']}; of which "
-                    f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s",
+                    f"answering the page request {r['server_cpu_page_request_median_s']:.2f} s; its teardown "
+                    f"once closed (apart) {r['server_cpu_teardown_median_s']:.2f} s",
                     flush=True,
                 )
         if not {"crowd", "burst"} <= skip:
