@@ -505,10 +505,11 @@ def build_app(settings: AppSettings | None = None) -> pn.template.BootstrapTempl
 
 def _canvas_plots() -> None:
     """Draw bokeh plots on a 2D canvas, not WebGL: with a few hundred points it is faster to
-    start, and headless or GPU-less browsers (software GL) do not stall on it."""
+    start, and headless or GPU-less browsers (software GL) do not stall on it. (Runs in every
+    new session: the matplotlib backend is left to the views that need it, see ensure_backends.)"""
     import holoviews as hv
 
     from analyses.core.export import ensure_backends
 
-    ensure_backends()
+    ensure_backends(matplotlib=False)
     hv.Store.renderers["bokeh"].webgl = False

@@ -42,17 +42,19 @@ FIGURE_SUFFIXES = (*MPL_FORMATS, ".html")
 PNG_DPI = 150
 
 
-def ensure_backends() -> None:
+def ensure_backends(matplotlib: bool = True) -> None:
     """Register the bokeh and matplotlib HoloViews backends, keeping the current backend.
 
     Imports the plotting modules instead of calling ``hv.extension`` (which prints notebook
-    JavaScript); if no backend was loaded yet, bokeh becomes the current one.
+    JavaScript); if no backend was loaded yet, bokeh becomes the current one. With
+    ``matplotlib=False`` only bokeh's (matplotlib's takes ~0.5 s to import: the server's first
+    page request does without it, and the first view with matplotlib options loads it).
     """
     store = hv.Store
     prev = store.current_backend if store.renderers else None
     if "bokeh" not in store.renderers:
         import holoviews.plotting.bokeh  # noqa: F401
-    if "matplotlib" not in store.renderers:
+    if matplotlib and "matplotlib" not in store.renderers:
         import holoviews.plotting.mpl  # noqa: F401
     target = prev if prev in store.renderers else "bokeh"
     if store.current_backend != target:

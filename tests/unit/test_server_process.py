@@ -225,3 +225,23 @@ def test_the_server_uses_the_speedups_unless_told_to_use_bokehs_own_methods(tmp_
     assert out.returncode == 0, out.stderr
     assert "speedups False" in out.stdout and "pinned False" in out.stdout, out.stdout
     assert "NNVITALS_BOKEH_OWN=1: Bokeh's own methods" in out.stderr
+
+
+def test_a_sessions_frame_leaves_holoviews_matplotlib_backend_to_the_views_that_need_it(tmp_path):
+    """The server's first page request waited ~0.5 s for HoloViews' matplotlib backend (imported
+    by every new session's frame, which needs bokeh's only); the first view with matplotlib
+    options still loads it, keeping bokeh the current backend."""
+    code = (
+        "import sys\n"
+        "from dashboard.app import _canvas_plots\n"
+        "_canvas_plots()\n"
+        "import holoviews as hv\n"
+        "print('frame', 'holoviews.plotting.mpl' in sys.modules, hv.Store.current_backend)\n"
+        "from analyses.core.plotting import apply_opts\n"
+        "apply_opts(hv.Curve([1, 2]), mpl={'fig_inches': (3, 2)})\n"
+        "print('view', 'holoviews.plotting.mpl' in sys.modules, hv.Store.current_backend)\n"
+    )
+    out = _python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "frame False bokeh" in out.stdout, out.stdout
+    assert "view True bokeh" in out.stdout, out.stdout
