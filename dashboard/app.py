@@ -39,6 +39,7 @@ from .components.model_picker import ModelPicker
 from .components.on_loop import next_tick
 from .server import (  # noqa: F401  (serve and the server's helpers, also named from here)
     ATTACH_WAIT_S,
+    LOADING,
     PAGES_AHEAD,
     SESSIONS,
     configure_logging,
@@ -173,6 +174,7 @@ class NNVitalsApp(pn.viewable.Viewer):
         self._pages_lock = threading.RLock()
         self._closed = False
         self._give_back: Callable[[], None] = lambda: None  # a page built ahead (load)
+        self._arrived: Callable[[], None] = lambda: None  # the page on its way is shown (load)
         self._nav = pn.widgets.RadioButtonGroup(
             options={s.title: s.slug for s in self.specs.values()},
             value=self.page,
@@ -324,6 +326,7 @@ class NNVitalsApp(pn.viewable.Viewer):
 
             def shown_now() -> None:
                 timer.release(doc)
+                self._arrived()
                 shown.set()
 
             def schedule() -> None:  # on the event loop (Bokeh's session callbacks are its own)
@@ -376,6 +379,7 @@ class NNVitalsApp(pn.viewable.Viewer):
             if ready:
                 page_builder().submit(show_and_wait, state["page"], state["problem"], state["at"])
 
+        self._arrived = LOADING.begin()  # the warm-up steps aside until the page is shown
         ahead = PAGES_AHEAD.claim()
         pn.state.onload(loaded)
         if ahead is None:
@@ -438,6 +442,7 @@ class NNVitalsApp(pn.viewable.Viewer):
         """Cancel every running job and delete the uploads (a served session does this when it ends)."""
         self._closed = True
         self._give_back()
+        self._arrived()
         with self._pages_lock:
             pages = list(self.pages.values())
         for page in pages:

@@ -114,6 +114,58 @@ class PagesAhead:
 PAGES_AHEAD = PagesAhead(3)
 
 
+class Loading:
+    """The sessions between their page request and their page shown; the warm-up waits while
+    there are any (:meth:`wait_quiet`).
+
+    The warm-up (:func:`_warm`) imports and computes for ~3 s after the server first answers,
+    holding the interpreter most of that time: a user who came as the server started had their
+    page built, its scripts served and the page shown in between, each slowed by it. Now the
+    warm-up steps aside while any page is on its way, for a bounded time: a session whose
+    browser never connects holds the warm-up back by :data:`WARM_WAIT_S` at most.
+    """
+
+    def __init__(self) -> None:
+        self._open = 0
+        self._lock = threading.Lock()
+        self._quiet = threading.Event()
+        self._quiet.set()
+
+    @property
+    def loading(self) -> int:
+        """Sessions whose page is on its way."""
+        return self._open
+
+    def begin(self) -> Callable[[], None]:
+        """A session's page is on its way; returns the function that says it arrived or will not
+        (once, from any thread, however often it is called)."""
+        with self._lock:
+            self._open += 1
+            self._quiet.clear()
+        ended = threading.Event()
+
+        def end() -> None:
+            with self._lock:
+                if ended.is_set():
+                    return
+                ended.set()
+                self._open -= 1
+                if self._open == 0:
+                    self._quiet.set()
+
+        return end
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait until no page is on its way (True), or ``timeout`` seconds (False)."""
+        return self._quiet.wait(timeout)
+
+
+#: sessions whose page is on its way (see :class:`Loading`)
+LOADING = Loading()
+#: the longest the warm-up waits for pages on their way, in all
+WARM_WAIT_S = 10.0
+
+
 def serve_locally(doc: Any) -> None:
     """Have every stylesheet of this session's document served by this server.
 
@@ -356,8 +408,16 @@ def limit_blas_threads() -> None:
 
 def _warm(settings: AppSettings) -> None:
     """Compute the Spectra page's result and import the plotting code while the server starts,
-    then make what start-up left permanent for the garbage collector (:func:`freeze_startup`)."""
+    then make what start-up left permanent for the garbage collector (:func:`freeze_startup`).
+    Each step waits while pages are on their way to browsers (:class:`Loading`)."""
+    end = time.monotonic() + WARM_WAIT_S
+
+    def step_aside() -> None:
+        if not LOADING.wait_quiet(max(0.0, end - time.monotonic())):
+            log.debug("warm-up goes on with %d pages on their way", LOADING.loading)
+
     try:
+        step_aside()
         from analyses.core.export import ensure_backends
         from analyses.spectra import views
         from analyses.spectra.analysis import SpectralAnalysis
@@ -365,10 +425,12 @@ def _warm(settings: AppSettings) -> None:
         res = SpectralAnalysis(
             model=settings.default_model, show_progress=False, runner=settings.runner
         ).run()
+        step_aside()
         import holoviews as hv
 
         ensure_backends()
         hv.render(views.metric_by_layer(res), backend="bokeh")
+        step_aside()
         from .pages import vitals
 
         vitals.warm(
