@@ -267,7 +267,15 @@ def test_a_session_opened_while_the_server_warms_up_is_freed_once_closed(ui_tmp,
     tmp.mkdir(exist_ok=True)
     srv = start_server(tmp, env={"NNVITALS_LOG_LEVEL": "DEBUG"}, timeout=300)
     try:
-        _open_and_close(srv, browser, [""])  # at once: the warm-up has just begun
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(120000)
+            page.goto(srv.url, wait_until="commit")  # at once: the warm-up has just begun
+            page.locator(".nnv-vital").first.wait_for()
+            srv.wait_log("start-up objects frozen", timeout=120)  # open while the warm-up froze
+        finally:
+            ctx.close()
         alive = _alive_once_closed(srv, 0)
         log = srv.log_text()
     finally:
