@@ -47,6 +47,7 @@ from ..core.errors import Cancelled, NNVitalsError
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Runner, Task, parse_spec, tqdm_progress
 from ..core.subject import ModuleSubject, Subject
+from ..core.threads import TRACE_LOCK
 from .result import COLUMNS, TrajectoryResult, empty_table, headlines, with_delta
 from .series import Checkpoint, CheckpointSeries, check_same_architecture, load_series
 
@@ -168,11 +169,22 @@ def _stored(obj: Analysis) -> bool:
     return bool(obj.cache) and obj.store().path(obj.cache_key()).is_file()
 
 
-def _run(obj: Analysis, cancel: Any) -> Result:
-    """Run one analysis. Checkpoints run in parallel: every ``torch.export`` call of nnvitals holds
-    :data:`analyses.core.threads.TRACE_LOCK` (torch.export is not thread-safe), so the traces of
-    concurrent runs take turns while the rest of their work overlaps."""
-    return obj.run(cancel=cancel)
+#: analyses that read the weights only: they never call the model, nor trace it
+WEIGHTS_ONLY = ("spectra",)
+
+
+def _run(kind: str, obj: Analysis, cancel: Any) -> Result:
+    """Run one analysis. Checkpoints run in parallel, but of the analyses that call the model one
+    runs at a time: they hold :data:`analyses.core.threads.TRACE_LOCK`, which every
+    ``torch.export`` call of nnvitals holds too. Taking turns for the traces alone was not enough:
+    while it traces, torch.export's non-strict mode patches ``torch.nn.Module``'s call for the
+    whole process, and a model called meanwhile from another checkpoint's thread broke one of the
+    two ("RuntimeError: s31 (<class 'torch.SymInt'>, …) … _ModuleStackTracer", in 1 of 4
+    concurrent ``nnvitals track`` runs). Spectra reads weights only and overlaps with the rest."""
+    if kind in WEIGHTS_ONLY:
+        return obj.run(cancel=cancel)
+    with TRACE_LOCK:
+        return obj.run(cancel=cancel)
 
 
 def checkpoint_task(
@@ -196,7 +208,7 @@ def checkpoint_task(
             obj = cls(model=models[0], model_b=models[1], **params)
         else:
             obj = cls(model=models[0], **params)
-        result = _run(obj, cancel)
+        result = _run(kind, obj, cancel)
         rows = [r for suffix in suffixes for r in readings(kind, result, suffix)]
     except Cancelled:
         raise

@@ -336,3 +336,24 @@ def test_bad_overrides_and_baseline(tmp_path):
     with pytest.raises(NNVitalsError) as e:
         _spectra_only(tmp_path, baseline=7)
     assert "step 7" in _one_line(e) and "steps 1" in str(e.value)
+
+
+@pytest.mark.parametrize("kind, alone", [("spectra", False), ("ibp", True), ("lipschitz", True),
+                                         ("connectivity", True), ("orbits", True)])  # fmt: skip
+def test_analyses_that_call_the_model_run_one_at_a_time_across_checkpoints(kind, alone):
+    """A checkpoint's run that calls the model holds TRACE_LOCK (as every torch.export does): a
+    model called from another checkpoint's thread while torch.export traced broke the trace
+    (non-strict export patches torch.nn.Module's call process-wide). Spectra reads weights only."""
+    from analyses.core.threads import TRACE_LOCK
+    from analyses.trajectory.analysis import _run
+
+    held = []
+
+    class Run:
+        def run(self, cancel=None):
+            held.append(TRACE_LOCK._is_owned())
+            return "result"
+
+    assert _run(kind, Run(), None) == "result"
+    assert held == [alone]
+    assert not TRACE_LOCK._is_owned()
