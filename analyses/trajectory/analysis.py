@@ -180,8 +180,12 @@ def _run(kind: str, obj: Analysis, cancel: Any) -> Result:
     while it traces, torch.export's non-strict mode patches ``torch.nn.Module``'s call for the
     whole process, and a model called meanwhile from another checkpoint's thread broke one of the
     two ("RuntimeError: s31 (<class 'torch.SymInt'>, …) … _ModuleStackTracer", in 1 of 4
-    concurrent ``nnvitals track`` runs). Spectra reads weights only and overlaps with the rest."""
-    if kind in WEIGHTS_ONLY:
+    concurrent ``nnvitals track`` runs). Spectra reads weights only and overlaps with the rest.
+
+    Only a run whose tasks run in this thread holds the lock (``num_workers == 1``, as every run
+    has when checkpoints run in parallel): a run on a pool of its own runs alone anyway, and its
+    tasks' traces, on the pool's threads, would wait for this thread's lock for good."""
+    if kind in WEIGHTS_ONLY or getattr(obj, "num_workers", 1) != 1:
         return obj.run(cancel=cancel)
     with TRACE_LOCK:
         return obj.run(cancel=cancel)

@@ -350,10 +350,15 @@ def test_analyses_that_call_the_model_run_one_at_a_time_across_checkpoints(kind,
     held = []
 
     class Run:
+        num_workers = 1  # its tasks in the calling thread, as when checkpoints run in parallel
+
         def run(self, cancel=None):
             held.append(TRACE_LOCK._is_owned())
             return "result"
 
     assert _run(kind, Run(), None) == "result"
-    assert held == [alone]
+    pooled = Run()
+    pooled.num_workers = 2  # its tasks on a pool: they trace there, and must not wait for this thread
+    assert _run(kind, pooled, None) == "result"
+    assert held == [alone, False]
     assert not TRACE_LOCK._is_owned()
