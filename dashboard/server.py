@@ -67,6 +67,21 @@ def page_builder() -> ThreadPoolExecutor:
         return _builder
 
 
+def _once(lock: threading.Lock, action: Callable[[], None]) -> Callable[[], None]:
+    """A function that runs ``action`` under ``lock`` the first time it is called, from any
+    thread, and does nothing after (a session may end a count twice: shown, then closed)."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        with lock:
+            if not done:
+                done = True
+                action()
+
+    return once
+
+
 class PagesAhead:
     """How many pages are built before their browsers connect, at most :attr:`limit` at once.
 
@@ -98,16 +113,10 @@ class PagesAhead:
             if self._ahead >= self.limit:
                 return None
             self._ahead += 1
-        given = threading.Event()
+        return _once(self._lock, self._give_back)
 
-        def give_back() -> None:
-            with self._lock:
-                if given.is_set():
-                    return
-                given.set()
-                self._ahead -= 1
-
-        return give_back
+    def _give_back(self) -> None:
+        self._ahead -= 1
 
 
 #: pages built ahead of their browsers, at most this many at once (see :class:`PagesAhead`)
@@ -142,18 +151,12 @@ class Loading:
         with self._lock:
             self._open += 1
             self._quiet.clear()
-        ended = threading.Event()
+        return _once(self._lock, self._end)
 
-        def end() -> None:
-            with self._lock:
-                if ended.is_set():
-                    return
-                ended.set()
-                self._open -= 1
-                if self._open == 0:
-                    self._quiet.set()
-
-        return end
+    def _end(self) -> None:
+        self._open -= 1
+        if self._open == 0:
+            self._quiet.set()
 
     def wait_quiet(self, timeout: float) -> bool:
         """Wait until no page is on its way (True), or ``timeout`` seconds (False)."""

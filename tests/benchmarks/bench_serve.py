@@ -437,12 +437,21 @@ def landing_page() -> str:
 RELEASED = "memory after sessions closed: 0 open"
 
 
+def _wait_log(srv: Server, done: Callable[[str], bool], timeout: float, mark: int = 0) -> str:
+    """Poll the server's log (from character ``mark``) until ``done(text)`` or ``timeout`` seconds;
+    returns the text last read."""
+    end = time.time() + timeout
+    text = srv.log.read_text(errors="replace")[mark:]
+    while time.time() < end and not done(text):
+        time.sleep(0.2)
+        text = srv.log.read_text(errors="replace")[mark:]
+    return text
+
+
 def _released(srv: Server, count: int, timeout: float = 120) -> float:
     """Wait until the server has logged ``count`` releases (each closed session was torn down and
     collected); returns its CPU counter then."""
-    end = time.time() + timeout
-    while time.time() < end and srv.log.read_text(errors="replace").count(RELEASED) < count:
-        time.sleep(0.2)
+    _wait_log(srv, lambda text: text.count(RELEASED) >= count, timeout)
     return _server_cpu(srv.proc.pid)
 
 
@@ -629,21 +638,9 @@ def _burst(url: str, n: int) -> dict:
 
 def _wait_released(srv: Server, mark: int, timeout: float = 120) -> str | None:
     """The server's "memory after sessions closed: 0 open" line written after ``mark`` (None if none)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        lines = srv.log.read_text(errors="replace")[mark:].splitlines()
-        done = [ln for ln in lines if "memory after sessions closed: 0 open" in ln]
-        if done:
-            return done[-1]
-        time.sleep(1)
-    return None
-
-
-def _wait_log_after(srv: Server, text: str, mark: int, timeout: float = 30) -> None:
-    """Wait until the server's log has ``text`` after character ``mark``."""
-    end = time.time() + timeout
-    while time.time() < end and text not in srv.log.read_text(errors="replace")[mark:]:
-        time.sleep(0.2)
+    text = _wait_log(srv, lambda text: RELEASED in text, timeout, mark)
+    done = [ln for ln in text.splitlines() if RELEASED in ln]
+    return done[-1] if done else None
 
 
 def _pages_shown(log: str, went: float) -> list[float]:
@@ -670,7 +667,9 @@ def bench_crowd(tmp: Path, crowd: int, burst: int, skip: set[str]) -> dict:
         # the event loop's lag is logged per 5 s window: one window after the warm-up's release (a
         # collection, and once per server the sessions frozen with start-up objects) before the
         # crowd, so that the crowd's windows hold the crowd's work only
-        _wait_log_after(srv, "event loop lag: worst", len(srv.log.read_text(errors="replace")))
+        _wait_log(
+            srv, lambda text: "event loop lag: worst" in text, 30, len(srv.log.read_text(errors="replace"))
+        )
         base = _rss_mb(srv.proc.pid)
         peak = [base]
         stop = threading.Event()
