@@ -43,7 +43,7 @@ from ..core.result import Result
 from ..core.runner import Task
 from ..core.store import make_key
 from ..core.subject import Subject
-from ..core.threads import TRACE_LOCK
+from ..core.threads import tracing
 from .barrier import accuracy_barrier, loss_barrier, loss_barrier_mean
 from .exported import as_layers, check_exported, fixed_batch_size, is_exported
 from .matching import (
@@ -604,7 +604,7 @@ class ModeConnectivity(Analysis):
         program = None
         for batch in batches:
             try:
-                with TRACE_LOCK:
+                with tracing():
                     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
                 break
             except Exception as e:  # a model torch.export cannot trace: say so in one line

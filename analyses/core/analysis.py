@@ -10,6 +10,7 @@ the result. The same object serves the app, notebooks and the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -29,8 +30,12 @@ from .result import Result
 from .runner import CancelToken, Progress, Runner, Task, tqdm_progress
 from .store import ResultStore, StoreWriteError, make_key
 from .subject import Subject, load_subject
+from .threads import MODEL_TURN
 
 log = logging.getLogger("nnvitals.analysis")
+
+#: the progress step a run shows while another run calls a model (:data:`MODEL_TURN`)
+WAITING_STEP = "waiting for another run that calls a model to finish"
 
 #: parameters that change how a result is computed but not what it is
 NON_KEY = {"name", "model", "cache", "cache_dir", "runner", "num_workers", "show_progress", "device"}
@@ -54,6 +59,9 @@ class Analysis(param.Parameterized):
 
     analysis_name: ClassVar[str] = "analysis"
     analysis_version: ClassVar[str] = "1"
+    #: whether a run calls or traces the model: such runs take turns (analyses.core.threads);
+    #: an analysis that reads weights only says False and overlaps with everything
+    calls_model: ClassVar[bool] = True
 
     model = param.Parameter(
         default=None,
@@ -157,6 +165,19 @@ class Analysis(param.Parameterized):
         return list(dict.fromkeys(notes))
 
     # ------------------------------------------------------------------ run
+    def _turn(self, subject: Subject, progress: Progress | None, cancel: CancelToken | None):
+        """The model turn for a run that calls the model (:data:`MODEL_TURN`); nothing otherwise.
+        While it waits, the run says so (``progress(0, 0, WAITING_STEP)``, and the log)."""
+        if not self.calls_model:
+            return contextlib.nullcontext()
+
+        def on_wait() -> None:
+            log.info("%s %s: %s", self.analysis_name, subject.label, WAITING_STEP)
+            if progress is not None:
+                progress(0, 0, WAITING_STEP)
+
+        return MODEL_TURN.hold(cancel, on_wait)
+
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> Result:
         """Compute (or fetch from the store) this analysis's result.
 
@@ -171,10 +192,10 @@ class Analysis(param.Parameterized):
             if hit is not None and hit.meta.get("analysis") == self.analysis_name:
                 hit.meta["cached"] = True
                 return hit
-        t0 = time.perf_counter()
         # CUDA initialised (handles created once, under a lock) before any pool thread touches it,
         # and TF32 off for the run unless opted in (analyses.core.device)
-        with D.device_session(self.device, self.tf32()):
+        with self._turn(subject, progress, cancel), D.device_session(self.device, self.tf32()):
+            t0 = time.perf_counter()
             tasks = self._tasks(subject)
             close = None
             if progress is None and self.show_progress and len(tasks) > 1:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .errors import NNVitalsError
-from .threads import TRACE_LOCK
+from .threads import MODEL_TURN, tracing
 
 __all__ = ["BatchFix", "FixedBatchModule", "free_batch", "recorded_batch", "strip_guards"]
 
@@ -432,7 +432,7 @@ def _dynamic(
     example = _example(val, trace_at)
     with torch.no_grad():
         gm(_example(val, trace_at + 1, seed=3))  # raises in milliseconds where an export fails in seconds
-    with TRACE_LOCK, _quiet(), torch.no_grad():
+    with tracing(), _quiet(), torch.no_grad():
         new = torch.export.export(gm, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
     if recorded_batch(new) is not None:
         return None
@@ -454,15 +454,16 @@ def free_batch(program: torch.export.ExportedProgram, label: str = "model") -> B
     # broadcast rows made per sample only when needed; then, where shapes cannot say which axis a
     # reshape puts the batch on (a batch of one, or heads as many as samples), the values can
     ways = [(False, False), (True, False), (True, True)]
-    for expand, by_values in ways:
-        try:
-            new = _dynamic(program, val, batch, expand, by_values)
-        except NNVitalsError:
-            raise
-        except Exception:  # noqa: BLE001 - any failure to re-export means: try the next way, or chunks
-            new = None
-        if new is not None:
-            break
+    with MODEL_TURN.hold():  # it runs the program and re-exports it (analyses.core.threads)
+        for expand, by_values in ways:
+            try:
+                new = _dynamic(program, val, batch, expand, by_values)
+            except NNVitalsError:
+                raise
+            except Exception:  # noqa: BLE001 - any failure to re-export means: try the next way, or chunks
+                new = None
+            if new is not None:
+                break
     if new is not None:
         note = (
             f"{label}: exported with a fixed batch size of {batch}; its batch axis was made dynamic "

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Cancelled, NNVitalsError
-from .threads import single_threaded_kernels
+from .threads import MODEL_TURN, single_threaded_kernels
 
 Progress = Callable[[int, int, str], None]
 
@@ -81,6 +81,13 @@ def _run_task(token: CancelToken | None, task: Task) -> Any:
         return task.fn(*task.args, **task.kwargs)
     finally:
         _current.token = previous
+
+
+def _pool_task(token: CancelToken | None, task: Task, turn: object | None) -> Any:
+    """:func:`_run_task` on a pool thread, working for the run ``turn`` that submitted it: where
+    that run holds the model turn, its tasks pass (:class:`~analyses.core.threads.ModelTurn`)."""
+    with MODEL_TURN.serving(turn):
+        return _run_task(token, task)
 
 
 _clients: dict[str, Any] = {}
@@ -190,7 +197,8 @@ class Runner:
 
     def _map_pool(self, tasks, progress, cancel, results):
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="nnvitals")
-        index = {pool.submit(_run_task, cancel, t): i for i, t in enumerate(tasks)}
+        turn = MODEL_TURN.working_for()  # the pool's threads work for this run
+        index = {pool.submit(_pool_task, cancel, t, turn): i for i, t in enumerate(tasks)}
         pending, done_n = set(index), 0
         try:
             while pending:

@@ -445,6 +445,7 @@ class SpectralAnalysis(Analysis):
 
     analysis_name = "spectra"
     analysis_version = "1"
+    calls_model = False  # reads weights only: never waits for the model turn (analyses.core.threads)
 
     xmin_rule = param.Selector(
         default="ks", objects=["ks", "median", "peak"], label="xmin rule",

@@ -47,7 +47,6 @@ from ..core.errors import Cancelled, NNVitalsError
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Runner, Task, parse_spec, tqdm_progress
 from ..core.subject import ModuleSubject, Subject
-from ..core.threads import TRACE_LOCK
 from .result import COLUMNS, TrajectoryResult, empty_table, headlines, with_delta
 from .series import Checkpoint, CheckpointSeries, check_same_architecture, load_series
 
@@ -169,28 +168,6 @@ def _stored(obj: Analysis) -> bool:
     return bool(obj.cache) and obj.store().path(obj.cache_key()).is_file()
 
 
-#: analyses that read the weights only: they never call the model, nor trace it
-WEIGHTS_ONLY = ("spectra",)
-
-
-def _run(kind: str, obj: Analysis, cancel: Any) -> Result:
-    """Run one analysis. Checkpoints run in parallel, but of the analyses that call the model one
-    runs at a time: they hold :data:`analyses.core.threads.TRACE_LOCK`, which every
-    ``torch.export`` call of nnvitals holds too. Taking turns for the traces alone was not enough:
-    while it traces, torch.export's non-strict mode patches ``torch.nn.Module``'s call for the
-    whole process, and a model called meanwhile from another checkpoint's thread broke one of the
-    two ("RuntimeError: s31 (<class 'torch.SymInt'>, …) … _ModuleStackTracer", in 1 of 4
-    concurrent ``nnvitals track`` runs). Spectra reads weights only and overlaps with the rest.
-
-    Only a run whose tasks run in this thread holds the lock (``num_workers == 1``, as every run
-    has when checkpoints run in parallel): a run on a pool of its own runs alone anyway, and its
-    tasks' traces, on the pool's threads, would wait for this thread's lock for good."""
-    if kind in WEIGHTS_ONLY or getattr(obj, "num_workers", 1) != 1:
-        return obj.run(cancel=cancel)
-    with TRACE_LOCK:
-        return obj.run(cancel=cancel)
-
-
 def checkpoint_task(
     kind: str,
     models: tuple[Subject, ...],
@@ -212,7 +189,11 @@ def checkpoint_task(
             obj = cls(model=models[0], model_b=models[1], **params)
         else:
             obj = cls(model=models[0], **params)
-        result = _run(kind, obj, cancel)
+        # checkpoints run in parallel; of their runs that call the model one at a time: each takes
+        # the model turn, as every torch.export call does (analyses.core.threads: a model called
+        # while another thread traced broke the trace, "s31 (<class 'torch.SymInt'>, …)
+        # _ModuleStackTracer", in 1 of 4 concurrent `nnvitals track` runs); Spectra overlaps
+        result = obj.run(cancel=cancel)
         rows = [r for suffix in suffixes for r in readings(kind, result, suffix)]
     except Cancelled:
         raise

@@ -341,24 +341,22 @@ def test_bad_overrides_and_baseline(tmp_path):
 @pytest.mark.parametrize("kind, alone", [("spectra", False), ("ibp", True), ("lipschitz", True),
                                          ("connectivity", True), ("orbits", True)])  # fmt: skip
 def test_analyses_that_call_the_model_run_one_at_a_time_across_checkpoints(kind, alone):
-    """A checkpoint's run that calls the model holds TRACE_LOCK (as every torch.export does): a
-    model called from another checkpoint's thread while torch.export traced broke the trace
+    """A checkpoint's run that calls the model takes the model turn (as every torch.export does):
+    a model called from another checkpoint's thread while torch.export traced broke the trace
     (non-strict export patches torch.nn.Module's call process-wide). Spectra reads weights only."""
-    from analyses.core.threads import TRACE_LOCK
-    from analyses.trajectory.analysis import _run
+    from analyses.core.threads import MODEL_TURN
+    from analyses.trajectory.analysis import analysis_class
 
-    held = []
+    cls = analysis_class(kind)
+    assert cls.calls_model is alone
+    seen = []
 
-    class Run:
-        num_workers = 1  # its tasks in the calling thread, as when checkpoints run in parallel
+    class Probe(cls):
+        def _tasks(self, subject):
+            seen.append(MODEL_TURN.held_here())
+            raise RuntimeError("stop here")
 
-        def run(self, cancel=None):
-            held.append(TRACE_LOCK._is_owned())
-            return "result"
-
-    assert _run(kind, Run(), None) == "result"
-    pooled = Run()
-    pooled.num_workers = 2  # its tasks on a pool: they trace there, and must not wait for this thread
-    assert _run(kind, pooled, None) == "result"
-    assert held == [alone, False]
-    assert not TRACE_LOCK._is_owned()
+    with pytest.raises(RuntimeError, match="stop here"):
+        pair = {"model_b": "mlp"} if kind == "connectivity" else {}
+        Probe(model="mlp", cache=False, show_progress=False, **pair).run()
+    assert seen == [alone] and MODEL_TURN.holder is None

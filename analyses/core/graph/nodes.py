@@ -29,7 +29,7 @@ from torch import nn
 from torch.fx.operator_schemas import normalize_function
 
 from ..errors import NNVitalsError
-from ..threads import TRACE_LOCK
+from ..threads import tracing
 
 __all__ = [
     "NodeLoop",
@@ -95,30 +95,33 @@ def export_program(
     if isinstance(module, torch.export.ExportedProgram):
         return module
     kw: dict[str, Any] = {} if strict is None else {"strict": strict}
-    was_training = module.training
-    if eval_mode:
-        set_mode(module, False)
-    TRACE_LOCK.acquire()  # torch.export is not thread-safe (analyses.core.threads)
-    try:
-        if dynamic_batch:
-            try:
-                dyn = {_first_arg(module): {0: torch.export.Dim.AUTO}}
-                return torch.export.export(module, (example,), dynamic_shapes=dyn, **kw)
-            except Exception:  # noqa: BLE001 - retry with the batch fixed, then report
-                pass
-        return torch.export.export(module, (example,), **kw)
-    except NNVitalsError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types for untraceable code
-        raise NNVitalsError(
-            f"{label}: torch.export could not trace {purpose} ({type(e).__name__}: "
-            f"{_detail(e, first_line, limit)})",
-            hint=hint,
-        ) from None
-    finally:
-        TRACE_LOCK.release()
+    with tracing():  # torch.export is not thread-safe (analyses.core.threads)
+        was_training = module.training
         if eval_mode:
-            set_mode(module, was_training)
+            set_mode(module, False)
+        try:
+            return _export(module, example, dynamic_batch, kw)
+        except NNVitalsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch raises many types for untraceable code
+            raise NNVitalsError(
+                f"{label}: torch.export could not trace {purpose} ({type(e).__name__}: "
+                f"{_detail(e, first_line, limit)})",
+                hint=hint,
+            ) from None
+        finally:
+            if eval_mode:
+                set_mode(module, was_training)
+
+
+def _export(module: nn.Module, example: Any, dynamic_batch: bool, kw: dict[str, Any]) -> Any:
+    if dynamic_batch:
+        try:
+            dyn = {_first_arg(module): {0: torch.export.Dim.AUTO}}
+            return torch.export.export(module, (example,), dynamic_shapes=dyn, **kw)
+        except Exception:  # noqa: BLE001 - retry with the batch fixed, then report
+            pass
+    return torch.export.export(module, (example,), **kw)
 
 
 def is_exported(module: Any) -> bool:
