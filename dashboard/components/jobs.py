@@ -347,9 +347,9 @@ class JobPanel(pn.viewable.Viewer):
             self._bar.value = min(job.done, job.total)
             step = f" — {job.step}" if job.step else ""
             self._set_status(f"{job.label}: {job.done}/{job.total}{step}")
-        else:
+        else:  # no tasks yet: starting, or waiting for the model turn (the step says so)
             self._bar.value = -1
-            self._set_status(f"{job.label}: starting …")
+            self._set_status(f"{job.label}: {job.step} …" if job.step else f"{job.label}: starting …")
 
     def _poll(self) -> None:
         with self._lock:

@@ -42,6 +42,7 @@ from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from ..components import links
 from ..components.jobs import how_obtained, in_server
+from ..components.model_picker import Outcome, run_off_loop
 from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
@@ -413,20 +414,44 @@ class ConnectivityPage(AnalysisPage):
 
     def analyse_point(self) -> Path | None:
         """Save the tapped interpolated model (a ``.pt2`` program, in the session's temporary
-        directory) and make it the sidebar's model, so every other page analyses it. Returns the file."""
+        directory) and make it the sidebar's model, so every other page analyses it.
+
+        The export runs off the server's event loop (it takes seconds, and waits while another
+        session's run calls a model: :data:`analyses.core.threads.MODEL_TURN`); the button is
+        disabled meanwhile. Returns the file when it was saved before this returns (always
+        outside a server), else None."""
         p, r = self.point, self.result
         if p is None or r is None:
             self.jobs.show_error("no point picked: tap a point of the path first")
             return None
         try:
             path = self._out_dir() / f"interpolated-{p['path']}-lam{p['lam']:.3f}.pt2"
-            self._analysis().export_interpolated(path, p["lam"], p["path"], r)
-        except NNVitalsError as e:
-            self.jobs.show_error(str(e))
-            return None
         except OSError as e:
             self.jobs.show_error(f"could not save the interpolated model ({e.strerror or e})")
             return None
+        analysis, saved = self._analysis(), []
+
+        def work() -> Path:
+            try:
+                return analysis.export_interpolated(path, p["lam"], p["path"], r)
+            except OSError as e:
+                raise NNVitalsError(f"could not save the interpolated model ({e.strerror or e})") from None
+
+        def done(outcome: Outcome) -> None:
+            self._analyse.disabled = False
+            if outcome.error is not None:
+                self._picked_text.object = ""
+                self.jobs.show_error(outcome.error)
+                return
+            saved.append(path)
+            self._saved_point(path, p)
+
+        self._analyse.disabled = True
+        self._picked_text.object = f"Saving **{path.name}** …"
+        run_off_loop(work, done, path.name)
+        return saved[0] if saved else None
+
+    def _saved_point(self, path: Path, p: dict[str, Any]) -> None:
         self.picked = str(path)
         label = f"θ(λ={p['lam']:.2f}) {p['path']}, {' – '.join(model_label(m) for m in self.models[:2])}"
         if self.picker is not None:
@@ -440,7 +465,6 @@ class ConnectivityPage(AnalysisPage):
         else:
             self._picked_text.object = f"Saved **{path}**."
         log.info("interpolated model saved to %s", path)
-        return path
 
     def close(self) -> None:
         """Delete this page's own temporary files (with a picker they live in its upload directory)."""
