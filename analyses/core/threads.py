@@ -20,7 +20,8 @@ runs that call or trace a model, one at a time holds :data:`MODEL_TURN` (:meth:`
 an analysis run does from the moment it computes (a result from the store waits for nobody) to
 its end, and so does every export and every other call of a model outside a run. The threads of
 the holder's own pool work for it (:meth:`ModelTurn.serving`, which the runner wraps every task
-in) and pass, so its tasks trace and call as they did. Runs that read weights only (Spectra)
+in) and pass, so its tasks trace and call as they did; the turn stays the run's until the last of
+them has ended (a cancelled run returns at once, its running tasks stop at their next check). Runs that read weights only (Spectra)
 never take the turn. The rest wait in the order they asked, and a cancelled run stops waiting.
 A holder must only wait for its own pool: nothing that waits for the turn may hold a lock a holder
 needs.
@@ -82,6 +83,7 @@ class ModelTurn:
         self._owner: object | None = None
         self._depth = 0
         self._queue: deque[object] = deque()
+        self._workers: dict[object, int] = {}  # tasks working for a run, by its token
         self._local = threading.local()
 
     def working_for(self) -> object | None:
@@ -105,13 +107,32 @@ class ModelTurn:
 
     @contextlib.contextmanager
     def serving(self, token: object | None) -> Iterator[None]:
-        """This thread works for the run ``token`` (a task on its pool) for the duration."""
+        """This thread works for the run ``token`` (a task on its pool) for the duration.
+
+        While a task works for the holder, the turn stays the holder's even after its run has
+        left :meth:`hold`: a cancelled run answers at once and leaves its running tasks to stop
+        at their next check, and they may still call the model until then."""
         previous = self.working_for()
         self._local.token = token
+        if token is not None:
+            with self._cond:
+                self._workers[token] = self._workers.get(token, 0) + 1
         try:
             yield
         finally:
             self._local.token = previous
+            if token is not None:
+                with self._cond:
+                    self._workers[token] -= 1
+                    if not self._workers[token]:
+                        del self._workers[token]
+                        self._release_locked(token)
+
+    def _release_locked(self, token: object) -> None:
+        """The turn is free once its holder has left :meth:`hold` and no task works for it."""
+        if token is self._owner and self._depth == 0 and not self._workers.get(token):
+            self._owner = None
+            self._cond.notify_all()
 
     @contextlib.contextmanager
     def hold(self, cancel: Any = None, on_wait: Callable[[], None] | None = None) -> Iterator[object]:
@@ -136,9 +157,7 @@ class ModelTurn:
             self._local.token = previous
             with self._cond:
                 self._depth -= 1
-                if self._depth == 0:
-                    self._owner = None
-                    self._cond.notify_all()
+                self._release_locked(token)
 
     def _wait_locked(self, token: object, cancel: Any, on_wait: Callable[[], None] | None) -> None:
         self._queue.append(token)

@@ -196,3 +196,30 @@ def test_exports_wait_for_a_run_that_calls_its_model():
 def _turn_free():
     yield
     assert MODEL_TURN.holder is None and MODEL_TURN.waiting() == 0
+
+
+def test_a_cancelled_run_keeps_the_turn_until_its_running_tasks_have_stopped():
+    """Cancel answers at once (the runner does not wait for a task in the middle of a batch), but
+    that task may still call the model: the next run gets the turn only once it has stopped."""
+    token, in_task, events = CancelToken(), threading.Event(), []
+
+    def task() -> None:
+        in_task.set()
+        time.sleep(0.6)  # a batch that does not look at the token
+        events.append("task ended")
+
+    def run() -> None:
+        with MODEL_TURN.hold():
+            try:
+                Runner("threads", 2).map([Task(task, ()), Task(task, ())], cancel=token)
+            except Cancelled:
+                events.append("run cancelled")
+
+    t = _thread(run)
+    assert in_task.wait(10)
+    token.cancel()
+    t.join(5)
+    assert events == ["run cancelled"] and MODEL_TURN.holder is not None
+    with MODEL_TURN.hold():
+        events.append("next run")
+    assert events == ["run cancelled", "task ended", "task ended", "next run"]
