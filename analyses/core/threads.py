@@ -1,4 +1,4 @@
-"""Kernel threading while a thread pool runs tasks: one intra-op thread per task.
+"""Threads: one intra-op thread per task while a pool runs, and one run at a time with a model.
 
 Running several tasks at once while each kernel also spawns OpenMP/MKL threads
 oversubscribes the cores: on two cores torch's CPU ``eigvalsh`` was measured 30x slower that
@@ -21,8 +21,9 @@ an analysis run does from the moment it computes (a result from the store waits 
 its end, and so does every export and every other call of a model outside a run. The threads of
 the holder's own pool work for it (:meth:`ModelTurn.serving`, which the runner wraps every task
 in) and pass, so its tasks trace and call as they did; the turn stays the run's until the last of
-them has ended (a cancelled run returns at once, its running tasks stop at their next check). Runs that read weights only (Spectra)
-never take the turn. The rest wait in the order they asked, and a cancelled run stops waiting.
+them has ended (a cancelled run returns at once, its running tasks stop at their next check).
+Runs that read weights only (Spectra) never take the turn. The rest wait in the order they
+asked, and a cancelled run stops waiting.
 A holder must only wait for its own pool: nothing that waits for the turn may hold a lock a holder
 needs.
 """
