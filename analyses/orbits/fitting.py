@@ -32,7 +32,8 @@ import torch
 from ..core.data import DIGITS_NAMES
 from ..core.errors import NNVitalsError
 from ..core.graph import first_input
-from ..core.subject import Subject, load_subject, runnable_module
+from ..core.subject import ExportSubject, Subject, load_subject, runnable_module
+from ..core.threads import TRACE_LOCK
 
 __all__ = ["CANDIDATES", "DIGITS", "DataFit", "common_data", "fitting_data", "input_shape", "shape_text"]
 
@@ -131,7 +132,9 @@ def _probe(module: Any, where: str, candidates: Sequence[str]) -> DataFit:
         for flatten in (False, True):
             x = torch.zeros((2, side * side) if flatten else (2, 1, side, side), device=dev, dtype=dt)
             try:
-                with torch.inference_mode():
+                # no trace meanwhile (analyses.core.threads): this call is no run's, and a model
+                # called while torch.export traced broke the trace; a trace takes seconds at most
+                with TRACE_LOCK, torch.inference_mode():
                     out = module(x)
             except Exception as e:  # the user's model refuses this shape: try the next one
                 if not first_error:
@@ -191,12 +194,21 @@ def _fit(model: Any, candidates: tuple[str, ...]) -> DataFit | None:
     where = _label(model)
     try:
         subject = load_subject(model)
+    except NNVitalsError:
+        return None  # not a model: the analysis says why when it runs
+    # a program's shape as saved first: it needs no module (a program exported with a fixed batch
+    # is re-exported to make one, which waits for the model turn, and pages ask this as they are built)
+    shape = input_shape(subject) if isinstance(subject, ExportSubject) else None
+    fit = _from_shape(shape, where, candidates) if shape is not None else None
+    if fit is not None:
+        return fit
+    try:
         module = runnable_module(subject)
     except NNVitalsError:
         return None  # not a runnable model: the analysis says why when it runs
-    shape = input_shape(subject)
-    if shape is not None:
-        fit = _from_shape(shape, where, candidates)
+    if shape is None:
+        shape = input_shape(subject)
+        fit = _from_shape(shape, where, candidates) if shape is not None else None
         if fit is not None:
             return fit
     return _probe(module, where, candidates)

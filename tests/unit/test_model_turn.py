@@ -223,3 +223,29 @@ def test_a_cancelled_run_keeps_the_turn_until_its_running_tasks_have_stopped():
     with MODEL_TURN.hold():
         events.append("next run")
     assert events == ["run cancelled", "task ended", "task ended", "next run"]
+
+
+def test_pages_find_a_fixed_batch_programs_data_without_waiting_for_the_turn(tmp_path):
+    """Pages ask which built-in data a model takes while they are built: for a program exported
+    with a fixed batch the recorded shape answers, without the re-export (which waits for the
+    model turn, here held by another session's run for as long as it runs)."""
+    from analyses.orbits.fitting import fitting_data
+
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(_Cnn().eval(), (torch.rand(4, 1, 8, 8),)), str(path))
+    release, holding, got = threading.Event(), threading.Event(), []
+
+    def other_session() -> None:
+        with MODEL_TURN.hold():
+            holding.set()
+            release.wait(30)
+
+    t = _thread(other_session)
+    assert holding.wait(10)
+    try:
+        asking = _thread(lambda: got.append(fitting_data(str(path))))
+        asking.join(5)
+        assert got and got[0].data == "digits8" and got[0].source == "export", "the page waited for the turn"
+    finally:
+        release.set()
+        t.join(10)
