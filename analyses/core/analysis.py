@@ -161,7 +161,8 @@ class Analysis(param.Parameterized):
         """The notes of every model the run loaded (:attr:`Subject.notes`), each once, in order."""
         cached = getattr(self, "_subjects_cache", None)
         subjects = [subject, *(cached[1] if cached else [])]
-        notes = [n for s in subjects for n in getattr(s, "notes", [])]  # a model group has none of its own
+        # (a model group has none of its own; a run that reads weights only gets those on weights)
+        notes = [n for s in subjects if hasattr(s, "notes_for") for n in s.notes_for(self.calls_model)]
         return list(dict.fromkeys(notes))
 
     # ------------------------------------------------------------------ run

@@ -219,6 +219,11 @@ class Subject:
         around); empty when there is nothing to say."""
         return []
 
+    def notes_for(self, runs_model: bool) -> list[str]:
+        """The :attr:`notes` that concern a run which calls the model (``runs_model``) or reads
+        its weights only."""
+        return self.notes
+
     def describe(self) -> dict[str, Any]:
         out = {"label": self.label, "source": self.source_kind, "fingerprint": self.fingerprint}
         return out | ({"notes": self.notes} if self.notes else {})
@@ -485,6 +490,11 @@ class ExportSubject(Subject):
     def notes(self) -> list[str]:
         fix = self.batch_fix()
         return [fix.note] if fix.note else []
+
+    def notes_for(self, runs_model: bool) -> list[str]:
+        # they say how the program runs batches: nothing to a run that reads its weights, which
+        # would otherwise pay for working it out (a re-export, waiting for the model turn)
+        return self.notes if runs_model else []
 
     def _infos(self) -> list[WeightRef]:
         ep = self.loaded_program()

@@ -249,3 +249,29 @@ def test_pages_find_a_fixed_batch_programs_data_without_waiting_for_the_turn(tmp
     finally:
         release.set()
         t.join(10)
+
+
+def test_spectra_of_a_fixed_batch_program_neither_reexports_it_nor_waits(tmp_path):
+    """Spectra reads weights: a program exported with a fixed batch is not re-exported for the
+    note on how its batches run (which waited for the model turn, and cost a trace)."""
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(_Cnn().eval(), (torch.rand(4, 1, 8, 8),)), str(path))
+    release, holding, got = threading.Event(), threading.Event(), []
+
+    def other_session() -> None:
+        with MODEL_TURN.hold():
+            holding.set()
+            release.wait(30)
+
+    t = _thread(other_session)
+    assert holding.wait(10)
+    try:
+        analysis = SpectralAnalysis(model=str(path), cache=False, show_progress=False)
+        run = _thread(lambda: got.append(analysis.run()))
+        run.join(20)
+        assert got, "Spectra waited for the model turn"
+        assert len(got[0].table) == 2 and "notes" not in got[0].meta
+        assert "_fix" not in analysis.subject().__dict__
+    finally:
+        release.set()
+        t.join(10)
