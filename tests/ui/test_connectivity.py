@@ -6,7 +6,7 @@ import re
 import time
 import urllib.request
 
-from ui_helpers import PageProbe, glyph, open_page, wait_drawn
+from ui_helpers import PageProbe, glyph, open_page, start_long_orbits_run, wait_drawn
 
 
 def test_connectivity_page_tap_a_point_and_analyse_it(server, probe):
@@ -30,23 +30,6 @@ def test_connectivity_page_tap_a_point_and_analyse_it(server, probe):
     assert picked.startswith("θ(λ=") and "(this session)" in picked
 
 
-def _start_long_orbits_run(page, url: str):
-    """Open Orbits and start a run of several seconds (72 angles x 1000 samples); its Cancel button."""
-    open_page(
-        page, url + "?page=orbits", page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")), timeout=60
-    )
-    inputs = page.locator(".nnv-controls input")
-    for i, value in ((1, "72"), (2, "1000")):
-        inputs.nth(i).fill(value)
-        inputs.nth(i).press("Enter")
-    page.wait_for_timeout(500)
-    page.locator(".nnv-run").get_by_role("button").first.click()
-    cancel = page.get_by_role("button", name="Cancel")
-    cancel.wait_for(state="visible", timeout=15000)
-    page.get_by_text("Showing the previous result — running Orbits", exact=False).first.wait_for()
-    return cancel
-
-
 def test_saving_a_point_waits_off_the_event_loop_while_another_session_runs_a_model(server, probe, browser):
     """Saving the interpolated model traces it (torch.export): while another session's Orbits run
     calls its model the trace waits its turn (a model called mid-trace broke it), and it waits
@@ -66,7 +49,13 @@ def test_saving_a_point_waits_off_the_event_loop_while_another_session_runs_a_mo
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     other = PageProbe(ctx.new_page())
     try:
-        cancel = _start_long_orbits_run(other.page, server.url)
+        open_page(
+            other.page,
+            server.url + "?page=orbits",
+            other.page.get_by_text(re.compile(r"Sample \d+ \(label \d\) at")),
+            timeout=60,
+        )
+        cancel = start_long_orbits_run(other.page)
         analyse.click()
         page.get_by_text(re.compile(r"Saving \*?\*?interpolated-.*\.pt2")).first.wait_for(timeout=10000)
         assert analyse.is_disabled()

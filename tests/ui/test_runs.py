@@ -11,7 +11,7 @@ import re
 import time
 
 import pytest
-from ui_helpers import click_row, open_app
+from ui_helpers import click_row, open_app, start_long_orbits_run
 
 pytestmark = pytest.mark.browser
 
@@ -84,14 +84,7 @@ def test_cancelled_orbits_run_never_replaces_the_result(server, probe):
     summary.first.wait_for(timeout=10000)
     inputs = page.locator(".nnv-controls input")
     assert inputs.nth(1).input_value() == "36" and inputs.nth(2).input_value() == "200"
-    for i, value in ((1, "72"), (2, "1000")):
-        inputs.nth(i).fill(value)
-        inputs.nth(i).press("Enter")
-    page.wait_for_timeout(500)
-    page.locator(".nnv-run").get_by_role("button").first.click()
-    cancel = page.get_by_role("button", name="Cancel")
-    cancel.wait_for(state="visible", timeout=15000)
-    page.get_by_text("Showing the previous result — running Orbits", exact=False).first.wait_for()
+    cancel = start_long_orbits_run(page)
     page.wait_for_timeout(2000)
     t = time.time()
     cancel.click()

@@ -216,6 +216,21 @@ def open_app(probe: PageProbe, url: str, query: str = "?page=spectra"):
     return page
 
 
+def start_long_orbits_run(page):
+    """On an open Orbits page, start a run of several seconds (72 angles x 1000 samples of three
+    models) over the 36-angle result; returns the Cancel button, once the run is under way."""
+    inputs = page.locator(".nnv-controls input")
+    for i, value in ((1, "72"), (2, "1000")):
+        inputs.nth(i).fill(value)
+        inputs.nth(i).press("Enter")
+    page.wait_for_timeout(500)
+    page.locator(".nnv-run").get_by_role("button").first.click()
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.wait_for(state="visible", timeout=15000)
+    page.get_by_text("Showing the previous result — running Orbits", exact=False).first.wait_for()
+    return cancel
+
+
 def click_row(page, name: str, ctrl: bool = False) -> None:
     """Click the layer table's row of ``name`` (ctrl-click with ``ctrl``).
 

@@ -5,6 +5,7 @@ mode stack for the whole process: a model called from another thread meanwhile b
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -225,53 +226,50 @@ def test_a_cancelled_run_keeps_the_turn_until_its_running_tasks_have_stopped():
     assert events == ["run cancelled", "task ended", "task ended", "next run"]
 
 
+@contextlib.contextmanager
+def _turn_held_elsewhere():
+    """Another session's run holds the model turn for the duration."""
+    release, holding = threading.Event(), threading.Event()
+
+    def other_session() -> None:
+        with MODEL_TURN.hold():
+            holding.set()
+            release.wait(30)
+
+    t = _thread(other_session)
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join(10)
+
+
+def _fixed_batch_file(tmp_path) -> str:
+    """A ``.pt2`` exported with a fixed batch of 4 (no dynamic shapes)."""
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(_Cnn().eval(), (torch.rand(4, 1, 8, 8),)), str(path))
+    return str(path)
+
+
 def test_pages_find_a_fixed_batch_programs_data_without_waiting_for_the_turn(tmp_path):
     """Pages ask which built-in data a model takes while they are built: for a program exported
     with a fixed batch the recorded shape answers, without the re-export (which waits for the
     model turn, here held by another session's run for as long as it runs)."""
     from analyses.orbits.fitting import fitting_data
 
-    path = tmp_path / "fixed.pt2"
-    torch.export.save(torch.export.export(_Cnn().eval(), (torch.rand(4, 1, 8, 8),)), str(path))
-    release, holding, got = threading.Event(), threading.Event(), []
-
-    def other_session() -> None:
-        with MODEL_TURN.hold():
-            holding.set()
-            release.wait(30)
-
-    t = _thread(other_session)
-    assert holding.wait(10)
-    try:
-        asking = _thread(lambda: got.append(fitting_data(str(path))))
-        asking.join(5)
+    path, got = _fixed_batch_file(tmp_path), []
+    with _turn_held_elsewhere():
+        _thread(lambda: got.append(fitting_data(path))).join(5)
         assert got and got[0].data == "digits8" and got[0].source == "export", "the page waited for the turn"
-    finally:
-        release.set()
-        t.join(10)
 
 
 def test_spectra_of_a_fixed_batch_program_neither_reexports_it_nor_waits(tmp_path):
     """Spectra reads weights: a program exported with a fixed batch is not re-exported for the
     note on how its batches run (which waited for the model turn, and cost a trace)."""
-    path = tmp_path / "fixed.pt2"
-    torch.export.save(torch.export.export(_Cnn().eval(), (torch.rand(4, 1, 8, 8),)), str(path))
-    release, holding, got = threading.Event(), threading.Event(), []
-
-    def other_session() -> None:
-        with MODEL_TURN.hold():
-            holding.set()
-            release.wait(30)
-
-    t = _thread(other_session)
-    assert holding.wait(10)
-    try:
-        analysis = SpectralAnalysis(model=str(path), cache=False, show_progress=False)
-        run = _thread(lambda: got.append(analysis.run()))
-        run.join(20)
+    analysis, got = SpectralAnalysis(model=_fixed_batch_file(tmp_path), cache=False, show_progress=False), []
+    with _turn_held_elsewhere():
+        _thread(lambda: got.append(analysis.run())).join(20)
         assert got, "Spectra waited for the model turn"
         assert len(got[0].table) == 2 and "notes" not in got[0].meta
         assert "_fix" not in analysis.subject().__dict__
-    finally:
-        release.set()
-        t.join(10)
