@@ -11,7 +11,7 @@ import re
 import time
 
 import pytest
-from ui_helpers import click_row, open_app, start_long_orbits_run
+from ui_helpers import PageProbe, click_row, open_app, open_page, start_long_orbits_run
 
 pytestmark = pytest.mark.browser
 
@@ -121,3 +121,33 @@ def test_quick_runs_leave_nothing_dimmed(server, probe):
         page.wait_for_timeout(400)  # the fade back (0.2 s)
         assert page.evaluate(FADED_JS) == [], "the result stayed faded after its run"
         assert page.locator(".nnv-stale-note").first.is_hidden()
+
+
+def test_a_run_waits_its_turn_while_another_session_runs_a_model(server, probe, browser):
+    """Of the runs that call a model one computes at a time (analyses.core.threads.MODEL_TURN): a
+    second session's Orbits run says it waits while the first session's long run goes on, can be
+    seen to wait, and computes once the first is cancelled."""
+    orbits = server.url + "?page=orbits"
+    ready = re.compile(r"Sample \d+ \(label \d\) at")
+    page = probe.page
+    open_page(page, orbits, page.get_by_text(ready), timeout=60)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    other = PageProbe(ctx.new_page())
+    try:
+        open_page(other.page, orbits, other.page.get_by_text(ready), timeout=60)
+        cancel = start_long_orbits_run(other.page)
+        inputs = page.locator(".nnv-controls input")
+        inputs.nth(1).fill("30")  # an orbit no earlier test computed: this run calls the model
+        inputs.nth(1).press("Enter")
+        page.wait_for_timeout(500)
+        page.locator(".nnv-run").get_by_role("button").first.click()
+        page.get_by_text("waiting for another run that calls a model to finish", exact=False).first.wait_for(
+            timeout=15000
+        )
+        assert cancel.is_visible(), "the other session's run ended before this one asked: make it longer"
+        assert page.get_by_text(re.compile(r"orbit, 30 elements")).count() == 0
+        cancel.click()
+        page.get_by_text(re.compile(r"rotation\W+orbit, 30 elements")).first.wait_for(timeout=60000)
+    finally:
+        ctx.close()
+    other.assert_clean()
