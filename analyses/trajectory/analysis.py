@@ -42,11 +42,12 @@ import pandas as pd
 import param
 
 from .. import __version__
-from ..core.analysis import Analysis
+from ..core.analysis import WAITING_STEP, Analysis
 from ..core.errors import Cancelled, NNVitalsError
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Runner, Task, parse_spec, tqdm_progress
 from ..core.subject import ModuleSubject, Subject
+from ..core.threads import MODEL_TURN
 from .result import COLUMNS, TrajectoryResult, empty_table, headlines, with_delta
 from .series import Checkpoint, CheckpointSeries, check_same_architecture, load_series
 
@@ -414,11 +415,16 @@ class Trajectory(Analysis):
             rows.append({"checkpoint": c.name, "step": c.step, "analysis": kind, "stored": stored})
         return pd.DataFrame(rows, columns=["checkpoint", "step", "analysis", "stored"])
 
-    def export_checkpoint(self, step: int, file: str | Path) -> Path:
+    def export_checkpoint(
+        self, step: int, file: str | Path, progress: Progress | None = None, cancel: CancelToken | None = None
+    ) -> Path:
         """Save the checkpoint at ``step`` as a ``torch.export`` program (``.pt2``, batch size free)
         that every analysis can run: a ``.pt2`` checkpoint is copied, a weights-only one is loaded
         into the series' architecture and exported on two samples of the data it takes (the
-        trajectory's ``data``, else the built-in digits that fit it). One line when it cannot."""
+        trajectory's ``data``, else the built-in digits that fit it). One line when it cannot.
+
+        The export takes the model turn (:data:`~analyses.core.threads.MODEL_TURN`); while another
+        run holds it, ``progress(0, 0, WAITING_STEP)`` says so and ``cancel`` ends the wait."""
         import shutil
 
         import torch
@@ -445,8 +451,9 @@ class Trajectory(Analysis):
             fit = fitting_data(module)
             data = fit.data if fit is not None else "digits8"
         example = as_dataset(data).x[:2].to(getattr(torch, self.dtype))
-        program = export_program(module, example, label=f"checkpoint {c.name}", purpose="it", eval_mode=True,
-                                 dynamic_batch=True)  # fmt: skip
+        with MODEL_TURN.hold(cancel, on_wait=lambda: progress(0, 0, WAITING_STEP) if progress else None):
+            program = export_program(module, example, label=f"checkpoint {c.name}", purpose="it",
+                                     eval_mode=True, dynamic_batch=True)  # fmt: skip
         torch.export.save(program, str(file))
         return file
 

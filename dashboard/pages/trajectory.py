@@ -404,7 +404,7 @@ class TrajectoryPage(AnalysisPage):
 
         def work(progress, cancel):
             progress(0, 1, f"{unit} {step}")
-            return traj.export_checkpoint(step, path)
+            return traj.export_checkpoint(step, path, progress, cancel)
 
         self.pick_jobs.submit(f"Checkpoint {unit} {step}", work, lambda p: self._picked(p, step),
                               on_error=lambda m: setattr(self._picked_text, "object", ""))  # fmt: skip

@@ -273,3 +273,24 @@ def test_spectra_of_a_fixed_batch_program_neither_reexports_it_nor_waits(tmp_pat
         assert got, "Spectra waited for the model turn"
         assert len(got[0].table) == 2 and "notes" not in got[0].meta
         assert "_fix" not in analysis.subject().__dict__
+
+
+def test_saving_a_checkpoint_says_it_waits_for_the_turn_and_can_be_cancelled(tmp_path):
+    """The Trajectory page's "use this checkpoint" exports it: while another session's run holds
+    the model turn, the job says it waits, Cancel ends the wait, and once free it saves."""
+    from analyses import Trajectory
+    from analyses.zoo import demo_series, series_names
+
+    traj = Trajectory(series=demo_series(series_names()[0]), show_progress=False)
+    step = traj.checkpoint_series().checkpoints[-1].step
+    steps, token, file = [], CancelToken(), tmp_path / "checkpoint.pt2"
+
+    def progress(done: int, total: int, label: str) -> None:
+        steps.append(label)
+        token.cancel()  # Cancel pressed while it waits
+
+    with _turn_held_elsewhere():
+        with pytest.raises(Cancelled):
+            traj.export_checkpoint(step, file, progress, token)
+        assert steps == [WAITING_STEP] and not file.exists()
+    assert traj.export_checkpoint(step, file) == file and file.stat().st_size > 0
