@@ -37,6 +37,19 @@ log = logging.getLogger("nnvitals.analysis")
 #: the progress step a run shows while another run calls a model (:data:`MODEL_TURN`)
 WAITING_STEP = "waiting for another run that calls a model to finish"
 
+
+def model_turn(progress: Progress | None, cancel: CancelToken | None, who: str):
+    """:data:`MODEL_TURN` held for ``who`` (a run, an export), saying so while it waits: in the log
+    and as ``progress(0, 0, WAITING_STEP)``; ``cancel`` ends the wait."""
+
+    def on_wait() -> None:
+        log.info("%s: %s", who, WAITING_STEP)
+        if progress is not None:
+            progress(0, 0, WAITING_STEP)
+
+    return MODEL_TURN.hold(cancel, on_wait)
+
+
 #: parameters that change how a result is computed but not what it is
 NON_KEY = {"name", "model", "cache", "cache_dir", "runner", "num_workers", "show_progress", "device"}
 
@@ -167,17 +180,10 @@ class Analysis(param.Parameterized):
 
     # ------------------------------------------------------------------ run
     def _turn(self, subject: Subject, progress: Progress | None, cancel: CancelToken | None):
-        """The model turn for a run that calls the model (:data:`MODEL_TURN`); nothing otherwise.
-        While it waits, the run says so (``progress(0, 0, WAITING_STEP)``, and the log)."""
+        """The model turn for a run that calls the model (:func:`model_turn`); nothing otherwise."""
         if not self.calls_model:
             return contextlib.nullcontext()
-
-        def on_wait() -> None:
-            log.info("%s %s: %s", self.analysis_name, subject.label, WAITING_STEP)
-            if progress is not None:
-                progress(0, 0, WAITING_STEP)
-
-        return MODEL_TURN.hold(cancel, on_wait)
+        return model_turn(progress, cancel, f"{self.analysis_name} {subject.label}")
 
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> Result:
         """Compute (or fetch from the store) this analysis's result.

@@ -32,7 +32,7 @@ import torch
 from ..core.data import DIGITS_NAMES
 from ..core.errors import NNVitalsError
 from ..core.graph import first_input
-from ..core.subject import ExportSubject, Subject, load_subject, runnable_module
+from ..core.subject import Subject, load_subject, runnable_module
 from ..core.threads import TRACE_LOCK
 
 __all__ = ["CANDIDATES", "DIGITS", "DataFit", "common_data", "fitting_data", "input_shape", "shape_text"]
@@ -194,11 +194,11 @@ def _fit(model: Any, candidates: tuple[str, ...]) -> DataFit | None:
     where = _label(model)
     try:
         subject = load_subject(model)
+        # a program's shape as saved: no module needed (a program exported with a fixed batch is
+        # re-exported to make one, which waits for the model turn, and pages ask this as they are built)
+        shape = input_shape(subject)
     except NNVitalsError:
         return None  # not a model: the analysis says why when it runs
-    # a program's shape as saved first: it needs no module (a program exported with a fixed batch
-    # is re-exported to make one, which waits for the model turn, and pages ask this as they are built)
-    shape = input_shape(subject) if isinstance(subject, ExportSubject) else None
     fit = _from_shape(shape, where, candidates) if shape is not None else None
     if fit is not None:
         return fit
@@ -206,11 +206,6 @@ def _fit(model: Any, candidates: tuple[str, ...]) -> DataFit | None:
         module = runnable_module(subject)
     except NNVitalsError:
         return None  # not a runnable model: the analysis says why when it runs
-    if shape is None:
-        shape = input_shape(subject)
-        fit = _from_shape(shape, where, candidates) if shape is not None else None
-        if fit is not None:
-            return fit
     return _probe(module, where, candidates)
 
 

@@ -42,12 +42,11 @@ import pandas as pd
 import param
 
 from .. import __version__
-from ..core.analysis import WAITING_STEP, Analysis
+from ..core.analysis import Analysis, model_turn
 from ..core.errors import Cancelled, NNVitalsError
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Runner, Task, parse_spec, tqdm_progress
 from ..core.subject import ModuleSubject, Subject
-from ..core.threads import MODEL_TURN
 from .result import COLUMNS, TrajectoryResult, empty_table, headlines, with_delta
 from .series import Checkpoint, CheckpointSeries, check_same_architecture, load_series
 
@@ -424,7 +423,7 @@ class Trajectory(Analysis):
         trajectory's ``data``, else the built-in digits that fit it). One line when it cannot.
 
         The export takes the model turn (:data:`~analyses.core.threads.MODEL_TURN`); while another
-        run holds it, ``progress(0, 0, WAITING_STEP)`` says so and ``cancel`` ends the wait."""
+        run holds it, ``progress(0, 0, WAITING_STEP)`` says so (:func:`~analyses.core.analysis.model_turn`) and ``cancel`` ends the wait."""
         import shutil
 
         import torch
@@ -451,7 +450,7 @@ class Trajectory(Analysis):
             fit = fitting_data(module)
             data = fit.data if fit is not None else "digits8"
         example = as_dataset(data).x[:2].to(getattr(torch, self.dtype))
-        with MODEL_TURN.hold(cancel, on_wait=lambda: progress(0, 0, WAITING_STEP) if progress else None):
+        with model_turn(progress, cancel, f"checkpoint {c.name}"):
             program = export_program(module, example, label=f"checkpoint {c.name}", purpose="it",
                                      eval_mode=True, dynamic_batch=True)  # fmt: skip
         torch.export.save(program, str(file))
