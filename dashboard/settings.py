@@ -50,7 +50,10 @@ class AppSettings:
         """Where the analyses run, in plain words (the app's sidebar)."""
         if self.runner == "threads":
             n = self.runs_at_once
-            return f"Analyses run on this server, {n} at a time (more wait their turn)."
+            return (
+                f"Analyses run on this server, {n} at a time, and of those that run a model one at a "
+                "time (more wait their turn)."
+            )
         if self.runner == "local":
             return "Analyses run on a Dask cluster on this machine."
         return f"Analyses run on the Dask scheduler {self.runner}."

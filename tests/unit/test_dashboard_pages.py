@@ -197,6 +197,7 @@ def test_runner_line_names_dask_and_its_dashboard():
     runs = min(3, os.cpu_count() or 1)
     line = runner_markdown(AppSettings(num_threads=3))  # plain words, no runner jargon
     assert f"Analyses run on this server, {runs} at a time" in line and "thread" not in line
+    assert "of those that run a model one at a time" in line  # the model turn (analyses.core.threads)
     assert AppSettings(num_threads=1).runs_at_once == 1
 
 
