@@ -1,7 +1,8 @@
 """Benchmark of the web app: start-up, linked-selection latency, and load from concurrent sessions.
 
 Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd 10] [--burst 30]
-[--skip PARTS] [--out FILE]`` (parts: startup, selection, concurrent, session, crowd, burst)
+[--skip PARTS] [--out FILE]`` (parts: startup, selection, concurrent, session, crowd, burst,
+floor)
 
 1. **Start-up**: wall time from launching ``nnvitals serve`` (a fresh process and an empty
    result store) until the server answers, and until the first page shows a rendered plot in
@@ -38,6 +39,11 @@ Run: ``python tests/benchmarks/bench_serve.py [--quick] [--sessions 10] [--crowd
    whole answer (p50, p95, max).
 7. **Memory**: the server's resident memory before the crowd, at its peak, and once every session
    has closed (after the server's collection of what they left; target: within 50 MB of before).
+8. **The framework's floor**: ``--crowd`` browsers open at once, with no connected user, first the
+   app's Spectra page and then a bare Panel page with one HoloViews plot (no template, no table,
+   no upload; ``panel serve`` of :data:`FLOOR_APP`), in the same low-priority browser. Their first
+   plots side by side, and the ratio of the slowest: how much of the crowd's wait is the app's and
+   how much is what Panel and Bokeh need for any page on this machine.
 
 ``NNV_KEEP=1`` keeps the servers' logs (their folder is printed); with ``PYTHONASYNCIODEBUG=1``
 they name every event loop callback that took over 0.1 s.
@@ -562,19 +568,31 @@ async def _crowd_member(browser, url: str, go: asyncio.Event) -> dict:
         await ctx.close()
 
 
-async def _crowd(url: str, n: int) -> dict:
-    """One connected user clicks through its layer table while ``n`` browsers open the app at once."""
+async def _crowd(url: str, n: int, connected: bool = True) -> dict:
+    """One connected user clicks through its layer table while ``n`` browsers open the app at once
+    (``connected=False``: the ``n`` browsers only)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         exe = _niced_chromium(Path(tempfile.mkdtemp(prefix="nnv-chromium-")))
         browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        go = asyncio.Event()
+        members = [asyncio.create_task(_crowd_member(browser, url, go)) for _ in range(n)]
+        if not connected:
+            await asyncio.sleep(1.0)  # the members' contexts are ready
+            go.set()
+            results = await asyncio.gather(*members)
+            await browser.close()
+            firsts = sorted(r["first_plot_s"] for r in results)
+            return {
+                "browsers": n,
+                "first_plot_s": [round(v, 1) for v in firsts],
+                "first_plot_max_s": firsts[-1],
+            }
         # the connected user's own browser, at normal priority: on their own machine it would not
         # wait for the crowd's ten browsers to lay out and draw their pages
         own = await p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         ctx, page = await _open(own, url)
-        go = asyncio.Event()
-        members = [asyncio.create_task(_crowd_member(browser, url, go)) for _ in range(n)]
         await asyncio.sleep(1.0)  # the members' contexts are ready
         went = time.time()
         go.set()
@@ -604,6 +622,62 @@ async def _crowd(url: str, n: int) -> dict:
         "other_hosts_asked_for": sorted({u for r in results for u in r["outside_urls"]})[:5],
         "targets": {"first_plot_max_s": 10.0, "click_p95_ms": 1000},
     }
+
+
+#: the framework's floor: a page of Panel alone, no template, with one HoloViews plot and the text
+#: the crowd's browsers wait for; served by ``panel serve`` in a process of its own
+FLOOR_APP = """
+import holoviews as hv
+import numpy as np
+import panel as pn
+
+hv.extension("bokeh")
+curve = hv.Curve(np.sin(np.linspace(0, 6, 200))).opts(responsive=True, height=300)
+pn.Column(pn.pane.Markdown("Selected: floor"), pn.pane.HoloViews(curve, sizing_mode="stretch_width")).servable()
+"""
+
+
+def bench_floor(tmp: Path, crowd: int) -> dict:
+    """``crowd`` browsers open, at once, (1) the app's Spectra page and (2) the framework's floor
+    (:data:`FLOOR_APP`), one after the other, in the same low-priority browser and with no
+    connected user: how far the app's first plots are from what Panel and Bokeh need at all."""
+    app = tmp / "floor_app.py"
+    app.write_text(FLOOR_APP)
+    port = _port()
+    log = tmp / f"floor-{port}.log"
+    out: dict = {}
+    srv = Server(tmp)
+    with open(log, "w") as sink:
+        floor = subprocess.Popen(
+            [sys.executable, "-m", "panel", "serve", str(app), "--port", str(port), "--address", "127.0.0.1",
+             "--allow-websocket-origin", f"127.0.0.1:{port}"],
+            cwd=tmp, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    floor_url = f"http://127.0.0.1:{port}/floor_app"
+    try:
+        srv.wait_up()
+        end = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(floor_url, timeout=60).read()
+                break
+            except OSError:
+                if floor.poll() is not None or time.time() > end:
+                    raise RuntimeError(f"the floor server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        for url in (srv.spectra, floor_url):  # warm up: one session of each opened and closed
+            asyncio.run(_crowd(url, 1, connected=False))
+        out["app"] = asyncio.run(_crowd(srv.spectra, crowd, connected=False))
+        out["floor"] = asyncio.run(_crowd(floor_url, crowd, connected=False))
+        out["ratio_max"] = round(out["app"]["first_plot_max_s"] / out["floor"]["first_plot_max_s"], 2)
+    finally:
+        srv.stop()
+        try:
+            os.killpg(floor.pid, signal.SIGTERM)
+            floor.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    return out
 
 
 def _burst(url: str, n: int) -> dict:
@@ -735,7 +809,7 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=30, help="plain page requests at once (default 30)")
     ap.add_argument(
         "--skip", default="",
-        help="comma-separated parts to skip: startup,selection,concurrent,session,crowd,burst",
+        help="comma-separated parts to skip: startup,selection,concurrent,session,crowd,burst,floor",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON line to this file")
     args = ap.parse_args()
@@ -858,6 +932,14 @@ def main() -> int:
                 flush=True,
             )
             target(m["above_before_mb"] <= 50, "serve: memory back within 50 MB once sessions closed")
+        if "floor" not in skip:
+            r = results["floor"] = bench_floor(tmp, args.crowd)
+            print(
+                f"{args.crowd} browsers at once, no connected user: the app's Spectra page, first plot "
+                f"after {r['app']['first_plot_s']} s; the framework's floor (a bare Panel page with one "
+                f"HoloViews plot) after {r['floor']['first_plot_s']} s; ratio of the slowest {r['ratio_max']}",
+                flush=True,
+            )
     finally:
         if os.environ.get("NNV_KEEP"):  # the servers' logs (e.g. with PYTHONASYNCIODEBUG=1) stay
             print(f"kept {tmp}", flush=True)
