@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..core.analysis import Analysis
+from ..core.analysis import Analysis, model_turn
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
 from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
 from ..core.result import Result
-from ..core.runner import Task
+from ..core.runner import CancelToken, Progress, Task
 from ..core.store import make_key
 from ..core.subject import Subject
 from ..core.threads import tracing
@@ -589,10 +589,26 @@ class ModeConnectivity(Analysis):
         return module.eval()
 
     def export_interpolated(
-        self, file: str | Path, lam: float, path: str = "matched", result: ConnectivityResult | None = None
+        self,
+        file: str | Path,
+        lam: float,
+        path: str = "matched",
+        result: ConnectivityResult | None = None,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
     ) -> Path:
         """Save ``theta(lam)`` as a ``torch.export`` program (``.pt2``, batch size free) that every
-        analysis can run (Spectra reads its weights; Lipschitz, IBP and Orbits run it)."""
+        analysis can run (Spectra reads its weights; Lipschitz, IBP and Orbits run it).
+
+        The trace takes the model turn (:data:`~analyses.core.threads.MODEL_TURN`); while another
+        run holds it, ``progress(0, 0, WAITING_STEP)`` says so and ``cancel`` ends the wait
+        (:func:`~analyses.core.analysis.model_turn`)."""
+        with model_turn(progress, cancel, f"saving theta({lam:.3f})"):
+            return self._export_interpolated(Path(file), lam, path, result)
+
+    def _export_interpolated(
+        self, file: Path, lam: float, path: str, result: ConnectivityResult | None
+    ) -> Path:
         module = self.interpolated_module(lam, path, result)
         splits = self.datasets()
         example = as_input(next(iter(splits.values())).x[:2], "cpu", getattr(torch, self.dtype))
@@ -614,7 +630,6 @@ class ModeConnectivity(Analysis):
                 raise NNVitalsError(
                     f"theta({lam:.3f}): torch.export cannot trace this model ({first[:200]})"
                 ) from None
-        file = Path(file)
         torch.export.save(program, str(file))
         return file
 

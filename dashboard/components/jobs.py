@@ -121,6 +121,8 @@ class Job:
         self.started: float | None = None
         self.ended: float | None = None
         self.submitted = time.perf_counter()
+        #: called in the session once the job has ended cancelled (not when replaced by a new one)
+        self.on_cancel: Callable[[], None] | None = None
 
     def progress(self, done: int, total: int, label: str) -> None:
         # plain attribute writes from the worker thread; the session's poll reads them
@@ -227,8 +229,10 @@ class JobPanel(pn.viewable.Viewer):
         on_done: Callable[[Any], None],
         on_error: Callable[[str], None] | None = None,
         wait: float = 0.0,
+        on_cancel: Callable[[], None] | None = None,
     ) -> Job:
-        """Run ``fn(progress, cancel)`` in the background; ``on_done(result)`` in this session after.
+        """Run ``fn(progress, cancel)`` in the background; ``on_done(result)`` in this session after
+        (``on_error(message)`` when it fails, ``on_cancel()`` when Cancel ended it).
 
         A job still running in this panel is cancelled first (one run per panel at a time).
         ``wait``: seconds to wait for the result before going on in the background; a quick
@@ -236,6 +240,7 @@ class JobPanel(pn.viewable.Viewer):
         """
         self.cancel(quiet=True)
         job = Job(label)
+        job.on_cancel = on_cancel
         self._hide_error()
         if not (in_server() if self._background is None else self._background):
             return self._run_here(job, fn, on_done, on_error)
@@ -308,7 +313,7 @@ class JobPanel(pn.viewable.Viewer):
         try:
             result = fn(job.progress, job.token)
         except Cancelled:
-            self._set_status(f"{job.label}: cancelled")
+            self._ended_cancelled(job)
             return job
         except NNVitalsError as e:
             self._fail(str(e), on_error)
@@ -369,6 +374,12 @@ class JobPanel(pn.viewable.Viewer):
             on_done, on_error = self._on_done, self._on_error
         self._finish(job, on_done, on_error)
 
+    def _ended_cancelled(self, job: Job) -> None:
+        self._set_status(f"{job.label}: cancelled")
+        log.info("cancelled %s", job.label)
+        if job.on_cancel is not None:
+            job.on_cancel()
+
     def _finish(self, job: Job, on_done, on_error) -> None:
         self.running = False
         self._bar.visible = False
@@ -376,14 +387,12 @@ class JobPanel(pn.viewable.Viewer):
         self._cancel.disabled = False
         self._set_stale(False)
         if job.token.cancelled:  # whatever it ended with, a cancelled run shows nothing
-            self._set_status(f"{job.label}: cancelled")
-            log.info("cancelled %s", job.label)
+            self._ended_cancelled(job)
             return
         try:
             result = job.future.result()
         except (Cancelled, CancelledError):
-            self._set_status(f"{job.label}: cancelled")
-            log.info("cancelled %s", job.label)
+            self._ended_cancelled(job)
             return
         except NNVitalsError as e:
             self._fail(str(e), on_error)

@@ -41,8 +41,7 @@ from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from ..components import links
-from ..components.jobs import how_obtained, in_server
-from ..components.model_picker import Outcome, run_off_loop
+from ..components.jobs import JobPanel, how_obtained, in_server
 from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
@@ -113,6 +112,8 @@ class ConnectivityPage(AnalysisPage):
             show_progress=False, runner=self.settings.runner, data=self._data_for(models)
         )
         self._views: dict[str, Any] = {}
+        #: the interpolated model's export ("Analyse this interpolated model"), apart from the runs
+        self.pick_jobs = JobPanel()
         self._build_controls()
         self._build_main()
         self.models = models
@@ -177,6 +178,7 @@ class ConnectivityPage(AnalysisPage):
             self._point_text,
             self._analyse,
             self._picked_text,
+            self.pick_jobs,
             sizing_mode="stretch_width",
             name="Path",
         )
@@ -416,8 +418,9 @@ class ConnectivityPage(AnalysisPage):
         """Save the tapped interpolated model (a ``.pt2`` program, in the session's temporary
         directory) and make it the sidebar's model, so every other page analyses it.
 
-        The export runs off the server's event loop (it takes seconds, and waits while another
-        session's run calls a model: :data:`analyses.core.threads.MODEL_TURN`); the button is
+        The export is a job of its own (:attr:`pick_jobs`, off the server's event loop): it takes
+        seconds, and waits while another session's run calls a model
+        (:data:`analyses.core.threads.MODEL_TURN`), saying so, with a Cancel button; the button is
         disabled meanwhile. Returns the file when it was saved before this returns (always
         outside a server), else None."""
         p, r = self.point, self.result
@@ -431,24 +434,27 @@ class ConnectivityPage(AnalysisPage):
             return None
         analysis, saved = self._analysis(), []
 
-        def work() -> Path:
+        def work(progress, cancel) -> Path:
+            progress(0, 1, path.name)
             try:
-                return analysis.export_interpolated(path, p["lam"], p["path"], r)
+                return analysis.export_interpolated(path, p["lam"], p["path"], r, progress, cancel)
             except OSError as e:
                 raise NNVitalsError(f"could not save the interpolated model ({e.strerror or e})") from None
 
-        def done(outcome: Outcome) -> None:
+        def done(_file: Path) -> None:
             self._analyse.disabled = False
-            if outcome.error is not None:
-                self._picked_text.object = ""
-                self.jobs.show_error(outcome.error)
-                return
             saved.append(path)
             self._saved_point(path, p)
 
+        def failed(_message: str) -> None:  # the job panel shows the message (or "cancelled")
+            self._analyse.disabled = False
+            self._picked_text.object = ""
+
         self._analyse.disabled = True
-        self._picked_text.object = f"Saving **{path.name}** …"
-        run_off_loop(work, done, path.name)
+        self._picked_text.object = ""  # the job panel below says what is going on
+        self.pick_jobs.submit(
+            f"Saving {path.name}", work, done, on_error=failed, on_cancel=lambda: failed("cancelled")
+        )
         return saved[0] if saved else None
 
     def _saved_point(self, path: Path, p: dict[str, Any]) -> None:
@@ -469,6 +475,7 @@ class ConnectivityPage(AnalysisPage):
     def close(self) -> None:
         """Delete this page's own temporary files (with a picker they live in its upload directory)."""
         self.jobs.close("page closed")
+        self.pick_jobs.close("page closed")
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 

@@ -406,8 +406,11 @@ class TrajectoryPage(AnalysisPage):
             progress(0, 1, f"{unit} {step}")
             return traj.export_checkpoint(step, path, progress, cancel)
 
+        def clear() -> None:  # failed (the job panel says why) or cancelled
+            self._picked_text.object = ""
+
         self.pick_jobs.submit(f"Checkpoint {unit} {step}", work, lambda p: self._picked(p, step),
-                              on_error=lambda m: setattr(self._picked_text, "object", ""))  # fmt: skip
+                              on_error=lambda _m: clear(), on_cancel=clear)  # fmt: skip
 
     def _picked(self, path: Path, step: int) -> None:
         unit = getattr(self, "_unit", "step")

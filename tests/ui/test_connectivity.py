@@ -33,8 +33,8 @@ def test_connectivity_page_tap_a_point_and_analyse_it(server, probe):
 def test_saving_a_point_waits_off_the_event_loop_while_another_session_runs_a_model(server, probe, browser):
     """Saving the interpolated model traces it (torch.export): while another session's Orbits run
     calls its model the trace waits its turn (a model called mid-trace broke it), and it waits
-    off the server's event loop: the page says "Saving …", the server answers everyone meanwhile,
-    and the model is saved once the other run has ended."""
+    off the server's event loop: the page says it is saving and waits for another run, the server
+    answers everyone meanwhile, and the model is saved once the other run has ended."""
     page = probe.page
     open_page(
         page, server.url + "?page=connectivity", page.get_by_text(re.compile(r"\(A\) vs .*\(B\)")), timeout=60
@@ -57,8 +57,11 @@ def test_saving_a_point_waits_off_the_event_loop_while_another_session_runs_a_mo
         )
         cancel = start_long_orbits_run(other.page)
         analyse.click()
-        page.get_by_text(re.compile(r"Saving \*?\*?interpolated-.*\.pt2")).first.wait_for(timeout=10000)
+        page.get_by_text(
+            re.compile(r"Saving interpolated-.*\.pt2: waiting for another run that calls a model to finish")
+        ).first.wait_for(timeout=10000)
         assert analyse.is_disabled()
+        assert page.get_by_role("button", name="Cancel").count() == 1  # the save's own Cancel
         t = time.perf_counter()
         urllib.request.urlopen(server.url + "assets/logo.svg", timeout=30).read()
         assert time.perf_counter() - t < 2.0, "the server stopped answering while the model waited its turn"

@@ -74,6 +74,59 @@ def test_tap_a_point_and_save_it(page, tmp_path):
     torch.testing.assert_close(program.module()(x), module(x))
 
 
+def test_saving_a_point_says_it_waits_for_the_model_turn_and_can_be_cancelled(page):
+    """While another session's run calls its model, saving the tapped model (a trace) waits: the
+    page's job line says so, with Cancel; Cancel ends the wait and gives the button back; once the
+    turn is free the same point saves."""
+    import threading
+    import time
+
+    from analyses.core.analysis import WAITING_STEP
+    from analyses.core.threads import MODEL_TURN
+    from dashboard.components.jobs import JobPanel
+
+    page.pick_jobs = JobPanel(background=True)  # as in a served session: the save runs on the pool
+    page._streams[0].event(index=[6])
+    release, holding = threading.Event(), threading.Event()
+
+    def other_session() -> None:
+        with MODEL_TURN.hold():
+            holding.set()
+            release.wait(30)
+
+    other = threading.Thread(target=other_session, daemon=True)
+    other.start()
+    assert holding.wait(10)
+    try:
+        assert page.analyse_point() is None  # not saved yet: it waits
+        assert page._analyse.disabled
+        end = time.perf_counter() + 20
+        while WAITING_STEP not in page.pick_jobs.status and time.perf_counter() < end:
+            page.pick_jobs.poll()
+            time.sleep(0.02)
+        name = f"interpolated-{page.point['path']}-lam{page.point['lam']:.3f}.pt2"
+        assert page.pick_jobs.status == f"Saving {name}: {WAITING_STEP} …"
+        assert page.pick_jobs._cancel.visible
+        page.pick_jobs.cancel()
+        end = time.perf_counter() + 10
+        while page.pick_jobs.running and time.perf_counter() < end:
+            page.pick_jobs.poll()
+            time.sleep(0.02)
+        assert page.pick_jobs.status == f"Saving {name}: cancelled"
+        assert not page._analyse.disabled and page._picked_text.object == ""
+        assert not (page._out_dir() / name).exists()
+    finally:
+        release.set()
+        other.join(10)
+    page.analyse_point()
+    end = time.perf_counter() + 60
+    while page.pick_jobs.running and time.perf_counter() < end:
+        page.pick_jobs.poll()
+        time.sleep(0.02)
+    assert page.picked == str(page._out_dir() / name) and "Saved" in page._picked_text.object
+    assert not page._analyse.disabled
+
+
 def test_export_figures_and_tables(page, tmp_path):
     figs = list(page.figures())
     assert figs == ["Loss along the path", "Accuracy along the path", "Barriers", "Per-layer alignment"]

@@ -64,6 +64,30 @@ def test_cancel_after_the_run_ended_but_before_it_was_shown_drops_it():
     assert shown == [] and panel.status == "Quick run: cancelled"
 
 
+def test_on_cancel_is_called_once_a_cancelled_job_has_ended_and_never_for_a_replaced_one():
+    """A page that disabled a button for a job gets it back on Cancel (``on_cancel``), as it does on
+    success (``on_done``) and failure (``on_error``); a job replaced by a new one calls nothing."""
+    panel, calls = JobPanel(background=True), []
+    go = threading.Event()
+    panel.submit(
+        "Save", lambda progress, cancel: go.wait(10), calls.append, on_cancel=lambda: calls.append("cancel")
+    )
+    panel.submit("Save again", lambda progress, cancel: go.wait(10) and "saved", calls.append,
+                 on_cancel=lambda: calls.append("cancel 2"))  # fmt: skip
+    panel.cancel()
+    go.set()
+    _wait_done(panel)
+    assert calls == ["cancel 2"] and panel.status == "Save again: cancelled"
+    here, calls = JobPanel(background=False), []
+
+    def cancelled_here(progress, cancel):
+        cancel.cancel()
+        cancel.check()
+
+    here.submit("Here", cancelled_here, calls.append, on_cancel=lambda: calls.append("cancel"))
+    assert calls == ["cancel"] and here.status == "Here: cancelled"
+
+
 def test_the_result_on_show_is_marked_stale_while_a_new_run_goes_on():
     panel = JobPanel(background=True)
     summary = summary_pane()

@@ -294,3 +294,23 @@ def test_saving_a_checkpoint_says_it_waits_for_the_turn_and_can_be_cancelled(tmp
             traj.export_checkpoint(step, file, progress, token)
         assert steps == [WAITING_STEP] and not file.exists()
     assert traj.export_checkpoint(step, file) == file and file.stat().st_size > 0
+
+
+def test_saving_an_interpolated_model_says_it_waits_for_the_turn_and_can_be_cancelled(tmp_path):
+    """The Connectivity page's "Analyse this interpolated model" traces theta(lam): while another
+    session's run holds the model turn it says it waits, Cancel ends the wait, and once free it saves."""
+    from analyses import ModeConnectivity
+
+    analysis = ModeConnectivity("mlp", "mlp-untrained", points=3, cache=False, show_progress=False)
+    result = analysis.run()
+    steps, token, file = [], CancelToken(), tmp_path / "theta.pt2"
+
+    def progress(done: int, total: int, label: str) -> None:
+        steps.append(label)
+        token.cancel()  # Cancel pressed while it waits
+
+    with _turn_held_elsewhere():
+        with pytest.raises(Cancelled):
+            analysis.export_interpolated(file, 0.5, "matched", result, progress, token)
+        assert steps == [WAITING_STEP] and not file.exists()
+    assert analysis.export_interpolated(file, 0.5, "matched", result) == file and file.stat().st_size > 0
