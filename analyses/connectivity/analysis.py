@@ -39,6 +39,7 @@ from ..core.analysis import Analysis, model_turn
 from ..core.data import BUILTIN_DATASETS, Dataset, as_dataset
 from ..core.device import ensure_ready, thread_stream
 from ..core.errors import NNVitalsError
+from ..core.graph import save_program
 from ..core.result import Result
 from ..core.runner import CancelToken, Progress, Task
 from ..core.store import make_key
@@ -630,8 +631,7 @@ class ModeConnectivity(Analysis):
                 raise NNVitalsError(
                     f"theta({lam:.3f}): torch.export cannot trace this model ({first[:200]})"
                 ) from None
-        torch.export.save(program, str(file))
-        return file
+        return save_program(program, file)
 
     def _data_where(self, split: str, ds: Dataset) -> str:
         """How the user named the data of ``split`` (a file path when it came from one)."""

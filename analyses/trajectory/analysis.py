@@ -429,14 +429,17 @@ class Trajectory(Analysis):
         import torch
 
         from ..core.data import as_dataset
-        from ..core.graph import export_program
+        from ..core.graph import export_program, save_program
         from ..orbits.fitting import fitting_data
 
         series = self.checkpoint_series()
         c = series.by_step(int(step))
         file = Path(file)
         if isinstance(c.source, Path) and c.source.suffix == ".pt2":
-            shutil.copyfile(c.source, file)
+            try:
+                shutil.copyfile(c.source, file)
+            except OSError as e:
+                raise NNVitalsError(f"{file}: could not write the program ({e.strerror or e})") from None
             return file
         _, runnable = series.open(c)
         module = runnable.module()
@@ -453,8 +456,7 @@ class Trajectory(Analysis):
         with model_turn(progress, cancel, f"checkpoint {c.name}"):
             program = export_program(module, example, label=f"checkpoint {c.name}", purpose="it",
                                      eval_mode=True, dynamic_batch=True)  # fmt: skip
-        torch.export.save(program, str(file))
-        return file
+        return save_program(program, file)
 
     def run(self, progress: Progress | None = None, cancel: CancelToken | None = None) -> TrajectoryResult:
         """Run every chosen analysis on every checkpoint (single results from the store where they

@@ -127,6 +127,22 @@ def test_saving_a_point_says_it_waits_for_the_model_turn_and_can_be_cancelled(pa
     assert not page._analyse.disabled
 
 
+def test_a_point_that_cannot_be_saved_says_why_in_one_line(page, tmp_path):
+    """The file cannot be written (here a folder stands at its path): one line in the page, the
+    button back, nothing picked."""
+    from dashboard.components.jobs import JobPanel
+
+    page.pick_jobs = JobPanel(background=False)
+    page._streams[0].event(index=[2])
+    picked, page._tmp = page.picked, tmp_path
+    name = f"interpolated-{page.point['path']}-lam{page.point['lam']:.3f}.pt2"
+    (tmp_path / name).mkdir()
+    assert page.analyse_point() is None
+    error = page.pick_jobs.error
+    assert error == f"{page._tmp / name}: could not write the program (Is a directory)", error
+    assert not page._analyse.disabled and page._picked_text.object == "" and page.picked == picked
+
+
 def test_export_figures_and_tables(page, tmp_path):
     figs = list(page.figures())
     assert figs == ["Loss along the path", "Accuracy along the path", "Barriers", "Per-layer alignment"]

@@ -19,6 +19,7 @@ from .nodes import (
     node_args,
     op_key,
     sample_shape,
+    save_program,
     set_mode,
 )
 from .rules import DEFAULT, Perm, Rule, Step, StepContext, kind_rule, register, registered, rule_for, rules
@@ -44,5 +45,6 @@ __all__ = [
     "rule_for",
     "rules",
     "sample_shape",
+    "save_program",
     "set_mode",
 ]

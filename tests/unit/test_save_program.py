@@ -1,0 +1,76 @@
+"""analyses.core.graph.save_program: how nnvitals writes a ``.pt2`` it made (an interpolated model of
+the Connectivity page, a Trajectory checkpoint). A file that cannot be written is one line naming
+it, never a half-written file, and never the end of the process: on a full disk PyTorch's own
+file writer raised and then threw again from its destructor, which aborted the whole server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from analyses.core.errors import NNVitalsError
+from analyses.core.graph import save_program
+
+
+def _program() -> torch.export.ExportedProgram:
+    torch.manual_seed(0)
+    return torch.export.export(nn.Sequential(nn.Linear(8, 4), nn.ReLU()).eval(), (torch.rand(2, 8),))
+
+
+def test_the_saved_program_loads_and_computes_the_same(tmp_path):
+    program = _program()
+    file = save_program(program, tmp_path / "m.pt2")
+    x = torch.rand(2, 8)
+    torch.testing.assert_close(torch.export.load(str(file)).module()(x), program.module()(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]  # no ".part" left behind
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: (d / "m.pt2").mkdir(), "Is a directory"),  # a folder where the file should go
+        (lambda d: d / "missing" / "m.pt2", "No such file or directory"),
+    ],
+    ids=["folder-at-the-path", "no-parent-folder"],
+)
+def test_a_file_that_cannot_be_written_is_one_line_naming_it(tmp_path, make, reason):
+    target = make(tmp_path) or tmp_path / "m.pt2"
+    with pytest.raises(NNVitalsError) as e:
+        save_program(_program(), target)
+    assert str(e.value) == f"{target}: could not write the program ({reason})"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_full_disk_is_one_line_and_the_process_goes_on(tmp_path):
+    """In a process of its own whose files may not grow past 4 KB (``RLIMIT_FSIZE``, the way a full
+    disk fails a write): the write fails, the error is one line, the part file is gone, and the
+    process ends normally after a collection (PyTorch's writer aborted it there)."""
+    script = textwrap.dedent(
+        f"""
+        import gc, resource, signal, sys
+        import torch
+        from torch import nn
+        from analyses.core.errors import NNVitalsError
+        from analyses.core.graph import save_program
+
+        program = torch.export.export(nn.Linear(200, 200).eval(), (torch.rand(1, 200),))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        try:
+            save_program(program, {str(tmp_path / "big.pt2")!r})
+        except NNVitalsError as e:
+            print("ERROR", e)
+        gc.collect()
+        print("ALIVE")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines == [f"ERROR {tmp_path / 'big.pt2'}: could not write the program (File too large)", "ALIVE"]
+    assert list(tmp_path.iterdir()) == []
