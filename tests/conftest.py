@@ -6,7 +6,9 @@ tests never read or write ``~/.cache/nnvitals``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,31 @@ def mlp_safetensors(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "mlp.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@contextlib.contextmanager
+def _turn_held_elsewhere():
+    from analyses.core.threads import MODEL_TURN
+
+    release, holding = threading.Event(), threading.Event()
+
+    def other_session() -> None:
+        with MODEL_TURN.hold():
+            holding.set()
+            release.wait(30)
+
+    t = threading.Thread(target=other_session, daemon=True)
+    t.start()
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join(10)
+
+
+@pytest.fixture
+def turn_held_elsewhere():
+    """``with turn_held_elsewhere():`` another session's run holds the model turn
+    (:data:`analyses.core.threads.MODEL_TURN`) until the block ends."""
+    return _turn_held_elsewhere

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import holoviews as hv
 import panel as pn
 import pytest
@@ -74,55 +76,38 @@ def test_tap_a_point_and_save_it(page, tmp_path):
     torch.testing.assert_close(program.module()(x), module(x))
 
 
-def test_saving_a_point_says_it_waits_for_the_model_turn_and_can_be_cancelled(page):
+def _poll_until(panel, done, timeout: float) -> None:
+    """Poll ``panel`` (what a session's timer does) until ``done()``; fails after ``timeout`` s."""
+    end = time.perf_counter() + timeout
+    while not done() and time.perf_counter() < end:
+        panel.poll()
+        time.sleep(0.02)
+    assert done(), f"not within {timeout} s: {panel.status!r}"
+
+
+def test_saving_a_point_says_it_waits_for_the_model_turn_and_can_be_cancelled(page, turn_held_elsewhere):
     """While another session's run calls its model, saving the tapped model (a trace) waits: the
     page's job line says so, with Cancel; Cancel ends the wait and gives the button back; once the
     turn is free the same point saves."""
-    import threading
-    import time
-
     from analyses.core.analysis import WAITING_STEP
-    from analyses.core.threads import MODEL_TURN
     from dashboard.components.jobs import JobPanel
 
     page.pick_jobs = JobPanel(background=True)  # as in a served session: the save runs on the pool
     page._streams[0].event(index=[6])
-    release, holding = threading.Event(), threading.Event()
-
-    def other_session() -> None:
-        with MODEL_TURN.hold():
-            holding.set()
-            release.wait(30)
-
-    other = threading.Thread(target=other_session, daemon=True)
-    other.start()
-    assert holding.wait(10)
-    try:
+    with turn_held_elsewhere():
         assert page.analyse_point() is None  # not saved yet: it waits
         assert page._analyse.disabled
-        end = time.perf_counter() + 20
-        while WAITING_STEP not in page.pick_jobs.status and time.perf_counter() < end:
-            page.pick_jobs.poll()
-            time.sleep(0.02)
+        _poll_until(page.pick_jobs, lambda: WAITING_STEP in page.pick_jobs.status, 20)
         name = f"interpolated-{page.point['path']}-lam{page.point['lam']:.3f}.pt2"
         assert page.pick_jobs.status == f"Saving {name}: {WAITING_STEP} …"
         assert page.pick_jobs._cancel.visible
         page.pick_jobs.cancel()
-        end = time.perf_counter() + 10
-        while page.pick_jobs.running and time.perf_counter() < end:
-            page.pick_jobs.poll()
-            time.sleep(0.02)
+        _poll_until(page.pick_jobs, lambda: not page.pick_jobs.running, 10)
         assert page.pick_jobs.status == f"Saving {name}: cancelled"
         assert not page._analyse.disabled and page._picked_text.object == ""
         assert not (page._out_dir() / name).exists()
-    finally:
-        release.set()
-        other.join(10)
     page.analyse_point()
-    end = time.perf_counter() + 60
-    while page.pick_jobs.running and time.perf_counter() < end:
-        page.pick_jobs.poll()
-        time.sleep(0.02)
+    _poll_until(page.pick_jobs, lambda: not page.pick_jobs.running, 60)
     assert page.picked == str(page._out_dir() / name) and "Saved" in page._picked_text.object
     assert not page._analyse.disabled
 

@@ -236,24 +236,14 @@ def test_runner_answers_cancel_without_waiting_for_a_task_that_does_not_check():
     assert time.perf_counter() - t < 1.5, "Cancel waited for the running tasks to end"
 
 
-def test_a_run_waiting_for_the_model_turn_says_so_and_cancel_stops_the_wait():
+def test_a_run_waiting_for_the_model_turn_says_so_and_cancel_stops_the_wait(turn_held_elsewhere):
     """Another session's run holds the model turn (analyses.core.threads): a run that calls its
     model says it waits, in the status line, and Cancel ends the wait at once."""
     from analyses.core.analysis import WAITING_STEP
     from analyses.core.threads import MODEL_TURN
     from analyses.orbits.analysis import OrbitAnalysis
 
-    release, holding = threading.Event(), threading.Event()
-
-    def other_session() -> None:
-        with MODEL_TURN.hold():
-            holding.set()
-            release.wait(30)
-
-    t = threading.Thread(target=other_session, daemon=True)
-    t.start()
-    assert holding.wait(10)
-    try:
+    with turn_held_elsewhere():
         analysis = OrbitAnalysis(model="rot-cnn", steps=4, max_samples=8, cache=False, show_progress=False)
         panel, shown = JobPanel(background=True), []
         panel.submit(
@@ -268,6 +258,3 @@ def test_a_run_waiting_for_the_model_turn_says_so_and_cancel_stops_the_wait():
         took = _wait_done(panel)
         assert shown == [] and panel.status == "Orbits: cancelled" and took < 2.0
         assert MODEL_TURN.waiting() == 0
-    finally:
-        release.set()
-        t.join(10)

@@ -5,7 +5,6 @@ mode stack for the whole process: a model called from another thread meanwhile b
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -226,25 +225,6 @@ def test_a_cancelled_run_keeps_the_turn_until_its_running_tasks_have_stopped():
     assert events == ["run cancelled", "task ended", "task ended", "next run"]
 
 
-@contextlib.contextmanager
-def _turn_held_elsewhere():
-    """Another session's run holds the model turn for the duration."""
-    release, holding = threading.Event(), threading.Event()
-
-    def other_session() -> None:
-        with MODEL_TURN.hold():
-            holding.set()
-            release.wait(30)
-
-    t = _thread(other_session)
-    assert holding.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
-        t.join(10)
-
-
 def _fixed_batch_file(tmp_path) -> str:
     """A ``.pt2`` exported with a fixed batch of 4 (no dynamic shapes)."""
     path = tmp_path / "fixed.pt2"
@@ -252,30 +232,46 @@ def _fixed_batch_file(tmp_path) -> str:
     return str(path)
 
 
-def test_pages_find_a_fixed_batch_programs_data_without_waiting_for_the_turn(tmp_path):
+def test_pages_find_a_fixed_batch_programs_data_without_waiting_for_the_turn(tmp_path, turn_held_elsewhere):
     """Pages ask which built-in data a model takes while they are built: for a program exported
     with a fixed batch the recorded shape answers, without the re-export (which waits for the
     model turn, here held by another session's run for as long as it runs)."""
     from analyses.orbits.fitting import fitting_data
 
     path, got = _fixed_batch_file(tmp_path), []
-    with _turn_held_elsewhere():
+    with turn_held_elsewhere():
         _thread(lambda: got.append(fitting_data(path))).join(5)
         assert got and got[0].data == "digits8" and got[0].source == "export", "the page waited for the turn"
 
 
-def test_spectra_of_a_fixed_batch_program_neither_reexports_it_nor_waits(tmp_path):
+def test_spectra_of_a_fixed_batch_program_neither_reexports_it_nor_waits(tmp_path, turn_held_elsewhere):
     """Spectra reads weights: a program exported with a fixed batch is not re-exported for the
     note on how its batches run (which waited for the model turn, and cost a trace)."""
     analysis, got = SpectralAnalysis(model=_fixed_batch_file(tmp_path), cache=False, show_progress=False), []
-    with _turn_held_elsewhere():
+    with turn_held_elsewhere():
         _thread(lambda: got.append(analysis.run())).join(20)
         assert got, "Spectra waited for the model turn"
         assert len(got[0].table) == 2 and "notes" not in got[0].meta
         assert "_fix" not in analysis.subject().__dict__
 
 
-def test_saving_a_checkpoint_says_it_waits_for_the_turn_and_can_be_cancelled(tmp_path):
+def _waits_then_cancelled_then_saves(turn_held_elsewhere, save, file) -> None:
+    """``save(file, progress, cancel)`` while another session's run holds the turn: it says it
+    waits (Cancel is pressed then) and raises Cancelled, writing nothing; once free it saves."""
+    steps, token = [], CancelToken()
+
+    def progress(done: int, total: int, label: str) -> None:
+        steps.append(label)
+        token.cancel()  # Cancel pressed while it waits
+
+    with turn_held_elsewhere():
+        with pytest.raises(Cancelled):
+            save(file, progress, token)
+        assert steps == [WAITING_STEP] and not file.exists()
+    assert save(file, None, None) == file and file.stat().st_size > 0
+
+
+def test_saving_a_checkpoint_says_it_waits_for_the_turn_and_can_be_cancelled(tmp_path, turn_held_elsewhere):
     """The Trajectory page's "use this checkpoint" exports it: while another session's run holds
     the model turn, the job says it waits, Cancel ends the wait, and once free it saves."""
     from analyses import Trajectory
@@ -283,34 +279,24 @@ def test_saving_a_checkpoint_says_it_waits_for_the_turn_and_can_be_cancelled(tmp
 
     traj = Trajectory(series=demo_series(series_names()[0]), show_progress=False)
     step = traj.checkpoint_series().checkpoints[-1].step
-    steps, token, file = [], CancelToken(), tmp_path / "checkpoint.pt2"
-
-    def progress(done: int, total: int, label: str) -> None:
-        steps.append(label)
-        token.cancel()  # Cancel pressed while it waits
-
-    with _turn_held_elsewhere():
-        with pytest.raises(Cancelled):
-            traj.export_checkpoint(step, file, progress, token)
-        assert steps == [WAITING_STEP] and not file.exists()
-    assert traj.export_checkpoint(step, file) == file and file.stat().st_size > 0
+    _waits_then_cancelled_then_saves(
+        turn_held_elsewhere,
+        lambda f, p, c: traj.export_checkpoint(step, f, p, c),
+        tmp_path / "checkpoint.pt2",
+    )
 
 
-def test_saving_an_interpolated_model_says_it_waits_for_the_turn_and_can_be_cancelled(tmp_path):
+def test_saving_an_interpolated_model_says_it_waits_for_the_turn_and_can_be_cancelled(
+    tmp_path, turn_held_elsewhere
+):
     """The Connectivity page's "Analyse this interpolated model" traces theta(lam): while another
     session's run holds the model turn it says it waits, Cancel ends the wait, and once free it saves."""
     from analyses import ModeConnectivity
 
     analysis = ModeConnectivity("mlp", "mlp-untrained", points=3, cache=False, show_progress=False)
     result = analysis.run()
-    steps, token, file = [], CancelToken(), tmp_path / "theta.pt2"
-
-    def progress(done: int, total: int, label: str) -> None:
-        steps.append(label)
-        token.cancel()  # Cancel pressed while it waits
-
-    with _turn_held_elsewhere():
-        with pytest.raises(Cancelled):
-            analysis.export_interpolated(file, 0.5, "matched", result, progress, token)
-        assert steps == [WAITING_STEP] and not file.exists()
-    assert analysis.export_interpolated(file, 0.5, "matched", result) == file and file.stat().st_size > 0
+    _waits_then_cancelled_then_saves(
+        turn_held_elsewhere,
+        lambda f, p, c: analysis.export_interpolated(f, 0.5, "matched", result, p, c),
+        tmp_path / "theta.pt2",
+    )
