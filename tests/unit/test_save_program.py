@@ -74,3 +74,21 @@ def test_a_full_disk_is_one_line_and_the_process_goes_on(tmp_path):
     lines = out.stdout.splitlines()
     assert lines == [f"ERROR {tmp_path / 'big.pt2'}: could not write the program (File too large)", "ALIVE"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trajectory_checkpoint_that_is_a_program_is_copied_or_fails_in_one_line(tmp_path):
+    """Trajectory.export_checkpoint copies a ``.pt2`` checkpoint as it is; where the copy cannot be
+    written, one line naming the file (it was an OSError shown as a bug in nnvitals)."""
+    from analyses import Trajectory
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for step in (1, 2):
+        save_program(_program(), series / f"step_{step}.pt2")
+    traj = Trajectory(series=str(series), show_progress=False)
+    out = traj.export_checkpoint(2, tmp_path / "picked.pt2")
+    assert out.read_bytes() == (series / "step_2.pt2").read_bytes()
+    (tmp_path / "folder.pt2").mkdir()
+    with pytest.raises(NNVitalsError) as e:
+        traj.export_checkpoint(2, tmp_path / "folder.pt2")
+    assert str(e.value) == f"{tmp_path / 'folder.pt2'}: could not write the program (Is a directory)"
