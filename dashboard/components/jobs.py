@@ -123,6 +123,8 @@ class Job:
         self.submitted = time.perf_counter()
         #: called in the session once the job has ended cancelled (not when replaced by a new one)
         self.on_cancel: Callable[[], None] | None = None
+        #: the status line once done, from the result and the seconds it took
+        self.describe: Callable[[Any, float], str] = how_obtained
 
     def progress(self, done: int, total: int, label: str) -> None:
         # plain attribute writes from the worker thread; the session's poll reads them
@@ -172,6 +174,11 @@ def how_obtained(result: Any, seconds: float) -> str:
     if metas and all(m.get("cached") for m in metas):
         return FROM_CACHE
     return f"Computed in {_fmt_seconds(seconds)}"
+
+
+def saved_in(_result: Any, seconds: float) -> str:
+    """The status line of a job that saves a file: "Saved in 1.2 s"."""
+    return f"Saved in {_fmt_seconds(seconds)}"
 
 
 class JobPanel(pn.viewable.Viewer):
@@ -230,9 +237,12 @@ class JobPanel(pn.viewable.Viewer):
         on_error: Callable[[str], None] | None = None,
         wait: float = 0.0,
         on_cancel: Callable[[], None] | None = None,
+        describe: Callable[[Any, float], str] | None = None,
     ) -> Job:
         """Run ``fn(progress, cancel)`` in the background; ``on_done(result)`` in this session after
         (``on_error(message)`` when it fails, ``on_cancel()`` when Cancel ended it).
+        ``describe(result, seconds)``: the status line once done (default :func:`how_obtained`,
+        "Computed in …", for a job that is not a computation, e.g. a save).
 
         A job still running in this panel is cancelled first (one run per panel at a time).
         ``wait``: seconds to wait for the result before going on in the background; a quick
@@ -241,6 +251,7 @@ class JobPanel(pn.viewable.Viewer):
         self.cancel(quiet=True)
         job = Job(label)
         job.on_cancel = on_cancel
+        job.describe = describe or how_obtained
         self._hide_error()
         if not (in_server() if self._background is None else self._background):
             return self._run_here(job, fn, on_done, on_error)
@@ -323,7 +334,7 @@ class JobPanel(pn.viewable.Viewer):
             self._fail(f"internal error, a bug in nnvitals ({type(e).__name__}: {e})", on_error)
             return job
         job.ended = time.perf_counter()
-        self._set_status(how_obtained(result, job.ended - job.started))
+        self._set_status(job.describe(result, job.ended - job.started))
         on_done(result)
         self._shown = True
         return job
@@ -405,7 +416,7 @@ class JobPanel(pn.viewable.Viewer):
         took, queued = (job.ended or time.perf_counter()) - started, started - job.submitted
         wait = f" after {_fmt_seconds(queued)} in the queue" if queued >= 1 else ""
         log.info("%s: done in %s%s", job.label, _fmt_seconds(took), wait)
-        self._set_status(how_obtained(result, took))
+        self._set_status(job.describe(result, took))
         try:
             on_done(result)
             self._shown = True

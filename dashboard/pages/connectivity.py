@@ -41,7 +41,7 @@ from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from ..components import links
-from ..components.jobs import JobPanel, how_obtained, in_server
+from ..components.jobs import JobPanel, how_obtained, in_server, saved_in
 from ..components.page import AnalysisPage, model_label, note_pane, plot_grid, plot_pane
 from ..components.settings_form import RADIO, WIDGET_WIDTH
 
@@ -453,8 +453,9 @@ class ConnectivityPage(AnalysisPage):
         self._analyse.disabled = True
         self._picked_text.object = ""  # the job panel below says what is going on
         self.pick_jobs.submit(
-            f"Saving {path.name}", work, done, on_error=failed, on_cancel=lambda: failed("cancelled")
-        )
+            f"Saving {path.name}", work, done, on_error=failed, on_cancel=lambda: failed("cancelled"),
+            describe=saved_in,
+        )  # fmt: skip
         return saved[0] if saved else None
 
     def _saved_point(self, path: Path, p: dict[str, Any]) -> None:

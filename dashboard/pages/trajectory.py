@@ -36,7 +36,7 @@ from analyses.trajectory.series import CHECKPOINT_SUFFIXES, MANIFEST, load_serie
 from analyses.zoo import demo_series, series_names
 
 from ..components import links
-from ..components.jobs import JobPanel, how_obtained
+from ..components.jobs import JobPanel, how_obtained, saved_in
 from ..components.page import AnalysisPage, plot_grid, plot_pane
 from ..components.settings_form import WIDGET_WIDTH
 
@@ -410,7 +410,7 @@ class TrajectoryPage(AnalysisPage):
             self._picked_text.object = ""
 
         self.pick_jobs.submit(f"Checkpoint {unit} {step}", work, lambda p: self._picked(p, step),
-                              on_error=lambda _m: clear(), on_cancel=clear)  # fmt: skip
+                              on_error=lambda _m: clear(), on_cancel=clear, describe=saved_in)  # fmt: skip
 
     def _picked(self, path: Path, step: int) -> None:
         unit = getattr(self, "_unit", "step")

@@ -68,6 +68,7 @@ def test_tap_a_point_and_save_it(page, tmp_path):
     assert f"λ = {p['lam']:.3f}" in page._point_text.object
     path = page.analyse_point()
     assert path is not None and path.suffix == ".pt2" and page.picked == str(path)
+    assert page.pick_jobs.status.startswith("Saved in ")  # a save, not a computation
     program = torch.export.load(str(path))
     assert set(program.state_dict) == set(page.result.permuted_b)
     # it computes theta(lam): the same as A's architecture with the interpolated weights loaded
@@ -109,6 +110,7 @@ def test_saving_a_point_says_it_waits_for_the_model_turn_and_can_be_cancelled(pa
     page.analyse_point()
     _poll_until(page.pick_jobs, lambda: not page.pick_jobs.running, 60)
     assert page.picked == str(page._out_dir() / name) and "Saved" in page._picked_text.object
+    assert page.pick_jobs.status.startswith("Saved in ")
     assert not page._analyse.disabled
 
 
