@@ -241,8 +241,8 @@ class JobPanel(pn.viewable.Viewer):
     ) -> Job:
         """Run ``fn(progress, cancel)`` in the background; ``on_done(result)`` in this session after
         (``on_error(message)`` when it fails, ``on_cancel()`` when Cancel ended it).
-        ``describe(result, seconds)``: the status line once done (default :func:`how_obtained`,
-        "Computed in …", for a job that is not a computation, e.g. a save).
+        ``describe(result, seconds)``: the status line once done; the default,
+        :func:`how_obtained`, says "Computed in …" (a save gives :func:`saved_in`).
 
         A job still running in this panel is cancelled first (one run per panel at a time).
         ``wait``: seconds to wait for the result before going on in the background; a quick
