@@ -424,11 +424,10 @@ class Trajectory(Analysis):
 
         The export takes the model turn (:data:`~analyses.core.threads.MODEL_TURN`); while another
         run holds it, ``progress(0, 0, WAITING_STEP)`` says so (:func:`~analyses.core.analysis.model_turn`) and ``cancel`` ends the wait."""
-        import shutil
-
         import torch
 
         from ..core.data import as_dataset
+        from ..core.export import save_bytes
         from ..core.graph import export_program, save_program
         from ..orbits.fitting import fitting_data
 
@@ -436,11 +435,7 @@ class Trajectory(Analysis):
         c = series.by_step(int(step))
         file = Path(file)
         if isinstance(c.source, Path) and c.source.suffix == ".pt2":
-            try:
-                shutil.copyfile(c.source, file)
-            except OSError as e:
-                raise NNVitalsError(f"{file}: could not write the program ({e.strerror or e})") from None
-            return file
+            return save_bytes(c.source.read_bytes(), file)
         _, runnable = series.open(c)
         module = runnable.module()
         if module is None:

@@ -126,7 +126,7 @@ def test_a_point_that_cannot_be_saved_says_why_in_one_line(page, tmp_path):
     (tmp_path / name).mkdir()
     assert page.analyse_point() is None
     error = page.pick_jobs.error
-    assert error == f"{page._tmp / name}: could not write the program (Is a directory)", error
+    assert error == f"{page._tmp / name}: is a directory; expected a file name", error
     assert not page._analyse.disabled and page._picked_text.object == "" and page.picked == picked
 
 

@@ -27,28 +27,31 @@ def test_the_saved_program_loads_and_computes_the_same(tmp_path):
     file = save_program(program, tmp_path / "m.pt2")
     x = torch.rand(2, 8)
     torch.testing.assert_close(torch.export.load(str(file)).module()(x), program.module()(x))
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]  # no ".part" left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize(
-    ("make", "reason"),
-    [
-        (lambda d: (d / "m.pt2").mkdir(), "Is a directory"),  # a folder where the file should go
-        (lambda d: d / "missing" / "m.pt2", "No such file or directory"),
-    ],
-    ids=["folder-at-the-path", "no-parent-folder"],
-)
-def test_a_file_that_cannot_be_written_is_one_line_naming_it(tmp_path, make, reason):
-    target = make(tmp_path) or tmp_path / "m.pt2"
+def _folder_at_the_path(d):
+    (d / "m.pt2").mkdir()
+    return d / "m.pt2", "is a directory; expected a file name"
+
+
+def _a_file_as_the_folder(d):
+    (d / "f").write_text("")
+    return d / "f" / "m.pt2", f"cannot write there, {d / 'f'} is a file, not a directory"
+
+
+@pytest.mark.parametrize("make", [_folder_at_the_path, _a_file_as_the_folder])
+def test_a_file_that_cannot_be_written_is_one_line_naming_it(tmp_path, make):
+    target, reason = make(tmp_path)
     with pytest.raises(NNVitalsError) as e:
         save_program(_program(), target)
-    assert str(e.value) == f"{target}: could not write the program ({reason})"
-    assert not list(tmp_path.glob("*.part"))
+    assert str(e.value) == f"{target}: {reason}"
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_full_disk_is_one_line_and_the_process_goes_on(tmp_path):
     """In a process of its own whose files may not grow past 4 KB (``RLIMIT_FSIZE``, the way a full
-    disk fails a write): the write fails, the error is one line, the part file is gone, and the
+    disk fails a write): the write fails, the error is one line, the temporary file is gone, and the
     process ends normally after a collection (PyTorch's writer aborted it there)."""
     script = textwrap.dedent(
         f"""
@@ -72,7 +75,7 @@ def test_a_full_disk_is_one_line_and_the_process_goes_on(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert lines == [f"ERROR {tmp_path / 'big.pt2'}: could not write the program (File too large)", "ALIVE"]
+    assert lines == [f"ERROR {tmp_path / 'big.pt2'}: cannot write (File too large)", "ALIVE"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -91,4 +94,4 @@ def test_a_trajectory_checkpoint_that_is_a_program_is_copied_or_fails_in_one_lin
     (tmp_path / "folder.pt2").mkdir()
     with pytest.raises(NNVitalsError) as e:
         traj.export_checkpoint(2, tmp_path / "folder.pt2")
-    assert str(e.value) == f"{tmp_path / 'folder.pt2'}: could not write the program (Is a directory)"
+    assert str(e.value) == f"{tmp_path / 'folder.pt2'}: is a directory; expected a file name"

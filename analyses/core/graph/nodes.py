@@ -20,11 +20,9 @@ shape mean the same everywhere:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import operator
-import os
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +127,18 @@ def _export(module: nn.Module, example: Any, dynamic_batch: bool, kw: dict[str, 
 
 
 def save_program(program: torch.export.ExportedProgram, file: str | Path) -> Path:
-    """``torch.export.save(program, file)`` that fails in one line naming the file, and never
-    leaves a partly written file.
+    """``torch.export.save(program, file)``, written the way every nnvitals output is
+    (:func:`analyses.core.export.save_bytes`: a temporary name, then renamed; a file that cannot be
+    written is one line naming it).
 
-    The archive is made in memory and then written by Python: PyTorch's own file writer reports a
-    file it cannot open as a ``RuntimeError`` that reads like a bug, and on a full disk it raised,
-    then threw again from its destructor, which ended the whole process (a server, with every
-    session on it). The bytes go to ``<file>.part`` first and replace ``file`` once written."""
-    file = Path(file)
+    The archive is made in memory: PyTorch's own file writer reports a file it cannot open as a
+    ``RuntimeError`` that reads like a bug, and on a full disk it raised, then threw again from its
+    destructor, which ended the whole process (a server, with every session on it)."""
+    from ..export import save_bytes  # (HoloViews: loaded when a program is saved, not with this layer)
+
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    part = file.with_name(file.name + ".part")
-    try:
-        with open(part, "wb") as out:
-            out.write(buffer.getbuffer())
-        os.replace(part, file)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            part.unlink(missing_ok=True)
-        raise NNVitalsError(f"{file}: could not write the program ({e.strerror or e})") from None
-    return file
+    return save_bytes(buffer.getbuffer(), file)
 
 
 def is_exported(module: Any) -> bool:
