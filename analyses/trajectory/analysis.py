@@ -423,7 +423,8 @@ class Trajectory(Analysis):
         trajectory's ``data``, else the built-in digits that fit it). One line when it cannot.
 
         The export takes the model turn (:data:`~analyses.core.threads.MODEL_TURN`); while another
-        run holds it, ``progress(0, 0, WAITING_STEP)`` says so (:func:`~analyses.core.analysis.model_turn`) and ``cancel`` ends the wait."""
+        run holds it, ``progress(0, 0, WAITING_STEP)`` says so and ``cancel`` ends the wait
+        (:func:`~analyses.core.analysis.model_turn`)."""
         import torch
 
         from ..core.data import as_dataset

@@ -111,7 +111,12 @@ def loop_timer(callback: Callable[[], None], period: int = POLL_MS) -> SessionTi
 class Job:
     """One run: its cancel token, its future and the progress its worker reports."""
 
-    def __init__(self, label: str):
+    def __init__(
+        self,
+        label: str,
+        on_cancel: Callable[[], None] | None = None,
+        describe: Callable[[Any, float], str] | None = None,
+    ):
         self.label = label
         self.token = CancelToken()
         self.future: Future | None = None
@@ -122,9 +127,9 @@ class Job:
         self.ended: float | None = None
         self.submitted = time.perf_counter()
         #: called in the session once the job has ended cancelled (not when replaced by a new one)
-        self.on_cancel: Callable[[], None] | None = None
+        self.on_cancel = on_cancel
         #: the status line once done, from the result and the seconds it took
-        self.describe: Callable[[Any, float], str] = how_obtained
+        self.describe = describe or how_obtained
 
     def progress(self, done: int, total: int, label: str) -> None:
         # plain attribute writes from the worker thread; the session's poll reads them
@@ -249,9 +254,7 @@ class JobPanel(pn.viewable.Viewer):
         result (one from the result store) is then shown at once, without a round trip.
         """
         self.cancel(quiet=True)
-        job = Job(label)
-        job.on_cancel = on_cancel
-        job.describe = describe or how_obtained
+        job = Job(label, on_cancel, describe)
         self._hide_error()
         if not (in_server() if self._background is None else self._background):
             return self._run_here(job, fn, on_done, on_error)

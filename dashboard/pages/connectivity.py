@@ -37,7 +37,6 @@ import param
 
 from analyses.connectivity import views
 from analyses.connectivity.analysis import ModeConnectivity
-from analyses.core.errors import NNVitalsError
 from analyses.zoo import DEMO_MODELS, demo_image_size
 
 from ..components import links
@@ -434,28 +433,23 @@ class ConnectivityPage(AnalysisPage):
             return None
         analysis, saved = self._analysis(), []
 
-        def work(progress, cancel) -> Path:
+        def work(progress, cancel) -> Path:  # a file it cannot write is one line (save_program)
             progress(0, 1, path.name)
-            try:
-                return analysis.export_interpolated(path, p["lam"], p["path"], r, progress, cancel)
-            except OSError as e:
-                raise NNVitalsError(f"could not save the interpolated model ({e.strerror or e})") from None
+            return analysis.export_interpolated(path, p["lam"], p["path"], r, progress, cancel)
 
         def done(_file: Path) -> None:
             self._analyse.disabled = False
             saved.append(path)
             self._saved_point(path, p)
 
-        def failed(_message: str) -> None:  # the job panel shows the message (or "cancelled")
+        def reset() -> None:  # failed (the job panel says why) or cancelled
             self._analyse.disabled = False
             self._picked_text.object = ""
 
         self._analyse.disabled = True
         self._picked_text.object = ""  # the job panel below says what is going on
-        self.pick_jobs.submit(
-            f"Saving {path.name}", work, done, on_error=failed, on_cancel=lambda: failed("cancelled"),
-            describe=saved_in,
-        )  # fmt: skip
+        self.pick_jobs.submit(f"Saving {path.name}", work, done, on_error=lambda _m: reset(), on_cancel=reset,
+                              describe=saved_in)  # fmt: skip
         return saved[0] if saved else None
 
     def _saved_point(self, path: Path, p: dict[str, Any]) -> None:
